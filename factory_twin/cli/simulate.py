@@ -1,0 +1,10 @@
+"""`factory-twin simulate`."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def simulate() -> None:
+    """simulate (not built yet)."""

@@ -1,0 +1,1 @@
+"""The contract both sides share: the site model and the wire messages. Imports nothing of ours."""

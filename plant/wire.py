@@ -1,0 +1,188 @@
+"""Wire messages between edge agents and the platform, and the topics that carry them.
+
+An agent publishes ``UplinkBatch`` JSON at QoS 1 on ``uplink_topic(gateway)``; the platform stores it and answers
+with an ``Ack`` on ``ack_topic(gateway)``. The agent deletes a batch from its outbox only when the ack arrives, so a
+batch may be delivered more than once: every item carries an idempotency key (node, property or task, source
+timestamp) and the platform stores each key once.
+
+Timestamps are integers: microseconds since the Unix epoch, UTC. They are exact, compare cheaply and survive JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plant.errors import WireError
+
+WIRE_VERSION = 1
+TOPIC_ROOT = "factory-twin/v1"
+
+Scalar = float | int | bool | str
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Quality(StrEnum):
+    """OPC-UA-style quality of a value, reduced to its three classes."""
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+class Flag(StrEnum):
+    """What happened to a value on its way, for people reading its history."""
+
+    CLOCK_CORRECTED = "clock_corrected"  # source timestamp shifted by the estimated clock offset
+    RECEIVE_TIME = "receive_time"  # source clock absurd: stamped with the gateway's receive time
+    LATE = "late"  # arrived after its frame's watermark
+    STALE = "stale"  # the source declared it stale (Sparkplug DEATH, lost subscription)
+    IMPUTED = "imputed"  # filled by a declared policy, not measured
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Value(_Wire):
+    """One property value of one twin node; key (node, prop, ts)."""
+
+    node: str
+    prop: str
+    value: Scalar | None
+    ts: int = Field(description="source timestamp, µs since epoch UTC")
+    server_ts: int | None = Field(None, description="server timestamp (OPC-UA), µs")
+    recv_ts: int | None = Field(None, description="gateway receive time, µs")
+    quality: Quality = Quality.GOOD
+    flags: tuple[Flag, ...] = ()
+
+
+class Frame(_Wire):
+    """One asset's aligned values at one grid point; key (node, ts). A later revision replaces an earlier one."""
+
+    node: str
+    ts: int
+    values: dict[str, Scalar | None]
+    quality: dict[str, Quality] = {}
+    revision: int = 0
+
+
+class DiagnosisSource(StrEnum):
+    """Who produced a diagnosis."""
+
+    EDGE = "edge"  # the edge student, confident enough
+    PLATFORM = "platform"  # the platform's teacher, after the edge offloaded the window
+    EDGE_FALLBACK = "edge_fallback"  # the student's answer, kept because the platform did not answer in time
+
+
+class Diagnosis(_Wire):
+    """A model's verdict on one window of one asset; key (node, task, ts)."""
+
+    node: str
+    task: Literal["rul", "faults", "anomaly"]
+    ts: int = Field(description="window end, µs")
+    model: str
+    version: str
+    source: DiagnosisSource = DiagnosisSource.EDGE
+    confidence: float = Field(ge=0.0, le=1.0)
+    score: float | None = None  # anomaly score
+    threshold: float | None = None  # anomaly threshold
+    label: str | None = None  # fault mode, "none" when healthy
+    probability: float | None = None  # of the label
+    rul: float | None = None  # remaining useful life, cycles or hours as the model declares
+    rul_low: float | None = None
+    rul_high: float | None = None
+    unit: str = ""
+
+
+class UplinkBatch(_Wire):
+    """What an agent publishes: values, frames and diagnoses from its outbox."""
+
+    v: int = WIRE_VERSION
+    gateway: str
+    batch: str = Field(description="unique id of this batch, echoed in the ack")
+    sent: int = Field(description="µs, the agent's clock when published")
+    values: list[Value] = []
+    frames: list[Frame] = []
+    diagnoses: list[Diagnosis] = []
+
+    def __len__(self) -> int:
+        return len(self.values) + len(self.frames) + len(self.diagnoses)
+
+
+class Rejection(_Wire):
+    """One item of a batch the platform refused, and why."""
+
+    kind: Literal["value", "frame", "diagnosis"]
+    index: int
+    reason: str
+
+
+class Ack(_Wire):
+    """The platform's answer to one batch. ``stored`` false means nothing was kept: the agent must resend."""
+
+    gateway: str
+    batch: str
+    stored: bool
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = []
+    error: str | None = None
+
+
+def uplink_topic(gateway: str) -> str:
+    """Topic an agent publishes its batches on."""
+    return f"{TOPIC_ROOT}/{gateway}/uplink"
+
+
+def ack_topic(gateway: str) -> str:
+    """Topic the platform acknowledges an agent's batches on."""
+    return f"{TOPIC_ROOT}/{gateway}/ack"
+
+
+UPLINK_FILTER = f"{TOPIC_ROOT}/+/uplink"
+
+
+def shared_uplink_filter(group: str = "ingest") -> str:
+    """Shared subscription so several ingest workers split the uplink traffic."""
+    return f"$share/{group}/{UPLINK_FILTER}"
+
+
+def decode_batch(payload: bytes | str) -> UplinkBatch:
+    """Parse an uplink payload; raises WireError with the reason."""
+    try:
+        return UplinkBatch.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise WireError(f"invalid uplink batch: {loc}: {first['msg']} ({exc.error_count()} errors)") from None
+
+
+def decode_ack(payload: bytes | str) -> Ack:
+    """Parse an ack payload; raises WireError with the reason."""
+    try:
+        return Ack.model_validate_json(payload)
+    except ValidationError as exc:
+        raise WireError(f"invalid ack: {exc.errors()[0]['msg']}") from None
+
+
+def now_us() -> int:
+    """The current time as µs since the epoch."""
+    return time.time_ns() // 1000
+
+
+def to_us(dt: datetime) -> int:
+    """A datetime (naive taken as UTC) as µs since the epoch."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int) -> datetime:
+    """µs since the epoch as an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=us)

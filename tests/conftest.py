@@ -1,0 +1,107 @@
+"""Shared fixtures: the machine's real PostgreSQL and Mosquitto, the data sets, fresh databases per test.
+
+Services are used over real connections. Where one is missing the tests that need it are skipped with the
+reason, except under ``FACTORY_TWIN_REQUIRE_SERVICES=1`` (set by .ci/run), where a missing service fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("FACTORY_TWIN_DATASETS", ROOT.parent / "shared" / "datasets"))
+PG_ADMIN_URL = os.environ.get("FACTORY_TWIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MQTT_HOST = os.environ.get("FACTORY_TWIN_TEST_MQTT_HOST", "127.0.0.1")
+MQTT_PORT = int(os.environ.get("FACTORY_TWIN_TEST_MQTT_PORT", "1883"))
+REQUIRE_SERVICES = os.environ.get("FACTORY_TWIN_REQUIRE_SERVICES") == "1"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _need(service: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    msg = f"{service} is not reachable at {host}:{port} (start it, or run .ci/run which installs it)"
+    if REQUIRE_SERVICES:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    """The full public data sets (../shared/datasets); tests that need them skip where they are absent."""
+    if not (DATASETS / "cmapss").is_dir():
+        pytest.skip(f"data sets not found at {DATASETS} (set FACTORY_TWIN_DATASETS)")
+    return DATASETS
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> tuple[str, int]:
+    """Host and port of the machine's Mosquitto."""
+    _need("Mosquitto", MQTT_HOST, MQTT_PORT)
+    return MQTT_HOST, MQTT_PORT
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A topic prefix no other test (or concurrent run) uses."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def _create_pg_database() -> str:
+    from sqlalchemy import create_engine, text
+
+    _need("PostgreSQL", "127.0.0.1", 5432)
+    name = f"ft_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _drop_pg_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    name = url.rsplit("/", 1)[1]
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL database, dropped afterwards."""
+    url = _create_pg_database()
+    yield url
+    _drop_pg_database(url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a fresh SQLite file."""
+    return f"sqlite:///{tmp_path / 'twin.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh empty database, once on SQLite and once on PostgreSQL: the same suite runs on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'twin.db'}"
+        return
+    url = _create_pg_database()
+    yield url
+    _drop_pg_database(url)
