@@ -1,0 +1,74 @@
+"""Settings of the platform (``factory-twin serve``), from TWIN_* environment variables or a config file.
+
+Defaults need nothing installed: a SQLite file under the data directory, and an embedded MQTT broker started
+in-process when no broker URL is given.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "admin", "xxx"}
+
+
+class TwinSettings(BaseSettings):
+    """Platform settings. Environment variables win over the config file (``TWIN_CONFIG``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TWIN_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="where the SQLite file and other local state live")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/twin.db")
+    mqtt_url: str | None = Field(None, description="mqtt[s]://[user:pass@]host:port; none starts an embedded broker")
+    mqtt_client_id: str = "factory-twin-ingest"
+    ingest_workers: int = Field(1, ge=1, le=64)
+    ingest_share_group: str = "ingest"
+    site_file: Path | None = Field(None, description="site model YAML; loaded into the twin at start")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    max_future_s: float = Field(600.0, description="reject values stamped further in the future than this")
+    min_valid_year: int = Field(2000, description="reject values stamped before this year (PLC clock resets)")
+    webhook_allowlist: list[str] = Field(default_factory=list, description="host patterns webhooks may go to")
+    log_json: bool | None = Field(None, description="JSON logs; default: JSON when stderr is not a terminal")
+    config: Path | None = Field(None, description="optional YAML config file")
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_placeholder_password(cls, v: str | None) -> str | None:
+        if v and "@" in v and ":" in v.split("@", 1)[0].split("//", 1)[-1]:
+            password = v.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1]
+            if password.lower() in _PLACEHOLDERS:
+                raise ValueError("database_url uses a placeholder password; set a real one")
+        return v
+
+    @property
+    def db_url(self) -> str:
+        """The database URL to use, the SQLite default filled in."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'twin.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        import os
+
+        sources: list[Any] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get("TWIN_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return (*sources, file_secret_settings)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> TwinSettings:
+    """The process's settings, built once."""
+    return TwinSettings()

@@ -1,0 +1,48 @@
+"""Errors of the platform; the API maps them to HTTP in one handler (twin/api/app.py).
+
+    TwinError
+    ├── ConfigError          settings are invalid or unsafe (placeholder secret, bad URL)
+    ├── SchemaOutdated       the database schema is behind the code: run `factory-twin db upgrade`
+    ├── StoreError           the database refused or failed a write (translated from SQLAlchemy)
+    ├── NotFound             a node, property, alert... does not exist
+    ├── Conflict             the request contradicts the current state
+    └── AuthError
+        ├── Unauthenticated  no key, or an unknown or revoked one (401)
+        └── Forbidden        the key's role is too low (403)
+"""
+
+
+class TwinError(Exception):
+    """Base of every error raised by twin/."""
+
+
+class ConfigError(TwinError):
+    """Settings are invalid or unsafe."""
+
+
+class SchemaOutdated(TwinError):
+    """The database schema is behind the code."""
+
+
+class StoreError(TwinError):
+    """The database refused or failed an operation."""
+
+
+class NotFound(TwinError):
+    """A requested object does not exist."""
+
+
+class Conflict(TwinError):
+    """The request contradicts the current state."""
+
+
+class AuthError(TwinError):
+    """Authentication or authorisation failed."""
+
+
+class Unauthenticated(AuthError):
+    """No valid API key."""
+
+
+class Forbidden(AuthError):
+    """The key's role is too low for this action."""
