@@ -1,0 +1,71 @@
+"""Wire messages: round trips, timestamps exact to the microsecond, bad payloads refused with a reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from plant.errors import WireError
+from plant.wire import (
+    Ack,
+    Diagnosis,
+    Flag,
+    Frame,
+    Quality,
+    UplinkBatch,
+    Value,
+    ack_topic,
+    decode_ack,
+    decode_batch,
+    from_us,
+    shared_uplink_filter,
+    to_us,
+    uplink_topic,
+)
+
+
+def test_batch_round_trip() -> None:
+    batch = UplinkBatch(
+        gateway="gw-1",
+        batch="b-1",
+        sent=1,
+        values=[Value(node="n", prop="p", value=1.5, ts=10, quality=Quality.UNCERTAIN, flags=(Flag.LATE,))],
+        frames=[Frame(node="n", ts=10, values={"p": 1.5, "q": None})],
+        diagnoses=[Diagnosis(node="n", task="rul", ts=10, model="m", version="1", confidence=0.9, rul=42.0)],
+    )
+    assert decode_batch(batch.model_dump_json()) == batch
+    assert len(batch) == 3
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000_000))
+def test_timestamps_exact(us: int) -> None:
+    assert to_us(from_us(us)) == us
+
+
+def test_naive_datetime_is_utc() -> None:
+    assert to_us(datetime(2020, 1, 1)) == to_us(datetime(2020, 1, 1, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"{", b"[]", b'{"gateway": "g"}', b'{"gateway":"g","batch":"b","sent":1,"values":[{"node":"n"}]}'],
+)
+def test_bad_batch_refused_with_reason(payload: bytes) -> None:
+    with pytest.raises(WireError, match="invalid uplink batch"):
+        decode_batch(payload)
+
+
+def test_ack_round_trip_and_refusal() -> None:
+    ack = Ack(gateway="g", batch="b", stored=True, accepted=3)
+    assert decode_ack(ack.model_dump_json()) == ack
+    with pytest.raises(WireError):
+        decode_ack(b"nope")
+
+
+def test_topics() -> None:
+    assert uplink_topic("gw") == "factory-twin/v1/gw/uplink"
+    assert ack_topic("gw") == "factory-twin/v1/gw/ack"
+    assert shared_uplink_filter() == "$share/ingest/factory-twin/v1/+/uplink"
