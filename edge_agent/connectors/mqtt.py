@@ -1,0 +1,220 @@
+"""MQTT connector: plain JSON topics or Sparkplug B, QoS 1, persistent session, PUBACK only once durable.
+
+Each received message is decoded on the spot (on the loop thread, inside paho's read callback) into one
+``ReadingBatch`` whose ``ack`` sends the PUBACK. Un-acked messages stay in the broker's session and are
+redelivered after a reconnect with the same client id: a crash between receipt and the outbox loses nothing.
+The queue towards the sink is bounded: when it is full the connector stops reading the socket, the broker's
+receive-maximum window fills, and the broker holds further messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import paho.mqtt.client as paho
+import structlog
+
+from edge_agent.connectors import Sink
+from edge_agent.connectors.backoff import Backoff
+from edge_agent.connectors.mqtt_client import MqttClient, MqttOptions
+from edge_agent.errors import ConnectorError, SecurityError
+from edge_agent.metrics import CONNECTED, RECONNECTS, VALUES_IN
+from edge_agent.reading import Reading, ReadingBatch
+
+log = structlog.get_logger(__name__)
+
+Rejection = tuple[str, str]
+
+
+class Decoder(Protocol):
+    """What the connector needs of a payload format (plain JSON, Sparkplug B)."""
+
+    commands: list[tuple[str, bytes]]  # messages the decoder wants published (Sparkplug rebirth requests)
+
+    def filters(self) -> list[str]:
+        """Topic filters to subscribe to."""
+        ...
+
+    def on_connect(self) -> None:
+        """Called after every (re)connect, before messages flow."""
+        ...
+
+    def decode(self, topic: str, payload: bytes, recv_ts: int) -> tuple[list[Reading], list[Rejection]]:
+        """Readings and rejections of one message; never raises on bad input."""
+        ...
+
+
+class MqttConnector:
+    """Subscribes to a broker and delivers each message's readings as a batch; reconnects on its own.
+
+    Args:
+        source_id: the site source id.
+        options: broker address, credentials, client id.
+        decoder: turns payloads into readings.
+        queue_size: batches waiting for the sink before reading pauses.
+        backoff: reconnect delays.
+    """
+
+    def __init__(
+        self,
+        source_id: str,
+        options: MqttOptions,
+        decoder: Decoder,
+        *,
+        queue_size: int = 2000,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.source_id = source_id
+        self.options = options
+        self.decoder = decoder
+        self.queue_size = queue_size
+        self.backoff = backoff or Backoff()
+        self._queue: asyncio.Queue[ReadingBatch] = asyncio.Queue()
+        self._client: MqttClient | None = None
+        self._connected = False
+        self._last_error = ""
+        self._messages = 0
+        self._values = 0
+        self._rejected = 0
+        self._reconnects = 0
+        self._m_values = VALUES_IN.labels(source_id)
+        self._m_connected = CONNECTED.labels(source_id)
+        self._m_reconnects = RECONNECTS.labels(source_id)
+
+    def status(self) -> dict[str, object]:
+        """Connected or not, last error and counts."""
+        return {
+            "source": self.source_id,
+            "kind": "mqtt",
+            "connected": self._connected,
+            "last_error": self._last_error,
+            "messages": self._messages,
+            "values": self._values,
+            "rejected": self._rejected,
+            "reconnects": self._reconnects,
+            "queued": self._queue.qsize(),
+        }
+
+    async def run(self, sink: Sink) -> None:
+        """Connect, subscribe and deliver batches to ``sink`` until cancelled, reconnecting with backoff."""
+        consumer = asyncio.create_task(self._consume(sink), name=f"mqtt-sink-{self.source_id}")
+        try:
+            while True:
+                try:
+                    await self._session()
+                except ConnectorError as exc:
+                    self._last_error = str(exc)
+                    log.warning("mqtt_disconnected", source=self.source_id, error=str(exc))
+                finally:
+                    self._set_connected(False)
+                if consumer.done():
+                    consumer.result()  # the sink failed: let the agent see it
+                delay = self.backoff.next_delay()
+                await asyncio.sleep(delay)
+                self._reconnects += 1
+                self._m_reconnects.inc()
+        finally:
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+
+    async def _connect(self) -> tuple[MqttClient, bool]:
+        """Connect; in "auto" mode a broker refusing MQTT 5 (amqtt, older brokers) is retried with 3.1.1."""
+        client = MqttClient(self.options, self._on_message)
+        self._client = client
+        try:
+            return client, await client.connect()
+        except SecurityError:
+            raise
+        except ConnectorError as first:
+            if self.options.protocol != "auto":
+                raise
+            client.close()
+            fallback = MqttClient(dataclasses.replace(self.options, protocol="3.1.1"), self._on_message)
+            self._client = fallback
+            try:
+                present = await fallback.connect()
+            except ConnectorError:
+                fallback.close()
+                raise first from None
+            self.options = fallback.options  # remember: this broker speaks 3.1.1
+            log.info("mqtt_protocol_fallback", source=self.source_id, protocol="3.1.1")
+            return fallback, present
+
+    async def _session(self) -> None:
+        try:
+            client, present = await self._connect()
+        except BaseException:
+            self._client = None
+            raise
+        try:
+            await client.subscribe(self.decoder.filters())
+            self._set_connected(True)
+            self.backoff.reset()
+            log.info("mqtt_connected", source=self.source_id, host=self.options.host, session_present=present)
+            self.decoder.on_connect()
+            self._flush_commands(client)
+            reason = await client.disconnected
+            raise ConnectorError(f"MQTT connection lost: {reason}")
+        finally:
+            self._client = None
+            client.close()
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        client = self._client
+        recv_ts = time.time_ns() // 1000
+        try:
+            readings, rejected = self.decoder.decode(msg.topic, cast(bytes, msg.payload), recv_ts)
+        except UnicodeDecodeError:  # a topic that is not UTF-8
+            readings, rejected = [], [("unknown_topic", repr(msg._topic[:100]))]
+        ack: Callable[[], None] | None = None
+        if msg.qos > 0 and client is not None:
+            ack = _acker(client, msg.mid, msg.qos)
+        self._queue.put_nowait(ReadingBatch(readings, ack, rejected))
+        self._messages += 1
+        if readings:
+            self._values += len(readings)
+            self._m_values.inc(len(readings))
+        if rejected:
+            self._rejected += len(rejected)
+        if client is not None:
+            if self.decoder.commands:
+                self._flush_commands(client)
+            if self._queue.qsize() >= self.queue_size:
+                client.pause_reading()
+
+    def _flush_commands(self, client: MqttClient) -> None:
+        for topic, payload in self.decoder.commands:
+            client.publish(topic, payload, qos=0)
+        self.decoder.commands.clear()
+
+    async def _consume(self, sink: Sink) -> None:
+        queue = self._queue
+        low = self.queue_size // 2
+        while True:
+            batch = await queue.get()
+            try:
+                await sink(batch)
+            except Exception:
+                if self._client is not None:  # end the session: run() then re-raises for the agent to see
+                    self._client.close()
+                raise
+            client = self._client
+            if client is not None and queue.qsize() <= low:
+                client.resume_reading()
+
+    def _set_connected(self, up: bool) -> None:
+        self._connected = up
+        self._m_connected.set(1 if up else 0)
+
+
+def _acker(client: MqttClient, mid: int, qos: int) -> Callable[[], None]:
+    def ack() -> None:
+        client.ack(mid, qos)
+
+    return ack
