@@ -1,0 +1,174 @@
+"""The model registry: one directory per built model, with its ONNX files, manifest and model card.
+
+Layout: ``<root>/<task>/<version>/`` holding ``manifest.json``, ``MODEL_CARD.md`` and one ONNX file per
+variant (``teacher``, ``student``, ``student-int8``). The manifest records each file's sha256; loading
+refuses a file whose hash or a manifest whose schema does not match. Imports nothing beyond the standard
+library, so the edge can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from models.errors import ModelLoadError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_CARD = "MODEL_CARD.md"
+TASKS = ("rul", "faults", "anomaly")
+VARIANTS = ("teacher", "student", "student-int8")
+_REQUIRED = (
+    "schema",
+    "task",
+    "name",
+    "version",
+    "input",
+    "output",
+    "training",
+    "variants",
+    "default_variant",
+)
+_VARIANT_KEYS = ("file", "sha256", "bytes", "output_name", "n_features", "calibration")
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of some bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_dir(root: Path, task: str, version: str) -> Path:
+    """Where a task's model of a given version lives under a registry root."""
+    return root / task / version
+
+
+def latest(root: Path, task: str) -> Path:
+    """The newest version directory of a task under a registry root (versions compared numerically)."""
+    versions = [p for p in (root / task).glob("*") if (p / MANIFEST).is_file()]
+    if not versions:
+        raise ModelLoadError(f"no {task} model under {root}")
+    return max(versions, key=lambda p: tuple(int(x) if x.isdigit() else 0 for x in p.name.split(".")))
+
+
+def write_model_dir(directory: Path, manifest: dict[str, Any], files: dict[str, bytes]) -> None:
+    """Write the variant files, then the manifest with their sha256 and sizes, then the model card."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for variant, data in files.items():
+        entry = manifest["variants"][variant]
+        (directory / entry["file"]).write_bytes(data)
+        entry["sha256"] = sha256_bytes(data)
+        entry["bytes"] = len(data)
+    check_manifest(manifest, directory)
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (directory / MODEL_CARD).write_text(model_card(manifest))
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of a model directory, schema-checked; ModelLoadError says what is wrong."""
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{directory}: no {MANIFEST}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: unreadable manifest ({exc})") from None
+    check_manifest(manifest, directory)
+    return manifest  # type: ignore[no-any-return]
+
+
+def check_manifest(manifest: Any, directory: Path) -> None:
+    """Refuse a manifest of another schema version or lacking the keys the runtime relies on."""
+    if not isinstance(manifest, dict):
+        raise ModelLoadError(f"{directory}: manifest is not a JSON object")
+    missing = [key for key in _REQUIRED if key not in manifest]
+    if missing:
+        raise ModelLoadError(f"{directory}: manifest lacks {missing}")
+    if manifest["schema"] != SCHEMA_VERSION:
+        raise ModelLoadError(f"{directory}: manifest schema {manifest['schema']}, expected {SCHEMA_VERSION}")
+    if manifest["task"] not in TASKS:
+        raise ModelLoadError(f"{directory}: unknown task {manifest['task']!r}")
+    if manifest["default_variant"] not in manifest["variants"]:
+        raise ModelLoadError(f"{directory}: default variant {manifest['default_variant']!r} not listed")
+    for variant, entry in manifest["variants"].items():
+        if variant not in VARIANTS:
+            raise ModelLoadError(f"{directory}: unknown variant {variant!r}")
+        lacking = [key for key in _VARIANT_KEYS if key not in entry]
+        if lacking:
+            raise ModelLoadError(f"{directory}: variant {variant} lacks {lacking}")
+
+
+def read_variant(directory: Path, manifest: dict[str, Any], variant: str) -> bytes:
+    """A variant's ONNX bytes, refused when missing or when its sha256 differs from the manifest's."""
+    entry = manifest["variants"].get(variant)
+    if entry is None:
+        raise ModelLoadError(f"{directory}: no variant {variant!r} (has {sorted(manifest['variants'])})")
+    path = directory / entry["file"]
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise ModelLoadError(f"{path}: missing (variant {variant})") from None
+    digest = sha256_bytes(data)
+    if digest != entry["sha256"]:
+        raise ModelLoadError(f"{path}: sha256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}…")
+    return bytes(data)
+
+
+def model_card(manifest: dict[str, Any]) -> str:
+    """A short Markdown model card from the manifest."""
+    spec = manifest["input"]
+    training = manifest["training"]
+    lines = [
+        f"# {manifest['name']} {manifest['version']} ({manifest['task']})",
+        "",
+        manifest.get("description", ""),
+        "",
+        "## Inputs",
+        _window_text(spec) + " Missing signals, NaN and wrong units are refused (WindowRejected).",
+        _baseline_text(manifest),
+        "",
+        "| signal | unit |",
+        "|---|---|",
+        *(f"| {s} | {u or '-'} |" for s, u in zip(spec["signals"], spec["units"], strict=True)),
+        "",
+        "## Training",
+        f"Data: {', '.join(training.get('files', []))} "
+        f"(sha256 {training.get('data_sha256', '')[:16]}…), seed {training.get('seed')}.",
+        manifest["training"].get("protocol", ""),
+        "",
+        "## Variants",
+        "| variant | file | bytes | metrics |",
+        "|---|---|---:|---|",
+    ]
+    for variant, entry in manifest["variants"].items():
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in entry.get("metrics", {}).items() if isinstance(v, float))
+        lines.append(f"| {variant} | {entry['file']} | {entry['bytes']} | {metrics} |")
+    lines += [
+        "",
+        f"The edge runs `{manifest['default_variant']}`.",
+        "",
+        "## Limits",
+        manifest.get("limits", ""),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _window_text(spec: dict[str, Any]) -> str:
+    if spec["min_window"] < spec["window"]:
+        return (
+            f"Window of the last {spec['window']} rows, oldest first; {spec['min_window']} to "
+            f"{spec['window'] - 1} rows are padded with their oldest row (policy pad_oldest)."
+        )
+    return f"Window of exactly {spec['window']} rows, oldest first."
+
+
+def _baseline_text(manifest: dict[str, Any]) -> str:
+    baseline = manifest.get("baseline")
+    if not baseline:
+        return ""
+    return (
+        f"\nScored against the asset's own normal operation: call `with_baseline()` with at least "
+        f"{baseline['min_rows']} rows of it; without one, the default baseline of the training data is used."
+    )

@@ -1,0 +1,86 @@
+"""`factory-twin models evaluate` on the real data sets reproduces the committed models' metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from factory_twin.cli import cli
+from models import registry
+
+pytestmark = pytest.mark.datasets
+
+
+def _data(task: str, root: Path) -> list[str]:
+    if task == "rul":
+        return [
+            "--data",
+            str(root / "cmapss" / "test_FD001.txt"),
+            "--truth",
+            str(root / "cmapss" / "RUL_FD001.txt"),
+        ]
+    if task == "faults":
+        return ["--data", str(root / "ai4i2020" / "ai4i2020.csv")]
+    return ["--data", str(root / "skab" / "valve1"), "--data", str(root / "skab" / "valve2")]
+
+
+@pytest.mark.parametrize("task", ["rul", "faults", "anomaly"])
+def test_evaluate_reproduces_committed_metrics(task: str, datasets: Path, registry_root: Path) -> None:
+    directory = registry.latest(registry_root, task)
+    manifest = registry.read_manifest(directory)
+    variant = manifest["default_variant"]
+    result = CliRunner().invoke(
+        cli, ["models", "evaluate", task, "--model", str(registry_root), *_data(task, datasets), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["variant"] == variant
+    assert scores["model_bytes"] == manifest["variants"][variant]["bytes"]
+    assert 0 < scores["latency_us"] < 1000
+    committed = manifest["variants"][variant]["metrics"]
+    headline = {
+        "rul": ["rmse", "nasa_score"],
+        "faults": ["f1_binary", "macro_f1"],
+        "anomaly": ["f1", "far", "mar"],
+    }
+    for name in headline[task]:
+        assert scores[name] == pytest.approx(committed[name], rel=1e-6), name
+
+
+def test_evaluate_refuses_wrong_task_and_bad_data(datasets: Path, registry_root: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    faults_dir = registry.latest(registry_root, "faults")
+    wrong = runner.invoke(cli, ["models", "evaluate", "rul", "--model", str(faults_dir), "--data", str(tmp_path)])
+    assert wrong.exit_code != 0
+    junk = tmp_path / "junk.csv"
+    junk.write_text("x\n1\n")
+    bad = runner.invoke(cli, ["models", "evaluate", "faults", "--model", str(registry_root), "--data", str(junk)])
+    assert bad.exit_code == 1
+    assert "missing columns" in bad.output
+    nodata = runner.invoke(cli, ["models", "evaluate", "faults", "--model", str(registry_root)])
+    assert nodata.exit_code == 2
+
+
+def test_report_with_plots(datasets: Path, registry_root: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "models",
+            "report",
+            "--task",
+            "faults",
+            "--datasets",
+            str(datasets),
+            "--plots",
+            str(tmp_path),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["faults"]
+    assert {r["variant"] for r in report["rows"]} == {"teacher", "student"}
+    assert "macro_f1_within_1pt" in report["targets"]
+    assert (tmp_path / "faults_confusion.png").stat().st_size > 1000

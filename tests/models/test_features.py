@@ -1,0 +1,39 @@
+"""The window feature code shared by training and the runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import faults, rul
+from models.features import features, pad_oldest, sliding_windows
+
+
+def test_sliding_windows_match_padded_last_windows() -> None:
+    rows = np.arange(30, dtype=np.float64).reshape(10, 3)
+    windows = sliding_windows(rows, 4, 2)
+    assert windows.shape == (9, 4, 3)
+    for end in range(1, 10):
+        assert np.array_equal(windows[end - 1], pad_oldest(rows[: end + 1], 4))
+
+
+def test_features_reject_misshapen_windows() -> None:
+    with pytest.raises(ValueError, match="windows must be"):
+        features(np.zeros((1, rul.SPEC.window - 1, len(rul.SPEC.signals))), rul.SPEC)
+
+
+def test_rul_features_of_a_linear_trend() -> None:
+    n, s = rul.SPEC.window, len(rul.SPEC.signals)
+    window = np.tile(np.arange(n, dtype=np.float64)[:, None], (1, s))
+    feats = features(window[None], rul.SPEC)[0]
+    sensors = s - 1
+    assert feats[0] == n - 1  # cycle count
+    assert np.allclose(feats[1 + 3 * sensors : 1 + 4 * sensors], 1.0)  # slope block
+
+
+def test_fault_margins_computed_in_float64() -> None:
+    # Air 300.0 K and process 308.6 K sit exactly on the 8.6 K heat-dissipation rule: the margin must be 0,
+    # not float32 noise that flips the rule.
+    window = np.array([[[0.0, 300.0, 308.6, 1300.0, 40.0, 10.0]]])
+    feats = features(window, faults.SPEC)[0]
+    assert abs(feats[9]) < 1e-9

@@ -1,0 +1,197 @@
+"""The edge runtime on the committed models: loading checks, window validation, prediction fields."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import registry, runtime
+from models.errors import ModelLoadError, WindowRejected
+
+
+def _window(model: runtime.LoadedModel, length: int | None = None) -> dict[str, list[object]]:
+    """A plausible window: each signal at the middle of a typical range, with a little variation."""
+    spec = model.spec
+    n = length or spec.window
+    rng = np.random.default_rng(0)
+    window: dict[str, list[object]] = {}
+    for name in spec.signals:
+        if name in spec.categories:
+            window[name] = [spec.categories[name][0]] * n
+        elif name == "cycle":
+            window[name] = [float(i + 1) for i in range(n)]
+        else:
+            window[name] = (1.0 + 0.01 * rng.standard_normal(n)).tolist()
+    return window
+
+
+def test_loads_default_variant_and_predicts(committed: Path) -> None:
+    model = runtime.load(committed)
+    assert model.variant == model.manifest["default_variant"]
+    prediction = model.predict(_window(model), units=dict(zip(model.spec.signals, model.spec.units, strict=True)))
+    assert 0.0 <= prediction.confidence <= 1.0
+    if model.task == "rul":
+        assert prediction.rul is not None
+        assert prediction.rul_low is not None
+        assert prediction.rul_high is not None
+        assert prediction.rul_low <= prediction.rul <= prediction.rul_high
+        assert prediction.unit == "cycle"
+    elif model.task == "faults":
+        assert prediction.label in model.manifest["output"]["labels"]
+        assert prediction.probability is not None
+        assert 0.0 <= prediction.probability <= 1.0
+    else:
+        assert prediction.score is not None
+        assert prediction.threshold is not None
+        assert prediction.label in {"normal", "anomaly"}
+
+
+def test_every_variant_loads(committed: Path) -> None:
+    manifest = registry.read_manifest(committed)
+    for variant, entry in manifest["variants"].items():
+        if not (committed / entry["file"]).is_file():
+            continue  # a teacher over 2 MB is not committed
+        model = runtime.load(committed, variant)
+        assert math.isfinite(model.predict(_window(model)).confidence)
+
+
+def test_batch_equals_single(committed: Path) -> None:
+    model = runtime.load(committed)
+    windows = [_window(model), _window(model)]
+    windows[1] = {k: (v[::-1] if k != "cycle" else v) for k, v in windows[1].items()}
+    assert model.predict_batch(windows) == [model.predict(w) for w in windows]
+    assert model.predict_batch([]) == []
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        ("nan", "nan"),
+        ("missing", "missing_signal"),
+        ("short", "wrong_length"),
+        ("long", "wrong_length"),
+        ("ragged", "wrong_length"),
+        ("unit", "wrong_unit"),
+        ("text", "bad_value"),
+    ],
+)
+def test_bad_windows_are_refused_with_a_reason(committed: Path, spoil: str, reason: str) -> None:
+    model = runtime.load(committed)
+    spec = model.spec
+    window = _window(model)
+    numeric = next(s for s in spec.signals if s not in spec.categories)
+    units = None
+    if spoil == "nan":
+        window[numeric][-1] = float("nan")
+    elif spoil == "missing":
+        del window[numeric]
+    elif spoil == "short":
+        window = _window(model, spec.min_window - 1) if spec.min_window > 1 else {k: [] for k in window}
+    elif spoil == "long":
+        window = _window(model, spec.window + 1)
+    elif spoil == "ragged":
+        window[numeric] = window[numeric][:-1]
+    elif spoil == "unit":
+        units = {numeric: "furlongs"}
+    elif spoil == "text":
+        window[numeric][0] = "twelve"
+    with pytest.raises(WindowRejected) as caught:
+        model.predict(window, units)
+    assert caught.value.reason == reason
+
+
+def test_short_window_padded_by_declared_policy(registry_root: Path) -> None:
+    model = runtime.load(registry.latest(registry_root, "rul"))
+    assert model.manifest["input"]["policy"]["short"] == "pad_oldest"
+    short = _window(model, model.spec.min_window)
+    padded = {k: [v[0]] * (model.spec.window - len(v)) + v for k, v in short.items()}
+    assert model.predict(short) == model.predict(padded)
+
+
+def test_unit_spellings_are_accepted(registry_root: Path) -> None:
+    model = runtime.load(registry.latest(registry_root, "faults"))
+    window = {"product_type": ["M"], "air_temperature": [298.1], "process_temperature": [308.6],
+              "rotational_speed": [1551.0], "torque": [42.8], "tool_wear": [0.0]}  # fmt: skip
+    assert model.predict(window, {"torque": "Nm"}).label == "none"
+    with pytest.raises(WindowRejected):
+        model.predict({**window, "product_type": ["X"]})
+
+
+def test_power_failure_row_is_diagnosed(registry_root: Path) -> None:
+    model = runtime.load(registry.latest(registry_root, "faults"))
+    # 1 N·m at 2861 rpm is 300 W, far below the 3500 W power-failure rule.
+    window = {"product_type": ["L"], "air_temperature": [298.0], "process_temperature": [308.5],
+              "rotational_speed": [2861.0], "torque": [4.6], "tool_wear": [143.0]}  # fmt: skip
+    assert model.predict(window).label == "PWF"
+
+
+def _copy(model_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("*.joblib", "*.large.onnx"))
+    return target
+
+
+def test_sha_mismatch_is_refused(committed: Path, tmp_path: Path) -> None:
+    target = _copy(committed, tmp_path)
+    manifest = registry.read_manifest(target)
+    path = target / manifest["variants"][manifest["default_variant"]]["file"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        runtime.load(target)
+
+
+@pytest.mark.parametrize("change", ["schema", "signals", "n_features", "missing_file", "task"])
+def test_schema_mismatch_is_refused(committed: Path, tmp_path: Path, change: str) -> None:
+    target = _copy(committed, tmp_path)
+    manifest = json.loads((target / registry.MANIFEST).read_text())
+    if change == "schema":
+        manifest["schema"] = 99
+    elif change == "signals":
+        manifest["input"]["signals"] = manifest["input"]["signals"][:-1]
+        manifest["input"]["units"] = manifest["input"]["units"][:-1]
+    elif change == "n_features":
+        manifest["variants"][manifest["default_variant"]]["n_features"] += 1
+    elif change == "missing_file":
+        (target / manifest["variants"][manifest["default_variant"]]["file"]).unlink()
+    elif change == "task":
+        manifest["task"] = "weather"
+    (target / registry.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError):
+        runtime.load(target)
+
+
+def test_no_manifest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="manifest"):
+        runtime.load(tmp_path)
+
+
+def test_anomaly_baseline(registry_root: Path) -> None:
+    model = runtime.load(registry.latest(registry_root, "anomaly"))
+    rows = model.manifest["baseline"]["min_rows"]
+    history = _window(model, rows)
+    asset = model.with_baseline(history)
+    assert asset.predict({k: v[-model.spec.window :] for k, v in history.items()}).label == "normal"
+    with pytest.raises(WindowRejected):
+        model.with_baseline(_window(model, rows - 1))
+    with pytest.raises(ModelLoadError):
+        runtime.load(registry.latest(registry_root, "rul")).with_baseline(history)
+
+
+def test_runtime_imports_no_training_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, models.runtime; "
+        "bad = [m for m in ('sklearn', 'pandas', 'skl2onnx', 'twin', 'edge_agent') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
