@@ -101,6 +101,90 @@ class AlignmentDef(_Model):
     watermark_ms: int = Field(2000, ge=0)
 
 
+class Severity(StrEnum):
+    """How bad a rule's condition is; with the asset's criticality it gives an alert's priority."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class PropertyCondition(_Model):
+    """A test on another property of the same asset, e.g. "the spindle is stopped" (speed below 50)."""
+
+    property: Ident
+    below: float | None = None
+    above: float | None = None
+    equals: str | float | bool | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> PropertyCondition:
+        if self.below is None and self.above is None and self.equals is None:
+            raise ValueError("a condition needs 'below', 'above' or 'equals'")
+        return self
+
+
+class Escalation(_Model):
+    """Raise the priority one step when an alert stays active and unacknowledged this long."""
+
+    after_s: float = Field(gt=0)
+    max_steps: int = Field(1, ge=1, le=3)
+    deescalate_after_s: float | None = Field(None, gt=0, description="back to base once returned this long")
+
+
+class AlertRuleDef(_Model):
+    """One alert rule of an asset type. ``kind`` says which fields apply; see twin/alerts/rules.py."""
+
+    id: Ident
+    kind: Literal["limit", "rate", "stale", "quality", "fault", "anomaly", "rul", "all", "any"]
+    property: Ident | None = None
+    hi: float | None = None
+    hihi: float | None = None
+    lo: float | None = None
+    lolo: float | None = None
+    deadband: float = Field(0.0, ge=0)
+    on_delay_s: float = Field(0.0, ge=0)
+    off_delay_s: float = Field(0.0, ge=0)
+    max_rate: float | None = Field(None, gt=0, description="rate rules: units per second, either direction")
+    window_s: float = Field(10.0, gt=0, description="rate rules: span the rate is measured over")
+    after_s: float | None = Field(None, gt=0, description="stale rules: no good value for this long")
+    grace_s: float = Field(0.0, ge=0, description="stale rules: wait this long after start before judging")
+    mode: str | None = Field(None, description="fault rules: the fault label, '*' for any but 'none'")
+    probability: float = Field(0.5, ge=0, le=1)
+    ratio: float = Field(1.0, gt=0, description="anomaly rules: score above ratio × threshold")
+    horizon: float | None = Field(None, gt=0, description="rul rules: RUL below this, in the model's unit")
+    rules: list[Ident] = Field(default_factory=list, description="all/any rules: ids of rules of this type")
+    severity: Severity = Severity.MEDIUM
+    message: str = ""
+    notify: bool = Field(True, description="false: only a building block of all/any rules")
+    suppress_when: PropertyCondition | None = None
+    escalate: Escalation | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> AlertRuleDef:
+        needs: dict[str, tuple[str, ...]] = {
+            "limit": ("property",), "rate": ("property", "max_rate"), "stale": ("property", "after_s"),
+            "quality": ("property",), "fault": ("mode",), "rul": ("horizon",),
+        }
+        for name in needs.get(self.kind, ()):
+            if getattr(self, name) is None:
+                raise ValueError(f"a {self.kind} rule needs {name!r}")
+        if self.kind == "limit":
+            self._check_limits()
+        if self.kind in ("all", "any") and len(self.rules) < 2:
+            raise ValueError(f"an {self.kind} rule combines at least two rules")
+        return self
+
+    def _check_limits(self) -> None:
+        if all(v is None for v in (self.hi, self.hihi, self.lo, self.lolo)):
+            raise ValueError("a limit rule needs at least one of hi, hihi, lo, lolo")
+        if self.hi is not None and self.hihi is not None and self.hihi < self.hi:
+            raise ValueError(f"hihi {self.hihi} must not be below hi {self.hi}")
+        if self.lo is not None and self.lolo is not None and self.lolo > self.lo:
+            raise ValueError(f"lolo {self.lolo} must not be above lo {self.lo}")
+
+
 class AssetType(_Model):
     """A kind of machine or component: its properties and the diagnostic models that watch it."""
 
@@ -108,6 +192,40 @@ class AssetType(_Model):
     properties: dict[Ident, PropertyDef]
     models: list[Literal["rul", "faults", "anomaly"]] = []
     alignment: AlignmentDef = AlignmentDef()
+    alerts: list[AlertRuleDef] = []
+
+    @model_validator(mode="after")
+    def _alert_references(self) -> AssetType:
+        ids = [r.id for r in self.alerts]
+        for i, rule in enumerate(self.alerts):
+            if ids.count(rule.id) > 1:
+                raise ValueError(f"alerts[{i}]: rule id {rule.id!r} is used twice")
+            props = [rule.property, rule.suppress_when.property if rule.suppress_when else None]
+            for prop in props:
+                if prop is not None and prop not in self.properties:
+                    raise ValueError(f"alerts[{i}] ({rule.id}): no property {prop!r}")
+            for ref in rule.rules:
+                if ref not in ids or ref == rule.id:
+                    raise ValueError(f"alerts[{i}] ({rule.id}): unknown rule {ref!r}")
+        _no_cycles({r.id: r.rules for r in self.alerts})
+        return self
+
+
+def _no_cycles(graph: dict[str, list[str]]) -> None:
+    """Raise ValueError when all/any rules refer to each other in a loop."""
+    done: set[str] = set()
+
+    def visit(rule: str, trail: tuple[str, ...]) -> None:
+        if rule in trail:
+            raise ValueError(f"alert rules refer to each other in a loop: {' -> '.join((*trail, rule))}")
+        if rule in done:
+            return
+        for ref in graph.get(rule, []):
+            visit(ref, (*trail, rule))
+        done.add(rule)
+
+    for rule in graph:
+        visit(rule, ())
 
 
 class SecurityMode(StrEnum):
@@ -153,6 +271,7 @@ class MqttSource(_Model):
     kind: Literal["mqtt"]
     url: str | None = Field(None, pattern=r"^mqtts?://")
     format: Literal["json", "sparkplug"] = "json"
+    protocol: Literal["auto", "5", "3.1.1"] = Field("auto", description="MQTT version; auto tries 5, then 3.1.1")
     username: str | None = None
     password_env: str | None = None
     ca_file: str | None = None

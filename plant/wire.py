@@ -119,7 +119,8 @@ class Rejection(_Wire):
 
     kind: Literal["value", "frame", "diagnosis"]
     index: int
-    reason: str
+    reason: str = Field(description="short stable code, e.g. 'unknown_property', 'not_finite'")
+    detail: str = Field("", description="what was wrong, for people")
 
 
 class Ack(_Wire):
@@ -134,22 +135,27 @@ class Ack(_Wire):
     error: str | None = None
 
 
-def uplink_topic(gateway: str) -> str:
-    """Topic an agent publishes its batches on."""
-    return f"{TOPIC_ROOT}/{gateway}/uplink"
+def uplink_topic(gateway: str, root: str = TOPIC_ROOT) -> str:
+    """Topic an agent publishes its batches on (``root`` lets tests and tenants keep apart)."""
+    return f"{root}/{gateway}/uplink"
 
 
-def ack_topic(gateway: str) -> str:
+def ack_topic(gateway: str, root: str = TOPIC_ROOT) -> str:
     """Topic the platform acknowledges an agent's batches on."""
-    return f"{TOPIC_ROOT}/{gateway}/ack"
+    return f"{root}/{gateway}/ack"
 
 
 UPLINK_FILTER = f"{TOPIC_ROOT}/+/uplink"
 
 
-def shared_uplink_filter(group: str = "ingest") -> str:
+def uplink_filter(root: str = TOPIC_ROOT) -> str:
+    """Filter matching every gateway's uplink topic under ``root``."""
+    return f"{root}/+/uplink"
+
+
+def shared_uplink_filter(group: str = "ingest", root: str = TOPIC_ROOT) -> str:
     """Shared subscription so several ingest workers split the uplink traffic."""
-    return f"$share/{group}/{UPLINK_FILTER}"
+    return f"$share/{group}/{uplink_filter(root)}"
 
 
 def decode_batch(payload: bytes | str) -> UplinkBatch:

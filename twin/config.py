@@ -24,16 +24,28 @@ class TwinSettings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="where the SQLite file and other local state live")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/twin.db")
     mqtt_url: str | None = Field(None, description="mqtt[s]://[user:pass@]host:port; none starts an embedded broker")
+    embedded_mqtt_host: str = Field("127.0.0.1", description="where the embedded broker listens (no mqtt_url)")
+    embedded_mqtt_port: int = Field(1883, ge=0, le=65535, description="embedded broker port; 0 picks a free one")
     mqtt_client_id: str = "factory-twin-ingest"
     ingest_workers: int = Field(1, ge=1, le=64)
     ingest_share_group: str = "ingest"
+    ingest_leave_on_stop: bool = Field(False, description="end the broker sessions on stop (scale-down)")
+    mqtt_topic_root: str = Field("factory-twin/v1", description="root of the uplink and ack topics")
     site_file: Path | None = Field(None, description="site model YAML; loaded into the twin at start")
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     max_future_s: float = Field(600.0, description="reject values stamped further in the future than this")
     min_valid_year: int = Field(2000, description="reject values stamped before this year (PLC clock resets)")
     webhook_allowlist: list[str] = Field(default_factory=list, description="host patterns webhooks may go to")
+    knowledge_dir: Path | None = Field(None, description="knowledge-base YAML files loaded at start")
     log_json: bool | None = Field(None, description="JSON logs; default: JSON when stderr is not a terminal")
+    metrics_host: str = Field("127.0.0.1", description="where an ingest process serves Prometheus metrics")
+    metrics_port: int = Field(-1, ge=-1, le=65535, description="ingest metrics port; -1: none")
+    history_retention_days: float = Field(0, ge=0, description="raw history kept, days; 0 keeps all")
+    rollup_retention_days: float = Field(0, ge=0, description="1m/1h rollups kept, days; 0 keeps all")
+    history_partition_hours: int = Field(24, ge=1, le=24 * 31, description="PostgreSQL partition span")
+    history_partitions_ahead: int = Field(3, ge=1, le=1000, description="partitions created ahead of now")
+    history_maintenance_s: float = Field(60.0, gt=0, description="partition and rollup job interval (ingest)")
     config: Path | None = Field(None, description="optional YAML config file")
 
     @field_validator("database_url")

@@ -4,8 +4,10 @@
     ├── ConfigError          settings are invalid or unsafe (placeholder secret, bad URL)
     ├── SchemaOutdated       the database schema is behind the code: run `factory-twin db upgrade`
     ├── StoreError           the database refused or failed a write (translated from SQLAlchemy)
+    ├── BrokerError          the MQTT broker is unreachable or refused us (translated from paho)
     ├── NotFound             a node, property, alert... does not exist
     ├── Conflict             the request contradicts the current state
+    ├── InvalidRequest       a request asks for something impossible: bad range, foreign cursor (422)
     └── AuthError
         ├── Unauthenticated  no key, or an unknown or revoked one (401)
         └── Forbidden        the key's role is too low (403)
@@ -28,6 +30,10 @@ class StoreError(TwinError):
     """The database refused or failed an operation."""
 
 
+class BrokerError(TwinError):
+    """The MQTT broker cannot be reached or refused the connection."""
+
+
 class NotFound(TwinError):
     """A requested object does not exist."""
 
@@ -46,3 +52,7 @@ class Unauthenticated(AuthError):
 
 class Forbidden(AuthError):
     """The key's role is too low for this action."""
+
+
+class InvalidRequest(TwinError):
+    """The request's parameters are inconsistent or unusable (an inverted time range, a foreign cursor)."""

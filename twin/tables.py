@@ -57,6 +57,8 @@ class TwinNode(Base):
     criticality: Mapped[str] = mapped_column(String(8), default="medium")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     position: Mapped[int] = mapped_column(Integer, default=0)  # order among siblings, as in the site file
+    # set when the node left the site file: kept with its history, no longer accepts values
+    retired_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class TwinProperty(Base):
@@ -82,6 +84,8 @@ class TwinProperty(Base):
     stored_ts: Mapped[int | None] = mapped_column(BigInteger)
     quality: Mapped[int | None] = mapped_column(SmallInteger)
     flags: Mapped[str] = mapped_column(String(128), default="")
+    # set when the property left its asset type: kept with its history, no longer accepts values
+    retired_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class HistoryPoint(Base):
@@ -153,3 +157,198 @@ class ApiKey(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     last_used_at: Mapped[int | None] = mapped_column(BigInteger)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Alert(Base):
+    """One alert: an asset's condition from raise to return to normal (ISA-18.2), deduplicated while open.
+
+    ``open_key`` is the dedup key (node, rule, direction) while the alert is open, NULL once back to normal:
+    the unique constraint allows one open alert per asset and condition, and any number of closed ones.
+    """
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("open_key"),
+        Index("ix_alerts_state_priority", "state", "priority"),
+        Index("ix_alerts_raised_at", "raised_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(256), index=True)
+    open_key: Mapped[str | None] = mapped_column(String(256))
+    node_id: Mapped[str] = mapped_column(String(64), index=True)
+    node_path: Mapped[str] = mapped_column(String(1024), index=True)  # "/site/area/.../node/" for subtrees
+    asset_type: Mapped[str] = mapped_column(String(64), default="")
+    rule: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # limit, rate, stale, quality, fault, anomaly, rul, all/any
+    condition: Mapped[str] = mapped_column(String(32))  # HI, HIHI, LO, LOLO, RATE, STALE, BAD, a fault label
+    state: Mapped[str] = mapped_column(String(24))  # normal, active_unack, active_ack, returned_unack
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    severity: Mapped[str] = mapped_column(String(8))
+    base_priority: Mapped[str] = mapped_column(String(8))
+    priority: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text, default="")
+    value: Mapped[float | None] = mapped_column(Float)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    occurrences: Mapped[int] = mapped_column(Integer, default=1)
+    group_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the first alert of a shared cause
+    flapping: Mapped[bool] = mapped_column(Boolean, default=False)
+    shelved_until: Mapped[int | None] = mapped_column(BigInteger)
+    suppressed: Mapped[bool] = mapped_column(Boolean, default=False)
+    escalations: Mapped[int] = mapped_column(SmallInteger, default=0)
+    raised_at: Mapped[int] = mapped_column(BigInteger)
+    activated_at: Mapped[int] = mapped_column(BigInteger)  # start of the current activation
+    returned_at: Mapped[int | None] = mapped_column(BigInteger)
+    acked_at: Mapped[int | None] = mapped_column(BigInteger)
+    acked_by: Mapped[str | None] = mapped_column(String(128))
+    closed_at: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class AlertTransition(Base):
+    """One change of an alert (state, priority, shelving...), with who did it, when and why."""
+
+    __tablename__ = "alert_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(128))  # "system" for the engine, else the API key's name
+    action: Mapped[str] = mapped_column(String(24))
+    from_state: Mapped[str] = mapped_column(String(24))
+    to_state: Mapped[str] = mapped_column(String(24))
+    priority: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class AlertFeedback(Base):
+    """What people found about an alert, with the window and evidence that caused it, for retraining."""
+
+    __tablename__ = "alert_feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    by: Mapped[str] = mapped_column(String(128))
+    verdict: Mapped[str] = mapped_column(String(16))  # true_fault, false_alarm, cause_found
+    cause: Mapped[str] = mapped_column(Text, default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    node_id: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(64))
+    window_start: Mapped[int] = mapped_column(BigInteger)
+    window_end: Mapped[int] = mapped_column(BigInteger)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class KnowledgeEntry(Base):
+    """One version of a knowledge-base entry: causes and actions for a condition on an asset type."""
+
+    __tablename__ = "knowledge_entries"
+    __table_args__ = (UniqueConstraint("asset_type", "condition", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    asset_type: Mapped[str] = mapped_column(String(64))
+    condition: Mapped[str] = mapped_column(String(64))  # a rule id, a fault label or a rule kind
+    version: Mapped[int] = mapped_column(Integer)
+    current: Mapped[bool] = mapped_column(Boolean, default=True)  # the latest, not deleted, version
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(256), default="")  # file it came from, or "api"
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class WebhookSubscription(Base):
+    """Where alert events are sent, which ones, and in which format."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))  # HMAC key; needed in clear to sign
+    format: Mapped[str] = mapped_column(String(16), default="native")  # native, alertmanager
+    priorities: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: all
+    subtree: Mapped[str | None] = mapped_column(String(64))  # a node id; None: the whole plant
+    kinds: Mapped[list[str]] = mapped_column(JSON, default=list)  # rule kinds; empty: all
+    max_attempts: Mapped[int] = mapped_column(Integer, default=18)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription: the delivery queue, written in the alert change's transaction."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_key"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_order", "subscription_id", "node_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"))
+    event_key: Mapped[str] = mapped_column(String(64))  # the Idempotency-Key: same on every retry and replay
+    event: Mapped[str] = mapped_column(String(32))  # alert.raised, alert.acknowledged...
+    alert_id: Mapped[int | None] = mapped_column(Integer)
+    node_id: Mapped[str] = mapped_column(String(64))  # events of one asset are delivered in id order
+    body: Mapped[str] = mapped_column(Text)  # rendered once, so every attempt sends the same bytes
+    status: Mapped[str] = mapped_column(String(12), default="pending")  # pending, sending, delivered, dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger)
+    lease_until: Mapped[int | None] = mapped_column(BigInteger)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger)  # when the alert change was committed (µs)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class User(Base):
+    """A person who logs in to the dashboard with a password; only a salted scrypt hash of it is stored."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))  # "scrypt$n$r$p$salt$hash", base64 parts
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class _Rollup:
+    """Columns shared by the history rollups: one row per property and time bucket, numeric values only."""
+
+    property_id: Mapped[int] = mapped_column(
+        ForeignKey("twin_properties.id", ondelete="CASCADE"), primary_key=True
+    )
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # bucket start, µs
+    vmin: Mapped[float] = mapped_column(Float)
+    vmax: Mapped[float] = mapped_column(Float)
+    vmean: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)  # how many values the bucket holds
+    vlast: Mapped[float | None] = mapped_column(Float)  # the value with the newest timestamp
+    last_ts: Mapped[int] = mapped_column(BigInteger)
+
+
+class HistoryMinute(_Rollup, Base):
+    """1-minute rollup of twin_history (min, max, mean, count, last), kept up to date by twin.history."""
+
+    __tablename__ = "twin_history_1m"
+
+
+class HistoryHour(_Rollup, Base):
+    """1-hour rollup of twin_history, computed from the 1-minute rollup."""
+
+    __tablename__ = "twin_history_1h"
+
+
+class HistoryState(Base):
+    """Bookkeeping of the history job: how far the rollups are complete, which storage the history uses."""
+
+    __tablename__ = "twin_history_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+    note: Mapped[str] = mapped_column(String(64), default="")

@@ -133,6 +133,7 @@ def _mqtt(
         keepalive_s=int(_opt(settings, "mqtt_keepalive_s", 10)),  # type: ignore[call-overload]
         receive_maximum=int(_opt(settings, "mqtt_receive_maximum", 1000)),  # type: ignore[call-overload]
         session_expiry_s=int(_opt(settings, "mqtt_session_expiry_s", 86_400)),  # type: ignore[call-overload]
+        protocol=source.protocol,
     )
     decoder: JsonDecoder | SparkplugDecoder
     if source.format == "sparkplug":

@@ -1,0 +1,195 @@
+"""The alert engine on the example plant: a fault scenario, chattering, stale data, suppression, restart."""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from plant.site import Site
+from plant.wire import Diagnosis
+from twin.alerts import AlertEngine, PropertyChange
+from twin.alerts.noise import alarm_rate
+from twin.tables import Alert, AlertTransition
+
+T0 = 1_790_000_000_000_000  # µs, a fixed start so the replay is deterministic
+S = 1_000_000
+
+
+def mill(t: int, *, temp: float = 310.0, torque: float = 40.0, speed: float = 1500.0, wear: float = 100.0):
+    ts = T0 + t * S
+    return [
+        PropertyChange("mill-1", "process_temperature", temp, ts),
+        PropertyChange("mill-1", "torque", torque, ts),
+        PropertyChange("mill-1", "rotational_speed", speed, ts),
+        PropertyChange("mill-1", "tool_wear", wear, ts),
+    ]
+
+
+def pump(t: int, *, vib: float = 0.2, temp: float = 80.0, current: float = 2.4, flow: float = 32.0):
+    ts = T0 + t * S
+    return [
+        PropertyChange("pump-1", "accelerometer1_rms", vib, ts),
+        PropertyChange("pump-1", "accelerometer2_rms", 0.25, ts),
+        PropertyChange("pump-1", "temperature", temp, ts),
+        PropertyChange("pump-1", "current", current, ts),
+        PropertyChange("pump-1", "flow_rate", flow, ts),
+        PropertyChange("pump-1", "pressure", 30.0, ts),
+    ]
+
+
+def fault_diag(t: int, label: str, p: float) -> Diagnosis:
+    return Diagnosis(
+        node="mill-1",
+        task="faults",
+        ts=T0 + t * S,
+        model="mill-faults",
+        version="1",
+        confidence=p,
+        label=label,
+        probability=p,
+    )
+
+
+def step(engine: AlertEngine, db: Engine, changes=(), diagnoses=(), tick: int | None = None) -> None:
+    with Session(db) as s, s.begin():
+        engine.process(s, changes, diagnoses)
+        if tick is not None:
+            engine.tick(s, T0 + tick * S)
+
+
+def alerts(db: Engine) -> list[Alert]:
+    with Session(db) as s:
+        return list(s.scalars(select(Alert).order_by(Alert.id)))
+
+
+def test_fault_scenario_raises_one_alert_per_fault_and_chatter_raises_none(
+    site: Site, sqlite_db: Engine
+) -> None:
+    engine = AlertEngine(site, started=T0)
+    for t in range(0, 900):
+        temp = 310.0
+        if 100 <= t < 200:  # fault 1: process temperature excursion, noisy around the HI limit
+            temp = 313.4 + 0.25 * math.sin(t)
+        torque = 40.0
+        if 300 <= t < 310:
+            torque = 40.0 + 2.5 * (t - 300)  # fault 2: slow ramp (below the rate limit) to high torque
+        elif 310 <= t < 360:
+            torque = 67.0 + (1.2 if t % 2 else -1.2)  # noisy, above HI
+        elif 360 <= t < 370:
+            torque = 67.0 - 2.7 * (t - 360)
+        # chattering: vibration flips across its HI limit every second, motor temperature every 3 s
+        vib = 0.31 if t % 2 else 0.29
+        ptemp = 96.0 if (t // 3) % 2 else 94.0
+        diags = []
+        if t % 30 == 0:  # fault 3: the fault model sees heat dissipation failure for a while
+            label, p = ("HDF", 0.9) if 500 <= t < 650 else ("none", 0.95)
+            diags.append(fault_diag(t, label, p))
+        changes = [*mill(t, temp=temp, torque=torque), *pump(t, vib=vib, temp=ptemp)]
+        if t % 10 == 0:
+            changes.append(PropertyChange("engine-1", "cycle", t // 10, T0 + t * S))
+        step(engine, sqlite_db, changes, diags, tick=t if t % 10 == 0 else None)
+
+    raised = alerts(sqlite_db)
+    assert sorted(a.rule for a in raised) == ["failure-predicted", "process-temperature", "spindle-torque"]
+    assert all(a.occurrences == 1 and a.node_id == "mill-1" for a in raised)
+    assert all(a.state == "returned_unack" and not a.active for a in raised)
+    by_rule = {a.rule: a for a in raised}
+    assert by_rule["failure-predicted"].condition == "HDF"
+    assert (
+        by_rule["process-temperature"].priority == "critical"
+    )  # severity high on a high-criticality machine
+    with Session(sqlite_db) as s:
+        assert alarm_rate(s, now=T0 + 900 * S, window_s=900) == {"machining": 3}
+
+
+def test_hihi_raises_priority_of_the_same_alert(site: Site, sqlite_db: Engine) -> None:
+    engine = AlertEngine(site, started=T0)
+    for t, vib in enumerate([0.2] * 3 + [0.35] * 8 + [0.5] * 3 + [0.2] * 20):
+        step(engine, sqlite_db, pump(t, vib=vib))
+    (alert,) = alerts(sqlite_db)
+    assert (alert.rule, alert.condition, alert.occurrences) == ("pump-vibration", "HIHI", 1)
+    with Session(sqlite_db) as s:
+        actions = [t.action for t in s.scalars(select(AlertTransition).order_by(AlertTransition.id))]
+    assert actions == ["raise", "escalate", "deescalate", "return"] or actions == [
+        "raise",
+        "escalate",
+        "return",
+    ]
+
+
+def test_stale_data_after_grace_and_clears_on_good_value(site: Site, sqlite_db: Engine) -> None:
+    engine = AlertEngine(site, started=T0)
+    step(engine, sqlite_db, tick=50)  # within the 60 s grace: nothing, though pump-1 never sent a value
+    assert alerts(sqlite_db) == []
+    step(engine, sqlite_db, pump(55))
+    step(engine, sqlite_db, tick=80)  # 25 s after its last value: not stale yet
+    assert [a.rule for a in alerts(sqlite_db) if a.node_id == "pump-1"] == []
+    step(engine, sqlite_db, tick=90)  # 35 s: stale
+    stale = [a for a in alerts(sqlite_db) if a.node_id == "pump-1"]
+    assert [a.rule for a in stale] == ["sensors-stale"]
+    step(engine, sqlite_db, pump(91))
+    (a,) = [a for a in alerts(sqlite_db) if a.node_id == "pump-1"]
+    assert a.state == "returned_unack"
+
+
+def test_bad_quality_rule_with_delay(site: Site, sqlite_db: Engine) -> None:
+    engine = AlertEngine(site, started=T0)
+    for t in range(0, 35):
+        q = "bad" if 5 <= t < 20 else "good"
+        step(
+            engine,
+            sqlite_db,
+            [
+                PropertyChange("pump-1", "pressure", None if q == "bad" else 30.0, T0 + t * S, q),
+                PropertyChange("pump-1", "current", 2.4, T0 + t * S),
+            ],
+        )
+    (a,) = alerts(sqlite_db)
+    assert (a.rule, a.condition, a.state) == ("pressure-quality", "BAD", "returned_unack")
+
+
+def test_rate_of_change_and_and_combination(site: Site, sqlite_db: Engine) -> None:
+    engine = AlertEngine(site, started=T0)
+    for t in range(0, 20):  # torque jumps 40 → 70 in 2 s on a worn tool
+        torque = 40.0 if t < 5 else 70.0
+        step(engine, sqlite_db, mill(t, torque=torque, wear=210.0))
+    rules = sorted(a.rule for a in alerts(sqlite_db))
+    assert rules == ["overstrain-risk", "spindle-torque", "tool-wear", "torque-rate"]
+
+
+def test_suppressed_by_design_while_machine_stopped(site: Site, sqlite_db: Engine) -> None:
+    engine = AlertEngine(site, started=T0)
+    for t in range(0, 30):  # stopped spindle, hot process: nothing raised
+        step(engine, sqlite_db, mill(t, temp=315.0, speed=0.0))
+    assert alerts(sqlite_db) == []
+    for t in range(30, 45):  # running: raised after the on-delay
+        step(engine, sqlite_db, mill(t, temp=315.0))
+    (a,) = alerts(sqlite_db)
+    for t in range(45, 50):  # stopped again: the open alert is suppressed, not returned
+        step(engine, sqlite_db, mill(t, temp=315.0, speed=0.0))
+    (a,) = alerts(sqlite_db)
+    assert a.suppressed
+    assert a.active
+    with Session(sqlite_db) as s:
+        reasons = [
+            t.reason for t in s.scalars(select(AlertTransition).where(AlertTransition.action == "suppress"))
+        ]
+    assert reasons == ["by design: rotational_speed below 100"]
+
+
+def test_restart_takes_up_open_alerts(site: Site, db: Engine) -> None:
+    first = AlertEngine(site, started=T0)
+    for t in range(0, 12):
+        step(first, db, mill(t, temp=315.0))
+    second = AlertEngine(site, started=T0)  # a new process on the same database
+    with Session(db) as s:
+        assert second.load(s) == 1
+    for t in range(12, 40):
+        step(second, db, mill(t, temp=315.0 if t < 20 else 310.0))
+    (a,) = alerts(db)
+    assert (a.state, a.occurrences) == ("returned_unack", 1)
+    with Session(db) as s:
+        n = s.scalar(select(func.count()).select_from(AlertTransition))
+    assert n == 2  # raise, return: the restart raised nothing twice

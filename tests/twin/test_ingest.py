@@ -1,0 +1,190 @@
+"""Ingest through the real Mosquitto: batch → store → Ack, duplicates, bad input, database down, restart."""
+
+from __future__ import annotations
+
+import json
+import queue
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from sqlalchemy import select, text
+
+from plant.wire import Ack, UplinkBatch, ack_topic, decode_ack, uplink_topic
+from twin.errors import BrokerError
+from twin.ingest import BrokerAddress, Ingestor
+from twin.store import ApplyResult, TwinStore
+from twin.tables import IngestRejection
+
+from .store_helpers import NOW, batch, history_count, make_store, prop, value
+
+pytestmark = pytest.mark.mosquitto
+GW = "gw1"
+
+
+class Agent:
+    """A stand-in for the edge agent's uplink: publishes batches, collects acks."""
+
+    def __init__(self, host: str, port: int, root: str) -> None:
+        self.root = root
+        self.acks: queue.Queue[Ack] = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-agent")
+        subscribed = queue.Queue[int]()
+        self.client.on_message = lambda _c, _u, m: self.acks.put(decode_ack(m.payload))
+        self.client.on_subscribe = lambda *_a: subscribed.put(1)
+        self.client.connect(host, port)
+        self.client.loop_start()
+        self.client.subscribe(ack_topic(GW, root), qos=1)
+        subscribed.get(timeout=5)
+
+    def send(self, payload: UplinkBatch | bytes) -> None:
+        data = payload.model_dump_json() if isinstance(payload, UplinkBatch) else payload
+        self.client.publish(uplink_topic(GW, self.root), data, qos=1).wait_for_publish(5)
+
+    def ack(self, timeout: float = 10.0) -> Ack:
+        return self.acks.get(timeout=timeout)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _forget_session(host: str, port: int, client_id: str) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    c.connect(host, port)
+    c.disconnect()
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[TwinStore]:
+    s = make_store(sqlite_url)
+    yield s
+    s.engine.dispose()
+
+
+@pytest.fixture
+def broker(mqtt_broker: tuple[str, int]) -> BrokerAddress:
+    return BrokerAddress(*mqtt_broker)
+
+
+@pytest.fixture
+def root(topic_prefix: str) -> str:
+    return f"{topic_prefix}/v1"
+
+
+def _ingestor(store: TwinStore, broker: BrokerAddress, root: str) -> Ingestor:
+    return Ingestor(store, broker, client_id=f"{root}-ingest", topic_root=root)
+
+
+@pytest.fixture
+def ingest(store: TwinStore, broker: BrokerAddress, root: str) -> Iterator[Ingestor]:
+    ing = _ingestor(store, broker, root).start()
+    yield ing
+    ing.stop()
+    _forget_session(broker.host, broker.port, f"{root}-ingest")
+
+
+@pytest.fixture
+def agent(broker: BrokerAddress, root: str) -> Iterator[Agent]:
+    a = Agent(broker.host, broker.port, root)
+    yield a
+    a.close()
+
+
+def test_batch_is_stored_then_acknowledged(ingest: Ingestor, agent: Agent, store: TwinStore) -> None:
+    seen: list[ApplyResult] = []
+    ingest.add_listener(lambda _b, result: seen.append(result))
+    agent.send(batch(value(v=1.0, ts=NOW), value("p2", "count", 3, ts=NOW), value("zz", ts=NOW), gateway=GW))
+    ack = agent.ack()
+    assert (ack.gateway, ack.batch, ack.stored, ack.accepted, ack.duplicates) == (GW, "b1", True, 2, 0)
+    assert [r.reason for r in ack.rejected] == ["unknown_node"]
+    assert prop(store.engine, "p2", "count").value_num == 3
+    assert len(seen) == 1
+    assert {c.node for c in seen[0].changes} == {"p1", "p2"}
+    stats = ingest.stats()
+    assert (stats.batches, stats.values, stats.nodes_updated) == (1, 2, 2)
+    assert stats.rejected == {"unknown_node": 1}
+
+
+def test_duplicate_batch_stores_nothing_twice(ingest: Ingestor, agent: Agent, store: TwinStore) -> None:
+    b = batch(value(v=1.0, ts=NOW), value(v=2.0, ts=NOW + 1), gateway=GW)
+    agent.send(b)
+    assert agent.ack().accepted == 2
+    agent.send(b)
+    again = agent.ack()
+    assert (again.stored, again.accepted, again.duplicates) == (True, 0, 2)
+    assert history_count(store.engine) == 2
+    assert ingest.stats().duplicates == 2
+
+
+def test_malformed_payloads_are_counted_and_the_next_batch_lands(
+    ingest: Ingestor, agent: Agent, store: TwinStore
+) -> None:
+    agent.send(b"not json at all")
+    agent.send(json.dumps({"gateway": GW, "values": []}).encode())  # no batch id
+    agent.send(b"\xff\xfe")
+    agent.send(batch(value(v=4.0, ts=NOW), name="good", gateway=GW))
+    ack = agent.ack()
+    assert (ack.batch, ack.stored, ack.accepted) == ("good", True, 1)
+    assert ingest.stats().undecodable == 3
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(IngestRejection.kind, IngestRejection.reason, IngestRejection.gateway)).all()
+    assert rows == [("batch", "undecodable", GW)] * 3
+    with pytest.raises(queue.Empty):
+        agent.ack(timeout=0.3)  # nothing answered for the bad ones
+
+
+def test_database_failure_is_answered_stored_false(ingest: Ingestor, agent: Agent, store: TwinStore) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE twin_history"))
+    agent.send(batch(value(v=1.0, ts=NOW), gateway=GW))
+    ack = agent.ack()
+    assert (ack.stored, ack.accepted) == (False, 0)
+    assert ack.error
+    assert "could not store" in ack.error
+    assert ingest.stats().failed == 1
+
+
+def test_batches_sent_while_stopped_arrive_after_restart(
+    store: TwinStore, broker: BrokerAddress, root: str, agent: Agent
+) -> None:
+    first = _ingestor(store, broker, root).start()
+    first.stop()
+    try:
+        # kept for the ingest client by its persistent session
+        agent.send(batch(value(v=9.0, ts=NOW), name="while-down", gateway=GW))
+        second = _ingestor(store, broker, root).start()
+        try:
+            ack = agent.ack()
+            assert (ack.batch, ack.stored, ack.accepted) == ("while-down", True, 1)
+        finally:
+            second.stop()
+    finally:
+        _forget_session(broker.host, broker.port, f"{root}-ingest")
+    assert prop(store.engine, "p1", "temp").value_num == 9.0
+
+
+def test_unreachable_broker_is_a_clear_error(store: TwinStore, root: str) -> None:
+    ing = Ingestor(store, BrokerAddress("127.0.0.1", 1), client_id=f"{root}-x", topic_root=root)
+    with pytest.raises(BrokerError, match=r"127\.0\.0\.1:1"):
+        ing.start(timeout=1.0)
+
+
+def test_broker_url_parsing() -> None:
+    parsed = BrokerAddress.from_url("mqtts://u:p%40ss@broker:8884")
+    assert parsed == BrokerAddress("broker", 8884, "u", "p@ss", True)
+    assert BrokerAddress.from_url("mqtt://localhost").port == 1883
+    with pytest.raises(Exception, match="mqtt"):
+        BrokerAddress.from_url("http://x")
+
+
+def test_from_settings(store: TwinStore) -> None:
+    from twin.config import TwinSettings
+    from twin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TWIN_MQTT_URL"):
+        Ingestor.from_settings(store, TwinSettings(mqtt_url=None))
+    ing = Ingestor.from_settings(store, TwinSettings(mqtt_url="mqtt://h:1884", ingest_workers=2))
+    assert ing.broker == BrokerAddress("h", 1884)
+    assert [w.topic for w in ing._workers] == ["$share/ingest/factory-twin/v1/+/uplink"] * 2

@@ -1,0 +1,132 @@
+"""The FastAPI application: routers under /api/v1, /healthz, OpenAPI at /docs, errors as problem details.
+
+Domain errors (twin/errors.py) become HTTP responses in one handler here, so routes raise NotFound or
+Forbidden and never build an error response themselves. Bodies follow RFC 9457 (``application/problem+json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from twin import errors
+from twin.api.routes import advice, alerts, health, keys, live, nodes, webhooks
+from twin.config import TwinSettings, get_settings
+from twin.dashboard import api as dashboard_api
+from twin.dashboard import router as dashboard_router
+from twin.db import make_engine, make_sessionmaker
+from twin.live import live_bus_for
+from twin.schemas import Problem
+
+log = structlog.get_logger(__name__)
+
+API_PREFIX = "/api/v1"
+# Every resource's router; each protects itself with a role dependency (twin/api/deps.py).
+V1_ROUTERS: tuple[APIRouter, ...] = (
+    nodes.router,
+    alerts.router,
+    advice.router,
+    webhooks.router,
+    keys.router,
+    live.router,
+    dashboard_api.session_router,
+    dashboard_api.router,
+)
+
+# Most specific first: the first class an error is an instance of decides its status.
+_STATUS: tuple[tuple[type[errors.TwinError], int], ...] = (
+    (errors.NotFound, 404),
+    (errors.Conflict, 409),
+    (errors.InvalidRequest, 422),
+    (errors.Unauthenticated, 401),
+    (errors.Forbidden, 403),
+    (errors.SchemaOutdated, 503),
+    (errors.StoreError, 503),
+    (errors.BrokerError, 503),
+)
+
+
+def create_app(settings: TwinSettings | None = None, engine: Engine | None = None) -> FastAPI:
+    """The API application for ``settings``, on ``engine`` or one made from ``settings.db_url``."""
+    settings = settings or get_settings()
+    owned = engine is None
+    engine = engine if engine is not None else make_engine(settings.db_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await app.state.live.aclose()
+        if owned:  # an engine passed in belongs to the caller
+            engine.dispose()
+
+    app = FastAPI(
+        title="factory-twin",
+        lifespan=lifespan,
+        version="1",
+        summary="Digital twin of a plant: hierarchy, latest state, history, diagnoses.",
+        responses={401: {"model": Problem}, 403: {"model": Problem}, 422: {"model": Problem}},
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(app.state.engine)
+    app.state.live = live_bus_for(engine)  # live updates across replicas (twin/live.py), for SSE
+
+    v1 = APIRouter(prefix=API_PREFIX)
+    for router in V1_ROUTERS:
+        v1.include_router(router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    app.include_router(dashboard_router)  # the dashboard's pages at /, its files at /static
+
+    app.add_exception_handler(errors.TwinError, _twin_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
+    return app
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem response."""
+    body = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, **extra)
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        headers=headers,
+        media_type="application/problem+json",
+    )
+
+
+async def _twin_error(_request: Request, exc: Exception) -> JSONResponse:
+    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status >= 500:
+        log.error("request failed", error=str(exc), kind=type(exc).__name__)
+    return problem(status, str(exc) or type(exc).__name__, headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    found = list(exc.errors())
+    messages = [
+        "{}: {}".format(".".join(str(p) for p in e.get("loc", ())), e.get("msg", "invalid")) for e in found
+    ]
+    errors_out = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in found
+    ]
+    return problem(422, "; ".join(messages) or "invalid request", errors=errors_out)
+
+
+async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    # Where SQLAlchemy's errors become ours: the client learns that the database failed, the log says how.
+    log.error("database error", error=str(exc).splitlines()[0] if str(exc) else "", kind=type(exc).__name__)
+    return problem(
+        503, "the database is unavailable or its schema is outdated (run `factory-twin db upgrade`)"
+    )

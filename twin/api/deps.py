@@ -1,0 +1,61 @@
+"""Shared dependencies of the API routes, as ``Annotated`` aliases.
+
+    def route(session: SessionDep, who: EngineerDep) -> ...
+
+``require_role(Role.X)`` authenticates the request's bearer key and checks its role; the aliases below are
+the four roles ready to use. A missing, unknown or revoked key is Unauthenticated (401), a lower role
+Forbidden (403).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from twin.auth import Principal, Role, authenticate
+from twin.config import TwinSettings
+from twin.errors import Unauthenticated
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One database session per request, from the sessionmaker on ``app.state``."""
+    with request.app.state.sessionmaker() as session:
+        yield session
+
+
+def get_app_settings(request: Request) -> TwinSettings:
+    """The settings the app was created with."""
+    settings: TwinSettings = request.app.state.settings
+    return settings
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[TwinSettings, Depends(get_app_settings)]
+
+# auto_error off: a missing header is our Unauthenticated (401, WWW-Authenticate), not FastAPI's answer.
+_bearer = HTTPBearer(auto_error=False, description="an API key: `factory-twin keys create --role viewer`")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def require_role(role: Role) -> Callable[[SessionDep, BearerDep], Principal]:
+    """A dependency authenticating the request's key, requiring at least ``role``; returns the principal."""
+
+    def dependency(session: SessionDep, credentials: BearerDep) -> Principal:
+        if credentials is None:
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        principal = authenticate(session, credentials.credentials)
+        principal.require(role)
+        return principal
+
+    dependency.__name__ = f"require_{role.value}"
+    return dependency
+
+
+ViewerDep = Annotated[Principal, Depends(require_role(Role.VIEWER))]
+TechnicianDep = Annotated[Principal, Depends(require_role(Role.TECHNICIAN))]
+EngineerDep = Annotated[Principal, Depends(require_role(Role.ENGINEER))]
+AdminDep = Annotated[Principal, Depends(require_role(Role.ADMIN))]

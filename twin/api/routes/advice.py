@@ -1,0 +1,98 @@
+"""``/api/v1/knowledge`` (the maintenance knowledge base, versioned) and ``/api/v1/maintenance-plan``.
+
+Viewers read; engineers create, edit (each edit adds a version) and retire entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import Field
+
+from plant.wire import from_us, now_us
+from twin import knowledge
+from twin.advice import maintenance_plan
+from twin.api.deps import EngineerDep, SessionDep, ViewerDep
+from twin.knowledge.base import KnowledgeBody, entry_dict
+
+router = APIRouter(tags=["advice"])
+
+
+class KnowledgeCreate(KnowledgeBody):
+    """A new entry: the asset type and condition it is about, and what is known."""
+
+    asset_type: str = Field(min_length=1, max_length=64)
+    condition: str = Field(
+        min_length=1, max_length=64, description="a fault label, alert rule id or rule kind"
+    )
+
+
+@router.get("/knowledge")
+def list_knowledge(
+    session: SessionDep, _who: ViewerDep, asset_type: Annotated[str | None, Query()] = None
+) -> dict[str, Any]:
+    """The current entries of the knowledge base."""
+    items = [entry_dict(r) for r in knowledge.current(session, asset_type)]
+    return {"items": items, "count": len(items)}
+
+
+@router.get("/knowledge/{asset_type}/{condition}")
+def get_knowledge(session: SessionDep, _who: ViewerDep, asset_type: str, condition: str) -> dict[str, Any]:
+    """The current version of one entry."""
+    return entry_dict(knowledge.get_current(session, asset_type, condition))
+
+
+@router.get("/knowledge/{asset_type}/{condition}/versions")
+def knowledge_versions(
+    session: SessionDep, _who: ViewerDep, asset_type: str, condition: str
+) -> dict[str, Any]:
+    """Every version of one entry, oldest first."""
+    items = [entry_dict(r) for r in knowledge.versions(session, asset_type, condition)]
+    return {"items": items, "count": len(items)}
+
+
+@router.post("/knowledge", status_code=201)
+def create_knowledge(session: SessionDep, who: EngineerDep, body: KnowledgeCreate) -> dict[str, Any]:
+    """Add an entry (engineer and up); 409 if one exists for this asset type and condition."""
+    content = KnowledgeBody.model_validate(body.model_dump(exclude={"asset_type", "condition"}))
+    row, _ = knowledge.put(
+        session, body.asset_type, body.condition, content, by=who.name or who.prefix, create_only=True
+    )
+    session.commit()
+    return entry_dict(row)
+
+
+@router.put("/knowledge/{asset_type}/{condition}")
+def update_knowledge(
+    session: SessionDep, who: EngineerDep, asset_type: str, condition: str, body: KnowledgeBody
+) -> dict[str, Any]:
+    """Replace an entry's content: a new version when it differs (engineer and up)."""
+    row, _ = knowledge.put(session, asset_type, condition, body, by=who.name or who.prefix)
+    session.commit()
+    return entry_dict(row)
+
+
+@router.delete("/knowledge/{asset_type}/{condition}", status_code=204)
+def delete_knowledge(session: SessionDep, who: EngineerDep, asset_type: str, condition: str) -> None:
+    """Retire an entry; its versions stay readable (engineer and up)."""
+    knowledge.delete(session, asset_type, condition, by=who.name or who.prefix)
+    session.commit()
+
+
+@router.get("/maintenance-plan")
+def get_maintenance_plan(
+    session: SessionDep,
+    _who: ViewerDep,
+    subtree: Annotated[str | None, Query(description="only this node and below")] = None,
+) -> dict[str, Any]:
+    """The open work across the plant, most urgent first, each with its advice and evidence."""
+    now = now_us()
+    items = []
+    for item in maintenance_plan(session, now=now, subtree=subtree):
+        d = item.as_dict()
+        d["due"] = from_us(item.due)
+        d["advice"] = [asdict(a) for a in item.advice]
+        items.append(d)
+    return {"generated_at": from_us(now), "items": items, "count": len(items)}

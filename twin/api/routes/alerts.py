@@ -1,0 +1,345 @@
+"""``/api/v1/alerts``: list and filter alerts, act on them by role, record feedback for retraining.
+
+Roles: viewers read; technicians acknowledge and give feedback; engineers shelve and unshelve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any, Literal, cast
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+
+from plant.wire import from_us, now_us, to_us
+from twin.advice import advise, due_date
+from twin.alerts import lifecycle, noise
+from twin.api.deps import EngineerDep, SessionDep, TechnicianDep, ViewerDep
+from twin.errors import InvalidRequest
+from twin.tables import Alert, AlertFeedback
+
+router = APIRouter(prefix="/alerts", tags=["alerts"])
+
+FEEDBACK_LOOKBACK_US = 600 * 1_000_000  # the window kept for retraining starts this long before the raise
+StateName = Literal["normal", "active_unack", "active_ack", "returned_unack"]
+PriorityName = Literal["critical", "high", "medium", "low"]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AlertPublic(_Schema):
+    """An alert as the API shows it."""
+
+    id: int
+    node: str
+    path: str
+    asset_type: str
+    rule: str
+    kind: str
+    condition: str
+    state: StateName
+    active: bool
+    priority: PriorityName
+    severity: str
+    message: str
+    value: float | None
+    occurrences: int = Field(description="how often the condition came back while the alert was open")
+    group_id: int | None = Field(description="the first alert of a shared cause within the machine")
+    flapping: bool
+    suppressed: bool = Field(description="suppressed by design (e.g. machine stopped)")
+    shelved_until: datetime | None
+    raised_at: datetime
+    returned_at: datetime | None
+    acked_at: datetime | None
+    acked_by: str | None
+    closed_at: datetime | None
+    evidence: dict[str, Any]
+
+
+class AlertPage(_Schema):
+    """A page of alerts, newest first."""
+
+    items: list[AlertPublic]
+    count: int
+    total: int
+
+
+class TransitionPublic(_Schema):
+    """One stored transition: who, when, why."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    from_state: str
+    to_state: str
+    priority: str
+    reason: str
+
+
+class ActionRequest(_Schema):
+    """Why an action is taken (stored with the transition)."""
+
+    reason: str = Field("", max_length=2000)
+
+
+class ShelveRequest(_Schema):
+    """Shelve for ``minutes`` (at most a day): hidden from notifications, back by itself afterwards."""
+
+    minutes: float = Field(gt=0, le=1440)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class FeedbackCreate(_Schema):
+    """What was found: a true fault, a false alarm, or the cause."""
+
+    verdict: Literal["true_fault", "false_alarm", "cause_found"]
+    cause: str = Field("", max_length=2000)
+    comment: str = Field("", max_length=4000)
+
+
+class FeedbackPublic(FeedbackCreate):
+    """Stored feedback with the window and evidence that caused the alert."""
+
+    id: int
+    alert_id: int
+    at: datetime
+    by: str
+    node: str
+    rule: str
+    window_start: datetime
+    window_end: datetime
+    evidence: dict[str, Any]
+
+
+def _dt(us: int | None) -> datetime | None:
+    return None if us is None else from_us(us)
+
+
+def public(a: Alert) -> AlertPublic:
+    """An alert row as the API shows it."""
+    return AlertPublic(
+        id=a.id,
+        node=a.node_id,
+        path=a.node_path,
+        asset_type=a.asset_type,
+        rule=a.rule,
+        kind=a.kind,
+        condition=a.condition,
+        state=cast(StateName, a.state),
+        active=a.active,
+        priority=cast(PriorityName, a.priority),
+        severity=a.severity,
+        message=a.message,
+        value=a.value,
+        occurrences=a.occurrences,
+        group_id=a.group_id,
+        flapping=a.flapping,
+        suppressed=a.suppressed,
+        shelved_until=_dt(a.shelved_until),
+        raised_at=from_us(a.raised_at),
+        returned_at=_dt(a.returned_at),
+        acked_at=_dt(a.acked_at),
+        acked_by=a.acked_by,
+        closed_at=_dt(a.closed_at),
+        evidence=a.evidence or {},
+    )
+
+
+@router.get("", response_model=AlertPage)
+def list_alerts(
+    session: SessionDep,
+    _who: ViewerDep,
+    state: Annotated[list[StateName] | None, Query(description="any of these states")] = None,
+    priority: Annotated[list[PriorityName] | None, Query(description="any of these priorities")] = None,
+    subtree: Annotated[str | None, Query(description="only alerts of this node and below")] = None,
+    start: Annotated[AwareDatetime | None, Query(description="raised at or after")] = None,
+    end: Annotated[AwareDatetime | None, Query(description="raised before")] = None,
+    open_only: Annotated[bool, Query(alias="open", description="only alerts not back to normal")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AlertPage:
+    """Alerts filtered by state, priority, asset subtree and time range, newest first."""
+    if start and end and end <= start:
+        raise InvalidRequest("end must be after start")
+    conds: list[Any] = []
+    if state:
+        conds.append(Alert.state.in_(state))
+    if priority:
+        conds.append(Alert.priority.in_(priority))
+    if subtree:
+        conds.append(Alert.node_path.contains(f"/{subtree}/", autoescape=True))
+    if start:
+        conds.append(Alert.raised_at >= to_us(start))
+    if end:
+        conds.append(Alert.raised_at < to_us(end))
+    if open_only:
+        conds.append(Alert.open_key.is_not(None))
+    total = session.scalar(select(func.count()).select_from(Alert).where(*conds)) or 0
+    rows = session.scalars(select(Alert).where(*conds).order_by(Alert.id.desc()).limit(limit).offset(offset))
+    items = [public(a) for a in rows]
+    return AlertPage(items=items, count=len(items), total=total)
+
+
+@router.get("/rate")
+def alarm_rate(session: SessionDep, _who: ViewerDep) -> dict[str, Any]:
+    """Alarms annunciated per operator area in the last 10 minutes (EEMUA 191: about 1 is manageable)."""
+    rates = noise.alarm_rate(session, now=now_us())
+    return {"window_s": noise.RATE_WINDOW_S, "manageable": noise.EEMUA_MANAGEABLE_PER_10MIN, "areas": rates}
+
+
+@router.get("/feedback", response_model=list[FeedbackPublic])
+def export_feedback(
+    session: SessionDep,
+    _who: EngineerDep,
+    since: Annotated[AwareDatetime | None, Query(description="recorded at or after")] = None,
+    verdict: Annotated[Literal["true_fault", "false_alarm", "cause_found"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[FeedbackPublic]:
+    """Feedback across alerts with windows and evidence, oldest first: labels for retraining (engineer+)."""
+    stmt = select(AlertFeedback)
+    if since:
+        stmt = stmt.where(AlertFeedback.at >= to_us(since))
+    if verdict:
+        stmt = stmt.where(AlertFeedback.verdict == verdict)
+    return [_feedback_public(f) for f in session.scalars(stmt.order_by(AlertFeedback.id).limit(limit))]
+
+
+@router.get("/{alert_id}", response_model=AlertPublic)
+def get_alert(session: SessionDep, _who: ViewerDep, alert_id: int) -> AlertPublic:
+    """One alert."""
+    return public(lifecycle.get_alert(session, alert_id))
+
+
+@router.get("/{alert_id}/transitions", response_model=list[TransitionPublic])
+def get_transitions(session: SessionDep, _who: ViewerDep, alert_id: int) -> list[TransitionPublic]:
+    """The alert's audit trail, oldest first."""
+    return [
+        TransitionPublic(
+            id=t.id,
+            at=from_us(t.at),
+            actor=t.actor,
+            action=t.action,
+            from_state=t.from_state,
+            to_state=t.to_state,
+            priority=t.priority,
+            reason=t.reason,
+        )
+        for t in lifecycle.transitions(session, alert_id)
+    ]
+
+
+@router.get("/{alert_id}/advice")
+def get_advice(session: SessionDep, _who: ViewerDep, alert_id: int) -> dict[str, Any]:
+    """Ranked maintenance advice for the alert, with its due date."""
+    alert = lifecycle.get_alert(session, alert_id)
+    due, why = due_date(session, alert)
+    return {
+        "alert_id": alert.id,
+        "due": from_us(due),
+        "due_reason": why,
+        "advice": [asdict(a) for a in advise(session, alert)],
+    }
+
+
+@router.post("/{alert_id}/acknowledge", response_model=AlertPublic)
+def acknowledge(
+    session: SessionDep, who: TechnicianDep, alert_id: int, body: ActionRequest | None = None
+) -> AlertPublic:
+    """Acknowledge: active alerts stay active, returned ones close (technician and up)."""
+    alert = lifecycle.acknowledge(
+        session, alert_id, actor=who.name or who.prefix, reason=body.reason if body else ""
+    )
+    session.commit()
+    return public(alert)
+
+
+@router.post("/{alert_id}/shelve", response_model=AlertPublic)
+def shelve(session: SessionDep, who: EngineerDep, alert_id: int, body: ShelveRequest) -> AlertPublic:
+    """Shelve for a while, with a reason (engineer and up)."""
+    now = now_us()
+    alert = lifecycle.shelve(
+        session,
+        alert_id,
+        actor=who.name or who.prefix,
+        until=now + int(body.minutes * 60e6),
+        reason=body.reason,
+        at=now,
+    )
+    session.commit()
+    return public(alert)
+
+
+@router.post("/{alert_id}/unshelve", response_model=AlertPublic)
+def unshelve(
+    session: SessionDep, who: EngineerDep, alert_id: int, body: ActionRequest | None = None
+) -> AlertPublic:
+    """End a shelf early (engineer and up)."""
+    alert = lifecycle.get_alert(session, alert_id, lock=True)
+    lifecycle.unshelve(
+        session, alert, at=now_us(), actor=who.name or who.prefix, reason=body.reason if body else ""
+    )
+    session.commit()
+    return public(alert)
+
+
+@router.post("/{alert_id}/feedback", response_model=FeedbackPublic, status_code=201)
+def add_feedback(
+    session: SessionDep, who: TechnicianDep, alert_id: int, body: FeedbackCreate
+) -> FeedbackPublic:
+    """Record what was found, with the window and evidence behind the alert, for retraining (technician+)."""
+    alert = lifecycle.get_alert(session, alert_id)
+    end = alert.closed_at or alert.returned_at or now_us()
+    fb = AlertFeedback(
+        alert_id=alert.id,
+        at=now_us(),
+        by=who.name or who.prefix,
+        verdict=body.verdict,
+        cause=body.cause,
+        comment=body.comment,
+        node_id=alert.node_id,
+        rule=alert.rule,
+        window_start=alert.raised_at - FEEDBACK_LOOKBACK_US,
+        window_end=max(end, alert.raised_at),
+        evidence={
+            "condition": alert.condition,
+            "value": alert.value,
+            "kind": alert.kind,
+            "occurrences": alert.occurrences,
+            **(alert.evidence or {}),
+        },
+    )
+    session.add(fb)
+    session.commit()
+    return _feedback_public(fb)
+
+
+@router.get("/{alert_id}/feedback", response_model=list[FeedbackPublic])
+def list_feedback(session: SessionDep, _who: ViewerDep, alert_id: int) -> list[FeedbackPublic]:
+    """The feedback recorded on an alert."""
+    lifecycle.get_alert(session, alert_id)
+    rows = session.scalars(
+        select(AlertFeedback).where(AlertFeedback.alert_id == alert_id).order_by(AlertFeedback.id)
+    )
+    return [_feedback_public(f) for f in rows]
+
+
+def _feedback_public(f: AlertFeedback) -> FeedbackPublic:
+    return FeedbackPublic(
+        id=f.id,
+        alert_id=f.alert_id,
+        at=from_us(f.at),
+        by=f.by,
+        verdict=f.verdict,
+        cause=f.cause,
+        comment=f.comment,
+        node=f.node_id,
+        rule=f.rule,
+        window_start=from_us(f.window_start),
+        window_end=from_us(f.window_end),
+        evidence=f.evidence,
+    )

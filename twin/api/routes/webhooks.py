@@ -1,0 +1,259 @@
+"""``/api/v1/webhooks``: subscriptions, their deliveries, and replay (admin only).
+
+A subscription's secret is shown once, when it is created; the signature and headers are documented in
+twin/webhooks.py. Target URLs are checked against the ``webhook_allowlist`` setting.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import delete, func, select
+
+from plant.wire import from_us, now_us
+from twin import webhooks
+from twin.api.deps import SessionDep, SettingsDep, require_role
+from twin.auth import Role
+from twin.errors import ConfigError, InvalidRequest, NotFound
+from twin.tables import WebhookDelivery, WebhookSubscription
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"], dependencies=[Depends(require_role(Role.ADMIN))])
+
+Priority = Literal["critical", "high", "medium", "low"]
+Kind = Literal["limit", "rate", "stale", "quality", "fault", "anomaly", "rul", "all", "any"]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubscriptionUpdate(_Schema):
+    """Fields of a subscription that can change."""
+
+    name: str | None = Field(None, min_length=1, max_length=128)
+    url: str | None = Field(None, max_length=2048)
+    format: Literal["native", "alertmanager"] | None = None
+    priorities: list[Priority] | None = None
+    subtree: str | None = Field(None, max_length=64)
+    kinds: list[Kind] | None = None
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    enabled: bool | None = None
+
+
+class SubscriptionCreate(_Schema):
+    """A new subscription; a secret is generated when none is given."""
+
+    name: str = Field(min_length=1, max_length=128)
+    url: str = Field(max_length=2048)
+    secret: str | None = Field(None, min_length=16, max_length=128)
+    format: Literal["native", "alertmanager"] = "native"
+    priorities: list[Priority] = Field(default_factory=list, description="empty: every priority")
+    subtree: str | None = Field(None, max_length=64, description="a node id; empty: the whole plant")
+    kinds: list[Kind] = Field(default_factory=list, description="rule kinds; empty: every kind")
+    max_attempts: int = Field(18, ge=1, le=100, description="tries before a delivery is dead-lettered")
+    enabled: bool = True
+
+
+class SubscriptionPublic(_Schema):
+    """A subscription without its secret."""
+
+    id: int
+    name: str
+    url: str
+    format: str
+    priorities: list[str]
+    subtree: str | None
+    kinds: list[str]
+    max_attempts: int
+    enabled: bool
+    created_at: datetime
+
+
+class SubscriptionCreated(SubscriptionPublic):
+    """The created subscription with its secret, shown this once."""
+
+    secret: str
+
+
+class DeliveryPublic(_Schema):
+    """One queued, delivered or dead-lettered event."""
+
+    id: int
+    subscription_id: int
+    event_key: str
+    event: str
+    alert_id: int | None
+    node: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class ReplayRequest(_Schema):
+    """Replay given deliveries, or every delivery of the subscription in ``status``."""
+
+    delivery_ids: list[int] | None = None
+    status: Literal["dead", "delivered"] = "dead"
+
+
+def _public(s: WebhookSubscription) -> SubscriptionPublic:
+    return SubscriptionPublic(
+        id=s.id,
+        name=s.name,
+        url=s.url,
+        format=s.format,
+        priorities=s.priorities,
+        subtree=s.subtree,
+        kinds=s.kinds,
+        max_attempts=s.max_attempts,
+        enabled=s.enabled,
+        created_at=from_us(s.created_at),
+    )
+
+
+def _delivery(d: WebhookDelivery) -> DeliveryPublic:
+    return DeliveryPublic(
+        id=d.id,
+        subscription_id=d.subscription_id,
+        event_key=d.event_key,
+        event=d.event,
+        alert_id=d.alert_id,
+        node=d.node_id,
+        status=d.status,
+        attempts=d.attempts,
+        next_attempt_at=from_us(d.next_attempt_at),
+        last_status=d.last_status,
+        last_error=d.last_error,
+        created_at=from_us(d.created_at),
+        delivered_at=from_us(d.delivered_at) if d.delivered_at else None,
+    )
+
+
+def _check_url(url: str, allowlist: list[str]) -> None:
+    try:
+        webhooks.validate_url(url, allowlist)
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _get(session: SessionDep, sub_id: int) -> WebhookSubscription:
+    sub = session.get(WebhookSubscription, sub_id)
+    if sub is None:
+        raise NotFound(f"webhook subscription {sub_id} does not exist")
+    return sub
+
+
+@router.get("", response_model=list[SubscriptionPublic])
+def list_subscriptions(session: SessionDep) -> list[SubscriptionPublic]:
+    """Every subscription."""
+    return [_public(s) for s in session.scalars(select(WebhookSubscription).order_by(WebhookSubscription.id))]
+
+
+@router.post("", response_model=SubscriptionCreated, status_code=201)
+def create_subscription(
+    session: SessionDep, settings: SettingsDep, body: SubscriptionCreate
+) -> SubscriptionCreated:
+    """Subscribe a URL to alert events; the secret is in this answer only."""
+    _check_url(body.url, settings.webhook_allowlist)
+    secret = body.secret or secrets.token_urlsafe(32)
+    sub = WebhookSubscription(
+        name=body.name,
+        url=body.url,
+        secret=secret,
+        format=body.format,
+        priorities=list(body.priorities),
+        subtree=body.subtree,
+        kinds=list(body.kinds),
+        max_attempts=body.max_attempts,
+        enabled=body.enabled,
+        created_at=now_us(),
+    )
+    session.add(sub)
+    session.commit()
+    return SubscriptionCreated(**_public(sub).model_dump(), secret=secret)
+
+
+@router.get("/{sub_id}", response_model=SubscriptionPublic)
+def get_subscription(session: SessionDep, sub_id: int) -> SubscriptionPublic:
+    """One subscription."""
+    return _public(_get(session, sub_id))
+
+
+@router.patch("/{sub_id}", response_model=SubscriptionPublic)
+def update_subscription(
+    session: SessionDep, settings: SettingsDep, sub_id: int, body: SubscriptionUpdate
+) -> SubscriptionPublic:
+    """Change a subscription; queued events keep the body rendered when they were queued."""
+    sub = _get(session, sub_id)
+    changes = body.model_dump(exclude_unset=True)
+    if "url" in changes:
+        if changes["url"] is None:
+            raise InvalidRequest("url cannot be empty")
+        _check_url(changes["url"], settings.webhook_allowlist)
+    for name, value in changes.items():
+        if value is None and name not in ("subtree",):
+            raise InvalidRequest(f"{name} cannot be null")
+        setattr(sub, name, value)
+    session.commit()
+    return _public(sub)
+
+
+@router.delete("/{sub_id}", status_code=204)
+def delete_subscription(session: SessionDep, sub_id: int) -> None:
+    """Remove a subscription and its queued deliveries."""
+    sub = _get(session, sub_id)
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.subscription_id == sub_id))
+    session.delete(sub)
+    session.commit()
+
+
+@router.get("/{sub_id}/deliveries")
+def list_deliveries(
+    session: SessionDep,
+    sub_id: int,
+    status: Annotated[Literal["pending", "sending", "delivered", "dead"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, object]:
+    """A subscription's deliveries, newest first, optionally by status."""
+    _get(session, sub_id)
+    conds = [WebhookDelivery.subscription_id == sub_id]
+    if status:
+        conds.append(WebhookDelivery.status == status)
+    total = session.scalar(select(func.count()).select_from(WebhookDelivery).where(*conds)) or 0
+    rows = session.scalars(
+        select(WebhookDelivery).where(*conds).order_by(WebhookDelivery.id.desc()).limit(limit).offset(offset)
+    )
+    items = [_delivery(d) for d in rows]
+    return {"items": items, "count": len(items), "total": total}
+
+
+@router.post("/{sub_id}/replay")
+def replay(session: SessionDep, sub_id: int, body: ReplayRequest | None = None) -> dict[str, int]:
+    """Queue deliveries again with their original Idempotency-Key (dead-lettered ones by default)."""
+    _get(session, sub_id)
+    body = body or ReplayRequest()
+    if body.delivery_ids is not None:
+        owned = set(
+            session.scalars(
+                select(WebhookDelivery.id).where(
+                    WebhookDelivery.subscription_id == sub_id, WebhookDelivery.id.in_(body.delivery_ids)
+                )
+            )
+        )
+        missing = set(body.delivery_ids) - owned
+        if missing:
+            raise NotFound(f"deliveries {sorted(missing)} do not belong to subscription {sub_id}")
+        n = webhooks.replay(session, delivery_ids=sorted(owned))
+    else:
+        n = webhooks.replay(session, subscription_id=sub_id, status=body.status)
+    session.commit()
+    return {"replayed": n}

@@ -1,0 +1,198 @@
+"""API keys and roles: who may call the platform's API, and what they may do.
+
+A key looks like ``ftk_<12 hex>_<secret>``. The ``ftk_`` marks it as ours (secret scanners and people can
+spot a leaked one), the 12 hex characters are its public prefix (stored in clear, shown in listings, used to
+find and revoke it), and the secret is 256 random bits. Only the SHA-256 of the whole key is stored; the key
+itself is shown once, when it is created.
+
+Roles are ordered: viewer < technician < engineer < admin. A route asks for the lowest role it accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+import structlog
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from plant.wire import now_us
+from twin.errors import Forbidden, NotFound, StoreError, Unauthenticated
+from twin.tables import ApiKey
+
+log = structlog.get_logger(__name__)
+
+KEY_MARK = "ftk_"
+_PREFIX_HEX = 12  # 48 bits: collisions are caught by the unique constraint and retried
+_SECRET_BYTES = 32
+# Writing last_used_at on every request would turn each read into a write (and, on SQLite, take the one
+# write lock); a key's last use to the minute is all anyone needs.
+LAST_USED_RESOLUTION_US = 60_000_000
+
+
+class Role(StrEnum):
+    """What a key may do; each role includes the ones below it."""
+
+    VIEWER = "viewer"  # read the twin, alerts and advice
+    TECHNICIAN = "technician"  # also acknowledge and work on alerts
+    ENGINEER = "engineer"  # also change rules, knowledge base, models
+    ADMIN = "admin"  # also manage keys and webhooks
+
+    @property
+    def rank(self) -> int:
+        """Position in the order viewer < technician < engineer < admin."""
+        return _RANKS[self]
+
+    def __lt__(self, other: str) -> bool:
+        return self.rank < Role(other).rank
+
+    def __le__(self, other: str) -> bool:
+        return self.rank <= Role(other).rank
+
+    def __gt__(self, other: str) -> bool:
+        return self.rank > Role(other).rank
+
+    def __ge__(self, other: str) -> bool:
+        return self.rank >= Role(other).rank
+
+
+_RANKS = {role: i for i, role in enumerate(Role)}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller behind a request, as established from its API key.
+
+    Args:
+        key_id: Database id of the key.
+        prefix: The key's public prefix (``ftk_`` and 12 hex characters).
+        name: What the key's creator called it.
+        role: The key's role.
+    """
+
+    key_id: int
+    prefix: str
+    name: str
+    role: Role
+
+    def require(self, role: Role) -> None:
+        """Raise Forbidden unless this principal has at least ``role``."""
+        if self.role < role:
+            raise Forbidden(
+                f"this action needs the {role.value} role; the key {self.prefix} is {self.role.value}"
+            )
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key: hex SHA-256.
+
+    A fast hash is right here, unlike for passwords: the secret has 256 random bits, so no dictionary or
+    brute-force attack is possible however fast the hash; a slow one (bcrypt, argon2) would only slow every
+    request.
+    """
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _split(key: str) -> str | None:
+    """The prefix of a well-formed key, or None."""
+    if not key.startswith(KEY_MARK):
+        return None
+    head, sep, secret = key[len(KEY_MARK) :].partition("_")
+    if not sep or len(head) != _PREFIX_HEX or not secret:
+        return None
+    if any(c not in "0123456789abcdef" for c in head):
+        return None
+    return KEY_MARK + head
+
+
+def normalise_prefix(text: str) -> str:
+    """Accept a prefix as listed (``ftk_0123456789ab``), without its mark, or a whole key."""
+    text = text.strip()
+    whole = _split(text)
+    if whole:
+        return whole
+    return text if text.startswith(KEY_MARK) else KEY_MARK + text
+
+
+def create_key(session: Session, role: Role | str, name: str = "") -> str:
+    """Create and commit a key with ``role``; returns the key itself, which is never stored or shown again."""
+    role = Role(role)
+    for _attempt in range(3):
+        prefix = KEY_MARK + secrets.token_hex(_PREFIX_HEX // 2)
+        key = f"{prefix}_{secrets.token_urlsafe(_SECRET_BYTES)}"
+        session.add(
+            ApiKey(prefix=prefix, hash=hash_key(key), role=role.value, name=name, created_at=now_us())
+        )
+        try:
+            session.commit()
+        except IntegrityError:  # prefix collision, about one in 10^14 per pair
+            session.rollback()
+            continue
+        log.info("api key created", prefix=prefix, role=role.value, name=name)
+        return key
+    raise StoreError("could not find a free key prefix")  # pragma: no cover
+
+
+def authenticate(session: Session, key: str | None) -> Principal:
+    """The principal behind ``key``; Unauthenticated if it is missing, malformed, unknown or revoked."""
+    if not key:
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+    prefix = _split(key)
+    row = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none() if prefix else None
+    # The prefix is public, so finding the row by it leaks nothing; the hash is compared in constant time.
+    if row is None or not hmac.compare_digest(row.hash, hash_key(key)):
+        raise Unauthenticated("invalid API key")
+    if row.revoked:
+        raise Unauthenticated(f"API key {row.prefix} has been revoked")
+    principal = Principal(key_id=row.id, prefix=row.prefix, name=row.name, role=Role(row.role))
+    _touch(session, row)
+    return principal
+
+
+def _touch(session: Session, row: ApiKey) -> None:
+    """Record the key's use, at most once per LAST_USED_RESOLUTION_US.
+
+    Most requests write nothing: an UPDATE, even one that matches no row, would take SQLite's write lock and
+    hold it for the rest of the request, making ingest wait for API readers.
+    """
+    now = now_us()
+    if row.last_used_at is not None and row.last_used_at >= now - LAST_USED_RESOLUTION_US:
+        return
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == row.id)
+        # the condition again, so concurrent requests with the same key write once
+        .where(or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION_US))
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    """All keys, revoked ones included, oldest first."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def get_key(session: Session, prefix: str) -> ApiKey:
+    """The key with ``prefix`` (or the key whose whole text is given); NotFound if there is none."""
+    prefix = normalise_prefix(prefix)
+    row = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none()
+    if row is None:
+        raise NotFound(f"no API key with prefix {prefix}")
+    return row
+
+
+def revoke_key(session: Session, prefix: str) -> ApiKey:
+    """Revoke the key with ``prefix`` (idempotent) and commit; NotFound if there is none."""
+    row = get_key(session, prefix)
+    if not row.revoked:
+        row.revoked = True
+        session.commit()
+        log.info("api key revoked", prefix=row.prefix)
+    return row

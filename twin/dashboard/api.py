@@ -1,0 +1,180 @@
+"""The API behind the dashboard: ``/api/v1/session`` (log in and out) and ``/api/v1/dashboard/*`` (plant
+health, downsampled trends, diagnoses over time). Everything else the pages show comes from the public API.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select
+
+from plant.wire import from_us, now_us, to_us
+from twin import auth, queries
+from twin.api.deps import SessionDep, ViewerDep
+from twin.auth import Role
+from twin.dashboard import users
+from twin.dashboard.health import plant_health
+from twin.downsample import MAX_BUCKETS, downsample
+from twin.errors import InvalidRequest
+from twin.tables import QUALITY_NAMES, ApiKey, DiagnosisRecord
+
+session_router = APIRouter(prefix="/session", tags=["session"])
+router = APIRouter(prefix="/dashboard", tags=["dashboard"])
+
+DEFAULT_RANGE = timedelta(hours=1)
+MAX_DIAGNOSES = 2000
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginRequest(_Schema):
+    """Either ``username`` and ``password``, or ``api_key``."""
+
+    username: str | None = Field(None, max_length=64)
+    password: str | None = Field(None, max_length=1024)
+    api_key: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> LoginRequest:
+        if self.api_key is None and (self.username is None or self.password is None):
+            raise ValueError("send username and password, or api_key")
+        return self
+
+
+class SessionPublic(_Schema):
+    """Who the token belongs to and what they may do."""
+
+    name: str
+    role: Role
+    prefix: str
+    session: bool = Field(description="a login session (revoked on logout), not a standing API key")
+
+
+class SessionCreated(SessionPublic):
+    """A login: send ``token`` as ``Authorization: Bearer <token>``."""
+
+    token: str
+
+
+@session_router.post("", response_model=SessionCreated, status_code=201)
+def log_in(session: SessionDep, body: LoginRequest) -> SessionCreated:
+    """Log in with a username and password (a new session token) or check an API key (used as the token)."""
+    if body.api_key is not None:
+        who = auth.authenticate(session, body.api_key.strip())
+        return SessionCreated(token=body.api_key.strip(), name=who.name, role=who.role, prefix=who.prefix,
+                              session=False)
+    assert body.username is not None
+    assert body.password is not None
+    token, user = users.login(session, body.username, body.password)
+    return SessionCreated(token=token, name=user.username, role=Role(user.role), prefix=token[:16],
+                          session=True)
+
+
+@session_router.get("", response_model=SessionPublic)
+def whoami(who: ViewerDep) -> SessionPublic:
+    """The caller's name and role."""
+    is_session = who.name.startswith(users.SESSION_PREFIX)
+    name = who.name.removeprefix(users.SESSION_PREFIX) if is_session else (who.name or who.prefix)
+    return SessionPublic(name=name, role=who.role, prefix=who.prefix, session=is_session)
+
+
+@session_router.delete("", status_code=204)
+def log_out(session: SessionDep, who: ViewerDep) -> Response:
+    """Log out: a session token is revoked; a standing API key is left alone (`keys revoke` does that)."""
+    if who.name.startswith(users.SESSION_PREFIX):
+        row = session.get(ApiKey, who.key_id)
+        if row is not None and not row.revoked:
+            row.revoked = True
+            session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/health")
+def health(session: SessionDep, _who: ViewerDep) -> dict[str, Any]:
+    """Each node's health (own and of its subtree) from open alerts and latest diagnoses."""
+    return {
+        "generated_at": from_us(now_us()),
+        "nodes": {node_id: h.as_dict() for node_id, h in plant_health(session).items()},
+    }
+
+
+Start = Annotated[AwareDatetime | None, Query(description="inclusive; default: an hour before end")]
+End = Annotated[AwareDatetime | None, Query(description="exclusive; default: now")]
+
+
+@router.get("/nodes/{node_id}/trend")
+def trend(
+    session: SessionDep,
+    _who: ViewerDep,
+    node_id: str,
+    prop: Annotated[str, Query(max_length=128, description="property name")],
+    start: Start = None,
+    end: End = None,
+    points: Annotated[int, Query(ge=10, le=MAX_BUCKETS, description="most buckets returned")] = 800,
+) -> dict[str, Any]:
+    """A property's history over a range, downsampled on the server to at most ``points`` min/max buckets."""
+    begin, finish = _range(start, end)
+    p = queries.get_property(session, node_id, prop)
+    if p.dtype == "string":
+        raise InvalidRequest(f"{node_id}.{prop} holds text: it has no trend")
+    buckets, width, raw = downsample(session, p, to_us(begin), to_us(finish), points)
+    return {
+        "node_id": node_id,
+        "property": prop,
+        "unit": p.unit or "",
+        "range_low": p.range_low,
+        "range_high": p.range_high,
+        "start": begin,
+        "end": finish,
+        "raw": raw,
+        "bucket_s": width / 1e6,
+        # compact columns: a chart of 5000 buckets stays a small response
+        "ts": [b.ts // 1000 for b in buckets],  # ms, what JavaScript dates use
+        "min": [b.min for b in buckets],
+        "max": [b.max for b in buckets],
+        "mean": [b.mean for b in buckets],
+        "count": [b.count for b in buckets],
+        # the worst quality in each bucket; null where it came from rollups, which keep none
+        "quality": [None if b.worst_quality is None else QUALITY_NAMES.get(b.worst_quality, "bad")
+                    for b in buckets],
+    }
+
+
+@router.get("/nodes/{node_id}/diagnoses")
+def diagnoses(
+    session: SessionDep,
+    _who: ViewerDep,
+    node_id: str,
+    start: Start = None,
+    end: End = None,
+    task: Annotated[str | None, Query(max_length=16)] = None,
+) -> dict[str, Any]:
+    """A node's diagnoses over a range (the newest MAX_DIAGNOSES), oldest first, grouped by task."""
+    begin, finish = _range(start, end)
+    queries.get_node(session, node_id)
+    d = DiagnosisRecord
+    stmt = select(d.task, d.ts, d.source, d.confidence, d.payload).where(
+        d.node_id == node_id, d.ts >= to_us(begin), d.ts < to_us(finish)
+    )
+    if task:
+        stmt = stmt.where(d.task == task)
+    rows = list(session.execute(stmt.order_by(d.ts.desc()).limit(MAX_DIAGNOSES)))
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for t, ts, source, confidence, payload in reversed(rows):
+        tasks.setdefault(t, []).append({"ts": ts // 1000, "source": source, "confidence": confidence,
+                                        **(payload or {})})
+    return {"node_id": node_id, "start": begin, "end": finish, "tasks": tasks,
+            "truncated": len(rows) == MAX_DIAGNOSES}
+
+
+def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    finish = end or from_us(now_us())
+    begin = start or finish - DEFAULT_RANGE
+    if begin >= finish:
+        raise InvalidRequest("start must be before end")
+    return begin, finish

@@ -1,0 +1,243 @@
+// One asset: live values, trends (server-downsampled, drag to zoom), diagnoses over time, alerts and advice.
+import { alertCard } from "./alerts.js";
+import { Chart, formatValue } from "./chart.js";
+import { ago, api, fmtTime, h, live } from "./core.js";
+
+const RANGES = [["15 min", 15 * 60e3], ["1 h", 3600e3], ["6 h", 6 * 3600e3], ["24 h", 86400e3], ["7 d", 7 * 86400e3]];
+const COLORS = ["#1976d2", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f", "#ad1457"];
+export const STALE_MS = 30e3;  // no new value for this long: the asset's data is stale
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+const isDiag = (p) => p.name.startsWith("diag.");
+const numeric = (p) => ["float", "int", "bool"].includes(p.dtype);
+
+export async function assetView(view, params, nodeId) {
+  const state = await api(`/nodes/${encodeURIComponent(nodeId)}`);
+  const props = state.properties.filter((p) => !isDiag(p) && !p.retired_at);
+  const trendable = props.filter(numeric);
+  const chosen = new Set((params.get("props") || "").split(",").filter((n) => trendable.some((p) => p.name === n)));
+  const rank = (p) => (p.range_high !== null ? 2 : 0) + (p.unit ? 1 : 0);
+  if (!chosen.size) [...trendable].sort((a, b) => rank(b) - rank(a)).slice(0, 2).forEach((p) => chosen.add(p.name));
+  let rangeMs = Number(params.get("range")) || 3600e3;
+  let zoom = null;  // [t0, t1] ms while zoomed in; null follows now
+  const charts = new Map();
+  const latest = new Map(props.map((p) => [p.name, p]));
+
+  const stale = h("div", { class: "banner stale", id: "stale", hidden: true });
+  const healthBadge = h("span", { class: "badge unknown", id: "asset-health" }, "…");
+  const reasons = h("div", { class: "hint" });
+  const tbody = h("tbody", { id: "values" });
+  const chips = h("div", { class: "chips", id: "trend-props" });
+  const rangeRow = h("div", { class: "row", id: "trend-range" });
+  const chartBox = h("div", { id: "charts" });
+  const diagBox = h("div", { id: "diagnoses" });
+  const openBox = h("div", { id: "open-alerts" });
+  const pastBox = h("div", { id: "past-alerts" });
+  const n = state.node;
+  view.replaceChildren(
+    h("div", { class: "hint" }, h("a", { href: "#/" }, "Plant"), ` ${n.path}`),
+    h("h1", {}, `${n.name} `, healthBadge, h("span", { class: "kind muted" }, ` ${n.kind}${n.type ? " · " + n.type : ""} · criticality ${n.criticality}`)),
+    reasons, stale,
+    h("div", { class: "grid" },
+      h("section", { class: "card" }, h("h2", {}, "Live values"),
+        h("table", {}, h("thead", {}, h("tr", {}, ["Property", "Value", "Unit", "Quality", "Updated"].map((t) => h("th", {}, t)))), tbody)),
+      h("section", { class: "card" }, h("h2", {}, "Diagnoses"), diagBox)),
+    h("section", { class: "card" }, h("h2", {}, "Open alerts and advice"), openBox),
+    h("section", { class: "card" }, h("h2", {}, "Trends"), chips, rangeRow, chartBox),
+    h("section", { class: "card" }, h("h2", {}, "Past alerts"), pastBox));
+
+  // ---- live values
+  function valueRow(p) {
+    const age = p.ts ? live.now() - Date.parse(p.ts) : null;
+    return h("tr", { "data-prop": p.name, class: age !== null && age > STALE_MS ? "stale" : "" },
+      h("td", {}, p.name, p.description ? h("div", { class: "hint" }, p.description) : null),
+      h("td", { class: "num value", "data-value": "" }, p.value === null ? "—" : formatValue(p.value)),
+      h("td", {}, p.unit),
+      h("td", {}, p.quality ? h("span", { class: `badge ${p.quality}` }, p.quality) : "—",
+        p.flags && p.flags.length ? h("div", { class: "hint" }, p.flags.join(", ")) : null),
+      h("td", { class: "hint", "data-age": "", title: p.ts ? fmtTime(p.ts) : "" }, ago(age)));
+  }
+  tbody.replaceChildren(...(props.length ? props.map(valueRow) : [h("tr", {}, h("td", { colspan: "5", class: "muted" }, "This node has no measured properties; see its parts in the plant tree."))]));
+
+  function checkStale() {
+    const stamps = [...latest.values()].map((p) => (p.ts ? Date.parse(p.ts) : 0));
+    const newest = stamps.length ? Math.max(...stamps) : 0;
+    const age = newest ? live.now() - newest : Infinity;
+    stale.hidden = age <= STALE_MS || !props.length;  // a node without properties has nothing to go stale
+    stale.textContent = newest ? `Data is stale: the newest value is ${ago(age)} (${fmtTime(newest)}).` : "No values have arrived for this asset yet.";
+    for (const row of tbody.rows) {
+      const p = latest.get(row.dataset.prop);
+      if (!p) continue;
+      const a = p && p.ts ? live.now() - Date.parse(p.ts) : null;
+      row.querySelector("[data-age]").textContent = ago(a);
+      row.classList.toggle("stale", a !== null && a > STALE_MS);
+    }
+  }
+  checkStale();
+
+  // ---- trends
+  function renderControls() {
+    chips.replaceChildren(...trendable.map((p) => h("button", {
+      type: "button", class: "chip", "aria-pressed": chosen.has(p.name) ? "true" : "false",
+      onclick: () => { if (chosen.has(p.name)) chosen.delete(p.name); else chosen.add(p.name); renderControls(); loadTrends(); },
+    }, p.name)));
+    rangeRow.replaceChildren(
+      h("span", { class: "hint" }, "Range:"),
+      ...RANGES.map(([label, ms]) => h("button", {
+        type: "button", class: "chip", "aria-pressed": !zoom && ms === rangeMs ? "true" : "false",
+        onclick: () => { rangeMs = ms; zoom = null; renderControls(); loadTrends(); loadDiagnoses(); },
+      }, label)),
+      ...(zoom ? [h("button", { type: "button", class: "btn small secondary", id: "reset-zoom", onclick: () => { zoom = null; renderControls(); loadTrends(); } }, "Reset zoom")] : []),
+      h("span", { class: "hint" }, zoom ? `${fmtTime(zoom[0])} – ${fmtTime(zoom[1])}` : "drag across a chart to zoom"));
+  }
+
+  function window_() {
+    if (zoom) return zoom;
+    const end = live.now();
+    return [end - rangeMs, end];
+  }
+
+  async function loadTrends() {
+    const [t0, t1] = window_();
+    for (const [name, c] of charts) if (!chosen.has(name)) { c.chart.destroy(); c.title.remove(); charts.delete(name); }
+    const points = Math.min(2000, Math.max(200, Math.round(chartBox.clientWidth || 800)));
+    await Promise.all([...chosen].map(async (name, i) => {
+      let c = charts.get(name);
+      if (!c) {
+        const title = h("div", { class: "chart-title" });
+        chartBox.append(title);
+        c = { title, chart: new Chart(chartBox, { height: 170, onZoom: (a, b) => { zoom = [a, b]; renderControls(); loadTrends(); } }), color: COLORS[i % COLORS.length] };
+        charts.set(name, c);
+      }
+      const q = new URLSearchParams({ prop: name, start: new Date(t0).toISOString(), end: new Date(t1).toISOString(), points: String(points) });
+      try {
+        const d = await api(`/dashboard/nodes/${encodeURIComponent(nodeId)}/trend?${q}`);
+        c.data = { t: d.ts, y: d.mean, lo: d.raw ? null : d.min, hi: d.raw ? null : d.max };
+        c.raw = d.raw;
+        c.title.textContent = `${name}${d.unit ? " [" + d.unit + "]" : ""} — ${d.raw ? plural(d.ts.length, "point") : `${d.ts.length} buckets of ${formatValue(d.bucket_s)} s, min/max shaded`}`;
+        const lines = [];
+        if (d.range_high !== null) lines.push({ y: d.range_high, label: "range high", color: "#b26a00", scale: false });
+        if (d.range_low !== null) lines.push({ y: d.range_low, label: "range low", color: "#b26a00", scale: false });
+        c.lines = lines;
+        c.chart.setData([{ name, color: c.color, ...c.data }], lines, t0, t1);
+      } catch (err) {
+        c.title.textContent = `${name}: ${err.message}`;
+      }
+    }));
+  }
+
+  function appendLive(p) {
+    const c = charts.get(p.name);
+    if (!c || !c.data || zoom || typeof p.value !== "number" && typeof p.value !== "boolean") return;
+    const t = Date.parse(p.ts);
+    if (c.data.t.length && t <= c.data.t[c.data.t.length - 1]) return;
+    const v = Number(p.value);
+    c.data.t.push(t); c.data.y.push(v);
+    if (c.data.lo) { c.data.lo.push(v); c.data.hi.push(v); }
+    if (c.raw) c.title.textContent = `${p.name}${p.unit ? " [" + p.unit + "]" : ""} — ${plural(c.data.t.length, "point")}`;
+    const [t0, t1] = window_();
+    c.chart.setData([{ name: p.name, color: c.color, ...c.data }], c.lines, t0, Math.max(t1, t));
+  }
+
+  // ---- diagnoses
+  let diagCharts = [];
+  function diagChart() {
+    const c = new Chart(diagBox, { height: 150 });
+    diagCharts.push(c);
+    return c;
+  }
+  async function loadDiagnoses() {
+    const [t0, t1] = zoom || [live.now() - Math.max(rangeMs, 86400e3), live.now()];
+    const q = new URLSearchParams({ start: new Date(t0).toISOString(), end: new Date(t1).toISOString() });
+    const d = await api(`/dashboard/nodes/${encodeURIComponent(nodeId)}/diagnoses?${q}`).catch((err) => ({ tasks: {}, error: err.message }));
+    const parts = [];
+    for (const latestD of state.diagnoses) {
+      const p = latestD.payload;
+      const text = latestD.task === "rul" ? `RUL ${formatValue(p.rul)} ${p.unit || ""} (${formatValue(p.rul_low)} – ${formatValue(p.rul_high)})`
+        : latestD.task === "anomaly" ? `score ${formatValue(p.score)} / threshold ${formatValue(p.threshold)}`
+          : `${p.label} (${Math.round((p.probability || 0) * 100)}%)`;
+      parts.push(h("div", {}, h("strong", {}, latestD.task), ` ${text} — ${latestD.model} ${latestD.version}, ${latestD.source}, ${fmtTime(latestD.ts)}`));
+    }
+    for (const c of diagCharts) c.destroy();
+    diagCharts = [];
+    diagBox.replaceChildren(...(parts.length ? parts : [h("p", { class: "muted" }, d.error || "No diagnoses for this asset.")]));
+    // the charts span the diagnoses found, so an hour of them is not a sliver at the end of a day
+    const firstTs = Math.min(...Object.values(d.tasks).map((xs) => (xs.length ? xs[0].ts : t1)));
+    const x0 = Math.max(t0, Math.min(firstTs, t1 - 60e3));
+    const an = d.tasks.anomaly;
+    if (an && an.length) {
+      diagBox.append(h("div", { class: "chart-title" }, "Anomaly score and threshold"));
+      const thr = an[an.length - 1].threshold;
+      diagChart().setData([{ name: "score", color: "#6a1b9a", t: an.map((x) => x.ts), y: an.map((x) => x.score) }],
+        thr === null || thr === undefined ? [] : [{ y: thr, label: `threshold ${formatValue(thr)}` }], x0, t1);
+    }
+    const rul = d.tasks.rul;
+    if (rul && rul.length) {
+      diagBox.append(h("div", { class: "chart-title" }, `Remaining useful life${rul[0].unit ? " [" + rul[0].unit + "]" : ""}, with its interval`));
+      diagChart().setData([{
+        name: "RUL", color: "#00838f", bars: false, t: rul.map((x) => x.ts), y: rul.map((x) => x.rul),
+        lo: rul.map((x) => x.rul_low ?? x.rul), hi: rul.map((x) => x.rul_high ?? x.rul),
+      }], [], x0, t1);
+    }
+    const faults = d.tasks.faults;
+    if (faults && faults.length) {
+      const recent = faults.slice(-8).reverse();
+      diagBox.append(h("div", { class: "chart-title" }, "Fault diagnoses (newest first)"),
+        h("table", {}, h("tbody", {}, recent.map((f) => h("tr", {}, h("td", {}, fmtTime(f.ts)), h("td", {}, f.label), h("td", { class: "num" }, `${Math.round((f.probability || 0) * 100)}%`))))));
+    }
+  }
+
+  // ---- alerts
+  async function loadAlerts() {
+    const sub = encodeURIComponent(nodeId);
+    const [open, past] = await Promise.all([api(`/alerts?subtree=${sub}&open=true&limit=50`), api(`/alerts?subtree=${sub}&state=normal&limit=20`)]);
+    openBox.replaceChildren(...(open.items.length ? open.items.map((a) => alertCard(a, () => { loadAlerts(); loadHealth(); })) : [h("p", { class: "muted" }, "No open alerts.")]));
+    pastBox.replaceChildren(...(past.items.length ? past.items.map((a) => alertCard(a, () => loadAlerts(), { advice: false })) : [h("p", { class: "muted" }, "No past alerts.")]));
+  }
+
+  async function loadHealth() {
+    const hl = (await api("/dashboard/health")).nodes[nodeId];
+    if (!hl) return;
+    healthBadge.className = `badge ${hl.level}`;
+    healthBadge.textContent = { ok: "healthy", warning: "warning", alarm: "alarm", unknown: "no data" }[hl.level];
+    reasons.textContent = hl.reasons.join(" · ");
+  }
+
+  renderControls();
+  await Promise.all([loadTrends(), loadDiagnoses(), loadAlerts().catch((err) => openBox.replaceChildren(h("p", { class: "error" }, err.message))), loadHealth()]);
+
+  let diagPending = null;
+  let healthAt = Date.now();
+  return live.on((event, data) => {
+    if (event === "tick") { checkStale(); return; }
+    if (event === "alerts" && data.some((a) => a.node === nodeId || a.node.startsWith(nodeId))) { loadAlerts(); loadHealth(); }
+    if (event !== "values") return;
+    let diagChanged = false;
+    for (const p of data) {
+      if (p.node_id !== nodeId) continue;
+      if (isDiag(p)) { diagChanged = true; continue; }
+      latest.set(p.name, p);
+      const row = tbody.querySelector(`tr[data-prop="${CSS.escape(p.name)}"]`);
+      if (row) {
+        const fresh = valueRow(p);
+        fresh.classList.add("flash");
+        row.replaceWith(fresh);
+      }
+      appendLive(p);
+    }
+    // health follows values: at once while it still says "no data", else every 10 s at most
+    if (healthBadge.classList.contains("unknown") ? Date.now() - healthAt > 1000 : Date.now() - healthAt > 10000) {
+      healthAt = Date.now();
+      loadHealth();
+    }
+    if (diagChanged && !diagPending) {
+      diagPending = setTimeout(async () => {
+        diagPending = null;
+        state.diagnoses = (await api(`/nodes/${encodeURIComponent(nodeId)}`)).diagnoses;
+        loadDiagnoses();
+        loadHealth();
+      }, 5000);
+    }
+    checkStale();
+  });
+}

@@ -1,0 +1,203 @@
+"""API schemas: what the REST API accepts and returns, apart from the tables (twin/tables.py).
+
+Timestamps are ISO 8601 with a timezone (UTC) here, µs integers in the database. Every value carries what a
+dashboard needs to show it without a second request: unit, quality, flags, and the node's kind, type and
+criticality.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from twin.auth import Role
+
+Scalar = float | int | bool | str
+QualityName = Literal["good", "uncertain", "bad"]
+Order = Literal["asc", "desc"]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodePublic(_Schema):
+    """A node of the plant hierarchy as the API shows it."""
+
+    id: str
+    parent_id: str | None
+    path: str = Field(description="ids from the site down to this node, '/'-separated")
+    kind: str = Field(description="site, area, line, machine or component")
+    name: str = Field(description="display name")
+    type: str | None = Field(description="asset type from the site model, for machines and components")
+    criticality: str = Field(description="high, medium or low")
+    attributes: dict[str, Any] = {}
+    position: int = Field(0, description="order among its siblings, as in the site file")
+    retired_at: datetime | None = Field(
+        None, description="when the node left the site file; kept for its history"
+    )
+
+
+class NodeTree(NodePublic):
+    """A node with its children, in site-file order."""
+
+    children: list[NodeTree] = []
+
+
+class NodeForest(_Schema):
+    """The node tree: the roots (sites, or the requested subtree's root) and how many nodes it holds."""
+
+    items: list[NodeTree]
+    count: int = Field(description="number of nodes in the whole tree")
+
+
+class PropertyPublic(_Schema):
+    """A property of a node with its latest value; ``value`` is null until a value has arrived.
+
+    Self-contained (it names its node), so a live update can carry exactly this object.
+    """
+
+    node_id: str
+    name: str
+    description: str = ""
+    unit: str = ""
+    dtype: str = Field(description="float, int, bool or string")
+    range_low: float | None = None
+    range_high: float | None = None
+    value: Scalar | None = None
+    ts: datetime | None = Field(None, description="source timestamp of the latest value")
+    server_ts: datetime | None = None
+    stored_ts: datetime | None = Field(None, description="when the platform stored it")
+    quality: QualityName | None = None
+    flags: list[str] = Field(
+        [], description="what happened to the value on its way (clock_corrected, late...)"
+    )
+    retired_at: datetime | None = Field(None, description="when the property left its asset type")
+
+
+class DiagnosisPublic(_Schema):
+    """A model's latest verdict on a node for one task (rul, faults, anomaly)."""
+
+    task: str
+    ts: datetime = Field(description="end of the window the model looked at")
+    model: str
+    version: str
+    source: str = Field(description="edge, platform or edge_fallback")
+    confidence: float
+    payload: dict[str, Any] = Field(
+        description="score, threshold, label, probability, rul and its interval, unit"
+    )
+
+
+class NodeState(_Schema):
+    """One node's latest state: the node, its properties' latest values, its latest diagnoses."""
+
+    node: NodePublic
+    properties: list[PropertyPublic]
+    diagnoses: list[DiagnosisPublic]
+    updated_ts: datetime | None = Field(description="the newest source timestamp among its properties")
+
+
+class HistoryPoint(_Schema):
+    """One stored value of a property."""
+
+    ts: datetime
+    value: Scalar | None
+    quality: QualityName
+
+
+class HistoryBucket(_Schema):
+    """A property's numeric values over one time bucket (a rollup): ``value`` is the last of them."""
+
+    ts: datetime = Field(description="bucket start")
+    value: Scalar | None = Field(description="the value with the newest timestamp in the bucket")
+    min: float
+    max: float
+    mean: float
+    count: int
+
+
+Resolution = Literal["raw", "1m", "1h", "auto"]
+
+
+class HistoryPage(_Schema):
+    """A page of a property's history; pass ``next_cursor`` back as ``cursor`` for the next page."""
+
+    node_id: str
+    property: str
+    unit: str
+    dtype: str
+    order: Order
+    resolution: str = Field("raw", description="raw values, or 1m / 1h buckets (min, max, mean, count, last)")
+    items: list[HistoryPoint] | list[HistoryBucket]
+    count: int = Field(description="number of items on this page")
+    next_cursor: str | None = Field(description="null on the last page")
+
+
+class FramePublic(_Schema):
+    """One aligned frame of an asset: every signal's value at one grid point."""
+
+    ts: datetime
+    revision: int
+    values: dict[str, Scalar | None]
+    quality: dict[str, Any]
+
+
+class FramesPage(_Schema):
+    """A page of a node's frames; pass ``next_cursor`` back as ``cursor`` for the next page."""
+
+    node_id: str
+    order: Order
+    items: list[FramePublic]
+    count: int
+    next_cursor: str | None
+
+
+class ApiKeyPublic(_Schema):
+    """An API key as listed: never the key itself."""
+
+    prefix: str = Field(description="public part of the key; use it to revoke")
+    name: str
+    role: Role
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="to the minute")
+    revoked: bool
+
+
+class ApiKeyCreate(_Schema):
+    """A request for a new key."""
+
+    role: Role
+    name: str = Field("", max_length=128)
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    """A new key: ``key`` is shown this once and cannot be recovered."""
+
+    key: str
+
+
+class ApiKeysPublic(_Schema):
+    """A counted list of keys."""
+
+    items: list[ApiKeyPublic]
+    count: int
+
+
+class Health(_Schema):
+    """Liveness of the platform."""
+
+    status: Literal["ok", "unavailable"]
+    detail: str | None = None
+
+
+class Problem(_Schema):
+    """An error, as RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None

@@ -1,0 +1,163 @@
+"""Load a site model into the twin: nodes and properties created or updated to match the file, idempotently.
+
+A node removed from the site file is not deleted: its history and diagnoses stay readable. It is marked
+retired (``retired_at``) and refuses new values (reason ``retired``) until a site file brings it back. The
+same holds for a property removed from its asset type. Diagnosis properties (``diag.<task>.<field>``) are
+created by the store, not the site file, and are never retired here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from plant.site import Node, PropertyDef, Site
+from plant.wire import now_us
+from twin.db import make_sessionmaker
+from twin.tables import TwinNode, TwinProperty
+
+log = structlog.get_logger(__name__)
+
+DIAGNOSIS_PREFIX = "diag."
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """What a site sync changed.
+
+    Args:
+        nodes_created: nodes new to the twin.
+        nodes_updated: nodes whose place, name, type or attributes changed (or that came back).
+        nodes_retired: nodes no longer in the site file.
+        props_created: properties new to the twin.
+        props_updated: properties whose unit, type, range or description changed (or that came back).
+        props_retired: properties no longer in their asset type.
+    """
+
+    nodes_created: int = 0
+    nodes_updated: int = 0
+    nodes_retired: int = 0
+    props_created: int = 0
+    props_updated: int = 0
+    props_retired: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything changed."""
+        return any((self.nodes_created, self.nodes_updated, self.nodes_retired,
+                    self.props_created, self.props_updated, self.props_retired))
+
+
+def sync_site(engine: Engine, site: Site, now: int | None = None) -> SyncReport:
+    """Make the twin's nodes and properties match ``site``; a second run changes nothing."""
+    stamp = now if now is not None else now_us()
+    with make_sessionmaker(engine).begin() as session:
+        counts = _Counts()
+        nodes = {n.id: n for n in session.scalars(select(TwinNode))}
+        seen_nodes = _sync_nodes(session, site, nodes, counts)
+        session.flush()
+        props = {(p.node_id, p.name): p for p in session.scalars(select(TwinProperty))}
+        seen_props = _sync_properties(session, site, props, counts)
+        for node_id, row in nodes.items():
+            if node_id not in seen_nodes and row.retired_at is None:
+                row.retired_at = stamp
+                counts.nodes_retired += 1
+        for key, prop in props.items():
+            retire = key not in seen_props and not prop.name.startswith(DIAGNOSIS_PREFIX)
+            if retire and prop.retired_at is None and key[0] in seen_nodes:
+                prop.retired_at = stamp
+                counts.props_retired += 1
+    report = SyncReport(**vars(counts))
+    log.info("site synchronised", site=site.site.id, **vars(counts))
+    return report
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.nodes_created = self.nodes_updated = self.nodes_retired = 0
+        self.props_created = self.props_updated = self.props_retired = 0
+
+
+def _sync_nodes(session: Session, site: Site, rows: dict[str, TwinNode], counts: _Counts) -> set[str]:
+    seen: set[str] = set()
+    paths: dict[str, str] = {}
+    positions: dict[str | None, int] = {}
+    existing: list[tuple[TwinNode, dict[str, Any]]] = []
+    for node, parent in site.walk():
+        parent_id = parent.id if parent else None
+        path = f"{paths[parent_id] if parent_id else '/'}{node.id}/"
+        paths[node.id] = path
+        position = positions.get(parent_id, 0)
+        positions[parent_id] = position + 1
+        wanted = _node_fields(node, parent_id, path, position)
+        row = rows.get(node.id)
+        if row is None:
+            row = TwinNode(id=node.id, **wanted)
+            session.add(row)
+            rows[node.id] = row
+            counts.nodes_created += 1
+        else:
+            existing.append((row, wanted))
+        seen.add(node.id)
+    # new nodes first: an existing node may move under one of them
+    session.flush()
+    counts.nodes_updated += sum(_assign(row, wanted) for row, wanted in existing)
+    return seen
+
+
+def _node_fields(node: Node, parent_id: str | None, path: str, position: int) -> dict[str, Any]:
+    return {
+        "parent_id": parent_id,
+        "path": path,
+        "kind": str(node.kind),
+        "name": node.display_name,
+        "type": node.type,
+        "criticality": str(node.criticality),
+        "attributes": dict(node.attributes),
+        "position": position,
+        "retired_at": None,
+    }
+
+
+def _sync_properties(
+    session: Session, site: Site, rows: dict[tuple[str, str], TwinProperty], counts: _Counts
+) -> set[tuple[str, str]]:
+    seen: set[tuple[str, str]] = set()
+    for node in site.assets():
+        assert node.type is not None  # assets() yields typed nodes only
+        for name, pdef in site.asset_types[node.type].properties.items():
+            key = (node.id, name)
+            wanted = _property_fields(pdef)
+            row = rows.get(key)
+            if row is None:
+                session.add(TwinProperty(node_id=node.id, name=name, flags="", **wanted))
+                counts.props_created += 1
+            elif _assign(row, wanted):
+                counts.props_updated += 1
+            seen.add(key)
+    return seen
+
+
+def _property_fields(pdef: PropertyDef) -> dict[str, Any]:
+    low, high = pdef.range if pdef.range else (None, None)
+    return {
+        "unit": pdef.unit,
+        "dtype": str(pdef.dtype),
+        "range_low": low,
+        "range_high": high,
+        "description": pdef.description,
+        "retired_at": None,
+    }
+
+
+def _assign(row: Any, wanted: dict[str, Any]) -> bool:
+    changed = False
+    for key, value in wanted.items():
+        if getattr(row, key) != value:
+            setattr(row, key, value)
+            changed = True
+    return changed

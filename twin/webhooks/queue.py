@@ -1,0 +1,269 @@
+"""The delivery queue: target checks, signatures, event bodies (native, Alertmanager v4), enqueue, replay."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import ipaddress
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from plant.wire import from_us, now_us
+from twin.errors import ConfigError, NotFound
+from twin.tables import Alert, AlertTransition, WebhookDelivery, WebhookSubscription
+
+log = structlog.get_logger(__name__)
+
+FORMATS = ("native", "alertmanager")
+_SUBS_CACHE = "factory_twin.webhook_subscriptions"
+PENDING, SENDING, DELIVERED, DEAD = "pending", "sending", "delivered", "dead"
+US = 1_000_000
+_EVENT_NAMES = {
+    "raise": "alert.raised",
+    "reactivate": "alert.reactivated",
+    "return": "alert.returned",
+    "acknowledge": "alert.acknowledged",
+    "shelve": "alert.shelved",
+    "unshelve": "alert.unshelved",
+    "suppress": "alert.suppressed",
+    "unsuppress": "alert.unsuppressed",
+    "escalate": "alert.escalated",
+    "deescalate": "alert.deescalated",
+    "flapping": "alert.flapping",
+    "stable": "alert.stable",
+}
+
+
+def validate_url(url: str, allowlist: list[str] | tuple[str, ...] = ()) -> str:
+    """Check a target URL (http(s), a host, no credentials or fragment, host allowed); ConfigError if not.
+
+    An allowlist entry is a host pattern (``hooks.example.com``, ``*.example.com``), optionally with a port
+    (``127.0.0.1:9000``, ``127.0.0.1:*``); without one, any port. An empty allowlist allows any host: set
+    one in production.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"webhook URL must be http or https, not {parts.scheme or 'missing'!r}")
+    if not parts.hostname:
+        raise ConfigError("webhook URL has no host")
+    if parts.username or parts.password:
+        raise ConfigError("webhook URL must not carry credentials; the signature authenticates")
+    if parts.fragment:
+        raise ConfigError("webhook URL must not have a fragment")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"webhook URL has an invalid port: {exc}") from None
+    host = parts.hostname.lower()
+    port = port if port is not None else (443 if parts.scheme == "https" else 80)
+    if allowlist and not _allowed(host, port, allowlist):
+        raise ConfigError(f"webhook host {host!r} is not in the webhook allowlist")
+    return url
+
+
+def _allowed(host: str, port: int | None, allowlist: list[str] | tuple[str, ...]) -> bool:
+    for pattern in allowlist:
+        pat_host, _, pat_port = (
+            pattern.lower().rpartition(":") if _has_port(pattern) else (pattern.lower(), "", "")
+        )
+        if pat_port and pat_port != "*" and str(port) != pat_port:
+            continue
+        if fnmatch.fnmatchcase(host, pat_host):
+            return True
+    return False
+
+
+def _has_port(pattern: str) -> bool:
+    head, sep, tail = pattern.rpartition(":")
+    if not sep or not (tail.isdigit() or tail == "*"):
+        return False
+    try:  # a bare IPv6 address is not "host:port"
+        ipaddress.ip_address(pattern)
+    except ValueError:
+        return bool(head)
+    return False
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-FactoryTwin-Signature value: ``sha256=`` and the hex HMAC-SHA256 of ``timestamp.body``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str, *, tolerance_s: float = 300.0) -> bool:
+    """Receiver side: the signature matches and the timestamp is recent."""
+    try:
+        fresh = abs(time.time() - int(timestamp)) <= tolerance_s
+    except ValueError:
+        return False
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def _iso(us: int | None) -> str | None:
+    return None if us is None else from_us(us).isoformat().replace("+00:00", "Z")
+
+
+def alert_dict(alert: Alert) -> dict[str, Any]:
+    """The alert as events and the API show it."""
+    return {
+        "id": alert.id,
+        "key": alert.key,
+        "node": alert.node_id,
+        "path": alert.node_path,
+        "asset_type": alert.asset_type,
+        "rule": alert.rule,
+        "kind": alert.kind,
+        "condition": alert.condition,
+        "state": alert.state,
+        "active": alert.active,
+        "priority": alert.priority,
+        "severity": alert.severity,
+        "message": alert.message,
+        "value": alert.value,
+        "occurrences": alert.occurrences,
+        "group_id": alert.group_id,
+        "flapping": alert.flapping,
+        "suppressed": alert.suppressed,
+        "shelved_until": _iso(alert.shelved_until),
+        "raised_at": _iso(alert.raised_at),
+        "returned_at": _iso(alert.returned_at),
+        "acked_by": alert.acked_by,
+        "evidence": alert.evidence,
+    }
+
+
+def render(fmt: str, sub_name: str, event_key: str, alert: Alert, t: AlertTransition) -> str:
+    """The body of one event for one subscription format, rendered once and stored."""
+    if fmt == "alertmanager":
+        return json.dumps(_alertmanager(sub_name, alert, t), separators=(",", ":"))
+    body = {
+        "id": event_key,
+        "type": _EVENT_NAMES.get(t.action, f"alert.{t.action}"),
+        "version": 1,
+        "sequence": t.id,
+        "occurred_at": _iso(t.at),
+        "alert": alert_dict(alert),
+        "transition": {
+            "action": t.action,
+            "actor": t.actor,
+            "reason": t.reason,
+            "from_state": t.from_state,
+            "to_state": t.to_state,
+            "priority": t.priority,
+            "at": _iso(t.at),
+        },
+    }
+    return json.dumps(body, separators=(",", ":"), default=str)
+
+
+def _alertmanager(receiver: str, alert: Alert, t: AlertTransition) -> dict[str, Any]:
+    """Prometheus Alertmanager webhook payload, version 4, one alert per message."""
+    status = "firing" if alert.active else "resolved"
+    labels = {
+        "alertname": alert.rule,
+        "node": alert.node_id,
+        "asset_type": alert.asset_type,
+        "condition": alert.condition,
+        "kind": alert.kind,
+        "severity": alert.priority,
+    }
+    annotations = {
+        "summary": alert.message or f"{alert.rule} {alert.condition} on {alert.node_id}",
+        "state": alert.state,
+        "event": t.action,
+        "occurrences": str(alert.occurrences),
+    }
+    item = {
+        "status": status,
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": _iso(alert.raised_at),
+        "endsAt": _iso(alert.returned_at) if not alert.active else "0001-01-01T00:00:00Z",
+        "generatorURL": f"/api/v1/alerts/{alert.id}",
+        "fingerprint": hashlib.sha256(alert.key.encode()).hexdigest()[:16],
+    }
+    group = {"alertname": alert.rule, "node": alert.node_id}
+    return {
+        "version": "4",
+        "groupKey": f"{{}}:{{alertname={alert.rule!r}, node={alert.node_id!r}}}",
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": receiver,
+        "groupLabels": group,
+        "commonLabels": labels,
+        "commonAnnotations": annotations,
+        "externalURL": "",
+        "alerts": [item],
+    }
+
+
+def matches(sub: WebhookSubscription, alert: Alert) -> bool:
+    """Whether an alert's events go to this subscription (priority, asset subtree, kind)."""
+    if sub.priorities and alert.priority not in sub.priorities:
+        return False
+    if sub.kinds and alert.kind not in sub.kinds:
+        return False
+    return not sub.subtree or f"/{sub.subtree}/" in alert.node_path
+
+
+def enqueue_event(session: Session, alert: Alert, t: AlertTransition) -> list[WebhookDelivery]:
+    """Queue one alert transition for every matching subscription, in the caller's transaction."""
+    tx = session.get_transaction()
+    cached = session.info.get(_SUBS_CACHE)
+    if cached is not None and cached[0] is tx:
+        subs = cached[1]
+    else:  # read once per transaction: one ingest batch often carries many events
+        subs = session.scalars(select(WebhookSubscription).where(WebhookSubscription.enabled.is_(True))).all()
+        session.info[_SUBS_CACHE] = (tx, subs)
+    now = now_us()
+    key = f"ft-{alert.id}-{t.id}"
+    rows = []
+    for sub in subs:
+        if not matches(sub, alert):
+            continue
+        rows.append(
+            WebhookDelivery(
+                subscription_id=sub.id,
+                event_key=key,
+                event=_EVENT_NAMES.get(t.action, t.action),
+                alert_id=alert.id,
+                node_id=alert.node_id,
+                body=render(sub.format, sub.name, key, alert, t),
+                status=PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                last_error="",
+            )
+        )
+    session.add_all(rows)
+    return rows
+
+
+def replay(
+    session: Session,
+    *,
+    delivery_ids: list[int] | None = None,
+    subscription_id: int | None = None,
+    status: str = DEAD,
+) -> int:
+    """Queue deliveries again (same Idempotency-Key): by id, or every one of a subscription in ``status``."""
+    stmt = update(WebhookDelivery).values(
+        status=PENDING, attempts=0, next_attempt_at=now_us(), lease_until=None, claimed_by=None, last_error=""
+    )
+    if delivery_ids is not None:
+        stmt = stmt.where(WebhookDelivery.id.in_(delivery_ids))
+    elif subscription_id is not None:
+        stmt = stmt.where(
+            WebhookDelivery.subscription_id == subscription_id, WebhookDelivery.status == status
+        )
+    else:
+        raise NotFound("replay needs delivery ids or a subscription")
+    return session.execute(stmt).rowcount  # type: ignore[attr-defined, no-any-return]
