@@ -44,5 +44,5 @@ def configure_logging(json: bool | None = None, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("asyncua", "amqtt", "transitions", "uvicorn.access", "httpx"):
+    for noisy in ("asyncua", "amqtt", "transitions", "uvicorn.access", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -63,6 +63,8 @@ class EmbeddedBroker:
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(_quiet_disconnects)
         try:
             self._loop.run_until_complete(self._start())
         except BaseException as exc:  # reported to start()
@@ -71,14 +73,28 @@ class EmbeddedBroker:
             return
         self._ready.set()
         self._loop.run_forever()
-        self._loop.run_until_complete(self._broker.shutdown())
-        self._loop.close()
+        try:
+            self._loop.run_until_complete(self._broker.shutdown())
+        finally:
+            self._close_loop(self._loop)
+
+    @staticmethod
+    def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel what the broker left running (client handlers) and close their sockets before the loop."""
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
     async def _start(self) -> None:
         from amqtt.broker import Broker
 
         config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 0}},
+            "listeners": {
+                "default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 0},
+            },
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
         self._broker = Broker(config)
@@ -96,3 +112,11 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _quiet_disconnects(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A client that hangs up during CONNECT (an MQTT 5 client falling back to 3.1.1) is not an error."""
+    if isinstance(context.get("exception"), ConnectionError | OSError):
+        log.debug("mqtt client dropped during connect", error=str(context["exception"]))
+        return
+    loop.default_exception_handler(context)

@@ -1,0 +1,238 @@
+"""A whole plant in one process: simulator, edge agent, platform (ingest + REST API) and, when no broker
+is given, the embedded MQTT broker. ``factory-twin demo`` runs it on embedded defaults; the end-to-end tests
+run it on the machine's Mosquitto and PostgreSQL. Every part talks to the others over real TCP, as in
+production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+from sqlalchemy import Engine
+
+from edge_agent.agent import Agent
+from factory_twin.simulator.examples import data_dir as example_data_dir
+from factory_twin.simulator.examples import example_site_path
+from factory_twin.simulator.run import Simulator, SimulatorConfig
+from plant.site import OpcUaSource, Site, load_site
+from twin.auth import Role, create_key
+from twin.broker import EmbeddedBroker, free_port
+from twin.config import TwinSettings
+from twin.db import make_engine, make_sessionmaker
+from twin.ingest import Ingestor
+from twin.platform import Platform
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class StackConfig:
+    """What to run and where.
+
+    Args:
+        data_dir: SQLite file, agent outbox and the demo's site copy live here.
+        site_file: the plant; the example plant by default.
+        database_url: the twin's database; SQLite under ``data_dir`` when None.
+        mqtt_url: one broker for plant telemetry and the uplink; an embedded broker on a free port when None.
+        http_host: where the REST API listens.
+        http_port: REST API port; 0 picks a free one.
+        speed: simulator rows per second per machine.
+        gateway_id: the agent's gateway id (unique per run when sharing a broker).
+    """
+
+    data_dir: Path
+    site_file: Path | None = None
+    database_url: str | None = None
+    mqtt_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    speed: float = 1.0
+    gateway_id: str = "demo-gateway"
+    knowledge_dir: Path | None = None
+    extra_agent_settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StackSummary:
+    """What reached the twin during a run."""
+
+    values_ingested: int
+    nodes_updated: int
+    rejected: int
+    batches: int
+    duplicates: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict."""
+        return dict(vars(self))
+
+
+class Stack:
+    """Starts and stops the parts in order: broker, database, ingest, API, simulator, agent.
+
+    Args:
+        config: what to run and where.
+    """
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.broker: EmbeddedBroker | None = None
+        self.engine: Engine | None = None
+        self.platform: Platform | None = None
+        self.ingestor: Ingestor | None = None
+        self.api: uvicorn.Server | None = None
+        self.agent: Agent | None = None
+        self.admin_key = ""
+        self.api_url = ""
+        self.mqtt_url = ""
+        self._api_thread: threading.Thread | None = None
+        self._site_file: Path | None = None
+
+    # --- platform (threads) -------------------------------------------------------------------------------
+
+    def start_platform(self) -> None:
+        """Broker, migrations, site sync, ingest and the API; returns once all accept work."""
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.mqtt_url is None:
+            self.broker = EmbeddedBroker(port=0).start()
+            self.mqtt_url = self.broker.url
+        else:
+            self.mqtt_url = cfg.mqtt_url
+        settings = TwinSettings(data_dir=cfg.data_dir, database_url=cfg.database_url, mqtt_url=self.mqtt_url,
+                                mqtt_client_id=f"ft-ingest-{cfg.gateway_id}", metrics_port=-1,
+                                knowledge_dir=cfg.knowledge_dir or _example_knowledge())
+        from migrations import run as migrations
+
+        migrations.upgrade(settings.db_url)
+        self.engine = make_engine(settings.db_url)
+        site = self._site()
+        self.platform = Platform(settings, self.engine, site, self.mqtt_url).start()
+        self.ingestor = self.platform.ingestor
+        with make_sessionmaker(self.engine).begin() as session:
+            self.admin_key = create_key(session, Role.ADMIN, "demo admin")
+        self._start_api(settings)
+
+    def _start_api(self, settings: TwinSettings) -> None:
+        from twin.api.app import create_app
+
+        assert self.engine is not None
+        port = self.config.http_port or free_port(self.config.http_host)
+        app = create_app(settings, self.engine)
+        config = uvicorn.Config(app, host=self.config.http_host, port=port, log_config=None, access_log=False,
+                                lifespan="on", timeout_graceful_shutdown=5)
+        self.api = uvicorn.Server(config)
+        self._api_thread = threading.Thread(target=self.api.run, name="api", daemon=True)
+        self._api_thread.start()
+        for _ in range(200):
+            if self.api.started:
+                break
+            if not self._api_thread.is_alive():
+                raise RuntimeError(f"REST API could not listen on {self.config.http_host}:{port}")
+            threading.Event().wait(0.05)
+        self.api_url = f"http://{self.config.http_host}:{port}"
+
+    def stop_platform(self) -> None:
+        """Stop the API, ingest (finishing the batch in hand) and the broker."""
+        if self.api is not None:
+            self.api.should_exit = True
+            if self._api_thread is not None:
+                self._api_thread.join(timeout=10)
+        if self.platform is not None:
+            self.platform.stop()
+        if self.engine is not None:
+            self.engine.dispose()
+        if self.broker is not None:
+            self.broker.stop()
+
+    # --- plant and edge (asyncio) ---------------------------------------------------------------------------
+
+    async def run_edge(self, duration: float | None = None, status_every: float | None = None) -> None:
+        """Simulator and agent until ``duration`` passes or the agent is stopped (Ctrl-C, SIGTERM)."""
+        site = self._site()
+        sim = Simulator(SimulatorConfig(site=site, data_dir=example_data_dir(), mqtt_url=self.mqtt_url,
+                                        speed=self.config.speed))
+        assert self._site_file is not None
+        self.agent = Agent(site_file=self._site_file, gateway_id=self.config.gateway_id,
+                           data_dir=self.config.data_dir / "agent", broker_url=self.mqtt_url,
+                           mqtt_url=self.mqtt_url, metrics_port=0, **self.config.extra_agent_settings)
+        async with sim, asyncio.TaskGroup() as tg:
+            sim_task = tg.create_task(sim.run(), name="simulator")
+            status_task = tg.create_task(self._report(status_every), name="status")
+            agent_task = tg.create_task(self.agent.run(duration), name="agent")
+            await agent_task
+            sim_task.cancel()
+            status_task.cancel()
+
+    async def _report(self, every: float | None) -> None:
+        """One status line every ``every`` seconds: what has reached the twin so far."""
+        if not every:
+            return
+        started = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(every)
+            summary = self.summary(asyncio.get_running_loop().time() - started)
+            log.info("twin status", values=summary.values_ingested, nodes=summary.nodes_updated,
+                     rejected=summary.rejected, batches=summary.batches)
+
+    def stop_edge(self) -> None:
+        """Ask the agent to stop gracefully (flushes its outbox to the platform first)."""
+        if self.agent is not None:
+            self.agent.stop()
+
+    def summary(self, seconds: float) -> StackSummary:
+        """Counts from the ingest side: what reached the twin."""
+        assert self.ingestor is not None
+        s = self.ingestor.stats()
+        return StackSummary(values_ingested=s.values, nodes_updated=s.nodes_updated,
+                            rejected=s.rejected_total, batches=s.batches, duplicates=s.duplicates,
+                            seconds=round(seconds, 1))
+
+    def _site(self) -> Site:
+        """The plant, with its OPC-UA endpoints moved to free ports when the usual ones are taken."""
+        if self._site_file is None:
+            self._site_file = self._prepare_site(self.config.site_file or example_site_path())
+        return load_site(self._site_file)
+
+    def _prepare_site(self, path: Path) -> Path:
+        text = path.read_text(encoding="utf-8")
+        site = load_site(path)
+        for source in site.sources.values():
+            if isinstance(source, OpcUaSource):
+                port = _endpoint_port(source.endpoint)
+                if port is not None and not _port_free(port):
+                    new = source.endpoint.replace(f":{port}", f":{free_port()}", 1)
+                    text = text.replace(source.endpoint, new)
+                    log.info("opcua endpoint moved", was=source.endpoint, now=new)
+        copy = self.config.data_dir / "plant.yaml"
+        copy.write_text(text, encoding="utf-8")
+        return copy
+
+
+def _example_knowledge() -> Path | None:
+    """The example plant's knowledge base, beside its site file."""
+    directory = example_site_path().parent / "knowledge"
+    return directory if directory.is_dir() else None
+
+
+def _endpoint_port(endpoint: str) -> int | None:
+    m = re.match(r"opc\.tcp://[^/:]+:(\d+)", endpoint)
+    return int(m.group(1)) if m else None
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s, contextlib.suppress(OSError):
+        s.bind(("127.0.0.1", port))
+        return True
+    return False

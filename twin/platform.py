@@ -1,0 +1,191 @@
+"""The platform's background work around one database, wired in one place for `serve` and the demo.
+
+After each ingested batch (on the ingest worker's thread) the changes fan out, in this order:
+
+    TwinStore.apply ─► live bus        dashboards on every API replica hear which properties moved
+                    ├► history job     rollups of late values are recomputed
+                    └► alert engine    rules → lifecycle → webhook delivery rows, one commit → delivery worker
+
+Two threads keep time-driven work going: the alert clock (stale data, on/off delays, shelf expiry, escalation)
+and the webhook delivery worker. Alert evaluation runs in one process per database (``alerts=True``); webhook
+delivery may run in several, as rows are claimed with SKIP LOCKED on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from plant.site import Site
+from plant.wire import UplinkBatch
+from twin.alerts import AlertEngine
+from twin.config import TwinSettings
+from twin.db import make_sessionmaker
+from twin.history import HistoryJob
+from twin.ingest import Ingestor
+from twin.live import live_bus_for
+from twin.store import ApplyResult, TwinStore
+from twin.webhooks.worker import DeliveryWorker
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class PlatformParts:
+    """Which parts this process runs.
+
+    Args:
+        ingest: subscribe to the uplink and store batches.
+        alerts: evaluate alert rules (one process per database).
+        webhooks: deliver webhook events.
+        tick_s: how often the alert clock runs.
+    """
+
+    ingest: bool = True
+    alerts: bool = True
+    webhooks: bool = True
+    tick_s: float = 2.0
+    extra_listeners: list[Callable[[UplinkBatch, ApplyResult], None]] = field(default_factory=list)
+
+
+class Platform:
+    """Ingest, alerts, webhooks and the live bus for one database.
+
+    Args:
+        settings: the platform settings.
+        engine: the database, at the current schema.
+        site: the plant (needed for alert rules and to sync the twin's nodes).
+        mqtt_url: the broker the agents uplink to (overrides ``settings.mqtt_url``).
+        parts: which parts to run.
+    """
+
+    def __init__(self, settings: TwinSettings, engine: Engine, site: Site | None, mqtt_url: str | None,
+                 parts: PlatformParts | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.site = site
+        self.mqtt_url = mqtt_url or settings.mqtt_url
+        self.parts = parts or PlatformParts()
+        self.store = TwinStore(engine, settings)
+        self.ingestor: Ingestor | None = None
+        self.alerts: AlertEngine | None = None
+        self.delivery: DeliveryWorker | None = None
+        self.history: HistoryJob | None = None
+        self._sessions = make_sessionmaker(engine)
+        self._alert_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._deliver_now = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> Platform:
+        """Sync the site and knowledge base, then start the parts; returns once ingest is subscribed."""
+        if self.site is not None:
+            self.store.sync_site(self.site)
+        self._load_knowledge()
+        if self.parts.alerts and self.site is not None:
+            self.alerts = AlertEngine(self.site)
+            with self._sessions.begin() as session:
+                self.alerts.load(session)
+            self._spawn("alert-clock", self._tick_loop)
+        if self.parts.webhooks:
+            self.delivery = DeliveryWorker(self.engine, allowlist=self.settings.webhook_allowlist)
+            self._spawn("webhook-delivery", self._delivery_loop)
+        if self.parts.ingest:
+            self._start_ingest()
+        return self
+
+    def _start_ingest(self) -> None:
+        if self.mqtt_url is None:
+            from twin.errors import ConfigError
+
+            raise ConfigError("no MQTT broker URL for ingest: set TWIN_MQTT_URL or use the embedded broker")
+        self.ingestor = Ingestor.from_settings(self.store, self.settings, self.mqtt_url)
+        self.ingestor.add_listener(live_bus_for(self.engine).listener)
+        self._add_history_listener()
+        if self.alerts is not None:
+            self.ingestor.add_listener(self._on_stored)
+        for listener in self.parts.extra_listeners:
+            self.ingestor.add_listener(listener)
+        self.ingestor.start()
+        assert self.history is not None
+        self.history.start()
+
+    def _add_history_listener(self) -> None:
+        """Partitions ahead, retention behind, rollups of late values: one job per ingest process."""
+        assert self.ingestor is not None
+        self.history = HistoryJob(self.engine, self.settings)
+        self.ingestor.add_listener(self.history.listener)
+
+    def _on_stored(self, _batch: UplinkBatch, result: ApplyResult) -> None:
+        """Alert rules on what a batch changed, in one transaction with their webhook rows."""
+        if not result.changes and not result.diagnoses:
+            return
+        assert self.alerts is not None
+        try:
+            with self._alert_lock, self._sessions.begin() as session:
+                written = self.alerts.process(session, result.changes, result.diagnoses)
+        except SQLAlchemyError as exc:
+            log.error("alert evaluation failed", error=str(exc).splitlines()[0])
+            return
+        if written:
+            self._deliver_now.set()
+
+    def _tick_loop(self) -> None:
+        assert self.alerts is not None
+        while not self._stop.wait(self.parts.tick_s):
+            try:
+                with self._alert_lock, self._sessions.begin() as session:
+                    written = self.alerts.tick(session)
+            except SQLAlchemyError as exc:
+                log.error("alert clock failed", error=str(exc).splitlines()[0])
+                continue
+            if written:
+                self._deliver_now.set()
+
+    def _delivery_loop(self) -> None:
+        assert self.delivery is not None
+        idle = self.delivery.config.idle_poll_s
+        try:
+            while not self._stop.is_set():
+                try:
+                    handled = self.delivery.run_batch()
+                except Exception as exc:  # the worker must outlive any one bad cycle
+                    log.error("webhook delivery cycle failed", error=str(exc))
+                    handled = 0
+                if not handled:
+                    self._deliver_now.wait(idle)
+                    self._deliver_now.clear()
+        finally:
+            self.delivery.close()
+
+    def _load_knowledge(self) -> None:
+        directory = self.settings.knowledge_dir
+        if directory is None:
+            return
+        from twin.knowledge.base import load_dir, sync_files
+
+        with self._sessions.begin() as session:
+            changed = sync_files(session, load_dir(Path(directory)))
+        log.info("knowledge base loaded", directory=str(directory), changed=changed)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, leave: bool = False) -> None:
+        """Stop ingest first (finishing the batch in hand), then the jobs; ``leave`` ends the broker session."""
+        if self.ingestor is not None:
+            self.ingestor.stop(leave=leave)
+        if self.history is not None:
+            self.history.stop()
+        self._stop.set()
+        self._deliver_now.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
