@@ -1,0 +1,268 @@
+"""Scale-out ingest: values per second from Mosquitto into PostgreSQL history with 1 and 2 ingest workers.
+
+    python benchmarks/scale_ingest.py [--quick] [--pg ADMIN_URL]
+
+Both baselines are measured in the same run, on the same machine:
+
+- the raw Mosquitto drain: a paho subscriber (QoS 1, persistent session) that only counts, draining the same
+  backlog of uplink batches the workers drain;
+- raw COPY: the same rows written with PostgreSQL ``COPY`` (binary) into a table with the history's primary
+  key, one COPY and one commit per batch.
+
+Each consumer meets a backlog: its persistent session is created first, the batches are queued in a private
+Mosquitto (a free port, queue limits raised: stock Mosquitto would drop beyond 1,000 queued messages), then
+the consumer connects and drains it. The workers are the real ``Ingestor`` (decode, validate, store with the
+idempotent array write of twin/bulk.py, commit, publish the Ack, then PUBACK) on the real ``TwinStore``; with
+2 workers they share the uplink through ``$share/<group>/...``. Each run writes new timestamps.
+
+Prints one JSON line. ``ratio`` is the better worker count's rate over raw COPY; ``ratio_drain`` the same
+over the raw drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import paho.mqtt.client as mqtt
+import structlog
+from _mosquitto import private_mosquitto
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import create_engine, text
+from store_apply import make_site
+
+from migrations import run
+from plant.wire import UplinkBatch, Value, uplink_topic
+from twin.config import TwinSettings
+from twin.db import make_engine
+from twin.history import HistoryJob
+from twin.ingest import BrokerAddress, Ingestor
+from twin.live import live_bus_for
+from twin.store import TwinStore
+
+TARGET = 0.25  # end to end (broker, decode, validate, store, ack) against a bare COPY of the rows
+PG_ADMIN = os.environ.get("FACTORY_TWIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+T0 = 1_700_000_000_000_000  # µs, Nov 2023
+ROOT = "bench/v1"
+MACHINES, PROPS = 20, 10
+
+
+def payloads(batches: int, size: int, offset: int) -> list[bytes]:
+    """Uplink batches as the agent sends them, every property in turn, timestamps from T0 + offset."""
+    keys = [(f"m{j}", f"p{i}") for j in range(MACHINES) for i in range(PROPS)]
+    out = []
+    n = 0
+    for b in range(batches):
+        values = []
+        for _ in range(size):
+            node, prop = keys[n % len(keys)]
+            ts = T0 + offset + (n // len(keys)) * 1000
+            values.append(Value(node=node, prop=prop, value=float(n % 97), ts=ts))
+            n += 1
+        batch = UplinkBatch(gateway="gw", batch=f"{offset}-{b}", sent=T0, values=values)
+        out.append(batch.model_dump_json().encode())
+    return out
+
+
+def publish(port: int, data: list[bytes]) -> None:
+    """Queue every payload in the broker (QoS 1) and wait until the broker has them all."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    infos = [c.publish(uplink_topic("gw", ROOT), p, qos=1) for p in data]
+    for info in infos:
+        info.wait_for_publish(120)
+    c.disconnect()
+    c.loop_stop()
+
+
+def drain(port: int, data: list[bytes]) -> float:
+    """Seconds a counting subscriber takes to drain the backlog of ``data``."""
+    cid = f"drain-{uuid.uuid4().hex[:8]}"
+    subscribed = threading.Event()
+    done = threading.Event()
+    count = [0]
+
+    def on_message(_c: Any, _u: Any, _m: Any) -> None:
+        count[0] += 1
+        if count[0] >= len(data):
+            done.set()
+
+    def client() -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+        c.on_subscribe = lambda *_a: subscribed.set()
+        c.on_message = on_message
+        return c
+
+    first = client()
+    first.connect("127.0.0.1", port)
+    first.loop_start()
+    first.subscribe(uplink_topic("+", ROOT), qos=1)
+    subscribed.wait(10)
+    first.disconnect()
+    first.loop_stop()
+    publish(port, data)
+    c = client()
+    t = time.perf_counter()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    if not done.wait(300):
+        raise RuntimeError(f"drain got {count[0]} of {len(data)}")
+    elapsed = time.perf_counter() - t
+    c.disconnect()
+    c.loop_stop()
+    return elapsed
+
+
+def backend_cpu(store: TwinStore) -> float:
+    """CPU seconds used so far by the PostgreSQL backends serving this database (Linux /proc)."""
+    with store.engine.connect() as conn:
+        pids = [int(r[0]) for r in conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))]
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def ingest(store: TwinStore, port: int, workers: int, data: list[bytes]) -> tuple[float, float, float]:
+    """Seconds ``workers`` ingest workers take to store and acknowledge the backlog of ``data``, and the
+    CPU seconds spent meanwhile by this process (the workers) and by the database backends."""
+    cid = f"bench-{uuid.uuid4().hex[:8]}"
+    group = f"g{cid}"
+    broker = BrokerAddress("127.0.0.1", port)
+    Ingestor(store, broker, client_id=cid, workers=workers, share_group=group, topic_root=ROOT).start().stop()
+    publish(port, data)
+    ing = Ingestor(store, broker, client_id=cid, workers=workers, share_group=group, topic_root=ROOT)
+    # what `factory-twin serve --role ingest` adds: live updates (NOTIFY) and the rollups' late-data mark
+    ing.add_listener(live_bus_for(store.engine).listener)
+    ing.add_listener(HistoryJob(store.engine, store.settings).listener)
+    store.engine.dispose()  # fresh backends: their CPU counters start with this run
+    with ThreadPoolExecutor(workers) as pool:  # the workers' connections, opened before the clock starts
+        list(pool.map(lambda _i: store.engine.connect().close(), range(workers)))
+    db0 = backend_cpu(store)
+    cpu0 = time.process_time()
+    t = time.perf_counter()
+    ing.start()
+    deadline = time.monotonic() + 300
+    while ing.stats().batches < len(data):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ingest stored {ing.stats().batches} of {len(data)} batches")
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - t
+    cpu = time.process_time() - cpu0
+    db = backend_cpu(store) - db0
+    ing.stop()
+    return elapsed, cpu, db
+
+
+def copy_rows(url: str, ids: list[int], batches: int, size: int) -> float:
+    """Seconds raw binary COPY takes for the same rows, one COPY and commit per batch."""
+    engine = create_engine(url)
+    try:
+        raw: Any = engine.raw_connection().driver_connection
+        with raw.cursor() as cur:
+            cur.execute("CREATE TABLE bench_copy (property_id integer, ts bigint, value_num float8, "
+                        "value_text text, quality smallint, PRIMARY KEY (property_id, ts))")
+        raw.commit()
+        rows = [[(ids[n % len(ids)], T0 + (n // len(ids)) * 1000, float(n % 97), None, 0)
+                 for n in range(b * size, (b + 1) * size)] for b in range(batches)]
+        t = time.perf_counter()
+        for batch in rows:
+            with raw.cursor() as cur, cur.copy(
+                "COPY bench_copy (property_id, ts, value_num, value_text, quality) FROM STDIN (FORMAT BINARY)"
+            ) as cp:
+                cp.set_types(["int4", "int8", "float8", "text", "int2"])
+                for r in batch:
+                    cp.write_row(r)
+            raw.commit()
+        elapsed = time.perf_counter() - t
+        raw.close()
+        return elapsed
+    finally:
+        engine.dispose()
+
+
+def main() -> None:
+    """Measure and print one JSON line."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="finish in under a minute")
+    ap.add_argument("--pg", default=PG_ADMIN, help="admin URL of a PostgreSQL server (a database is created)")
+    args = ap.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    batches, size = (80, 1000) if args.quick else (400, 1000)
+    values = batches * size
+    name = f"ft_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = args.pg.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        run.upgrade(url)
+        engine = make_engine(url, pool_size=4)
+        store = TwinStore(engine, TwinSettings(max_future_s=1e9))
+        store.sync_site(make_site(MACHINES, PROPS))
+        with engine.connect() as conn:
+            ids = [int(r[0]) for r in conn.execute(text("SELECT id FROM twin_properties ORDER BY id"))]
+        with private_mosquitto() as port:
+            data = [payloads(batches, size, k * 10**12) for k in range(3)]
+            drain_s = drain(port, data[0])
+            one_s, one_cpu, one_db = ingest(store, port, 1, data[1])
+            two_s, two_cpu, two_db = ingest(store, port, 2, data[2])
+        copy_s = copy_rows(url, ids, batches, size)
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT count(*) FROM twin_history")).scalar_one()
+        engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    rate = {k: values / s for k, s in (("drain", drain_s), ("w1", one_s), ("w2", two_s), ("copy", copy_s))}
+    best = max(rate["w1"], rate["w2"])
+    ratio = best / rate["copy"]
+    out = {
+        "name": "scale_ingest",
+        "ratio": round(ratio, 3),
+        "target": TARGET,
+        "ok": ratio >= TARGET and stored == 2 * values,
+        "ratio_drain": round(best / rate["drain"], 3),
+        "values_per_s_1_worker": round(rate["w1"]),
+        "values_per_s_2_workers": round(rate["w2"]),
+        "drain_values_per_s": round(rate["drain"]),
+        "copy_values_per_s": round(rate["copy"]),
+        "speedup_2_workers": round(rate["w2"] / rate["w1"], 2),
+        # per core-second: what sizing (docs/scaling.md) starts from
+        "ingest_values_per_cpu_s": round(values / one_cpu),
+        "db_values_per_cpu_s": round(values / one_db) if one_db > 0 else None,
+        "cpu_s_1_worker": {"ingest": round(one_cpu, 2), "db": round(one_db, 2), "wall": round(one_s, 2)},
+        "cpu_s_2_workers": {"ingest": round(two_cpu, 2), "db": round(two_db, 2), "wall": round(two_s, 2)},
+        "values": values,
+        "batch_size": size,
+        "stored": stored,
+        "cpus": os.cpu_count(),
+        "quick": args.quick,
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Shared pieces of the production tests: a sender that behaves like an agent's uplink, platform processes,
+a private Mosquitto with persistence, and database checks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import text
+
+from migrations import run
+from plant.wire import UplinkBatch, Value, ack_topic, decode_ack, uplink_topic
+from tests.twin.store_helpers import SITE_YAML, site
+from twin.db import make_engine
+from twin.store import TwinStore
+
+ROOT = Path(__file__).resolve().parents[2]
+SEC = 1_000_000
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare(url: str) -> None:
+    """Migrate ``url`` to head and load the test plant (pumps p1, p2) into the twin."""
+    run.upgrade(url)
+    engine = make_engine(url)
+    try:
+        TwinStore(engine).sync_site(site())
+    finally:
+        engine.dispose()
+
+
+def site_file(tmp: Path) -> Path:
+    """The test plant as a site file."""
+    path = tmp / "site.yaml"
+    path.write_text(SITE_YAML)
+    return path
+
+
+def make_batches(gateway: str, n: int, per: int, start: int, tag: str = "b") -> list[UplinkBatch]:
+    """``n`` batches of ``per`` values each, p1.temp and p2.temp at distinct timestamps, 1 s apart."""
+    out = []
+    k = 0
+    for b in range(n):
+        values = []
+        for _ in range(per):
+            node = "p1" if k % 2 == 0 else "p2"
+            values.append(Value(node=node, prop="temp", value=float(k % 100), ts=start + (k // 2) * SEC))
+            k += 1
+        out.append(UplinkBatch(gateway=gateway, batch=f"{tag}{b}", sent=start, values=values))
+    return out
+
+
+class Sender:
+    """Publishes batches QoS 1 like an agent's uplink and resends any not acknowledged ``stored=True``.
+
+    Args:
+        host: broker host.
+        port: broker port.
+        root: topic root.
+        gateway: gateway id.
+    """
+
+    def __init__(self, host: str, port: int, root: str, gateway: str) -> None:
+        self.root, self.gateway = root, gateway
+        self.stored: set[str] = set()
+        self.failed_acks = 0
+        self.acks = 0
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sender-{uuid.uuid4().hex[:10]}")
+        self.client.max_inflight_messages_set(100)
+        self.client.reconnect_delay_set(0.2, 2)
+        self.client.on_connect = lambda c, *_a: c.subscribe(ack_topic(gateway, root), qos=1)
+        self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.on_message = self._on_ack
+        self.client.connect(host, port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "sender could not subscribe to its ack topic"
+
+    def _on_ack(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        ack = decode_ack(msg.payload)
+        with self._lock:
+            self.acks += 1
+            if ack.stored:
+                self.stored.add(ack.batch)
+            else:
+                self.failed_acks += 1
+
+    def publish(self, batch: UplinkBatch) -> None:
+        """Publish one batch (QoS 1; queued by paho while the broker is away)."""
+        self.client.publish(uplink_topic(self.gateway, self.root), batch.model_dump_json(), qos=1)
+
+    def deliver(self, batches: list[UplinkBatch], timeout: float = 60.0, resend_after: float = 4.0,
+                pace: float = 0.0) -> None:
+        """Publish all, then resend the unstored every ``resend_after`` s until each is acked stored."""
+        for b in batches:
+            self.publish(b)
+            if pace:
+                time.sleep(pace)
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            with self._lock:
+                missing = [b for b in batches if b.batch not in self.stored]
+            if not missing:
+                return
+            if time.monotonic() - last > resend_after:
+                for b in missing:
+                    self.publish(b)
+                last = time.monotonic()
+            time.sleep(0.05)
+        raise AssertionError(f"{len(missing)} of {len(batches)} batches never acknowledged stored")
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def forget_sessions(host: str, port: int, client_ids: list[str]) -> None:
+    """Drop the persistent sessions these client ids left in the broker."""
+    for cid in client_ids:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True)
+        with contextlib.suppress(OSError):
+            c.connect(host, port, 5)
+            c.loop_start()
+            time.sleep(0.1)
+            c.disconnect()
+            c.loop_stop()
+
+
+def history_rows(url: str) -> tuple[int, int]:
+    """Rows in twin_history, and distinct (property, ts) keys among them."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            n = conn.execute(text("SELECT count(*) FROM twin_history")).scalar_one()
+            keys = "SELECT count(*) FROM (SELECT DISTINCT property_id, ts FROM twin_history) k"
+            return int(n), int(conn.execute(text(keys)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def latest_ts(url: str) -> dict[str, int]:
+    """Latest source timestamp of p1.temp and p2.temp."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT node_id, ts FROM twin_properties WHERE name = 'temp'")).all()
+            return {r[0]: int(r[1]) for r in rows if r[1] is not None}
+    finally:
+        engine.dispose()
+
+
+class Proc:
+    """A ``factory-twin`` process with its output in a file.
+
+    Args:
+        args: arguments after ``factory-twin``.
+        env: extra environment.
+        log: where stdout and stderr go.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.log = args, log
+        exe = shutil.which("factory-twin") or str(Path(sys.executable).parent / "factory-twin")
+        full = {**os.environ, "TWIN_LOG_JSON": "true", **env}
+        full.pop("TWIN_CONFIG", None)
+        self._out = log.open("ab")
+        self.proc = subprocess.Popen([exe, *args], env=full, stdout=self._out, stderr=subprocess.STDOUT,
+                                     cwd=log.parent)
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 30.0) -> None:
+        """Wait until the output holds ``needle``; AssertionError with the output if it does not in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.output():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{self.args} did not print {needle!r}:\n{self.output()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the process and wait for it; returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return int(self.proc.returncode)
+
+
+MOSQUITTO_CONF = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location {data}/
+autosave_interval 1
+max_queued_messages 100000
+max_queued_bytes 0
+max_inflight_messages 100
+"""
+
+
+class PrivateMosquitto:
+    """A Mosquitto of our own on a free port with persistence in a temporary folder; restartable."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="ft-mosq-")
+        d = Path(self._dir.name)
+        self.conf = d / "mosquitto.conf"
+        self.conf.write_text(MOSQUITTO_CONF.format(port=self.port, data=d))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrivateMosquitto:
+        """Start it and wait until it accepts connections."""
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("private mosquitto did not start")
+
+    def stop(self) -> None:
+        """SIGTERM (Mosquitto saves its persistence file) and wait."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self) -> None:
+        """Stop and remove its folder."""
+        self.stop()
+        self._dir.cleanup()
+
+
+@contextlib.contextmanager
+def private_mosquitto() -> Iterator[PrivateMosquitto]:
+    """A started private Mosquitto for the block."""
+    m = PrivateMosquitto().start()
+    try:
+        yield m
+    finally:
+        m.close()

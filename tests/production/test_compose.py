@@ -1,0 +1,190 @@
+"""compose.yaml, the Dockerfile and deploy/: what can be checked without a Docker engine.
+
+The file parses, names every service docs/production.md describes, has health checks, named volumes and no
+secrets; each platform service runs a ``factory-twin`` subcommand whose options the CLI accepts, and which
+these tests also start as a real process (test_processes.py: db upgrade, serve --role ingest / api; here:
+agent run and simulate against the machine's Mosquitto).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from factory_twin.cli import cli
+from plant.wire import decode_batch, uplink_topic
+
+from .helpers import ROOT, Proc, free_port
+
+COMPOSE = ROOT / "compose.yaml"
+SERVICES = {"mosquitto", "postgres", "migrate", "api", "ingest-1", "ingest-2", "agent", "simulator",
+            "prometheus"}
+# the subcommands the services run, each started as a process by a test of this folder
+STARTED_AS_PROCESS = {("db", "upgrade"), ("serve",), ("agent", "run"), ("simulate",)}
+SECRET_KEYS = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_compose_names_every_service_with_health_checks(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == SERVICES
+    docs = (ROOT / "docs" / "production.md").read_text()
+    for name in SERVICES:
+        assert f"`{name}`" in docs, f"docs/production.md does not describe the service {name}"
+        if name != "migrate":  # a one-shot job
+            assert "test" in services[name]["healthcheck"], name
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["simulator"]["network_mode"] == "service:agent"
+
+
+def test_compose_uses_named_volumes(compose: dict[str, Any]) -> None:
+    named = set(compose["volumes"])
+    assert {"mosquitto-data", "postgres-data", "agent-data", "prometheus-data"} <= named
+    for name, svc in compose["services"].items():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":", 1)[0]
+            assert source in named or source.startswith("./deploy/"), f"{name}: {vol}"
+
+
+def _environment_values(compose: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for svc in compose["services"].values():
+        env = svc.get("environment", {})
+        out += [(k, str(v)) for k, v in env.items()]
+    return out
+
+
+def test_compose_holds_no_secrets(compose: dict[str, Any]) -> None:
+    text = COMPOSE.read_text()
+    for key, value in _environment_values(compose):
+        if SECRET_KEYS.search(key):
+            assert re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]*)?\}", value), f"{key} is set inline"
+    for url in re.findall(r"(?:mqtt|postgresql\+psycopg)://[^\s\"']+", text):
+        password = url.split("://", 1)[1].split("@", 1)[0].partition(":")[2]
+        assert password.startswith("${"), f"inline password in {url}"
+    # every variable compose needs is in the documented env file
+    needed = set(re.findall(r"\$\{([A-Z_]+)[:?}]", text))
+    example = (ROOT / "deploy" / "env.example").read_text()
+    for var in needed:
+        assert re.search(rf"^#?\s*{var}=", example, re.MULTILINE), f"{var} missing from deploy/env.example"
+
+
+def _resolve(argv: list[str]) -> tuple[str, ...]:
+    """Parse argv with the real CLI (unknown options and bad values raise); returns the subcommand path."""
+    ctx = cli.make_context("factory-twin", list(argv), resilient_parsing=False)
+    path: list[str] = []
+    cmd: click.Command = cli
+    args = _rest(ctx)
+    while isinstance(cmd, click.Group):
+        name, *rest = args
+        sub = cmd.get_command(ctx, name)
+        assert sub is not None, f"no subcommand {name!r} in {argv}"
+        path.append(name)
+        ctx = sub.make_context(name, rest, parent=ctx)
+        cmd, args = sub, _rest(ctx) if isinstance(sub, click.Group) else []
+    return tuple(path)
+
+
+def _rest(ctx: click.Context) -> list[str]:
+    # click 8.2 keeps a group's subcommand name apart from the rest (protected_args, deprecated for 9.0)
+    return [*getattr(ctx, "_protected_args", []), *ctx.args]
+
+
+def test_platform_services_run_factory_twin_subcommands(compose: dict[str, Any]) -> None:
+    seen = set()
+    for name, svc in compose["services"].items():
+        if svc.get("build") != ".":
+            continue
+        command = svc["command"]
+        assert command[0] == "factory-twin", name
+        argv = [re.sub(r"\$\{[^}]+\}", "x", a) for a in command[1:]]
+        seen.add(_resolve(argv))
+    assert seen == {("db", "upgrade"), ("serve",), ("agent", "run"), ("simulate",)}
+    assert seen <= STARTED_AS_PROCESS
+
+
+def test_dockerfile_is_multi_stage_pinned_and_non_root() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", text)
+    assert base
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.group(1))
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2
+    assert "COPY --from=build" in text
+    user = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert user
+    assert not user[-1].startswith(("root", "0"))
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".env", "tests/"} <= set(ignored)
+
+
+def test_mosquitto_conf_persists_authenticates_and_queues_enough() -> None:
+    conf = dict(
+        line.split(None, 1) for line in (ROOT / "deploy" / "mosquitto.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert conf["persistence"] == "true"
+    assert conf["allow_anonymous"] == "false"
+    assert "password_file" in conf
+    # stock: 1,000 queued per client, then QoS 1 dropped to a slow consumer
+    assert int(conf["max_queued_messages"]) >= 100_000
+    assert int(conf["max_inflight_messages"]) >= 100
+
+
+def test_prometheus_scrapes_the_platform_and_the_agent(compose: dict[str, Any]) -> None:
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert {"ingest-1:9465", "ingest-2:9465", "agent:9464"} <= targets
+    for svc in ("ingest-1", "ingest-2"):
+        assert compose["services"][svc]["environment"]["TWIN_METRICS_PORT"] == "9465"
+
+
+@pytest.mark.mosquitto
+@pytest.mark.slow
+def test_agent_and_simulator_commands_as_processes(mqtt_broker: tuple[str, int], topic_prefix: str,
+                                                  tmp_path: Path) -> None:
+    """compose's agent and simulator commands, on the machine's Mosquitto: batches reach the uplink."""
+    host, port = mqtt_broker
+    opcua = free_port()
+    plant = (ROOT / "examples" / "plant.yaml").read_text()
+    plant = plant.replace("opc.tcp://127.0.0.1:4841/", f"opc.tcp://127.0.0.1:{opcua}/")
+    plant = plant.replace("topic: plant/", f"topic: {topic_prefix}/plant/")
+    site = tmp_path / "plant.yaml"
+    site.write_text(plant)
+    gateway = f"gw-{uuid.uuid4().hex[:8]}"
+    got: list[int] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{topic_prefix}-uplink")
+    sub.on_message = lambda _c, _u, m: got.append(len(decode_batch(m.payload).values))
+    sub.connect(host, port)
+    sub.subscribe(uplink_topic(gateway), qos=1)
+    sub.loop_start()
+    broker = f"mqtt://{host}:{port}"
+    sim = Proc(["simulate", "--site", str(site), "--mqtt-url", broker, "--topic-prefix", topic_prefix,
+                "--for", "40"], {}, tmp_path / "sim.log")
+    agent = Proc(["agent", "run", "--site", str(site), "--gateway", gateway, "--data-dir",
+                  str(tmp_path / "agent"), "--metrics-port", str(free_port()), "--for", "40"],
+                 {"EDGE_BROKER_URL": broker, "EDGE_MQTT_URL": broker}, tmp_path / "agent.log")
+    try:
+        deadline = time.monotonic() + 30
+        while sum(got) < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sum(got) >= 20, f"no uplink from the agent:\n{agent.output()[-2000:]}\n{sim.output()[-1000:]}"
+    finally:
+        agent.stop()
+        sim.stop()
+        sub.disconnect()
+        sub.loop_stop()
