@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from edge_agent.agent import Agent
 from factory_twin.simulator.examples import data_dir as example_data_dir
 from factory_twin.simulator.examples import example_site_path
+from factory_twin.simulator.faults import parse_fault
 from factory_twin.simulator.run import Simulator, SimulatorConfig
 from plant.site import OpcUaSource, Site, load_site
 from twin.auth import Role, create_key
@@ -57,6 +58,7 @@ class StackConfig:
     speed: float = 1.0
     gateway_id: str = "demo-gateway"
     knowledge_dir: Path | None = None
+    faults: tuple[str, ...] = ()  # simulator fault scenarios, e.g. "pump-1.current:high@5"
     extra_agent_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -159,8 +161,9 @@ class Stack:
     async def run_edge(self, duration: float | None = None, status_every: float | None = None) -> None:
         """Simulator and agent until ``duration`` passes or the agent is stopped (Ctrl-C, SIGTERM)."""
         site = self._site()
+        faults = tuple(parse_fault(spec) for spec in self.config.faults)
         sim = Simulator(SimulatorConfig(site=site, data_dir=example_data_dir(), mqtt_url=self.mqtt_url,
-                                        speed=self.config.speed))
+                                        speed=self.config.speed, faults=faults))
         assert self._site_file is not None
         self.agent = Agent(site_file=self._site_file, gateway_id=self.config.gateway_id,
                            data_dir=self.config.data_dir / "agent", broker_url=self.mqtt_url,

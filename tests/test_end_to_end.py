@@ -24,8 +24,8 @@ def _run(config: StackConfig, seconds: float) -> tuple[Stack, dict[str, dict[str
     stack = Stack(config)
     stack.start_platform()
     try:
-        asyncio.run(stack.run_edge(seconds))
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
+        asyncio.run(stack.run_edge(seconds))
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as api:
             states = {node: api.get(f"/api/v1/nodes/{node}").raise_for_status().json() for node in MACHINES}
             prop = MACHINES["engine-1"]
@@ -71,3 +71,28 @@ def test_mosquitto_and_postgresql(tmp_path: Path, pg_url: str, mqtt_broker: tupl
     config = StackConfig(data_dir=tmp_path, database_url=pg_url, mqtt_url=f"mqtt://{host}:{port}", http_port=0,
                          speed=2.0, gateway_id=f"e2e-{uuid.uuid4().hex[:8]}")
     _check(*_run(config, seconds=12))
+
+
+def test_a_fault_raises_one_alert_and_its_webhook(tmp_path: Path) -> None:
+    """A simulated motor-current fault on the pump → the site's rule → one alert → one signed webhook."""
+    from tests.twin.alerts.receiver import Receiver
+
+    config = StackConfig(data_dir=tmp_path, http_port=0, speed=2.0, gateway_id=f"e2e-{uuid.uuid4().hex[:8]}",
+                         faults=("pump-1.current:high@0",))
+    stack = Stack(config)
+    stack.start_platform()
+    with Receiver() as receiver:
+        try:
+            headers = {"Authorization": f"Bearer {stack.admin_key}"}
+            with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as api:
+                api.post("/api/v1/webhooks", json={"name": "maintenance", "url": receiver.url}).raise_for_status()
+                asyncio.run(stack.run_edge(18))
+                alerts = api.get("/api/v1/alerts", params={"subtree": "pump-1"}).raise_for_status().json()["items"]
+        finally:
+            stack.stop_platform()
+        current = [a for a in alerts if a["rule"] == "motor-current"]
+        assert len(current) == 1, alerts
+        assert current[0]["state"] == "active_unack"
+        bodies = [r.json() for r in receiver.requests]
+        assert any("motor-current" in str(b) for b in bodies), bodies
+        assert all(r.headers.get("x-factorytwin-signature", "").startswith("sha256=") for r in receiver.requests)
