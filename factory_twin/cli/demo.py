@@ -71,6 +71,7 @@ def _banner(stack: object, quiet: bool) -> None:
         return
     click.echo(
         "\nfactory-twin demo plant is running (Ctrl-C stops it)\n"
+        f"  dashboard  {stack.api_url}/   (log in with the admin key below)\n"
         f"  REST API   {stack.api_url}/api/v1/nodes   (OpenAPI: {stack.api_url}/docs)\n"
         f"  admin key  {stack.admin_key}\n"
         f"  try        curl -H 'Authorization: Bearer {stack.admin_key}' \\\n"
