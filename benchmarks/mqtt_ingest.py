@@ -7,6 +7,9 @@ then the consumer connects and drains it. So the rate measured is the consumer's
 agent side is the real MQTT connector (PUBACK only after the outbox COMMIT, synchronous=FULL) feeding the real
 pipeline.
 
+Both sides also report CPU time per value (process time over the same span): on a shared machine the rates
+swing with other load, CPU time much less.
+
 A private Mosquitto on a free port is used: stock Mosquitto keeps at most 1,000 queued messages per
 subscriber.
 
@@ -86,17 +89,19 @@ def _v5_props() -> Properties:
 def baseline(port: int, n: int, prefix: str) -> dict[str, float]:
     """A paho subscriber that only counts: values/s over the drain of n queued messages."""
     count = 0
-    first = last = 0.0
+    first = last = cpu0 = cpu1 = 0.0
     done = threading.Event()
     subscribed = threading.Event()
 
     def on_message(_c: object, _u: object, _m: object) -> None:
-        nonlocal count, first, last
+        nonlocal count, first, last, cpu0, cpu1
         if count == 0:
             first = time.perf_counter()
+            cpu0 = time.process_time()
         count += 1
         if count == n:
             last = time.perf_counter()
+            cpu1 = time.process_time()
             done.set()
 
     def client() -> mqtt.Client:
@@ -123,6 +128,7 @@ def baseline(port: int, n: int, prefix: str) -> dict[str, float]:
         "values": count * VALUES_PER_MSG,
         "seconds": last - first,
         "values_per_s": count * VALUES_PER_MSG / max(last - first, 1e-9),
+        "cpu_us_per_value": (cpu1 - cpu0) * 1e6 / max(count * VALUES_PER_MSG, 1),
     }
 
 
@@ -185,7 +191,7 @@ async def agent(
         commit_window_ms=settings.commit_window_ms,
         max_pending_items=settings.max_pending_items,
     )
-    first = 0.0
+    first = cpu0 = 0.0
     sink = pipe.sink_for(conn.source_id)
     import cProfile
     import pstats
@@ -193,9 +199,10 @@ async def agent(
     prof = cProfile.Profile()
 
     async def timed(batch: ReadingBatch) -> None:
-        nonlocal first
+        nonlocal first, cpu0
         if not first:
             first = time.perf_counter()
+            cpu0 = time.process_time()  # the process: loop, outbox thread and all
             if profile:
                 prof.enable()
         await sink(batch)
@@ -207,6 +214,7 @@ async def agent(
     while box.db.depth[VALUE] < want and time.monotonic() < deadline:  # noqa: ASYNC110 - fine-grained end
         await asyncio.sleep(0.002)
     last = time.perf_counter()
+    cpu1 = time.process_time()
     if profile:
         prof.disable()
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
@@ -224,6 +232,7 @@ async def agent(
         "rejected": pipe.rejected,
         "seconds": last - first,
         "values_per_s": stored / max(last - first, 1e-9),
+        "cpu_us_per_value": (cpu1 - cpu0) * 1e6 / max(stored, 1),
     }
 
 
@@ -276,6 +285,9 @@ def main() -> None:
                 "agent_rejected": ours["rejected"],
                 "agent_values_per_s_rounds": [round(o["values_per_s"]) for o in ours_all],
                 "raw_paho_values_per_s_rounds": [round(b["values_per_s"]) for b in bases],
+                # CPU time per value (process time over the same span): less sensitive to a loaded machine
+                "agent_cpu_us_per_value": round(min(o["cpu_us_per_value"] for o in ours_all), 2),
+                "raw_paho_cpu_us_per_value": round(min(b["cpu_us_per_value"] for b in bases), 2),
                 "durability": "sqlite WAL synchronous=FULL, PUBACK after COMMIT",
                 "cpu": cpu,
             }

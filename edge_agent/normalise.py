@@ -215,7 +215,8 @@ class Normaliser:
         values, rejected = out.values, out.rejected
         signals = self.signals
         lo, ahead = self._min_valid_us, self._max_future_us
-        last_key: tuple[str, str] | None = None
+        last_src: str | None = None
+        last_node: str | None = None
         off: int | None = None
         # hot path, once per value: kept flat on purpose (a function call costs as much as the work)
         for r in readings:
@@ -241,9 +242,9 @@ class Normaliser:
             if st is None:
                 ts, flags = recv, _NONE
             else:
-                key = (r.source, r.node)
-                if key != last_key:
-                    last_key, off = key, offsets.get(key)
+                if r.node is not last_node or r.source is not last_src:  # identity: no tuple per value
+                    last_src, last_node = r.source, r.node
+                    off = offsets.get((last_src, last_node))
                 if off is None or st < lo or st > recv + ahead:
                     ts, flags = recv, _RECEIVED
                 elif off:

@@ -14,6 +14,10 @@ Disk budget: the logical size (bytes of JSON plus a per-row overhead) is tracked
 drops whole chunks: ``drop_oldest_raw`` (default) drops the oldest raw values first and touches frames and
 diagnoses only when no raw values are left; ``drop_oldest`` drops the oldest chunks of any kind.
 
+Delivered messages: the fingerprints of the source messages whose items a transaction holds are written in
+that same transaction (table ``delivered``, a bounded window by age and count), so after a crash between
+COMMIT and PUBACK the pipeline can tell a broker's redelivery from new data (see pipeline.py).
+
 Every method runs on one private thread that owns the connection; ``Outbox`` is the asyncio face of it.
 """
 
@@ -59,6 +63,11 @@ CREATE TABLE IF NOT EXISTS chunk (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunk_kind ON chunk (kind, id);
+CREATE TABLE IF NOT EXISTS delivered (
+    fp BLOB PRIMARY KEY,  -- fingerprint of a source message whose items are committed
+    at INTEGER NOT NULL   -- commit time, µs: the window is pruned by age
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_at ON delivered (at);
 CREATE TABLE IF NOT EXISTS clock (
     domain TEXT PRIMARY KEY,  -- "source/node": the correction in use, so a restart stamps redeliveries alike
     offset_us INTEGER NOT NULL
@@ -162,8 +171,12 @@ class OutboxDB:
         frames: Sequence[Frame] = (),
         diagnoses: Sequence[Diagnosis] = (),
         clocks: dict[str, int] | None = None,
+        delivered: Sequence[bytes] = (),
     ) -> Dropped:
-        """Store items (and clock offsets) in one transaction, durable on return; returns what was dropped."""
+        """Store items, clock offsets and delivered-message fingerprints in one durable transaction.
+
+        Returns what the budget policy dropped.
+        """
         now = time.time_ns() // 1000
         rows = []
         step = self.chunk_items
@@ -172,14 +185,17 @@ class OutboxDB:
                 part = items[i : i + step]
                 body = encode(kind, part)
                 rows.append((kind, len(part), now, len(body), body))
-        return self.put_encoded(rows, clocks)
+        return self.put_encoded(rows, clocks, delivered)
 
     def put_encoded(
-        self, rows: Sequence[tuple[int, int, int, int, bytes]], clocks: dict[str, int] | None = None
+        self,
+        rows: Sequence[tuple[int, int, int, int, bytes]],
+        clocks: dict[str, int] | None = None,
+        delivered: Sequence[bytes] = (),
     ) -> Dropped:
-        """Store pre-encoded rows (kind, n, created, bytes, body) and clock offsets in one transaction."""
+        """Store pre-encoded rows (kind, n, created, bytes, body), clock offsets and fingerprints at once."""
         dropped = Dropped([0, 0, 0])
-        if not rows and not clocks:
+        if not rows and not clocks and not delivered:
             return dropped
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -193,6 +209,11 @@ class OutboxDB:
                 self._db.executemany(
                     "INSERT INTO chunk (kind, n, created, bytes, body) VALUES (?,?,?,?,?)", rows
                 )
+                if delivered:
+                    now = time.time_ns() // 1000
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO delivered (fp, at) VALUES (?, ?)", [(f, now) for f in delivered]
+                    )
                 added = sum(r[3] + ROW_OVERHEAD for r in rows)
                 if self.bytes + added > self.budget_bytes:
                     dropped = self._enforce_budget(self.bytes + added)
@@ -281,6 +302,29 @@ class OutboxDB:
         row = self._db.execute("SELECT created FROM chunk ORDER BY id LIMIT 1").fetchone()
         return None if row is None else int(row[0])
 
+    def delivered(self, since_us: int) -> list[tuple[bytes, int]]:
+        """Fingerprints of messages committed at or after ``since_us``, oldest first, with their commit time."""
+        try:
+            rows = self._db.execute(
+                "SELECT fp, at FROM delivered WHERE at >= ? ORDER BY at", (since_us,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: cannot read delivered messages: {exc}") from exc
+        return [(bytes(fp), int(at)) for fp, at in rows]
+
+    def prune_delivered(self, before_us: int, keep: int) -> None:
+        """Forget fingerprints committed before ``before_us``, and all but the newest ``keep``."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM delivered WHERE at < ?", (before_us,))
+            self._db.execute(
+                "DELETE FROM delivered WHERE fp NOT IN (SELECT fp FROM delivered ORDER BY at DESC LIMIT ?)",
+                (keep,),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: cannot prune delivered messages: {exc}") from exc
+
     def clock_offsets(self) -> dict[str, int]:
         """The clock corrections in use when last written, per domain."""
         return {d: int(o) for d, o in self._db.execute("SELECT domain, offset_us FROM clock")}
@@ -337,9 +381,10 @@ class Outbox:
         frames: Sequence[Frame] = (),
         diagnoses: Sequence[Diagnosis] = (),
         clocks: dict[str, int] | None = None,
+        delivered: Sequence[bytes] = (),
     ) -> Dropped:
         """Store items durably; returns what the budget policy dropped (already counted and logged)."""
-        dropped: Dropped = await self._run(self.db.put, values, frames, diagnoses, clocks)
+        dropped: Dropped = await self._run(self.db.put, values, frames, diagnoses, clocks, delivered)
         if dropped:
             self._report_drop(dropped)
         self.publish_metrics()
@@ -384,6 +429,15 @@ class Outbox:
         oldest = await self._run(self.db.oldest_created)
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e6)
         metrics.OUTBOX_OLDEST_AGE.set(age)
+
+    async def delivered(self, since_us: int) -> list[tuple[bytes, int]]:
+        """Fingerprints of messages committed since ``since_us`` (µs), oldest first."""
+        rows: list[tuple[bytes, int]] = await self._run(self.db.delivered, since_us)
+        return rows
+
+    async def prune_delivered(self, before_us: int, keep: int) -> None:
+        """Bound the delivered-message window by age and count."""
+        await self._run(self.db.prune_delivered, before_us, keep)
 
     async def items_upto(self, last_id: int) -> int:
         """Items left of the backlog that ends at chunk ``last_id``."""

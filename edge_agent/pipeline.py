@@ -5,11 +5,30 @@ and queues the result with the batch's ``ack``. The commit loop waits a few mill
 writes everything queued in one transaction, and only then calls the acks (for MQTT: the PUBACKs). So one
 fsync covers a whole burst, and nothing is acknowledged upstream before it is durable. When the queue is full
 the sink waits: backpressure reaches the connector instead of memory growing.
+
+Redeliveries: a value without a usable source timestamp is stamped with its receive time, so if the agent dies
+between the outbox COMMIT and the PUBACK, the broker's redelivery would get a new time, a new idempotency key,
+and be stored twice in the twin. So every commit also records, in the same transaction, a fingerprint (topic
+and payload hash) of each MQTT message it holds; a message that arrives with the DUP flag set and a fingerprint
+already committed is skipped (its values are in the outbox already) but still acknowledged.
+
+The trade-off: two distinct messages with identical payloads on one topic (a sensor repeating a value with no
+timestamp) share a fingerprint. The second is dropped only if the broker flags it DUP, which it does only
+when it had sent it before without getting a PUBACK, i.e. the agent received it and died (or lost the
+connection) before committing it, and the first copy is still in the window. The window is bounded by count
+(``dedup_window``): after a crash the broker redelivers at most its receive-maximum of un-acked messages per
+session, all committed just before, so a window of a few times that covers every real redelivery while
+keeping such collisions rare; an age bound (``dedup_max_age_s``, the session expiry) forgets the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +49,10 @@ from plant.wire import Frame, Value
 
 log = structlog.get_logger(__name__)
 _SLICE = 4096
+_PRUNE_EVERY = 256  # commits between prunes of the stored fingerprint window (or half a window of messages)
+# test hook: block the loop forever right after the first COMMIT that has acks, before any PUBACK, so a test
+# can kill -9 the agent in the window between them
+_HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_COMMIT"
 
 
 @dataclass(slots=True, frozen=True)
@@ -79,6 +102,9 @@ class Pipeline:
         deadletter: where refused inputs go.
         commit_window_ms: how long a group commit collects.
         max_pending_items: queued items before the sink waits.
+        commit_messages: source messages waiting for their ack that end the commit window early.
+        dedup_window: fingerprints of committed messages kept to recognise redeliveries.
+        dedup_max_age_s: fingerprints older than this are forgotten.
     """
 
     def __init__(
@@ -89,6 +115,9 @@ class Pipeline:
         *,
         commit_window_ms: float = 20.0,
         max_pending_items: int = 50_000,
+        commit_messages: int = 500,
+        dedup_window: int = 20_000,
+        dedup_max_age_s: float = 86_400.0,
     ) -> None:
         self.stage = stage
         self.outbox = outbox
@@ -107,6 +136,19 @@ class Pipeline:
         self._stopping = False
         self.accepted = 0
         self.rejected = 0
+        self.redelivered = 0  # messages skipped as already committed
+        self.dedup_window = dedup_window
+        self.dedup_max_age_us = int(dedup_max_age_s * 1_000_000)
+        self._delivered: OrderedDict[bytes, int] = OrderedDict()  # fingerprint -> commit time µs, oldest first
+        self._fps: dict[bytes, None] = {}  # fingerprints of messages queued for the next commit
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
+        self._commits = 0
+        self._since_prune = 0  # fingerprints stored since the last prune
+        self.commit_messages = commit_messages
+        self._unacked = 0  # source messages queued whose acks wait for the next commit
+        self._enough = asyncio.Event()
+        self._hold = os.environ.get(_HOLD_ENV) == "1"
 
     def swap(self, stage: Stage) -> None:
         """Use a new compiled site from the next batch on (atomic: one reference)."""
@@ -122,6 +164,8 @@ class Pipeline:
 
     async def submit(self, batch: ReadingBatch, source: str = "unknown") -> None:
         """Queue one batch; its ack is called once its items are durable. Waits while the queue is full."""
+        if not self._loaded and batch.messages:
+            await self._load_delivered()
         while len(self._readings) + len(self._values) >= self.max_pending:
             self._room.clear()
             await self._room.wait()
@@ -131,11 +175,62 @@ class Pipeline:
         """Queue one batch for the next commit (no waiting); its refusals are counted now."""
         for reason, detail in batch.rejected:
             self._reject(source, reason, detail, None)
-        self._readings.extend(batch.readings)  # VALUES_IN is counted by the connectors, on receipt
+        if batch.messages:
+            self._readings.extend(self._fresh(batch.readings, batch.messages, source))
+        else:
+            self._readings.extend(batch.readings)  # VALUES_IN is counted by the connectors, on receipt
         if batch.ack is not None:
             self._acks.append(batch.ack)
+        if batch.messages:
+            self._unacked += len(batch.messages)
+            if self._unacked >= self.commit_messages:
+                self._enough.set()
         self._has_data.set()
         self._idle.clear()
+
+    def _fresh(
+        self, readings: list[Reading], messages: list[tuple[bytes, bool, int]], source: str
+    ) -> list[Reading]:
+        """The readings of messages not already committed; records every message's fingerprint for commit."""
+        fps = self._fps
+        if not any(m[1] for m in messages):  # no redelivery in this burst: the usual case
+            for m in messages:
+                fps[m[0]] = None
+            return readings
+        out: list[Reading] = []
+        pos = skipped = 0
+        for fp, dup, n in messages:
+            if dup and (fp in self._delivered or fp in fps):
+                skipped += 1
+            else:
+                out.extend(readings[pos : pos + n])
+                fps[fp] = None
+            pos += n
+        if skipped:
+            self.redelivered += skipped
+            log.info("redelivery_skipped", source=source, messages=skipped)
+        return out
+
+    async def _load_delivered(self) -> None:
+        """Load the window of committed fingerprints from the outbox (once, before the first MQTT batch)."""
+        async with self._load_lock:
+            if self._loaded:
+                return
+            since = time.time_ns() // 1000 - self.dedup_max_age_us
+            rows = await self.outbox.delivered(since)
+            for fp, at in rows[-self.dedup_window :]:
+                self._delivered.setdefault(fp, at)
+            self._loaded = True
+
+    def _remember(self, fps: dict[bytes, None]) -> None:
+        now = time.time_ns() // 1000
+        delivered = self._delivered
+        for fp in fps:
+            delivered[fp] = now
+            delivered.move_to_end(fp)  # the order stays oldest first
+        oldest = now - self.dedup_max_age_us
+        while delivered and (len(delivered) > self.dedup_window or next(iter(delivered.values())) < oldest):
+            delivered.popitem(last=False)
 
     async def _prepare(self) -> None:
         """Normalise and align everything queued, in slices so the loop keeps reading meanwhile.
@@ -168,9 +263,21 @@ class Pipeline:
                 return
             await self._has_data.wait()
             if not self._stopping and self.commit_window > 0 and len(self._readings) < self.max_pending // 2:
-                await asyncio.sleep(self.commit_window)
+                await self._collect()
             # shielded: a cancelled agent still finishes the write it started and acks what it wrote
             await asyncio.shield(self.commit())
+
+    async def _collect(self) -> None:
+        """Wait for the commit window, or less once ``commit_messages`` messages wait for their PUBACK.
+
+        The broker sends at most its receive maximum of un-acked messages: waiting out the whole window with
+        that many pending would leave the connection idle, so the commit starts as soon as half of it is used.
+        """
+        if self._unacked >= self.commit_messages:
+            return
+        self._enough.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._enough.wait(), self.commit_window)
 
     async def wait_idle(self) -> None:
         """Wait until everything submitted so far is durable and acked."""
@@ -184,40 +291,66 @@ class Pipeline:
     @property
     def pending(self) -> int:
         """Items queued for the next commit."""
-        return len(self._readings) + len(self._values) + len(self._frames) + len(self._acks)
+        return len(self._readings) + len(self._values) + len(self._frames) + len(self._acks) + len(self._fps)
 
     async def commit(self) -> None:
         """Write everything queued in one transaction and ack its batches; on failure keep it for a retry."""
         self._has_data.clear()
         acks = self._acks
         self._acks = []
+        unacked, self._unacked = self._unacked, 0
+        if not self._loaded and self._fps:
+            await self._load_delivered()
+        fps, self._fps = self._fps, {}
         await self._prepare()
         values, frames = self._values, self._frames
         self._values, self._frames = [], []
         clocks = self.stage.normaliser.take_changed()
-        if not (values or frames or acks):
+        if not (values or frames or acks or fps):
             self._idle.set()
             return
         try:
-            await self.outbox.put(values, frames, clocks=clocks)
+            await self.outbox.put(values, frames, clocks=clocks, delivered=list(fps))
         except OutboxError as exc:
             for label, off in clocks.items():
                 self.stage.normaliser.changed.setdefault(label, off)
             log.error("outbox_write_failed", error=str(exc), items=len(values) + len(frames))
             self._values[:0], self._frames[:0], self._acks[:0] = values, frames, acks
+            self._fps = {**fps, **self._fps}
+            self._unacked += unacked
             self._has_data.set()
             await asyncio.sleep(1.0)
             return
         finally:
             self._room.set()
+        self._remember(fps)
+        if self._hold and acks:
+            log.warning("test_hold_after_commit")
+            sys.stderr.flush()
+            time.sleep(3600)  # noqa: ASYNC251 - on purpose: blocks the loop: no PUBACK, no uplink, until the test kills the process
         for ack in acks:
             try:
                 ack()
             except Exception as exc:  # a failed PUBACK means a redelivery, which dedup absorbs
                 log.warning("upstream_ack_failed", error=str(exc))
         self.outbox.publish_metrics()
+        self._commits += 1
+        self._since_prune += len(fps)
+        if self._since_prune and (
+            self._commits % _PRUNE_EVERY == 0 or self._since_prune >= self.dedup_window // 2
+        ):
+            self._since_prune = 0
+            await self._prune()
         if not self.pending:
             self._idle.set()
+
+    async def _prune(self) -> None:
+        """Bound the stored fingerprint window like the one in memory; a failure only delays it."""
+        try:
+            before = time.time_ns() // 1000 - self.dedup_max_age_us
+            await self.outbox.prune_delivered(before, self.dedup_window)
+        except OutboxError as exc:
+            log.warning("dedup_prune_failed", error=str(exc))
 
     async def flush(self, attempts: int = 3) -> None:
         """Commit whatever is queued now, giving up after ``attempts`` failed writes."""

@@ -46,3 +46,6 @@ class ReadingBatch:
     readings: list[Reading]
     ack: Callable[[], None] | None = None
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail) found while decoding
+    # MQTT: (fingerprint, redelivered, number of readings) of each message in order, readings concatenated;
+    # the pipeline skips a redelivered message it has already committed (see pipeline.py)
+    messages: list[tuple[bytes, bool, int]] | None = None

@@ -16,6 +16,11 @@ other string as ISO 8601 (``Z`` or an offset; a naive time is taken as UTC). Abs
 (year 2000 after a PLC clock reset) pass through: judging clocks is normalise's job.
 
 Nothing here raises on bad input: each problem becomes a ``(reason, detail)`` pair with a stable reason code.
+
+Hot path: the usual message is one object whose fields all share one timestamp path. For each topic a plan is
+compiled once (the shared timestamp path, and per field its node, prop, key or path, kind), so such a message
+costs one timestamp conversion and a dict lookup per value. Anything unusual in a message (a list, a series,
+a missing field, a bad value or timestamp) sends it down the general path instead, which says what is wrong.
 """
 
 from __future__ import annotations
@@ -173,6 +178,21 @@ def check_value(value: object, kind: str) -> str | None:
     return None if t in (str, int, float, bool) else "wrong_type"
 
 
+# per field: node, prop, top-level key (or None), dotted path parts, kind
+_PlanField = tuple[str, str, str | None, tuple[str, ...], str]
+# the shared timestamp path (or None), the fields
+_Plan = tuple[tuple[str, ...] | None, tuple[_PlanField, ...]]
+
+
+def compile_plan(fields: list[JsonField]) -> _Plan | None:
+    """The fast-path plan of a topic's fields, or None when they need the general path."""
+    ts_paths = {f.ts_path for f in fields}
+    if len(ts_paths) != 1 or any(not f.path for f in fields):
+        return None
+    plan = tuple((f.node, f.prop, f.path[0] if len(f.path) == 1 else None, f.path, f.kind) for f in fields)
+    return next(iter(ts_paths)), plan
+
+
 class JsonDecoder:
     """Turns one MQTT message into readings and rejections.
 
@@ -191,6 +211,7 @@ class JsonDecoder:
         self.commands: list[tuple[str, bytes]] = []  # plain JSON never talks back
         self._ts_raw: object = _MISSING
         self._ts_us: int | None = None
+        self._plans: dict[str, _Plan | None] = {}
 
     def filters(self) -> list[str]:
         """Topic filters to subscribe to."""
@@ -211,6 +232,13 @@ class JsonDecoder:
         except _JSON_ERRORS as exc:
             return [], [("malformed_json", _detail(topic, str(exc)))]
         out: list[Reading] = []
+        if type(doc) is dict:
+            plan = self._plans.get(topic, _MISSING)
+            if plan is _MISSING:
+                plan = self._plan(topic, fields)
+            if plan is not None and self._fast(doc, plan, recv_ts, out):  # type: ignore[arg-type]
+                return out, []
+            out.clear()
         bad: list[Rejection] = []
         self._ts_raw = _MISSING
         elements = doc if type(doc) is list else (doc,)
@@ -220,6 +248,36 @@ class JsonDecoder:
         if not out and not bad:
             bad.append(("no_values", _detail(topic, "payload holds no values")))
         return out, bad
+
+    def _plan(self, topic: str, fields: list[JsonField]) -> _Plan | None:
+        if len(self._plans) >= self.router._cache_size:
+            self._plans.clear()  # a flood of new topics must not grow memory
+        plan = self._plans[topic] = compile_plan(fields)
+        return plan
+
+    def _fast(self, doc: dict[str, Any], plan: _Plan, recv_ts: int, out: list[Reading]) -> bool:
+        """Readings of a plain object in ``out``; False (``out`` partly filled) when anything is unusual."""
+        ts_path, fields = plan
+        ts: int | None = None
+        if ts_path is not None:
+            ts_raw = doc.get(ts_path[0], _MISSING) if len(ts_path) == 1 else _get(doc, ts_path)
+            if ts_raw is None or ts_raw is _MISSING:
+                return False
+            ts = timestamp_us(ts_raw)
+            if ts is None:
+                return False
+        src = self.source
+        get = doc.get
+        for node, prop, key, path, kind in fields:
+            value = get(key, _MISSING) if key is not None else _get(doc, path)
+            t = type(value)
+            if t is float:
+                if value - value != 0.0 or kind == BOOL:  # NaN, ±inf; or a float for a bool
+                    return False
+            elif t is list or value is _MISSING or check_value(value, kind) is not None:
+                return False
+            out.append(Reading(src, node, prop, value, ts, None, recv_ts))
+        return True
 
     def _field(
         self, topic: str, el: Any, fld: JsonField, recv_ts: int, out: list[Reading], bad: list[Rejection]

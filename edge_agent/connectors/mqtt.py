@@ -1,8 +1,11 @@
 """MQTT connector: plain JSON topics or Sparkplug B, QoS 1, persistent session, PUBACK only once durable.
 
-Each received message is decoded on the spot (on the loop thread, inside paho's read callback) into one
-``ReadingBatch`` whose ``ack`` sends the PUBACK. Un-acked messages stay in the broker's session and are
+Each received message is decoded on the spot (on the loop thread, inside paho's read callback); all messages
+read in one socket-read burst become one ``ReadingBatch`` whose ``ack`` sends their PUBACKs, so the sink is
+awaited once per burst, not once per message. Un-acked messages stay in the broker's session and are
 redelivered after a reconnect with the same client id: a crash between receipt and the outbox loses nothing.
+Each message also carries a fingerprint (topic and payload hash) and its DUP flag, with which the pipeline
+recognises a redelivery of a message it already committed (see pipeline.py).
 The queue towards the sink is bounded: when it is full the connector stops reading the socket, the broker's
 receive-maximum window fills, and the broker holds further messages.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -56,7 +60,7 @@ class MqttConnector:
         source_id: the site source id.
         options: broker address, credentials, client id.
         decoder: turns payloads into readings.
-        queue_size: batches waiting for the sink before reading pauses.
+        queue_size: batches (socket-read bursts, up to 256 messages each) waiting before reading pauses.
         backoff: reconnect delays.
     """
 
@@ -85,6 +89,10 @@ class MqttConnector:
         self._m_values = VALUES_IN.labels(source_id)
         self._m_connected = CONNECTED.labels(source_id)
         self._m_reconnects = RECONNECTS.labels(source_id)
+        self._burst_readings: list[Reading] = []
+        self._burst_rejected: list[Rejection] = []
+        self._burst_mids: list[int] = []
+        self._burst_messages: list[tuple[bytes, bool, int]] = []
 
     def status(self) -> dict[str, object]:
         """Connected or not, last error and counts."""
@@ -125,17 +133,25 @@ class MqttConnector:
 
     async def _connect(self) -> tuple[MqttClient, bool]:
         """Connect; in "auto" mode a broker refusing MQTT 5 (amqtt, older brokers) is retried with 3.1.1."""
-        client = MqttClient(self.options, self._on_message)
+        auto = self.options.protocol == "auto"
+        # a broker that does not speak MQTT 5 may just hang up or stay silent: do not wait long for it
+        first = dataclasses.replace(self.options, timeout_s=min(self.options.timeout_s, 3.0)) if auto else self.options
+        client = MqttClient(first, self._on_message, self._on_burst_end)
         self._client = client
         try:
-            return client, await client.connect()
+            present = await client.connect()
+            if auto:
+                self.options = dataclasses.replace(self.options, protocol="5")
+            return client, present
         except SecurityError:
             raise
         except ConnectorError as first:
-            if self.options.protocol != "auto":
+            if not auto:
                 raise
             client.close()
-            fallback = MqttClient(dataclasses.replace(self.options, protocol="3.1.1"), self._on_message)
+            fallback = MqttClient(
+                dataclasses.replace(self.options, protocol="3.1.1"), self._on_message, self._on_burst_end
+            )
             self._client = fallback
             try:
                 present = await fallback.connect()
@@ -166,22 +182,39 @@ class MqttConnector:
             client.close()
 
     def _on_message(self, msg: paho.MQTTMessage) -> None:
-        client = self._client
         recv_ts = time.time_ns() // 1000
+        payload = cast(bytes, msg.payload)
+        topic_raw: bytes = msg._topic
         try:
-            readings, rejected = self.decoder.decode(msg.topic, cast(bytes, msg.payload), recv_ts)
+            readings, rejected = self.decoder.decode(msg.topic, payload, recv_ts)
         except UnicodeDecodeError:  # a topic that is not UTF-8
-            readings, rejected = [], [("unknown_topic", repr(msg._topic[:100]))]
-        ack: Callable[[], None] | None = None
-        if msg.qos > 0 and client is not None:
-            ack = _acker(client, msg.mid, msg.qos)
-        self._queue.put_nowait(ReadingBatch(readings, ack, rejected))
-        self._messages += 1
+            readings, rejected = [], [("unknown_topic", repr(topic_raw[:100]))]
         if readings:
+            self._burst_readings.extend(readings)
             self._values += len(readings)
-            self._m_values.inc(len(readings))
         if rejected:
+            self._burst_rejected.extend(rejected)
             self._rejected += len(rejected)
+        self._messages += 1
+        if msg.qos > 0:
+            self._burst_mids.append(msg.mid)
+        self._burst_messages.append((fingerprint(topic_raw, payload), bool(msg.dup), len(readings)))
+
+    def _on_burst_end(self) -> None:
+        """One batch (one ack, one sink call) for every message read in this socket-read burst."""
+        messages = self._burst_messages
+        if not messages:
+            return
+        client = self._client
+        readings, rejected, mids = self._burst_readings, self._burst_rejected, self._burst_mids
+        self._burst_readings, self._burst_rejected, self._burst_mids = [], [], []
+        self._burst_messages = []
+        ack: Callable[[], None] | None = None
+        if mids and client is not None:
+            ack = _acker(client, mids)
+        self._queue.put_nowait(ReadingBatch(readings, ack, rejected, messages))
+        if readings:
+            self._m_values.inc(len(readings))
         if client is not None:
             if self.decoder.commands:
                 self._flush_commands(client)
@@ -213,8 +246,15 @@ class MqttConnector:
         self._m_connected.set(1 if up else 0)
 
 
-def _acker(client: MqttClient, mid: int, qos: int) -> Callable[[], None]:
+def _acker(client: MqttClient, mids: list[int]) -> Callable[[], None]:
     def ack() -> None:
-        client.ack(mid, qos)
+        client.ack_many(mids, 1)  # QoS 2 is never subscribed: every acked message is QoS 1
 
     return ack
+
+
+def fingerprint(topic: bytes, payload: bytes) -> bytes:
+    """A message's identity for redelivery checks: 16 bytes of BLAKE2b over topic and payload."""
+    if len(topic) <= 64:  # the topic as the key: no concatenation of a large payload
+        return hashlib.blake2b(payload, digest_size=16, key=topic).digest()
+    return hashlib.blake2b(topic + b"\0" + payload, digest_size=16).digest()

@@ -3,7 +3,12 @@
 paho reads and writes on the loop thread (``add_reader``/``add_writer``), so its callbacks already run on the
 loop; only ``connect`` runs in an executor (DNS, TCP and TLS handshakes block), and whatever paho calls from
 there is handed to the loop with ``call_soon_threadsafe``. Messages are not queued here: ``on_message`` is a
-plain callback that the connector keeps short. Acknowledgements are manual (``ack``).
+plain callback that the connector keeps short. Acknowledgements are manual (``ack``, ``ack_many``).
+
+Bursts: paho's ``loop_read`` reads one packet per call, so one readable event would cost one event-loop turn per
+message. ``_read`` instead keeps reading while PUBLISH packets come (up to ``_BURST``), then calls
+``on_burst_end`` once: the connector hands the whole burst on as one batch. Queued PUBACKs are sent in one
+``send`` (``_coalesce_pubacks``) instead of one system call each.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.errors import ConnectorError, SecurityError
 
 MessageCallback = Callable[[paho.MQTTMessage], None]
+_BURST = 256  # packets read per readable event at most: the loop must still serve others
+_PUBACK = 0x40
 
 # CONNACK reason codes that mean "fix your credentials", not "try again later".
 _AUTH_CODES = {"Not authorized", "Bad user name or password", "Banned", "Bad authentication method"}
@@ -69,10 +76,18 @@ class MqttClient:
     Args:
         options: where and how to connect.
         on_message: called on the loop thread for every PUBLISH received.
+        on_burst_end: called on the loop thread after each socket read burst (once per readable event).
     """
 
-    def __init__(self, options: MqttOptions, on_message: MessageCallback) -> None:
+    def __init__(
+        self,
+        options: MqttOptions,
+        on_message: MessageCallback,
+        on_burst_end: Callable[[], None] | None = None,
+    ) -> None:
         self.options = options
+        self._on_burst_end = on_burst_end
+        self._received = 0
         self.v5 = options.protocol != "3.1.1"
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -99,7 +114,12 @@ class MqttClient:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.on_message = lambda _c, _u, msg: on_message(msg)
+
+        def deliver(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+            self._received += 1
+            on_message(msg)
+
+        client.on_message = deliver
         client.on_socket_open = lambda _c, _u, sock: self._in_loop(self._socket_open, sock)
         client.on_socket_close = lambda _c, _u, sock: self._in_loop(self._socket_close, sock)
         client.on_socket_register_write = lambda _c, _u, sock: self._in_loop(self._register_write, sock)
@@ -197,6 +217,17 @@ class MqttClient:
         else:
             self._loop.call_soon_threadsafe(self._client.ack, mid, qos)
 
+    def ack_many(self, mids: list[int], qos: int = 1) -> None:
+        """Send the PUBACKs of several messages (from any thread); a no-op once the connection is gone."""
+        if self.disconnected.done():
+            return
+        if threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self.ack_many, mids, qos)
+            return
+        ack = self._client.ack
+        for mid in mids:
+            ack(mid, qos)
+
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
         """Queue one message for sending."""
         self._client.publish(topic, payload, qos=qos)
@@ -244,9 +275,26 @@ class MqttClient:
             self._loop.call_soon_threadsafe(fn, sock)
 
     def _read(self) -> None:
-        self._client.loop_read()
+        client = self._client
+        try:
+            for _ in range(_BURST):
+                before = self._received
+                rc = client.loop_read()
+                # stop at an empty socket (no message read), an error, or when the connector paused reading
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._received == before or self._reading_paused:
+                    break
+            else:  # the burst limit, not an empty socket: more may wait (in a TLS buffer, unseen by epoll)
+                self._loop.call_soon(self._read_more)
+        finally:
+            if self._on_burst_end is not None:
+                self._on_burst_end()
+
+    def _read_more(self) -> None:
+        if self._sock is not None and not self._reading_paused:
+            self._read()
 
     def _write(self) -> None:
+        _coalesce_pubacks(self._client)
         self._client.loop_write()
 
     def _socket_open(self, sock: Any) -> None:
@@ -277,6 +325,39 @@ class MqttClient:
             await asyncio.sleep(1)
         if not self.disconnected.done():
             self.disconnected.set_result("keepalive")
+
+
+def _coalesce_pubacks(client: paho.Client) -> None:
+    """Merge runs of queued, unsent PUBACKs into one packet buffer: one ``send`` for a burst of acks.
+
+    paho writes each queued packet with its own system call. A PUBACK carries no callback (only QoS 0 PUBLISH
+    packets do), so concatenating their bytes changes nothing but the number of writes. paho's queue is
+    private: if its shape is not the one expected, nothing is merged.
+    """
+    queue = getattr(client, "_out_packet", None)
+    if queue is None or len(queue) < 2:
+        return
+    merged: list[Any] = []
+    run: list[Any] = []
+    for pkt in queue:
+        if (pkt.get("command", 0) & 0xF0) == _PUBACK and pkt.get("pos") == 0:
+            run.append(pkt)
+            continue
+        _flush_run(run, merged)
+        merged.append(pkt)
+    _flush_run(run, merged)
+    if len(merged) != len(queue):
+        queue.clear()
+        queue.extend(merged)
+
+
+def _flush_run(run: list[Any], merged: list[Any]) -> None:
+    if len(run) > 1:
+        data = b"".join(bytes(p["packet"]) for p in run)
+        merged.append({**run[0], "packet": data, "to_process": len(data), "pos": 0})
+    else:
+        merged.extend(run)
+    run.clear()
 
 
 class _TrackingContext(ssl.SSLContext):

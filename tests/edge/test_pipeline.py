@@ -121,3 +121,96 @@ def test_deadletter_rotates_and_stays_bounded(tmp_path: Path) -> None:
     assert last["detail"] == "n=499"
     assert last["truncated"] == 400
     assert "payload_b64" in last
+
+
+def _message(recv: int, count: int, acks: list[int], fp: bytes, dup: bool) -> ReadingBatch:
+    """One MQTT message without a source timestamp: its values are stamped with receive time."""
+    rs = [
+        Reading("plc", "pump-1", "count", count, None, None, recv),
+        Reading("plc", "pump-1", "running", True, None, None, recv),
+    ]
+    return ReadingBatch(rs, ack=lambda: acks.append(count), messages=[(fp, dup, len(rs))])
+
+
+def test_a_redelivered_message_already_committed_is_skipped_but_acked_across_a_restart(
+    site: Site, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        pipe, box, _ = await _pipeline(site, tmp_path)
+        runner = asyncio.create_task(pipe.run())
+        acks: list[int] = []
+        await pipe.submit(_message(T0, 1, acks, b"m1", dup=False))
+        await pipe.submit(_message(T0 + 1000, 2, acks, b"m2", dup=False))
+        await pipe.wait_idle()
+        pipe.stop()
+        await runner
+        await box.close()
+        assert box.db.depth[0] == 4
+
+        pipe, box, _ = await _pipeline(site, tmp_path)  # a restart: the window comes from the outbox
+        runner = asyncio.create_task(pipe.run())
+        # a coalesced burst: m1 redelivered (skipped), m3 redelivered but never committed (kept),
+        # m2 again without the DUP flag (a sensor repeating itself: new data, kept)
+        rs = [
+            *_message(T0 + 5 * S, 1, acks, b"m1", True).readings,
+            *_message(T0 + 5 * S, 3, acks, b"m3", True).readings,
+            *_message(T0 + 5 * S, 2, acks, b"m2", False).readings,
+        ]
+        burst = ReadingBatch(
+            rs, ack=lambda: acks.append(99), messages=[(b"m1", True, 2), (b"m3", True, 2), (b"m2", False, 2)]
+        )
+        await pipe.submit(burst)
+        await pipe.submit(_message(T0 + 6 * S, 3, acks, b"m3", True))  # m3 again, before or after its commit
+        await pipe.wait_idle()
+        assert acks == [1, 2, 99, 3]  # everything acknowledged, skipped or not
+        assert pipe.redelivered == 2
+        assert box.db.depth[0] == 4 + 4  # m3 and the repeated m2: two values each
+        pipe.stop()
+        await runner
+        await box.close()
+
+    asyncio.run(main())
+
+
+def test_the_fingerprint_window_is_bounded(site: Site, tmp_path: Path) -> None:
+    async def main() -> None:
+        box = await Outbox.open(tmp_path / "o.sqlite")
+        pipe = Pipeline(
+            Stage.build(site, AgentSettings()), box, DeadLetter(tmp_path / "d.jsonl"), dedup_window=5
+        )
+        acks: list[int] = []
+        for i in range(20):
+            await pipe.submit(_message(T0 + i * S, i, acks, f"m{i}".encode(), dup=False))
+            await pipe.commit()
+        assert list(pipe._delivered) == [f"m{i}".encode() for i in range(15, 20)]
+        await pipe._prune()
+        assert [fp for fp, _ in box.db.delivered(0)] == [f"m{i}".encode() for i in range(15, 20)]
+        await pipe.submit(_message(T0 + 30 * S, 0, acks, b"m0", dup=True))  # out of the window: kept
+        await pipe.commit()
+        assert pipe.redelivered == 0
+        await box.close()
+
+    asyncio.run(main())
+
+
+def test_enough_unacked_messages_end_the_commit_window_early(site: Site, tmp_path: Path) -> None:
+    async def main() -> None:
+        box = await Outbox.open(tmp_path / "o.sqlite")
+        pipe = Pipeline(
+            Stage.build(site, AgentSettings()),
+            box,
+            DeadLetter(tmp_path / "d.jsonl"),
+            commit_window_ms=60_000,
+            commit_messages=3,
+        )
+        runner = asyncio.create_task(pipe.run())
+        acks: list[int] = []
+        for i in range(3):
+            await pipe.submit(_message(T0 + i * S, i, acks, f"m{i}".encode(), dup=False))
+        await asyncio.wait_for(pipe.wait_idle(), 10)  # not the minute of the window
+        assert acks == [0, 1, 2]
+        pipe.stop()
+        await runner
+        await box.close()
+
+    asyncio.run(main())
