@@ -11,7 +11,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 VALUES_IN = Counter("ft_agent_values_in", "Values received, per source", ["source"], registry=REGISTRY)
 VALUES_OUT = Counter("ft_agent_values_out", "Items acknowledged by the platform, per kind", ["kind"], registry=REGISTRY)
-REJECTED = Counter("ft_agent_rejected", "Inputs refused, per source and reason", ["source", "reason"], registry=REGISTRY)
+REJECTED = Counter("ft_agent_rejected", "Inputs refused, per source and reason", ["source", "reason"],
+                   registry=REGISTRY)
 DROPPED = Counter("ft_agent_dropped", "Outbox items dropped by the disk-budget policy", ["kind", "reason"],
                   registry=REGISTRY)
 OUTBOX_DEPTH = Gauge("ft_agent_outbox_depth", "Items waiting in the outbox, per kind", ["kind"], registry=REGISTRY)

@@ -52,7 +52,8 @@ def _check(stack: Stack, states: dict[str, dict[str, object]], history: dict[str
     pressure = _latest(states["pump-1"], "pressure")
     assert pressure["unit"] == "kPa"
     items = history["items"]
-    assert isinstance(items, list) and len(items) >= 2
+    assert isinstance(items, list)
+    assert len(items) >= 2
     summary = stack.summary(0)
     assert summary.values_ingested > 0
     assert summary.rejected == 0

@@ -76,7 +76,8 @@ def test_hierarchy_rules(text: str) -> None:
 
 def test_invalid_yaml_names_line() -> None:
     msg = _error("site: {id: x\nnodes: [")
-    assert msg.startswith("plant.yaml:") and "not valid YAML" in msg
+    assert msg.startswith("plant.yaml:")
+    assert "not valid YAML" in msg
 
 
 def test_not_a_mapping() -> None:
@@ -88,7 +89,8 @@ def test_unknown_key_is_refused(text: str) -> None:
 
 
 def test_secure_opcua_needs_certificate(text: str) -> None:
-    broken = text.replace("    publishing_interval_ms: 500", "    security: {mode: Sign}\n    publishing_interval_ms: 500")
+    broken = text.replace("    publishing_interval_ms: 500",
+                          "    security: {mode: Sign}\n    publishing_interval_ms: 500")
     assert "needs 'certificate' and 'private_key'" in _error(broken)
 
 
