@@ -101,6 +101,24 @@ def add_variants(
         }
 
 
+def add_int8_student(built: Built, fp32: bytes, architecture: str) -> None:
+    """Record an int8 student of another architecture than ``student`` (when ``student`` cannot quantize).
+
+    It shares the student's calibration; training evaluates both, and the edge default becomes the int8
+    student only if it scores at least as well (``choose_default``).
+    """
+    entry = dict(built.manifest["variants"]["student"])
+    data = quantize_int8(fp32)
+    built.files["student-int8"] = data
+    built.manifest["variants"]["student-int8"] = entry | {
+        "file": "student-int8.onnx",
+        "sha256": registry.sha256_bytes(data),
+        "bytes": len(data),
+        "architecture": f"{architecture}, dynamic int8",
+        "metrics": {},
+    }
+
+
 def write(built: Built, directory: Path) -> Path:
     """Write the model directory and the scikit-learn pickles; returns the directory."""
     registry.write_model_dir(directory, built.manifest, built.files)

@@ -8,6 +8,7 @@ Imports numpy only, so the edge runtime can use it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -136,12 +137,44 @@ def fault_features(windows: Array, spec: FeatureSpec) -> Array:
     return np.stack(columns, axis=1)
 
 
+@functools.lru_cache(maxsize=8)
+def _linear_stats(length: int) -> Array:
+    """Columns that give mean, least-squares slope and last value of a series as one matrix product."""
+    t = np.arange(length, dtype=np.float64) - (length - 1) / 2.0
+    matrix = np.zeros((length, 3))
+    matrix[:, 0] = 1.0 / length
+    matrix[:, 1] = t / (float(np.dot(t, t)) or 1.0)
+    matrix[-1, 2] = 1.0
+    matrix.flags.writeable = False  # shared by every call
+    return matrix
+
+
+def _anomaly_stats(series: Array) -> Array:
+    """Mean, std, slope and last value of each signal; ``series`` is ``(..., n_signals, length)``."""
+    length = series.shape[-1]
+    # One product for the three linear statistics: this runs once per window on the edge.
+    linear = series @ _linear_stats(length)  # (..., n_signals, 3)
+    centered = series - linear[..., :1]
+    std = np.sqrt(np.einsum("...t,...t->...", centered, centered) / length)
+    return np.concatenate([linear[..., 0], std, linear[..., 1], linear[..., 2]], axis=-1)
+
+
 def anomaly_features(windows: Array, spec: FeatureSpec) -> Array:
     """Per signal: mean, std, slope and last value over the window (smoothing is most of the signal)."""
-    mean = windows.mean(axis=1)
-    centered = windows - mean[:, None, :]
-    std = np.sqrt(np.einsum("nts,nts->ns", centered, centered) / windows.shape[1])
-    return np.concatenate([mean, std, _slope(centered), windows[:, -1, :]], axis=1)
+    return _anomaly_stats(windows.transpose(0, 2, 1))
+
+
+def series_features(series: Array, spec: FeatureSpec) -> Array:
+    """Features ``(n_features,)`` of one full window given signal-major, ``(n_signals, window)``.
+
+    The edge's single-window path: the same statistics as ``features`` without the batch reshaping.
+    """
+    if series.shape != (len(spec.signals), spec.window):
+        raise ValueError(f"series must be ({len(spec.signals)}, {spec.window}), got {series.shape}")
+    if spec.task == "anomaly":
+        return _anomaly_stats(series)
+    one: Array = _RECIPES[spec.task](series.T[None], spec)[0]
+    return one
 
 
 _RECIPES: dict[str, Callable[[Array, FeatureSpec], Array]] = {

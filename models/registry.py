@@ -143,16 +143,25 @@ def model_card(manifest: dict[str, Any]) -> str:
     ]
     for variant, entry in manifest["variants"].items():
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in entry.get("metrics", {}).items() if isinstance(v, float))
-        lines.append(f"| {variant} | {entry['file']} | {entry['bytes']} | {metrics} |")
+        name = f"{variant} ({entry['architecture']})" if entry.get("architecture") else variant
+        lines.append(f"| {name} | {entry['file']} | {entry['bytes']} | {metrics} |")
     lines += [
         "",
-        f"The edge runs `{manifest['default_variant']}`.",
+        f"The edge runs `{manifest['default_variant']}`{_rule_text(manifest)}.",
         "",
         "## Limits",
         manifest.get("limits", ""),
         "",
     ]
     return "\n".join(lines)
+
+
+def _rule_text(manifest: dict[str, Any]) -> str:
+    rule = manifest.get("default_rule")
+    if not rule:
+        return ""
+    best = "lowest" if rule["lower_is_better"] else "highest"
+    return f" (of {', '.join(rule['candidates'])}: the {best} {rule['metric']} on the evaluation protocol)"
 
 
 def _window_text(spec: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from models import build, registry, runtime, tasks
 
 TARGETS = {
-    "rul": "edge student RMSE ≤ 13.0 and within 0.5 of the teacher (trees: no int8 variant)",
+    "rul": "student int8 RMSE ≤ 13.0 and within 0.5 of the teacher (the edge runs the better student)",
     "faults": "student macro F1 within 1 point of the teacher",
     "anomaly": "student F1 above the best classical SKAB leaderboard method (MSET, 0.78)",
 }
@@ -54,7 +54,7 @@ def sklearn_latency_us(model: runtime.LoadedModel, estimator: Any, window: dict[
     predict = getattr(estimator, "predict_proba", None) or estimator.predict
 
     def run() -> None:
-        predict(model.transform(model.window_array(window)[None]))
+        predict(model.model_input(window))  # the edge's own validation and features, then scikit-learn
 
     return _timed_us(run, repeat)
 
@@ -81,9 +81,12 @@ def measure(task: str, directory: Path, data: Sequence[Path], keep_plot: bool = 
         if keep_plot:
             row["_plot"] = plot
         model = runtime.load(directory, variant)
-        estimator = build.load_estimator(directory, variant.removesuffix("-int8"))
+        # An int8 student of its own architecture keeps its own pickle; otherwise it is the student's.
+        estimator = build.load_estimator(directory, variant)
+        if estimator is None:
+            estimator = build.load_estimator(directory, variant.removesuffix("-int8"))
         row["sklearn_latency_us"] = sklearn_latency_us(model, estimator, window) if estimator is not None else None
-        feats = model.transform(model.window_array(window)[None])
+        feats = model.model_input(window)
         row["onnx_model_only_us"] = _timed_us(partial(model.raw_outputs, feats), 200)
         row["batch_windows_per_s"] = throughput(model, window)
         rows.append(row)
@@ -116,6 +119,7 @@ def targets(task: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if task == "rul":
         checks["rmse_le_13"] = student["rmse"] <= 13.0
         checks["rmse_within_0.5_of_teacher"] = student["rmse"] - teacher["rmse"] <= 0.5
+        checks["fp32_student_rmse_le_13"] = by["student"]["rmse"] <= 13.0
     elif task == "faults":
         checks["macro_f1_within_1pt"] = teacher["macro_f1"] - student["macro_f1"] <= 0.01
     else:

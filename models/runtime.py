@@ -3,7 +3,7 @@
 Needs numpy and onnxruntime only (no scikit-learn, no pandas), so the edge agent and the platform run the
 same code::
 
-    model = runtime.load(Path("models/registry/rul/1.0.0"))
+    model = runtime.load(registry.latest(Path("models/registry"), "rul"))  # the newest version
     prediction = model.predict({"cycle": [...], "t24": [...], ...}, units={"t24": "°R", ...})
 
 A window with a missing signal, NaN, the wrong length or the wrong unit raises ``WindowRejected`` with a
@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from models import registry
 from models.errors import InferenceError, ModelLoadError, WindowRejected
-from models.features import FeatureSpec, features, pad_oldest
+from models.features import FeatureSpec, features, pad_oldest, series_features
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +94,15 @@ class LoadedModel:
         self._entry = manifest["variants"][variant]
         self._output = self._entry["output_name"]
         self._baseline = baseline
+        # Cached once: the per-window path builds no dicts or lists beyond the feed itself.
+        self._input_name = session.get_inputs()[0].name
+        self._output_names = [self._output]
+        self._run = _bound_run(session)
+        self._kind = manifest["output"]["kind"]
+        self._calibration = self._entry["calibration"]
+        self._checked_units: dict[str, str] | None = None
+        # (x - mean) / std as one multiply-subtract: x * scale - shift.
+        self._scale_shift = None if baseline is None else (1.0 / baseline[1], baseline[0] / baseline[1])
 
     @property
     def task(self) -> str:
@@ -102,7 +111,24 @@ class LoadedModel:
 
     def predict(self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None) -> Prediction:
         """Score one window (signal name → values, oldest first); units default to the declared ones."""
-        return self._postprocess(self.raw_outputs(self.transform(self.window_array(window, units)[None])))[0]
+        out = self.raw_outputs(self.model_input(window, units))
+        if self._kind == "regression":
+            return self._rul(float(out.flat[0]), self._calibration)
+        if self._kind == "classification":
+            return self._fault(out.reshape(-1), self._calibration)
+        return self._anomaly(float(out.flat[0]), self._calibration)
+
+    def model_input(
+        self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None
+    ) -> NDArray[np.float32]:
+        """The validated ``(1, n_features)`` float32 input of one window (the single-window fast path)."""
+        series = self._series(window, units)
+        feats = series_features(series, self.spec)
+        if self._scale_shift is not None:
+            scale, shift = self._scale_shift
+            feats *= scale
+            feats -= shift
+        return feats.astype(np.float32)[None]
 
     def predict_batch(
         self, windows: Sequence[Mapping[str, Sequence[Any]]], units: Mapping[str, str] | None = None
@@ -117,25 +143,37 @@ class LoadedModel:
         self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None
     ) -> NDArray[np.float64]:
         """The validated ``(window, n_signals)`` float64 array of one window, or WindowRejected."""
+        return self._series(window, units).T
+
+    def _series(self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None) -> NDArray[np.float64]:
+        """Validated, padded ``(n_signals, window)`` array: a few vectorised checks in the common case."""
         spec = self.spec
-        rows = _rows(spec, window, units)
-        length = rows.shape[0]
+        if units is not None and units != self._checked_units:
+            _check_units(spec, units)
+            self._checked_units = dict(units)  # the same units again (the usual case) need no second check
+        series = _fast_series(spec, window)
+        if series is None:  # something is off: the checking path names the culprit
+            series = _rows(spec, window, units).T
+        length = series.shape[1]
+        if length == spec.window:
+            return series
         if length < spec.min_window or length > spec.window:
             raise WindowRejected("wrong_length", f"{length} rows, model takes {spec.min_window}..{spec.window}")
-        return pad_oldest(rows, spec.window)
+        return pad_oldest(series.T, spec.window).T
 
     def transform(self, windows: NDArray[np.float64]) -> NDArray[np.float32]:
         """Features of validated windows as the model's float32 input (anomaly: relative to the baseline)."""
         feats = features(windows, self.spec)
-        if self._baseline is not None:
-            mean, std = self._baseline
-            feats = (feats - mean) / std
+        if self._scale_shift is not None:
+            scale, shift = self._scale_shift
+            feats *= scale
+            feats -= shift
         return feats.astype(np.float32)
 
     def raw_outputs(self, feats: NDArray[np.float32]) -> NDArray[np.float32]:
         """The ONNX output the manifest names, for a float32 feature matrix."""
         try:
-            out = self._session.run([self._output], {"features": feats})[0]
+            out = self._run(self._output_names, {self._input_name: feats})[0]
         except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidArgument errors
             raise InferenceError(f"{self.manifest['name']} {self.variant}: {exc}") from None
         return np.asarray(out, dtype=np.float32)
@@ -155,8 +193,8 @@ class LoadedModel:
         return LoadedModel(self.manifest, self.variant, self._session, (mean, std))
 
     def _postprocess(self, out: NDArray[np.float32]) -> list[Prediction]:
-        kind = self.manifest["output"]["kind"]
-        calibration = self._entry["calibration"]
+        kind = self._kind
+        calibration = self._calibration
         if kind == "regression":
             return [self._rul(float(v), calibration) for v in out.reshape(-1)]
         if kind == "classification":
@@ -188,31 +226,61 @@ class LoadedModel:
         return Prediction(confidence=confidence, score=score, threshold=threshold, label=label)
 
 
+def _bound_run(session: ort.InferenceSession) -> Any:
+    """``session.run`` without its per-call feed re-validation (the schema is checked once, at load).
+
+    onnxruntime's public ``run`` wraps the C++ session's ``run(outputs, feed, run_options)``; for a window of
+    a few dozen features the wrapper's checks cost about as much as the graph. Falls back to the public
+    method if a future onnxruntime drops the attribute.
+    """
+    inner = getattr(session, "_sess", None)
+    if inner is None or not callable(getattr(inner, "run", None)):
+        return session.run
+
+    def run(outputs: list[str], feed: dict[str, Any]) -> Any:
+        return inner.run(outputs, feed, None)
+
+    return run
+
+
 def _rows(
     spec: FeatureSpec, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None
 ) -> NDArray[np.float64]:
     """Validated ``(rows, n_signals)`` array of a window of any length: units, presence, NaN, lengths."""
     if units is not None:
-        for name, declared in zip(spec.signals, spec.units, strict=True):
-            given = units.get(name)
-            if given is not None and _unit_key(given) != _unit_key(declared):
-                raise WindowRejected("wrong_unit", f"{name} in {given!r}, model expects {declared!r}")
+        _check_units(spec, units)
     missing = [name for name in spec.signals if name not in window]
     if missing:
         raise WindowRejected("missing_signal", f"{', '.join(missing)} not in window")
-    if not spec.categories:
-        # Fast path for the common case (all numeric, equal lengths, finite): one array, one check.
-        try:
-            fast = np.array([window[name] for name in spec.signals], dtype=np.float64)
-        except (TypeError, ValueError):
-            fast = None  # ragged or non-numeric: the column path below names the culprit
-        if fast is not None and fast.ndim == 2 and np.isfinite(fast).all():
-            return fast.T
+    fast = _fast_series(spec, window)
+    if fast is not None:
+        return fast.T
     columns = [_column(spec, name, window[name]) for name in spec.signals]
     lengths = {len(c) for c in columns}
     if len(lengths) != 1:
         raise WindowRejected("wrong_length", f"signals of unequal length {sorted(lengths)}")
     return np.stack(columns, axis=1)
+
+
+def _check_units(spec: FeatureSpec, units: Mapping[str, str]) -> None:
+    for name, declared in zip(spec.signals, spec.units, strict=True):
+        given = units.get(name)
+        if given is not None and _unit_key(given) != _unit_key(declared):
+            raise WindowRejected("wrong_unit", f"{name} in {given!r}, model expects {declared!r}")
+
+
+def _fast_series(spec: FeatureSpec, window: Mapping[str, Sequence[Any]]) -> NDArray[np.float64] | None:
+    """The common case as one ``(n_signals, rows)`` array, one vectorised check (numeric, equal lengths,
+    finite); None otherwise."""
+    if spec.categories:
+        return None
+    try:
+        rows = np.array([window[name] for name in spec.signals], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        return None  # missing, ragged or non-numeric
+    if rows.ndim != 2 or not np.isfinite(rows).all():
+        return None
+    return rows
 
 
 def _column(spec: FeatureSpec, name: str, values: Sequence[Any]) -> NDArray[np.float64]:

@@ -17,6 +17,8 @@ from models import build, registry, runtime
 from models.errors import DataError
 
 DEFAULT_VERSION = "1.0.0"
+# The version each task's training writes; bumped when the model changes (the edge loads the newest).
+VERSIONS = {"rul": "1.1.0", "faults": "1.0.0", "anomaly": "1.0.0"}
 TASK_MODULES = {"rul": "models.rul", "faults": "models.faults", "anomaly": "models.anomaly"}
 
 
@@ -30,6 +32,11 @@ class TaskModule(Protocol):
     def evaluate(self, model: runtime.LoadedModel, paths: Sequence[Path], truth: Path | None = None) -> dict[str, Any]:
         """The task's metrics for one loaded variant."""
         ...
+
+
+def version_of(task: str) -> str:
+    """The version a task's training writes by default."""
+    return VERSIONS.get(task, DEFAULT_VERSION)
 
 
 def module(task: str) -> TaskModule:
@@ -56,10 +63,23 @@ def train(
         built.manifest["variants"][variant]["metrics"] = {
             k: v for k, v in scores.items() if isinstance(v, int | float) and k not in {"latency_us"}
         }
+    choose_default(built.manifest)
     built.manifest["training"]["seconds"] = round(time.perf_counter() - started, 1)
     registry.write_model_dir(directory, built.manifest, built.files)
     progress(f"{task}: done in {time.perf_counter() - started:.0f} s → {directory}")
     return directory
+
+
+def choose_default(manifest: dict[str, Any]) -> None:
+    """Apply the manifest's ``default_rule``: the edge runs the candidate with the best measured metric."""
+    rule = manifest.get("default_rule")
+    if not rule:
+        return
+    sign = 1.0 if rule["lower_is_better"] else -1.0
+    scored = [v for v in rule["candidates"] if rule["metric"] in manifest["variants"][v]["metrics"]]
+    if scored:
+        metric = rule["metric"]
+        manifest["default_variant"] = min(scored, key=lambda v: sign * manifest["variants"][v]["metrics"][metric])
 
 
 def evaluate(

@@ -52,14 +52,20 @@ def models(log_level: str) -> None:
 @click.argument("extra", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path), help="data file or folder")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REGISTRY, show_default=True)
-@click.option("--version", "version", default="1.0.0", show_default=True)
-def train(task: str, extra: tuple[Path, ...], data: tuple[Path, ...], out: Path, version: str) -> None:
+@click.option("--version", "version", default=None, help="default: the task's current version")
+def train(task: str, extra: tuple[Path, ...], data: tuple[Path, ...], out: Path, version: str | None) -> None:
     """Build TASK's teacher and students from data in its own format into OUT/TASK/VERSION."""
     from models import tasks
     from models.errors import ModelError
 
     try:
-        directory = tasks.train(task, _paths(data, extra), out, version, progress=lambda m: click.echo(m, err=True))
+        directory = tasks.train(
+            task,
+            _paths(data, extra),
+            out,
+            version or tasks.version_of(task),
+            progress=lambda m: click.echo(m, err=True),
+        )
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(directory))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import faults, rul
-from models.features import features, pad_oldest, sliding_windows
+from models import anomaly, faults, rul
+from models.features import features, pad_oldest, series_features, sliding_windows
 
 
 def test_sliding_windows_match_padded_last_windows() -> None:
@@ -37,3 +37,28 @@ def test_fault_margins_computed_in_float64() -> None:
     window = np.array([[[0.0, 300.0, 308.6, 1300.0, 40.0, 10.0]]])
     feats = features(window, faults.SPEC)[0]
     assert abs(feats[9]) < 1e-9
+
+
+@pytest.mark.parametrize("spec", [rul.SPEC, anomaly.SPEC, faults.SPEC], ids=["rul", "anomaly", "faults"])
+def test_single_window_path_matches_the_batch_features(spec) -> None:
+    # The edge's series_features and the training side's features must be the same numbers.
+    rng = np.random.default_rng(0)
+    windows = 50.0 + rng.standard_normal((3, spec.window, len(spec.signals)))
+    if spec.categories:
+        windows[:, :, 0] = 1.0
+    batch = features(windows, spec)
+    for i in range(3):
+        assert np.allclose(series_features(np.ascontiguousarray(windows[i].T), spec), batch[i], rtol=1e-12, atol=1e-9)
+    with pytest.raises(ValueError, match="series must be"):
+        series_features(windows[0], spec)
+
+
+def test_anomaly_features_of_a_known_window() -> None:
+    spec = anomaly.SPEC
+    t = np.arange(spec.window, dtype=np.float64)
+    window = np.tile((2.0 * t + 5.0)[:, None], (1, len(spec.signals)))
+    feats = features(window[None], spec)[0].reshape(4, -1)
+    assert np.allclose(feats[0], 2.0 * t.mean() + 5.0)  # mean
+    assert np.allclose(feats[1], 2.0 * t.std())  # std
+    assert np.allclose(feats[2], 2.0)  # slope
+    assert np.allclose(feats[3], 2.0 * t[-1] + 5.0)  # last

@@ -195,3 +195,50 @@ def test_runtime_imports_no_training_libraries() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_single_window_input_equals_the_batch_path(committed: Path) -> None:
+    model = runtime.load(committed)
+    window = _window(model)
+    single = model.model_input(window)
+    batch = model.transform(model.window_array(window)[None])
+    assert single.dtype == np.float32
+    assert np.allclose(single, batch, rtol=1e-6, atol=1e-6)
+
+
+def test_changed_units_are_checked_again(committed: Path) -> None:
+    model = runtime.load(committed)
+    units = dict(zip(model.spec.signals, model.spec.units, strict=True))
+    model.predict(_window(model), units=units)
+    units[model.spec.signals[-1]] = "furlong"  # the same mapping, mutated: must not pass on a cached check
+    with pytest.raises(WindowRejected) as info:
+        model.predict(_window(model), units=units)
+    assert info.value.reason == "wrong_unit"
+
+
+def test_newest_version_is_loaded(committed: Path, tmp_path: Path) -> None:
+    task = registry.read_manifest(committed)["task"]
+    for version in ("1.0.0", "1.10.0", "1.9.3"):
+        (tmp_path / task / version).mkdir(parents=True)
+        shutil.copy(committed / registry.MANIFEST, tmp_path / task / version)
+    assert registry.latest(tmp_path, task).name == "1.10.0"
+
+
+def test_registry_files_ship_in_the_wheel(committed: Path) -> None:
+    # pyproject's package data must name every committed registry file (and no training leftover).
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["package-data"]["models"]
+    exclude = pyproject["tool"]["setuptools"]["exclude-package-data"]["models"]
+    manifest = registry.read_manifest(committed)
+    root = committed.parents[1]
+    shipped = [registry.MANIFEST, registry.MODEL_CARD] + [
+        e["file"] for e in manifest["variants"].values() if not e["file"].endswith(".large.onnx")
+    ]
+    for name in shipped:
+        rel = (committed / name).relative_to(root.parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, p) for p in include), rel
+        assert not any(fnmatch.fnmatch(rel, p) for p in exclude), rel
+    assert any(fnmatch.fnmatch("registry/rul/1.0.0/teacher.large.onnx", p) for p in exclude)
