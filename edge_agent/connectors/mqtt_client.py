@@ -161,6 +161,7 @@ class MqttClient:
 
     def close(self) -> None:
         """Drop the connection now (no DISCONNECT: the broker keeps the session and our un-acked messages)."""
+        self._flush_pending()
         if self._misc is not None:
             self._misc.cancel()
         if self._sock is not None:
@@ -176,6 +177,16 @@ class MqttClient:
             setattr(self._client, f"on_socket_{hook}", None)
         if not self.disconnected.done():
             self.disconnected.set_result("closed")
+
+    def _flush_pending(self) -> None:
+        """Best effort: write PUBACKs already queued, so messages acked just before a close are not redelivered."""
+        for _ in range(8):
+            if self._client.socket() is None or not self._client.want_write():
+                return
+            try:
+                self._client.loop_write()
+            except Exception:  # the socket is going away anyway; redelivery is the safe fallback
+                return
 
     async def disconnect(self) -> None:
         """Send DISCONNECT and close."""
