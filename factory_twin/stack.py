@@ -212,7 +212,7 @@ class Stack:
         for source in site.sources.values():
             if isinstance(source, OpcUaSource):
                 port = _endpoint_port(source.endpoint)
-                if port is not None and not _port_free(port):
+                if port is not None and not port_free(port):
                     new = source.endpoint.replace(f":{port}", f":{free_port()}", 1)
                     text = text.replace(source.endpoint, new)
                     log.info("opcua endpoint moved", was=source.endpoint, now=new)
@@ -232,7 +232,8 @@ def _endpoint_port(endpoint: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` on loopback."""
     import socket
 
     with socket.socket() as s, contextlib.suppress(OSError):

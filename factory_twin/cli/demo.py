@@ -9,10 +9,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from factory_twin.logs import configure_logging
+
+if TYPE_CHECKING:
+    from factory_twin.stack import Stack
 
 
 @click.command()
@@ -31,13 +35,13 @@ from factory_twin.logs import configure_logging
 def demo(duration: float | None, as_json: bool, data_dir: Path, fresh: bool, port: int, speed: float,
          database_url: str | None, mqtt_url: str | None) -> None:
     """Run the demo plant: three machines replaying public data sets into a live digital twin."""
-    from factory_twin.stack import Stack, StackConfig, _port_free
+    from factory_twin.stack import Stack, StackConfig, port_free
 
     configure_logging(level="WARNING" if as_json else "INFO")
     logging.getLogger("twin.ingest").setLevel(logging.WARNING)  # a status line every 10 s instead of every batch
     if fresh and data_dir.exists():
         shutil.rmtree(data_dir)
-    if port and not _port_free(port):
+    if port and not port_free(port):
         port = 0
     stack = Stack(StackConfig(data_dir=data_dir, database_url=database_url, mqtt_url=mqtt_url,
                               http_port=port, speed=speed))
@@ -63,10 +67,7 @@ def demo(duration: float | None, as_json: bool, data_dir: Path, fresh: bool, por
         sys.exit(1)
 
 
-def _banner(stack: object, quiet: bool) -> None:
-    from factory_twin.stack import Stack
-
-    assert isinstance(stack, Stack)
+def _banner(stack: Stack, quiet: bool) -> None:
     if quiet:
         return
     click.echo(
