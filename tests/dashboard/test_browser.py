@@ -52,6 +52,11 @@ def _wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def _chart_title(page: Any) -> str:
+    """The first trend chart's title ('' until its data has arrived)."""
+    return str(page.text_content("#charts .chart-title") or "")
+
+
 def _login(page: Any, plant: Plant, username: str) -> None:
     page.goto(plant.url + "/")
     page.fill("#login-password input[name=username]", username)
@@ -86,8 +91,8 @@ def test_open_the_plant_search_and_see_a_value_change_live(page: Any, plant: Pla
     assert page.evaluate("window.__marker") == "same page"
     assert page.text_content(f'#values tr[data-prop="{LIVE_PROP}"] .badge') == "good"
     assert page.is_hidden("#stale")
-    page.wait_for_selector("#charts canvas")
-    assert " point" in page.text_content("#charts .chart-title") or "buckets" in page.text_content("#charts")
+    _wait_until(lambda: _chart_title(page) != "", 10, "the first chart's title once its data has loaded")
+    assert " point" in _chart_title(page) or "buckets" in _chart_title(page)
     _shot(page, "04-asset-live")
 
 
@@ -185,8 +190,9 @@ def test_api_key_login_on_a_tablet_and_the_printable_plan(browser: Any, plant: P
         page.wait_for_selector("#stale", state="visible")
         assert "Data is stale" in page.text_content("#stale")
         assert page.get_attribute('#values tr[data-prop="force"]', "class") == "stale"
-        page.wait_for_selector("#charts canvas")
-        assert "min/max shaded" in page.text_content("#charts .chart-title")  # an hour of 1 s data, bucketed
+        # the canvas appears before its data: the title is written when the trend arrives
+        _wait_until(lambda: _chart_title(page) != "", 10, "the first chart's title once its data has loaded")
+        assert "min/max shaded" in _chart_title(page)  # an hour of 1 s data, bucketed
         # zoom: drag across a tenth of the chart (some 6 minutes); the server sends that stretch point by point
         box = page.locator("#charts canvas").first.bounding_box()
         assert box is not None
@@ -197,7 +203,7 @@ def test_api_key_login_on_a_tablet_and_the_printable_plan(browser: Any, plant: P
         page.mouse.move(box["x"] + box["width"] * 0.55, y, steps=5)
         page.mouse.up()
         page.wait_for_selector("#reset-zoom")
-        _wait_until(lambda: "points" in page.text_content("#charts .chart-title"), 10, "raw points when zoomed in")
+        _wait_until(lambda: "points" in _chart_title(page), 10, "raw points when zoomed in")
         _shot(page, "11-tablet-zoomed")
         page.click("#reset-zoom")
         page.wait_for_selector("#reset-zoom", state="detached")
