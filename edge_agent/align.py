@@ -1,7 +1,10 @@
 """Values → Frames: each asset's signals put on its type's time grid by an as-of join.
 
 For a grid point ``g`` the frame holds, per signal, the latest value stamped at or before ``g`` and no older
-than ``g - tolerance``; otherwise None. Time is event time: an asset's clock ``E`` is the newest timestamp
+than ``g - tolerance``; otherwise None. Signals whose source reports by exception (OPC-UA subscriptions,
+Sparkplug B: a value is sent only when it changes) hold their last value for ``hold_ms`` instead (by default
+until the source marks it stale: a lost OPC-UA session or a Sparkplug DEATH sends a bad reading), so a constant
+signal does not vanish from the frames. Time is event time: an asset's clock ``E`` is the newest timestamp
 seen from it.
 
 * Frame ``g`` is first emitted once data past it has arrived (``g < E``), revision 0.
@@ -21,10 +24,11 @@ from dataclasses import dataclass, field
 
 from edge_agent import metrics
 from edge_agent.sample import Sample
-from plant.site import AlignmentDef, Site
+from plant.site import AlignmentDef, MqttSource, Node, OpcUaBinding, Site
 from plant.wire import Flag, Frame, Quality, Scalar, Value
 
 _GOOD = Quality.GOOD
+_FOREVER = 1 << 62
 _Cell = tuple[Scalar | None, Quality]
 Item = Sample | Value  # normalise makes Samples; Values (tests, replays) work alike
 
@@ -66,10 +70,10 @@ class _Series:
             return self.cells[i]
         return None
 
-    def prune(self, before: int) -> None:
-        """Forget values stamped before ``before``."""
-        i = bisect_left(self.ts, before)
-        if i:
+    def prune(self, before: int, keep_last: bool = False) -> None:
+        """Forget values stamped before ``before`` (but the newest of them with ``keep_last``)."""
+        i = bisect_right(self.ts, before) - 1 if keep_last else bisect_left(self.ts, before)
+        if i > 0:
             del self.ts[:i]
             del self.cells[:i]
 
@@ -81,14 +85,21 @@ class AssetAligner:
         node: the asset's node id.
         props: the asset's bound properties (the frame's columns).
         alignment: grid, tolerance and watermark.
+        held: the props that report by exception: they hold their value (``alignment.hold_ms``).
     """
 
-    def __init__(self, node: str, props: Iterable[str], alignment: AlignmentDef) -> None:
+    def __init__(
+        self, node: str, props: Iterable[str], alignment: AlignmentDef, held: Iterable[str] = ()
+    ) -> None:
         self.node = node
         self.props = tuple(sorted(props))
         self.alignment = alignment
+        self.held = frozenset(held) & set(self.props)
         self._grid = alignment.grid_ms * 1000
-        self._tol = alignment.tolerance_ms * 1000
+        tol = alignment.tolerance_ms * 1000
+        hold = _FOREVER if alignment.hold_ms is None else max(tol, alignment.hold_ms * 1000)
+        self._tols = tuple(hold if p in self.held else tol for p in self.props)
+        self._tol = max(self._tols, default=tol)  # the widest reach of one value over the grid
         self._wm = alignment.watermark_ms * 1000
         self._series = {p: _Series() for p in self.props}
         self._open: dict[int, tuple[int, tuple[_Cell, ...]]] = {}  # g -> (revision, cells) of frames emitted
@@ -150,8 +161,8 @@ class AssetAligner:
     def _frame(self, g: int) -> Frame | None:
         cells: list[_Cell] = []
         any_value = False
-        for p in self.props:
-            v = self._series[p].asof(g, self._tol)
+        for p, tol in zip(self.props, self._tols, strict=True):
+            v = self._series[p].asof(g, tol)
             if v is None:
                 cells.append((None, _GOOD))
             else:
@@ -180,9 +191,25 @@ class AssetAligner:
     def _close(self, closed_before: int) -> None:
         for g in [g for g in self._open if g < closed_before]:
             del self._open[g]
-        keep_from = closed_before - self._tol
-        for s in self._series.values():
-            s.prune(keep_from)
+        for p, tol in zip(self.props, self._tols, strict=True):
+            if p in self.held:  # open frames need only the newest value at or before the first of them
+                self._series[p].prune(closed_before, keep_last=True)
+            else:
+                self._series[p].prune(closed_before - tol)
+
+
+def reports_by_exception(site: Site, node: Node) -> frozenset[str]:
+    """The node's props whose source sends a value only when it changes: OPC-UA subscriptions, Sparkplug B."""
+    held = set()
+    for prop, binding in node.bindings.items():
+        if isinstance(binding, OpcUaBinding):
+            if binding.mode == "subscribe":
+                held.add(prop)
+        else:
+            source = site.sources.get(binding.source)
+            if isinstance(source, MqttSource) and source.format == "sparkplug":
+                held.add(prop)
+    return frozenset(held)
 
 
 @dataclass(slots=True)
@@ -208,11 +235,17 @@ class Aligner:
             if not node.bindings or node.type is None:
                 continue
             alignment = site.asset_types[node.type].alignment
+            held = reports_by_exception(site, node)
             old = previous.assets.get(node.id) if previous else None
-            if old is not None and old.props == tuple(sorted(node.bindings)) and old.alignment == alignment:
+            if (
+                old is not None
+                and old.props == tuple(sorted(node.bindings))
+                and old.alignment == alignment
+                and old.held == held
+            ):
                 self.assets[node.id] = old
             else:
-                self.assets[node.id] = AssetAligner(node.id, node.bindings, alignment)
+                self.assets[node.id] = AssetAligner(node.id, node.bindings, alignment, held)
 
     def align(self, values: Sequence[Item]) -> Aligned:
         """Align one batch of values (any assets, any order)."""

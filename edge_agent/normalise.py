@@ -37,6 +37,7 @@ _FLOAT = DataType.FLOAT
 _CORRECTED = (Flag.CLOCK_CORRECTED,)
 _RECEIVED = (Flag.RECEIVE_TIME,)
 _MAX_STRING = 4096
+_EXACT = 1 << 53  # ints below this in size are exact as floats
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,9 +76,7 @@ def compile_signals(site: Site) -> dict[tuple[str, str], Signal]:
                     raise ConfigError(f"{node.id}.{prop}: {exc}") from None
                 a, b = a * ua, b * ua + ub
             if pdef.dtype in (DataType.BOOL, DataType.STRING) and (a, b) != (1.0, 0.0):
-                raise ConfigError(
-                    f"{node.id}.{prop}: a {pdef.dtype} property cannot have a scale, offset or unit"
-                )
+                raise ConfigError(f"{node.id}.{prop}: a {pdef.dtype} property cannot have a scale, offset or unit")
             out[(node.id, prop)] = Signal(node.id, prop, pdef.dtype, a, b, (a, b) != (1.0, 0.0))
     return out
 
@@ -220,38 +219,36 @@ class Normaliser:
         off: int | None = None
         # hot path, once per value: kept flat on purpose (a function call costs as much as the work)
         for r in readings:
-            sig = signals.get((r.node, r.prop))
+            source, node, prop, raw, source_ts, server_ts, recv, quality, _ = r
+            sig = signals.get((node, prop))
             if sig is None:
-                rejected.append((r, "unknown_signal", f"{r.node}.{r.prop} is not bound in the site model"))
+                rejected.append((r, "unknown_signal", f"{node}.{prop} is not bound in the site model"))
                 continue
-            raw = r.raw
-            if (
-                sig.dtype is _FLOAT and type(raw) is float and raw - raw == 0.0
-            ):  # finite float, the usual case
-                value: object = raw * sig.a + sig.b if sig.scaled else raw
-                if sig.scaled and value - value != 0.0:  # type: ignore[operator]
-                    rejected.append((r, "not_finite", f"{r.node}.{r.prop}: {raw!r}"))
+            t = type(raw)
+            if sig.dtype is _FLOAT and (t is float or (t is int and -_EXACT < raw < _EXACT)):  # the usual case
+                value: object = raw * sig.a + sig.b if sig.scaled else (raw if t is float else float(raw))
+                if value - value != 0.0:  # type: ignore[operator]  # NaN, ±inf, or a scaling overflow
+                    rejected.append((r, "not_finite", f"{node}.{prop}: {raw!r}"))
                     continue
             else:
-                value, reason = _convert(sig, raw, r.quality)
+                value, reason = _convert(sig, raw, quality)
                 if reason:
-                    rejected.append((r, reason, f"{r.node}.{r.prop}: {value!r}"[:200]))
+                    rejected.append((r, reason, f"{node}.{prop}: {value!r}"[:200]))
                     continue
-            st = r.source_ts if r.source_ts is not None else r.server_ts
-            recv = r.recv_ts
+            st = source_ts if source_ts is not None else server_ts
             if st is None:
                 ts, flags = recv, _NONE
             else:
-                if r.node is not last_node or r.source is not last_src:  # identity: no tuple per value
-                    last_src, last_node = r.source, r.node
-                    off = offsets.get((last_src, last_node))
+                if node is not last_node or source is not last_src:  # identity: no tuple per value
+                    last_src, last_node = source, node
+                    off = offsets.get((source, node))
                 if off is None or st < lo or st > recv + ahead:
                     ts, flags = recv, _RECEIVED
                 elif off:
                     ts, flags = st + off, _CORRECTED
                 else:
                     ts, flags = st, _NONE
-            values.append(Sample(r.node, r.prop, value, ts, r.server_ts, recv, r.quality, flags))  # type: ignore[arg-type]
+            values.append(Sample(node, prop, value, ts, server_ts, recv, quality, flags))  # type: ignore[arg-type]
         return out
 
     def _sane(self, st: int, recv: int) -> bool:
@@ -264,14 +261,13 @@ class Normaliser:
         lo, ahead = self._min_valid_us, self._max_future_us
         src = node = None
         key: tuple[str, str] = ("", "")
-        for r in readings:
-            st = r.source_ts if r.source_ts is not None else r.server_ts
+        for r_src, r_node, _, _, source_ts, server_ts, recv, _, _ in readings:
+            st = source_ts if source_ts is not None else server_ts
             if st is None:
                 continue
-            if r.node is not node or r.source is not src:  # a batch is usually one domain: skip the tuple
-                src, node = r.source, r.node
+            if r_node is not node or r_src is not src:  # a batch is usually one domain: skip the tuple
+                src, node = r_src, r_node
                 key = (src, node)
-            recv = r.recv_ts
             if st < lo or st > recv + ahead:
                 best.setdefault(key, None)
                 continue

@@ -149,6 +149,8 @@ class Pipeline:
         self._unacked = 0  # source messages queued whose acks wait for the next commit
         self._enough = asyncio.Event()
         self._hold = os.environ.get(_HOLD_ENV) == "1"
+        self._writing = False  # a commit's transaction is being written (on the outbox thread)
+        self.on_frames: Callable[[list[Frame]], None] | None = None  # told each commit's frames (diagnostics)
 
     def swap(self, stage: Stage) -> None:
         """Use a new compiled site from the next batch on (atomic: one reference)."""
@@ -170,6 +172,8 @@ class Pipeline:
             self._room.clear()
             await self._room.wait()
         self.process(batch, source)
+        if self._writing:  # the loop would idle through the commit's fsync: prepare this batch for the next one
+            await self._prepare()
 
     def process(self, batch: ReadingBatch, source: str = "unknown") -> None:
         """Queue one batch for the next commit (no waiting); its refusals are counted now."""
@@ -236,7 +240,9 @@ class Pipeline:
         """Normalise and align everything queued, in slices so the loop keeps reading meanwhile.
 
         Done per commit, not per message: per-call costs (clock samples, grouping, frame checks) are paid once
-        for a whole burst.
+        for a whole burst. While a commit is being written, each batch that arrives is prepared at once instead
+        (``submit``): the loop would otherwise wait through the fsync, and the next commit finds it ready. Its
+        ack and fingerprint still wait for that next commit, with its items.
         """
         while self._readings:
             part, self._readings = self._readings[:_SLICE], self._readings[_SLICE:]
@@ -309,6 +315,7 @@ class Pipeline:
         if not (values or frames or acks or fps):
             self._idle.set()
             return
+        self._writing = True
         try:
             await self.outbox.put(values, frames, clocks=clocks, delivered=list(fps))
         except OutboxError as exc:
@@ -322,8 +329,14 @@ class Pipeline:
             await asyncio.sleep(1.0)
             return
         finally:
+            self._writing = False
             self._room.set()
         self._remember(fps)
+        if self.on_frames is not None and frames:
+            try:
+                self.on_frames(frames)
+            except Exception:  # diagnostics must never hold back the acks
+                log.exception("frame_listener_failed")
         if self._hold and acks:
             log.warning("test_hold_after_commit")
             sys.stderr.flush()

@@ -12,6 +12,13 @@ import json
 from plant.wire import Flag, Quality, Scalar, Value
 
 _dumps = json.dumps
+_QUALITY_JSON = {q: q.value for q in Quality}  # an enum's .value is a slow property lookup
+_FLAGS_JSON: dict[tuple[Flag, ...], str] = {(): ""}  # the flags tuples seen, as JSON array contents
+
+
+def _flags_json(flags: tuple[Flag, ...]) -> str:
+    text = _FLAGS_JSON[flags] = ",".join(f'"{f.value}"' for f in flags)
+    return text
 
 
 class Sample:
@@ -93,10 +100,13 @@ class Sample:
             js = "null"
         else:
             js = _dumps(v)
-        server = "null" if self.server_ts is None else str(self.server_ts)
-        recv = "null" if self.recv_ts is None else str(self.recv_ts)
-        flags = ",".join(f'"{f.value}"' for f in self.flags)
+        server = self.server_ts
+        recv = self.recv_ts
+        flags = _FLAGS_JSON.get(self.flags)
+        if flags is None:
+            flags = _flags_json(self.flags)
         return (
-            f'{{"node":"{self.node}","prop":"{self.prop}","value":{js},"ts":{self.ts},"server_ts":{server},'
-            f'"recv_ts":{recv},"quality":"{self.quality.value}","flags":[{flags}]}}'
+            f'{{"node":"{self.node}","prop":"{self.prop}","value":{js},"ts":{self.ts},'
+            f'"server_ts":{"null" if server is None else server},"recv_ts":{"null" if recv is None else recv},'
+            f'"quality":"{_QUALITY_JSON[self.quality]}","flags":[{flags}]}}'
         )

@@ -99,6 +99,12 @@ class AlignmentDef(_Model):
     grid_ms: int = Field(1000, ge=10, le=3_600_000)
     tolerance_ms: int = Field(5000, ge=0)
     watermark_ms: int = Field(2000, ge=0)
+    hold_ms: int | None = Field(
+        None,
+        ge=0,
+        description="report-by-exception signals (OPC-UA subscriptions, Sparkplug B) keep their last value this "
+        "long without a change; none: until the source says it is stale (connection lost, DEATH)",
+    )
 
 
 class Severity(StrEnum):

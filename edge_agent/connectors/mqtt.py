@@ -1,6 +1,6 @@
 """MQTT connector: plain JSON topics or Sparkplug B, QoS 1, persistent session, PUBACK only once durable.
 
-Each received message is decoded on the spot (on the loop thread, inside paho's read callback); all messages
+Each received message is decoded on the spot (on the loop thread, inside the client's read callback); all messages
 read in one socket-read burst become one ``ReadingBatch`` whose ``ack`` sends their PUBACKs, so the sink is
 awaited once per burst, not once per message. Un-acked messages stay in the broker's session and are
 redelivered after a reconnect with the same client id: a crash between receipt and the outbox loses nothing.
@@ -18,9 +18,8 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol
 
-import paho.mqtt.client as paho
 import structlog
 
 from edge_agent.connectors import Sink
@@ -136,7 +135,7 @@ class MqttConnector:
         auto = self.options.protocol == "auto"
         # a broker that does not speak MQTT 5 may just hang up or stay silent: do not wait long for it
         first = dataclasses.replace(self.options, timeout_s=min(self.options.timeout_s, 3.0)) if auto else self.options
-        client = MqttClient(first, self._on_message, self._on_burst_end)
+        client = MqttClient(first, self._on_publish, self._on_burst_end)
         self._client = client
         try:
             present = await client.connect()
@@ -150,7 +149,7 @@ class MqttConnector:
                 raise
             client.close()
             fallback = MqttClient(
-                dataclasses.replace(self.options, protocol="3.1.1"), self._on_message, self._on_burst_end
+                dataclasses.replace(self.options, protocol="3.1.1"), self._on_publish, self._on_burst_end
             )
             self._client = fallback
             try:
@@ -181,12 +180,10 @@ class MqttConnector:
             self._client = None
             client.close()
 
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
+    def _on_publish(self, topic_raw: bytes, payload: bytes, qos: int, mid: int, dup: bool) -> None:
         recv_ts = time.time_ns() // 1000
-        payload = cast(bytes, msg.payload)
-        topic_raw: bytes = msg._topic
         try:
-            readings, rejected = self.decoder.decode(msg.topic, payload, recv_ts)
+            readings, rejected = self.decoder.decode(topic_raw.decode(), payload, recv_ts)
         except UnicodeDecodeError:  # a topic that is not UTF-8
             readings, rejected = [], [("unknown_topic", repr(topic_raw[:100]))]
         if readings:
@@ -196,9 +193,9 @@ class MqttConnector:
             self._burst_rejected.extend(rejected)
             self._rejected += len(rejected)
         self._messages += 1
-        if msg.qos > 0:
-            self._burst_mids.append(msg.mid)
-        self._burst_messages.append((fingerprint(topic_raw, payload), bool(msg.dup), len(readings)))
+        if qos > 0:
+            self._burst_mids.append(mid)
+        self._burst_messages.append((fingerprint(topic_raw, payload), dup, len(readings)))
 
     def _on_burst_end(self) -> None:
         """One batch (one ack, one sink call) for every message read in this socket-read burst."""

@@ -143,8 +143,11 @@ class OpcUaConnector:
                     self._last_error = str(exc)
                     log.warning("opcua_disconnected", source=self.source_id, error=str(exc))
                 finally:
+                    was_connected = self._connected
                     self._set_connected(False)
                     self._all_missing()
+                if was_connected:
+                    await self._deliver_stale()
                 if consumer.done():
                     consumer.result()  # the sink failed: let the agent see it
                 await asyncio.sleep(self.backoff.next_delay())
@@ -189,8 +192,6 @@ class OpcUaConnector:
         except (OSError, TimeoutError, ua.UaError) as exc:
             raise translate_error(exc, self.source.endpoint) from exc
         finally:
-            self._set_connected(False)
-            self._all_missing()
             for task in pollers:
                 task.cancel()
             await self._close(client)
@@ -422,6 +423,17 @@ class OpcUaConnector:
             quality,
             name,
         )
+
+    async def _deliver_stale(self) -> None:
+        """The session is gone: a subscribed value no longer holds (the aligner keeps it until told so)."""
+        recv_ts = time.time_ns() // 1000
+        stale = [
+            Reading(self.source_id, sig.node, sig.prop, None, None, None, recv_ts, Quality.BAD, "stale")
+            for sig in self.signals
+            if sig.binding.mode == "subscribe"
+        ]
+        if stale:
+            await self._deliver(stale)
 
     async def _deliver(self, readings: list[Reading]) -> None:
         self._values += len(readings)

@@ -152,3 +152,52 @@ def test_any_order_gives_the_frames_of_its_on_time_values(
     f_ref, late_ref = run(on_time)
     assert not late_ref
     assert final(frames) == final(f_ref)
+
+
+class TestReportByException:
+    """OPC-UA subscriptions and Sparkplug B send a value only when it changes: it holds until replaced or stale."""
+
+    def test_a_held_signal_keeps_its_value_while_a_polled_one_goes_missing(self) -> None:
+        al = AssetAligner("a", ["x", "y"], ALIGN, held=["x"])
+        frames: list[Frame] = []
+        frames += al.add([val("x", 0.0, 7.0), val("y", 0.0, 1.0)])[0]
+        frames += al.add([val("y", 1.0, 1.0), val("y", 2.0, 2.0)])[0]  # then y stops
+        frames += al.add([val("x", 29.5, 8.0)])[0]  # x changes again only at 29.5 s
+        got = final(frames)
+        assert all(got[T0 + g * S][0]["x"] == 7.0 for g in range(0, 29))
+        assert got[T0 + 10 * S][0]["y"] is None  # past its tolerance of 1.5 s
+        assert len(al._series["x"].ts) <= 2  # a held value costs one cell, however long it holds
+
+    def test_a_stale_reading_ends_the_hold(self) -> None:
+        al = AssetAligner("a", ["x", "y"], ALIGN, held=["x", "y"])
+        frames: list[Frame] = []
+        frames += al.add([val("x", 0.0, 7.0), val("y", 0.0, 1.0)])[0]
+        frames += al.add([val("y", 3.0, 2.0)])[0]
+        frames += al.add([val("x", 3.5, None, Quality.BAD)])[0]  # the session was lost
+        frames += al.add([val("y", 9.0, 3.0)])[0]
+        got = final(frames)
+        assert got[T0 + 3 * S][0] == {"x": 7.0, "y": 2.0}
+        assert got[T0 + 5 * S][0] == {"x": None, "y": 2.0}
+        assert got[T0 + 5 * S][1] == {}  # None carries no quality: the cell is simply missing
+
+    def test_hold_ms_bounds_the_hold(self) -> None:
+        al = AssetAligner("a", ["x", "y"], AlignmentDef(grid_ms=1000, tolerance_ms=1500, hold_ms=5000), held=["x"])
+        frames: list[Frame] = []
+        frames += al.add([val("x", 0.0, 7.0)])[0]
+        for t in range(1, 12):
+            frames += al.add([val("y", t, float(t))])[0]
+        got = final(frames)
+        assert got[T0 + 5 * S][0]["x"] == 7.0
+        assert got[T0 + 6 * S][0]["x"] is None
+
+    def test_the_site_says_which_signals_report_by_exception(self) -> None:
+        from pathlib import Path
+
+        from edge_agent.align import reports_by_exception
+        from plant.site import load_site
+
+        site = load_site(Path(__file__).parents[2] / "examples" / "plant.yaml")
+        nodes = {n.id: n for n in site.assets()}
+        assert reports_by_exception(site, nodes["engine-1"]) == frozenset(nodes["engine-1"].bindings)  # OPC-UA
+        assert reports_by_exception(site, nodes["mill-1"]) == frozenset()  # plain JSON over MQTT
+        assert Aligner(site).assets["engine-1"].held == frozenset(nodes["engine-1"].bindings)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,51 +11,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.edge.agent_process import AgentProcess
 from tests.edge.conftest import SITE_YAML, AckResponder
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 MESSAGES = 300
-
-
-def _stop(proc: subprocess.Popen[str], sig: int) -> None:
-    proc.send_signal(sig)
-    proc.wait(30)
-    reader = getattr(proc, "reader", None)
-    if reader is not None:
-        reader.join(5)
-    if proc.stderr is not None:
-        proc.stderr.close()
-
-
-def _start(site: Path, data: Path, gateway: str, host: str, port: int) -> subprocess.Popen[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "factory_twin",
-        "agent",
-        "run",
-        "--site",
-        str(site),
-        "--gateway",
-        gateway,
-        "--broker",
-        f"mqtt://{host}:{port}",
-        "--data-dir",
-        str(data),
-        "--metrics-port",
-        "-1",
-    ]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    lines: list[str] = []
-    while not any("mqtt_connected" in x for x in lines):  # the source subscription is up
-        line = proc.stderr.readline()
-        assert line, "".join(lines)
-        lines.append(line)
-    reader = threading.Thread(target=proc.stderr.read, daemon=True)  # keep the pipe drained
-    reader.start()
-    proc.reader = reader  # type: ignore[attr-defined]
-    return proc
 
 
 def _publish(host: str, port: int, prefix: str, started: threading.Event) -> None:
@@ -89,21 +47,23 @@ def test_kill_9_loses_nothing_and_duplicates_nothing(
         )
     )
     data = tmp_path / "data"
-    agent = _start(site, data, topic_prefix, host, port)
+    agent = AgentProcess(site, data, topic_prefix, host, port)
+    agent.wait_for("mqtt_connected")  # the source subscription is up
     started = threading.Event()
     publisher = threading.Thread(target=_publish, args=(host, port, topic_prefix, started))
     publisher.start()
     try:
         started.wait(30)
         time.sleep(0.4)
-        _stop(agent, signal.SIGKILL)  # mid-stream: some messages un-acked, some values not yet uplinked
-        agent = _start(site, data, topic_prefix, host, port)
+        agent.stop(signal.SIGKILL)  # mid-stream: some messages un-acked, some values not yet uplinked
+        agent = AgentProcess(site, data, topic_prefix, host, port)
+        agent.wait_for("mqtt_connected")
         publisher.join(60)
         deadline = time.monotonic() + 60
         while len(responder.value_keys()) < MESSAGES * 6 and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        _stop(agent, signal.SIGTERM)
+        agent.stop(signal.SIGTERM)
         publisher.join(5)
     counts = sorted(v for k, v in responder.values.items() if k[2] == "count")  # c × 2 (the binding's scale)
     assert counts == [2 * i for i in range(MESSAGES)]  # every message once: none lost, none twice

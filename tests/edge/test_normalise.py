@@ -132,6 +132,12 @@ class TestValues:
         with pytest.raises(ConfigError, match=r"pump-1\.temp"):
             Normaliser(Site.model_validate(bad))
 
+    @pytest.mark.parametrize("raw", [3, -(2**53) + 1, 2**53, 2**60])
+    def test_an_int_for_a_float_property_becomes_a_float(self, raw: int) -> None:
+        out = Normaliser(parse_site(_SMALL, "s")).normalise([reading("f", raw, node="m"), reading("g", raw, node="m")])
+        assert [type(v.value) for v in out.values] == [float, float]
+        assert [v.value for v in out.values] == [float(raw) * 3.0, float(raw)]  # f has a scale of 3, g none
+
     @given(
         raw=st.one_of(
             st.none(),
@@ -158,7 +164,7 @@ site: {id: s}
 sources: {src: {kind: mqtt}}
 asset_types:
   a:
-    properties: {f: {}, i: {dtype: int}, b: {dtype: bool}, s: {dtype: string}}
+    properties: {f: {}, g: {}, i: {dtype: int}, b: {dtype: bool}, s: {dtype: string}}
 nodes:
   - id: s
     kind: site
@@ -171,6 +177,7 @@ nodes:
             type: a
             bindings:
               f: {source: src, topic: x, path: f, scale: 3}
+              g: {source: src, topic: x, path: g}
               i: {source: src, topic: x, path: i}
               b: {source: src, topic: x, path: b}
               s: {source: src, topic: x, path: s}

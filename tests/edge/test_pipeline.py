@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
 from edge_agent import metrics
@@ -211,6 +212,34 @@ def test_enough_unacked_messages_end_the_commit_window_early(site: Site, tmp_pat
         assert acks == [0, 1, 2]
         pipe.stop()
         await runner
+        await box.close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_arriving_during_a_commit_write_is_prepared_then_and_acked_only_with_its_own_commit(
+    site: Site, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        pipe, box, _ = await _pipeline(site, tmp_path)
+        durable_at_ack: list[tuple[float, int]] = []  # (batch, values in the outbox when its ack came)
+
+        def tracked(t: float) -> ReadingBatch:
+            return ReadingBatch(batch(t, []).readings, ack=lambda: durable_at_ack.append((t, box.db.depth[0])))
+
+        await pipe.submit(tracked(0.0))
+        slow_disk = sqlite3.connect(tmp_path / "o.sqlite", isolation_level=None)
+        slow_disk.execute("BEGIN IMMEDIATE")  # the outbox's write waits for this lock
+        commit = asyncio.create_task(pipe.commit())
+        await asyncio.sleep(0.2)
+        await pipe.submit(tracked(0.5))
+        assert pipe.accepted == 4  # normalised and aligned while the first commit waits on the disk
+        slow_disk.execute("COMMIT")
+        slow_disk.close()
+        await commit
+        assert durable_at_ack == [(0.0, 2)]  # the second batch is not in that commit: not acked
+        await pipe.commit()
+        assert durable_at_ack == [(0.0, 2), (0.5, 4)]
         await box.close()
 
     asyncio.run(main())

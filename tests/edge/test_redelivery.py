@@ -7,74 +7,18 @@ idempotency key, when redelivered; the agent recognises the redelivery by the me
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.edge.agent_process import AgentProcess
 from tests.edge.conftest import SITE_YAML, AckResponder
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 MESSAGES = 40
-HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_COMMIT"
-
-
-class Agent:
-    """An agent subprocess whose stderr is read on a thread, so a test can wait for a log event."""
-
-    def __init__(self, site: Path, data: Path, gateway: str, host: str, port: int, hold: bool) -> None:
-        args = [
-            sys.executable,
-            "-m",
-            "factory_twin",
-            "agent",
-            "run",
-            "--site",
-            str(site),
-            "--gateway",
-            gateway,
-            "--broker",
-            f"mqtt://{host}:{port}",
-            "--data-dir",
-            str(data),
-            "--metrics-port",
-            "-1",
-        ]
-        env = {k: v for k, v in os.environ.items() if k != HOLD_ENV}
-        if hold:
-            env[HOLD_ENV] = "1"
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, event: str, timeout: float = 30.0) -> None:
-        """Wait until the agent logged ``event``."""
-        deadline = time.monotonic() + timeout
-        while not any(event in x for x in self.lines):
-            assert self.proc.poll() is None, "".join(self.lines)
-            assert time.monotonic() < deadline, f"no {event}:\n" + "".join(self.lines[-30:])
-            time.sleep(0.02)
-
-    def stop(self, sig: int) -> None:
-        """Signal the agent and wait for it to end."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.proc.wait(30)
-        self._reader.join(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
 
 
 def _publish(host: str, port: int, prefix: str) -> None:
@@ -104,7 +48,7 @@ def test_kill_9_between_commit_and_puback_stores_receive_time_values_once(
         )
     )
     data = tmp_path / "data"
-    agent = Agent(site, data, topic_prefix, host, port, hold=True)
+    agent = AgentProcess(site, data, topic_prefix, host, port, hold=True)
     try:
         agent.wait_for("mqtt_connected")
         _publish(host, port, topic_prefix)
@@ -113,7 +57,7 @@ def test_kill_9_between_commit_and_puback_stores_receive_time_values_once(
         agent.stop(signal.SIGKILL)
     assert responder.value_keys() == set()  # nothing reached the platform: all of it is in the outbox
 
-    agent = Agent(site, data, topic_prefix, host, port, hold=False)
+    agent = AgentProcess(site, data, topic_prefix, host, port, hold=False)
     try:
         agent.wait_for("mqtt_connected")
         want = MESSAGES * 6 + MESSAGES * 2
@@ -144,7 +88,7 @@ def test_identical_payloads_without_redelivery_are_all_kept(
             f"plc: {{kind: mqtt, url: 'mqtt://{host}:{port}', client_id: agent-{topic_prefix}}}",
         )
     )
-    agent = Agent(site, tmp_path / "data", topic_prefix, host, port, hold=False)
+    agent = AgentProcess(site, tmp_path / "data", topic_prefix, host, port, hold=False)
     try:
         agent.wait_for("mqtt_connected")
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{topic_prefix}")

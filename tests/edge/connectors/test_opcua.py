@@ -189,6 +189,10 @@ def test_reconnects_and_resubscribes_after_server_restart(port: int) -> None:
             # server gone: the connector notices within the watchdog and backs off
             await sink.wait_for(lambda: conn.status()["connected"] is False, timeout=6)
             assert CONNECTED.labels("srv")._value.get() == 0
+            # the subscribed value no longer holds: a bad "stale" reading tells the aligner so
+            await sink.wait_for(lambda: any(r.status == "stale" for r in sink.readings))
+            stale = [r for r in sink.readings if r.status == "stale"]
+            assert [(r.node, r.prop, r.raw, r.quality) for r in stale] == [("m1", "p1", None, Quality.BAD)]
             await asyncio.sleep(1.0)
             async with opcua_server(port) as (_server, var):
                 await sink.wait_for(lambda: conn.status()["connected"] is True, timeout=10)
