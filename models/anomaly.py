@@ -4,13 +4,15 @@ Following SKAB's protocol, every experiment's first 400 rows are its normal base
 standardised against that asset's own baseline (``LoadedModel.with_baseline`` on the edge) and the detectors
 score the distance from normal operation learned over all baselines. Teacher: Mahalanobis distance plus
 k-nearest-neighbour distance (whitened), each scaled by its alarm level on held-out normal data. Student:
-the ensemble pruned to its Mahalanobis member (a four-node graph, int8-quantizable), its threshold matched
-to the teacher's alarm rate on held-out normal operation.
+the ensemble pruned to its Mahalanobis member (three nodes, int8-quantizable), its threshold matched to the
+teacher's alarm rate on held-out normal operation. The student's graph takes the raw window and the baseline
+and computes the window features itself (nodes generated from ``SPEC``), so the edge scores a window in one
+onnxruntime call; the teacher takes the features ``features.py`` computes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from models import build
 from models.datasets import SKAB_COLUMNS, file_names, files_hash, load_skab
 from models.distill import KnnDetector, MahalanobisDetector
 from models.errors import DataError, TrainingError
-from models.export import knn_ensemble_onnx, quadratic_score_onnx
+from models.export import knn_ensemble_onnx, quadratic_score_onnx, window_input_onnx
 from models.features import FeatureSpec, features, sliding_windows
 from models.runtime import LoadedModel, baseline_features, baseline_stats
 
@@ -38,6 +40,7 @@ SPEC = FeatureSpec(
 BASELINE_ROWS = 400  # SKAB protocol: the first 400 rows of each experiment are its training part
 NORMAL_CHUNK = 1000  # the anomaly-free run is cut into pseudo-experiments of this length
 ALARM_RATE = 0.05  # designed false-alarm rate on held-out normal operation
+KEEP_CONFIRMED = 0.9  # share of the windows people confirmed as faults that must still alarm after retraining
 SEED = 0
 
 
@@ -88,8 +91,14 @@ def segments(frames: Sequence[pd.DataFrame]) -> list[Segment]:
     return out
 
 
-def train(paths: Sequence[Path], version: str, progress: build.Progress = build.quiet) -> build.Built:
-    """Teacher ensemble and pruned student from SKAB CSVs (needs an unlabelled normal run for thresholds)."""
+def train(
+    paths: Sequence[Path], version: str, progress: build.Progress = build.quiet, extra: build.Extra | None = None
+) -> build.Built:
+    """Teacher ensemble and pruned student from SKAB CSVs (needs an unlabelled normal run for thresholds).
+
+    ``extra``: windows people called false alarms (label 0) join the normal operation the detectors learn
+    and the thresholds are set on; windows they confirmed as faults (label 1) cap the thresholds.
+    """
     frames = load_skab(paths)
     segs = segments(frames)
     fit = np.concatenate([s.baseline for s in segs])
@@ -97,13 +106,17 @@ def train(paths: Sequence[Path], version: str, progress: build.Progress = build.
     if not held:
         raise TrainingError("no normal-only run (anomaly-free.csv) to set thresholds on")
     held_out = np.concatenate(held)
+    false_alarms = extra.rows(0) if extra is not None else np.empty((0, fit.shape[1]))
+    confirmed = extra.rows(1) if extra is not None else np.empty((0, fit.shape[1]))
+    fit = np.concatenate([fit, false_alarms])
     progress(f"anomaly: detectors on {len(fit)} baseline windows, thresholds on {len(held_out)} normal windows")
     maha = MahalanobisDetector(alarm_rate=ALARM_RATE).fit(fit)
     knn = KnnDetector(alarm_rate=ALARM_RATE, random_state=SEED).fit(fit)
     level_m = float(np.quantile(maha.distance(held_out), 1 - ALARM_RATE))
     level_k = float(np.quantile(knn.distance(held_out), 1 - ALARM_RATE))
     teacher = EnsembleScorer(maha, knn, (0.5 / level_m, 0.5 / level_k))
-    teacher_threshold = float(np.quantile(teacher.predict(held_out), 1 - ALARM_RATE))
+    teacher_threshold = threshold(teacher.predict, held_out, false_alarms, confirmed)
+    student_threshold = threshold(maha.distance, held_out, false_alarms, confirmed)
     normal = [f for f in frames if "anomaly" not in f.columns]
     default_rows = pd.concat(normal)[list(SPEC.signals)].to_numpy(dtype=np.float64)
     mean, std = baseline_stats(baseline_features(default_rows, SPEC))
@@ -119,6 +132,7 @@ def train(paths: Sequence[Path], version: str, progress: build.Progress = build.
             "seed": SEED,
             "protocol": f"SKAB: first {BASELINE_ROWS} rows of each file are its normal baseline, the rest is "
             f"scored point-wise; thresholds at a {ALARM_RATE:.0%} alarm rate on held-out normal operation",
+            **({"feedback": extra.record} if extra is not None else {}),
         },
         baseline={
             "min_rows": BASELINE_ROWS,
@@ -134,12 +148,32 @@ def train(paths: Sequence[Path], version: str, progress: build.Progress = build.
     build.add_variants(
         built,
         knn_ensemble_onnx(knn.location_, knn.whitening_, knn.reference_, knn.n_neighbors, teacher.weights),
-        quadratic_score_onnx(maha.location_, maha.whitening_),
+        window_input_onnx(SPEC, quadratic_score_onnx(maha.location_, maha.whitening_)),
         output_name="score",
         n_features=fit.shape[1],
-        calibration={"teacher": {"threshold": teacher_threshold}, "student": {"threshold": level_m}},
+        calibration={"teacher": {"threshold": teacher_threshold}, "student": {"threshold": student_threshold}},
     )
+    architecture = "Mahalanobis member; window features and baseline computed in the graph"
+    for variant, suffix in (("student", ""), ("student-int8", ", dynamic int8")):
+        built.manifest["variants"][variant] |= {"graph_input": "window", "architecture": architecture + suffix}
+    built.manifest["variants"]["teacher"]["architecture"] = "Mahalanobis + kNN distance ensemble"
     return built
+
+
+def threshold(score: Callable[[Array], Array], normal: Array, false_alarms: Array, confirmed: Array) -> float:
+    """The alarm-rate quantile of the scores of normal operation.
+
+    Windows people called false alarms count as normal operation, which raises the threshold; the rise
+    stops where ``KEEP_CONFIRMED`` of the windows they confirmed as faults would no longer alarm. Feedback
+    never lowers the threshold below the one normal operation alone gives.
+    """
+    base = float(np.quantile(score(normal), 1 - ALARM_RATE))
+    if not len(false_alarms):
+        return base
+    level = float(np.quantile(score(np.concatenate([normal, false_alarms])), 1 - ALARM_RATE))
+    if len(confirmed):
+        level = min(level, float(np.quantile(score(confirmed), 1 - KEEP_CONFIRMED)))
+    return max(base, level)
 
 
 def evaluate(model: LoadedModel, paths: Sequence[Path], truth: Path | None = None) -> dict[str, Any]:

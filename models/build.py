@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import structlog
+from numpy.typing import NDArray
 
 from models import registry
 from models.export import has_matmul, quantize_int8
@@ -35,6 +37,24 @@ class Built:
     manifest: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)
     estimators: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Labelled feature rows from maintenance feedback, added to a task's training part, never to its held-out part.
+
+    ``features`` are rows as the model reads them (anomaly: relative to the asset's baseline); ``labels`` are
+    class indices (faults) or 1 for a confirmed fault and 0 for a false alarm (anomaly). ``record`` is what
+    the manifest keeps about them (counts, the feedback's sha256).
+    """
+
+    features: NDArray[np.float64]
+    labels: NDArray[np.int64]
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self, label: int) -> NDArray[np.float64]:
+        """The feature rows of one label."""
+        return self.features[self.labels == label]
 
 
 def new_manifest(

@@ -1,7 +1,9 @@
 """ONNX export (skl2onnx, or a hand-built graph where no converter exists) and int8 quantization.
 
-Training side only. Every exported graph takes one float32 input ``features`` of shape (n, n_features)
-and the manifest names the output the runtime reads.
+Training side only. An exported graph takes one float32 input ``features`` of shape (n, n_features), or,
+for a model that computes its own window features (``graph_input: window`` in the manifest), the float64
+window ``window`` (n, length, n_signals) and the baseline it is scored against; the manifest names the
+output the runtime reads.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from models.errors import TrainingError
+from models.features import FeatureSpec, window_statistics
+from models.registry import GRAPH_INPUTS
 
-INPUT_NAME = "features"
+(INPUT_NAME,) = GRAPH_INPUTS["features"]
+WINDOW_INPUT, *BASELINE_INPUTS = GRAPH_INPUTS["window"]
+FEATURE_NODES = "window_features/"  # name prefix of the float64 feature nodes, which int8 quantization skips
 OPSET = 17
 
 
@@ -47,27 +53,109 @@ def sklearn_to_onnx(estimator: Any, n_features: int, classifier: bool = False, n
 def quadratic_score_onnx(
     center: NDArray[np.float64], projection: NDArray[np.float64], name: str = "quadratic_score"
 ) -> bytes:
-    """ONNX graph of ``sqrt(sum(((x - center) @ projection) ** 2))``: a (low-rank) Mahalanobis distance.
+    """ONNX graph of ``||(x - center) @ projection||``: a (low-rank) Mahalanobis distance.
 
-    skl2onnx has no converter for covariance estimators; this graph is four nodes and quantizes to int8.
+    skl2onnx has no converter for covariance estimators; this graph is three nodes and quantizes to int8.
     """
     inits = [
         numpy_helper.from_array(center.astype(np.float32)[None, :], "center"),
         numpy_helper.from_array(projection.astype(np.float32), "projection"),
     ]
     nodes = [
-        helper.make_node("Sub", [INPUT_NAME, "center"], ["centered"]),
-        helper.make_node("MatMul", ["centered", "projection"], ["projected"]),
-        helper.make_node("Mul", ["projected", "projected"], ["squared"]),
-        helper.make_node("ReduceSum", ["squared", "axes"], ["sum"], keepdims=1),
-        helper.make_node("Sqrt", ["sum"], ["score"]),
+        helper.make_node("Sub", [INPUT_NAME, "center"], ["centered"], name="center"),
+        helper.make_node("MatMul", ["centered", "projection"], ["projected"], name="project"),
+        helper.make_node("ReduceL2", ["projected"], ["score"], axes=[1], keepdims=1, name="norm"),
     ]
-    inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"))
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, center.shape[0]])]
+    return checked_model(nodes, inits, inputs, [("score", [None, 1])], name)
+
+
+def window_features_nodes(spec: FeatureSpec) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes computing ``features.features(window, spec)`` in float64, from input ``window`` to ``raw_features``.
+
+    Built from the same ``FeatureSpec`` and the same constant matrices (``features.window_statistics``) as
+    the numpy features, so an edge graph that takes the window computes the numbers training saw. Only
+    the anomaly recipe (mean, std, slope, last value per signal) has a graph form.
+    """
+    if spec.task != "anomaly":
+        raise TrainingError(f"no ONNX form of the {spec.task} window features")
+    linear, centering = window_statistics(spec.window)
+    p = FEATURE_NODES
+    inits = [  # (k, length) @ (n, length, n_signals) → (n, k, n_signals): statistics in features.py order
+        numpy_helper.from_array(np.ascontiguousarray(linear[:, :1].T), p + "mean_weights"),
+        numpy_helper.from_array(np.ascontiguousarray(centering.T), p + "centering"),
+        numpy_helper.from_array(np.ascontiguousarray(linear[:, 1:].T), p + "slope_last_weights"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", [p + "mean_weights", WINDOW_INPUT], [p + "mean"], name=p + "mean"),
+        helper.make_node("MatMul", [p + "centering", WINDOW_INPUT], [p + "centered"], name=p + "centered"),
+        helper.make_node("ReduceL2", [p + "centered"], [p + "std"], axes=[1], keepdims=1, name=p + "std"),
+        helper.make_node("MatMul", [p + "slope_last_weights", WINDOW_INPUT], [p + "slope_last"], name=p + "slope"),
+        helper.make_node("Concat", [p + "mean", p + "std", p + "slope_last"], [p + "stats"], axis=1, name=p + "cat"),
+        helper.make_node("Flatten", [p + "stats"], ["raw_features"], axis=1, name=p + "flatten"),
+    ]
+    return nodes, inits
+
+
+def _window_input(spec: FeatureSpec) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(WINDOW_INPUT, TensorProto.DOUBLE, [None, spec.window, len(spec.signals)])
+
+
+def window_features_onnx(spec: FeatureSpec) -> bytes:
+    """A graph from ``window`` to its float64 ``raw_features`` alone (for checking the graph form)."""
+    nodes, inits = window_features_nodes(spec)
+    return checked_model(nodes, inits, [_window_input(spec)], [("raw_features", [None, None])], "window_features", True)
+
+
+def window_input_onnx(spec: FeatureSpec, core: bytes) -> bytes:
+    """A ``features``-input graph behind the window feature nodes and the baseline standardisation.
+
+    The edge then makes one onnxruntime call per window: raw readings in, score out. The baseline (mean and
+    reciprocal spread of each feature, ``runtime.baseline_stats``) is an input, so one graph serves every
+    asset's own baseline; the standardised features enter ``core`` as float32, as when it stood alone.
+    """
+    nodes, inits = window_features_nodes(spec)
+    mean, inv_std = BASELINE_INPUTS
+    p = FEATURE_NODES
+    nodes += [
+        helper.make_node("Sub", ["raw_features", mean], [p + "offset"], name=p + "offset"),
+        helper.make_node("Mul", [p + "offset", inv_std], [p + "standardised"], name=p + "scale"),
+        helper.make_node("Cast", [p + "standardised"], [INPUT_NAME], to=TensorProto.FLOAT, name=p + "cast"),
+    ]
+    width = feature_width(core)
+    inputs = [_window_input(spec)] + [
+        helper.make_tensor_value_info(name, TensorProto.DOUBLE, [width]) for name in BASELINE_INPUTS
+    ]
+    graph = onnx.load_from_string(core).graph
+    if [i.name for i in graph.input] != [INPUT_NAME]:
+        raise TrainingError(f"the core graph must take one input {INPUT_NAME!r}")
+    outputs = [(o.name, [d.dim_value or None for d in o.type.tensor_type.shape.dim]) for o in graph.output]
+    return checked_model(
+        nodes + list(graph.node), inits + list(graph.initializer), inputs, outputs, f"window_{graph.name}"
+    )
+
+
+def feature_width(model_bytes: bytes) -> int:
+    """The declared feature width of a ``features``-input graph."""
+    graph = onnx.load_from_string(model_bytes).graph
+    return int(graph.input[0].type.tensor_type.shape.dim[1].dim_value)
+
+
+def checked_model(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[tuple[str, list[int | None]]],
+    name: str,
+    double_outputs: bool = False,
+) -> bytes:
+    """A checked opset-17 model of these nodes as bytes (float32 outputs unless ``double_outputs``)."""
+    kind = TensorProto.DOUBLE if double_outputs else TensorProto.FLOAT
     graph = helper.make_graph(
         nodes,
         name,
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, center.shape[0]])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
+        inputs,
+        [helper.make_tensor_value_info(out, kind, shape) for out, shape in outputs],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -77,14 +165,18 @@ def quadratic_score_onnx(
 
 
 def quantize_int8(model_bytes: bytes) -> bytes:
-    """Dynamic int8 quantization of the graph's MatMul/Gemm weights (onnxruntime.quantization)."""
+    """Dynamic int8 quantization of the graph's MatMul/Gemm weights (onnxruntime.quantization).
+
+    Window feature nodes stay float64: their operand is the raw window, which int8 would round away.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    keep = [n.name for n in onnx.load_from_string(model_bytes).graph.node if n.name.startswith(FEATURE_NODES)]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model_bytes)
         try:
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, nodes_to_exclude=keep)
         except Exception as exc:  # onnxruntime raises bare Exceptions from its graph tools
             raise TrainingError(f"int8 quantization failed: {exc}") from None
         return dst.read_bytes()
@@ -134,14 +226,5 @@ def knn_ensemble_onnx(
         helper.make_node("Mul", ["knn", "weight_knn"], ["knn_w"]),
         helper.make_node("Add", ["maha_w", "knn_w"], ["score"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "knn_mahalanobis_ensemble",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, center.shape[0]])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, center.shape[0]])]
+    return checked_model(nodes, inits, inputs, [("score", [None, 1])], "knn_mahalanobis_ensemble")

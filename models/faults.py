@@ -81,21 +81,27 @@ def split(frame: pd.DataFrame, seed: int = SEED) -> tuple[NDArray[np.int64], NDA
     return np.sort(train), np.sort(test)
 
 
-def train(paths: Sequence[Path], version: str, progress: build.Progress = build.quiet) -> build.Built:
-    """Teacher, distilled student and their calibration from the AI4I CSV."""
+def train(
+    paths: Sequence[Path], version: str, progress: build.Progress = build.quiet, extra: build.Extra | None = None
+) -> build.Built:
+    """Teacher, distilled student and their calibration from the AI4I CSV (plus labelled feedback rows)."""
     frame = load_ai4i(paths)
     labels = labels_of(frame)
     X = features(windows_of(frame), SPEC).astype(np.float32)
     train_idx, _ = split(frame)
     fit_idx, cal_idx = train_test_split(train_idx, test_size=CAL_SIZE, stratify=labels[train_idx], random_state=SEED)
-    progress(f"faults: teacher (random forest) on {len(fit_idx)} rows")
+    X_fit, y_fit = X[fit_idx], labels[fit_idx]
+    if extra is not None:  # feedback joins the fitting part only: held-out and calibration rows stay as they were
+        X_fit = np.concatenate([X_fit, extra.features.astype(np.float32)])
+        y_fit = np.concatenate([y_fit, extra.labels])
+    progress(f"faults: teacher (random forest) on {len(X_fit)} rows")
     teacher = RandomForestClassifier(n_estimators=150, min_samples_leaf=1, random_state=SEED, n_jobs=1)
-    teacher.fit(X[fit_idx], labels[fit_idx])
+    teacher.fit(X_fit, y_fit)
     if len(teacher.classes_) != len(LABELS):
         raise TrainingError(f"training part lacks classes: has {teacher.classes_.tolist()}")
     progress(f"faults: student (decision tree, depth {STUDENT_DEPTH}) on soft targets, T={DISTILL_TEMPERATURE}")
-    soft = soft_targets(teacher.predict_proba(X[fit_idx]), DISTILL_TEMPERATURE)
-    student = DecisionTreeRegressor(max_depth=STUDENT_DEPTH, random_state=SEED).fit(X[fit_idx], soft)
+    soft = soft_targets(teacher.predict_proba(X_fit), DISTILL_TEMPERATURE)
+    student = DecisionTreeRegressor(max_depth=STUDENT_DEPTH, random_state=SEED).fit(X_fit, soft)
     calibration = {
         "teacher": {"temperature": fit_temperature(teacher.predict_proba(X[cal_idx]), labels[cal_idx])},
         "student": {"temperature": fit_temperature(student.predict(X[cal_idx]), labels[cal_idx])},
@@ -114,6 +120,7 @@ def train(paths: Sequence[Path], version: str, progress: build.Progress = build.
             "protocol": f"stratified {1 - TEST_SIZE:.0%}/{TEST_SIZE:.0%} split (seed {SEED}); "
             f"{CAL_SIZE:.0%} of the training part held out for calibration",
             "distill_temperature": DISTILL_TEMPERATURE,
+            **({"feedback": extra.record} if extra is not None else {}),
         },
         description="Failure mode of a milling process step (AI4I 2020 signals): none, TWF, HDF, PWF, OSF, RNF.",
         limits="TWF and RNF are random in the data and essentially unpredictable; HDF, PWF and OSF follow "

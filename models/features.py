@@ -138,25 +138,31 @@ def fault_features(windows: Array, spec: FeatureSpec) -> Array:
 
 
 @functools.lru_cache(maxsize=8)
-def _linear_stats(length: int) -> Array:
-    """Columns that give mean, least-squares slope and last value of a series as one matrix product."""
+def window_statistics(length: int) -> tuple[Array, Array]:
+    """The constant matrices behind the anomaly statistics of a ``length``-row series.
+
+    ``series @ linear`` gives mean, least-squares slope and last value (one product); the norm of
+    ``series @ centering`` over time is the standard deviation. The numpy path below and the ONNX graph
+    that computes the same features on the edge (``export.window_features_nodes``) are both built from these.
+    """
     t = np.arange(length, dtype=np.float64) - (length - 1) / 2.0
-    matrix = np.zeros((length, 3))
-    matrix[:, 0] = 1.0 / length
-    matrix[:, 1] = t / (float(np.dot(t, t)) or 1.0)
-    matrix[-1, 2] = 1.0
-    matrix.flags.writeable = False  # shared by every call
-    return matrix
+    linear = np.zeros((length, 3))
+    linear[:, 0] = 1.0 / length
+    linear[:, 1] = t / (float(np.dot(t, t)) or 1.0)
+    linear[-1, 2] = 1.0
+    centering = (np.eye(length) - 1.0 / length) / np.sqrt(length)
+    linear.flags.writeable = False  # shared by every call
+    centering.flags.writeable = False
+    return linear, centering
 
 
 def _anomaly_stats(series: Array) -> Array:
     """Mean, std, slope and last value of each signal; ``series`` is ``(..., n_signals, length)``."""
-    length = series.shape[-1]
-    # One product for the three linear statistics: this runs once per window on the edge.
-    linear = series @ _linear_stats(length)  # (..., n_signals, 3)
-    centered = series - linear[..., :1]
-    std = np.sqrt(np.einsum("...t,...t->...", centered, centered) / length)
-    return np.concatenate([linear[..., 0], std, linear[..., 1], linear[..., 2]], axis=-1)
+    linear, centering = window_statistics(series.shape[-1])
+    stats = series @ linear  # (..., n_signals, 3): mean, slope, last
+    centered = series @ centering
+    std = np.sqrt(np.einsum("...t,...t->...", centered, centered))
+    return np.concatenate([stats[..., 0], std, stats[..., 1], stats[..., 2]], axis=-1)
 
 
 def anomaly_features(windows: Array, spec: FeatureSpec) -> Array:

@@ -32,6 +32,12 @@ _REQUIRED = (
     "default_variant",
 )
 _VARIANT_KEYS = ("file", "sha256", "bytes", "output_name", "n_features", "calibration")
+# What a variant's graph takes (its manifest entry's ``graph_input``, default ``features``): standardised
+# float32 features, or the raw float64 window plus the baseline (mean, 1/std of each feature) it is scored on.
+GRAPH_INPUTS = {
+    "features": ("features",),
+    "window": ("window", "baseline_mean", "baseline_inv_std"),
+}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -97,6 +103,8 @@ def check_manifest(manifest: Any, directory: Path) -> None:
         lacking = [key for key in _VARIANT_KEYS if key not in entry]
         if lacking:
             raise ModelLoadError(f"{directory}: variant {variant} lacks {lacking}")
+        if entry.get("graph_input", "features") not in GRAPH_INPUTS:
+            raise ModelLoadError(f"{directory}: variant {variant} takes unknown input {entry['graph_input']!r}")
 
 
 def read_variant(directory: Path, manifest: dict[str, Any], variant: str) -> bytes:

@@ -23,7 +23,7 @@ TARGETS = {
     "anomaly": "student F1 above the best classical SKAB leaderboard method (MSET, 0.78)",
 }
 SKAB_BEST_CLASSICAL_F1 = 0.78
-_HEADLINE = {
+HEADLINE = {
     "rul": ("rmse", "nasa_score", "rmse_capped"),
     "faults": ("f1_binary", "macro_f1"),
     "anomaly": ("f1", "far", "mar"),
@@ -54,7 +54,7 @@ def sklearn_latency_us(model: runtime.LoadedModel, estimator: Any, window: dict[
     predict = getattr(estimator, "predict_proba", None) or estimator.predict
 
     def run() -> None:
-        predict(model.model_input(window))  # the edge's own validation and features, then scikit-learn
+        predict(model.feature_input(window))  # the edge's own validation and features.py, then scikit-learn
 
     return _timed_us(run, repeat)
 
@@ -134,7 +134,7 @@ def targets(task: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(task: str, rows: list[dict[str, Any]]) -> str:
     """The report table of one task as aligned text."""
-    metric_names = _HEADLINE[task]
+    metric_names = HEADLINE[task]
     header = ["variant", "bytes", "sklearn µs", "edge µs", "onnx-only µs", "batch win/s", *metric_names]
     lines = [f"{task}: {TARGETS[task]}", "  ".join(f"{h:>12}" for h in header)]
     for r in rows:
@@ -149,6 +149,22 @@ def table(task: str, rows: list[dict[str, Any]]) -> str:
         ]
         lines.append("  ".join(f"{c:>12}" for c in cells))
     return "\n".join(lines)
+
+
+def recorded_cascade(directory: Path) -> dict[str, Any] | None:
+    """The cascade figures the manifest records (``models cascade --write``, or training), if any."""
+    section = registry.read_manifest(directory).get("cascade")
+    return section if isinstance(section, dict) else None
+
+
+def cascade_text(section: dict[str, Any]) -> str:
+    """One line: the cascade against student and teacher, and the share of windows offloaded."""
+    metric = section["metric"]
+    return (
+        f"cascade (recorded): {metric} {section['cascade']:.3f} (student {section['student']:.3f}, teacher "
+        f"{section['teacher']:.3f}) offloading {100 * section['offload_share']:.1f} % below confidence "
+        f"{section['confidence_threshold']:.3f}"
+    )
 
 
 def write_plots(task: str, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:

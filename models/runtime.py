@@ -8,6 +8,10 @@ same code::
 
 A window with a missing signal, NaN, the wrong length or the wrong unit raises ``WindowRejected`` with a
 reason, unless the manifest declares a policy for it (short windows padded with their oldest row).
+
+A variant's graph takes either the standardised window features (computed here by ``features.py``) or, when
+its manifest entry says ``graph_input: window``, the validated window itself and the baseline: its features
+are then nodes of the graph, built at training from the same ``FeatureSpec`` (one onnxruntime call per window).
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class LoadedModel:
         variant: which variant's ONNX file is loaded (``teacher``, ``student``, ``student-int8``).
         session: the onnxruntime session of that file.
         baseline: per-feature (mean, std) an anomaly model scores against, or None for other tasks.
+
+    Raises:
+        ModelLoadError: a graph taking the window and a baseline was given none.
     """
 
     def __init__(
@@ -103,6 +110,12 @@ class LoadedModel:
         self._checked_units: dict[str, str] | None = None
         # (x - mean) / std as one multiply-subtract: x * scale - shift.
         self._scale_shift = None if baseline is None else (1.0 / baseline[1], baseline[0] / baseline[1])
+        self._window_graph = self._entry.get("graph_input", "features") == "window"
+        self._feed: dict[str, NDArray[np.float64]] = {}  # inputs besides the window that every call shares
+        if self._window_graph:
+            if baseline is None:
+                raise ModelLoadError(f"{manifest['name']} {variant}: its graph takes a baseline, none given")
+            self._feed = dict(zip(registry.GRAPH_INPUTS["window"][1:], (baseline[0], 1.0 / baseline[1]), strict=True))
 
     @property
     def task(self) -> str:
@@ -118,17 +131,22 @@ class LoadedModel:
             return self._fault(out.reshape(-1), self._calibration)
         return self._anomaly(float(out.flat[0]), self._calibration)
 
-    def model_input(
+    def model_input(self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None) -> NDArray[Any]:
+        """The graph's input for one validated window (the single-window fast path).
+
+        The ``(1, window, n_signals)`` float64 window for a graph computing its own features, otherwise the
+        ``(1, n_features)`` float32 features (``feature_input``).
+        """
+        series = self._series(window, units)
+        if self._window_graph:
+            return series.T[None]
+        return self._standardised(series_features(series, self.spec))[None]
+
+    def feature_input(
         self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None
     ) -> NDArray[np.float32]:
-        """The validated ``(1, n_features)`` float32 input of one window (the single-window fast path)."""
-        series = self._series(window, units)
-        feats = series_features(series, self.spec)
-        if self._scale_shift is not None:
-            scale, shift = self._scale_shift
-            feats *= scale
-            feats -= shift
-        return feats.astype(np.float32)[None]
+        """The ``(1, n_features)`` float32 features of one validated window, computed by ``features.py``."""
+        return self._standardised(series_features(self._series(window, units), self.spec))[None]
 
     def predict_batch(
         self, windows: Sequence[Mapping[str, Sequence[Any]]], units: Mapping[str, str] | None = None
@@ -161,19 +179,27 @@ class LoadedModel:
             raise WindowRejected("wrong_length", f"{length} rows, model takes {spec.min_window}..{spec.window}")
         return pad_oldest(series.T, spec.window).T
 
-    def transform(self, windows: NDArray[np.float64]) -> NDArray[np.float32]:
-        """Features of validated windows as the model's float32 input (anomaly: relative to the baseline)."""
-        feats = features(windows, self.spec)
+    def transform(self, windows: NDArray[np.float64]) -> NDArray[Any]:
+        """The graph's input for validated windows ``(n, window, n_signals)``: themselves or their features."""
+        if self._window_graph:
+            return np.ascontiguousarray(windows, dtype=np.float64)
+        return self.feature_matrix(windows)
+
+    def feature_matrix(self, windows: NDArray[np.float64]) -> NDArray[np.float32]:
+        """Float32 features of validated windows, by ``features.py`` (anomaly: relative to the baseline)."""
+        return self._standardised(features(windows, self.spec))
+
+    def _standardised(self, feats: NDArray[np.float64]) -> NDArray[np.float32]:
         if self._scale_shift is not None:
             scale, shift = self._scale_shift
             feats *= scale
             feats -= shift
         return feats.astype(np.float32)
 
-    def raw_outputs(self, feats: NDArray[np.float32]) -> NDArray[np.float32]:
-        """The ONNX output the manifest names, for a float32 feature matrix."""
+    def raw_outputs(self, inputs: NDArray[Any]) -> NDArray[np.float32]:
+        """The ONNX output the manifest names, for the graph's input (``transform``, ``model_input``)."""
         try:
-            out = self._run(self._output_names, {self._input_name: feats})[0]
+            out = self._run(self._output_names, {self._input_name: inputs, **self._feed})[0]
         except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidArgument errors
             raise InferenceError(f"{self.manifest['name']} {self.variant}: {exc}") from None
         return np.asarray(out, dtype=np.float32)
@@ -358,11 +384,16 @@ def _check_schema(directory: Path, manifest: dict[str, Any], variant: str, sessi
         width = features(probe, spec).shape[1]
     except (ValueError, IndexError, KeyError) as exc:
         raise ModelLoadError(f"{directory}: input schema does not fit the {spec.task} features ({exc})") from None
-    inputs = session.get_inputs()
-    declared = inputs[0].shape[1] if inputs and len(inputs[0].shape) == 2 else None
-    if len(inputs) != 1 or inputs[0].name != "features" or declared != width or entry["n_features"] != width:
+    takes = entry.get("graph_input", "features")
+    expected = {"features": [[width]], "window": [[spec.window, len(spec.signals)], [width], [width]]}[takes]
+    declared = [(i.name, [d if isinstance(d, int) else None for d in i.shape]) for i in session.get_inputs()]
+    wanted = list(zip(registry.GRAPH_INPUTS[takes], expected, strict=True))
+    # The first input's leading dimension is the batch: any size.
+    if [(n, shape[1:] if i == 0 else shape) for i, (n, shape) in enumerate(declared)] != wanted:
+        raise ModelLoadError(f"{directory}: {variant} takes {declared}, the manifest's input schema gives {wanted}")
+    if entry["n_features"] != width:
         raise ModelLoadError(
-            f"{directory}: {variant} takes {declared} features, the manifest's input schema gives {width}"
+            f"{directory}: {variant} declares {entry['n_features']} features, the schema gives {width}"
         )
     if entry["output_name"] not in {o.name for o in session.get_outputs()}:
         raise ModelLoadError(f"{directory}: {variant} has no output {entry['output_name']!r}")

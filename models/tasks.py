@@ -13,13 +13,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models import build, registry, runtime
+from models import build, cascade, registry, runtime
 from models.errors import DataError
 
 DEFAULT_VERSION = "1.0.0"
 # The version each task's training writes; bumped when the model changes (the edge loads the newest).
-VERSIONS = {"rul": "1.1.0", "faults": "1.0.0", "anomaly": "1.0.0"}
+VERSIONS = {"rul": "1.1.0", "faults": "1.0.0", "anomaly": "1.1.0"}
 TASK_MODULES = {"rul": "models.rul", "faults": "models.faults", "anomaly": "models.anomaly"}
+FEEDBACK_TASKS = ("faults", "anomaly")  # tasks whose training takes labelled feedback rows
 
 
 class TaskModule(Protocol):
@@ -52,10 +53,20 @@ def train(
     out: Path,
     version: str = DEFAULT_VERSION,
     progress: build.Progress = build.quiet,
+    extra: build.Extra | None = None,
 ) -> Path:
-    """Train a task's teacher and students into ``out/<task>/<version>``, each scored on its protocol."""
+    """Train a task's teacher and students into ``out/<task>/<version>``, each scored on its protocol.
+
+    ``extra``: labelled feedback rows for the training part (faults and anomaly; see ``models.retrain``).
+    The last step measures the edge/platform cascade on the same held-out data (``models.cascade``).
+    """
     started = time.perf_counter()
-    built = module(task).train(paths, version, progress)
+    if extra is None:
+        built = module(task).train(paths, version, progress)
+    elif task in FEEDBACK_TASKS:
+        built = module(task).train(paths, version, progress, extra=extra)  # type: ignore[call-arg]
+    else:
+        raise DataError(f"{task} training takes no feedback rows (only {', '.join(FEEDBACK_TASKS)})")
     directory = build.write(built, registry.model_dir(out, task, version))
     for variant in built.manifest["variants"]:
         progress(f"{task}: evaluating {variant}")
@@ -64,6 +75,8 @@ def train(
             k: v for k, v in scores.items() if isinstance(v, int | float) and k not in {"latency_us"}
         }
     choose_default(built.manifest)
+    progress(f"{task}: cascade threshold for {built.manifest['default_variant']}")
+    built.manifest["cascade"] = cascade.run(task, directory, paths, student_variant=built.manifest["default_variant"])
     built.manifest["training"]["seconds"] = round(time.perf_counter() - started, 1)
     registry.write_model_dir(directory, built.manifest, built.files)
     progress(f"{task}: done in {time.perf_counter() - started:.0f} s → {directory}")

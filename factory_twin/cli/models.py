@@ -1,4 +1,5 @@
-"""`factory-twin models`: train, evaluate and report the diagnostic models (rul, faults, anomaly)."""
+"""`factory-twin models`: train, evaluate and report the diagnostic models (rul, faults, anomaly), and manage the
+platform's model registry (upload, list, promote) over its API."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
 @click.group()
 @click.option("--log-level", default="WARNING", show_default=True, help="log level (logs go to stderr)")
 def models(log_level: str) -> None:
-    """Diagnostic models: train teachers and edge students, evaluate them, report against targets."""
+    """Diagnostic models: train teachers and edge students, evaluate, report; upload and promote on the platform."""
     from factory_twin.logs import configure_logging
 
     configure_logging(level=log_level)  # stdout stays for results (one JSON object with --json)
@@ -127,9 +128,222 @@ def report(root: Path, data_root: Path | None, only: tuple[str, ...], plots: Pat
         if plots is not None:
             for path in rep.write_plots(task, rows, plots):
                 click.echo(f"wrote {path}", err=True)
+        cascade = rep.recorded_cascade(directory)
         out[task] = {"model": str(directory), "rows": [_jsonable(r) for r in rows], "targets": checks}
+        out[task]["cascade"] = cascade
         if not as_json:
             click.echo(rep.table(task, rows))
+            if cascade is not None:
+                click.echo("  " + rep.cascade_text(cascade))
             click.echo("  targets: " + ", ".join(f"{k}={v}" for k, v in checks.items()) + "\n")
     if as_json:
         click.echo(json.dumps(out, sort_keys=True))
+
+
+@models.command("cascade")
+@click.argument("task", type=click.Choice(TASKS))
+@click.argument("extra", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "model", type=click.Path(exists=True, path_type=Path), default=REGISTRY, show_default=True)
+@click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path), help="data file or folder")
+@click.option("--truth", type=click.Path(exists=True, path_type=Path), default=None, help="RUL_FD00x file")
+@click.option("--variant", type=click.Choice(VARIANTS), default=None, help="the student; default: the edge variant")
+@click.option(
+    "--teacher",
+    "teacher_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="a model directory holding the same teacher (a teacher over 2 MB is not committed)",
+)
+@click.option("--max-offload", type=click.FloatRange(0.0, 1.0), default=0.10, show_default=True)
+@click.option("--write", is_flag=True, help="store the result as the manifest's cascade section")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
+def cascade_command(
+    task: str,
+    extra: tuple[Path, ...],
+    model: Path,
+    data: tuple[Path, ...],
+    truth: Path | None,
+    variant: str | None,
+    teacher_dir: Path | None,
+    max_offload: float,
+    write: bool,
+    as_json: bool,
+) -> None:
+    """Student, teacher and cascade on TASK's held-out data; the confidence threshold offloading ≤ MAX_OFFLOAD."""
+    from models import cascade
+    from models.errors import ModelError
+
+    try:
+        directory = _model_dir(task, model)
+        result = cascade.run(task, directory, _paths(data, extra), truth, variant, teacher_dir, max_offload)
+        if write:
+            cascade.write(directory, result)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"model": str(directory), **result}, sort_keys=True))
+        return
+    click.echo(cascade.summary(task, directory, result))
+    if write:
+        click.echo(f"written to {directory / 'manifest.json'}", err=True)
+
+
+@models.command()
+@click.option("--model", "model", type=click.Path(exists=True, path_type=Path), default=REGISTRY, show_default=True)
+@click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path), help="default: <datasets>/skab")
+@click.option("--baseline-rows", type=click.IntRange(min=1), default=400, show_default=True, help="healthy rows")
+@click.option(
+    "--quantile",
+    type=float,
+    default=0.99,
+    show_default=True,
+    help="the adapted threshold is at least this quantile of the healthy scores (EDGE_BASELINE_QUANTILE)",
+)
+@click.option("--variant", type=click.Choice(VARIANTS), default=None, help="default: the edge variant")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
+def adaptation(
+    model: Path, data: tuple[Path, ...], baseline_rows: int, quantile: float, variant: str | None, as_json: bool
+) -> None:
+    """Per-machine baselines on SKAB: each file scored against the default baseline and against its own."""
+    from models import adaptation as adapt
+    from models import runtime
+    from models.errors import ModelError
+
+    try:
+        loaded = runtime.load(_model_dir("anomaly", model), variant)
+        result = adapt.skab(loaded, list(data) or [_datasets_root() / "skab"], baseline_rows, quantile)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, sort_keys=True) if as_json else adapt.table(result))
+
+
+@models.command()
+@click.argument("task", type=click.Choice(TASKS))
+@click.argument("extra", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--feedback", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--platform", "platform_url", default=None, help="the platform's API to read the feedback from")
+@click.option("--key", envvar="FACTORY_TWIN_KEY", default=None, help="an engineer API key (FACTORY_TWIN_KEY)")
+@click.option("--since", default=None, help="only feedback recorded at or after (ISO 8601 with time zone)")
+@click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path), help="data file or folder")
+@click.option("--truth", type=click.Path(exists=True, path_type=Path), default=None, help="RUL_FD00x file")
+@click.option("--model", "model", type=click.Path(exists=True, path_type=Path), default=REGISTRY, show_default=True)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="where the new version goes"
+)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
+def retrain(
+    task: str,
+    extra: tuple[Path, ...],
+    feedback: Path | None,
+    platform_url: str | None,
+    key: str | None,
+    since: str | None,
+    data: tuple[Path, ...],
+    truth: Path | None,
+    model: Path,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Train a new version of TASK with maintenance feedback; old against new on the same held-out data.
+
+    The new version goes to OUT only: nothing is uploaded or promoted.
+    """
+    from models import retrain as rt
+    from models.errors import ModelError
+
+    if (feedback is None) == (platform_url is None):
+        raise click.UsageError("give the feedback with --feedback FILE.json or --platform URL --key KEY")
+    if platform_url is not None and not key:
+        raise click.UsageError("--platform needs --key (an engineer API key)")
+    try:
+        directory = _model_dir(task, model)
+        if feedback is not None:
+            raws = rt.read_file(feedback)
+        else:
+            raws = rt.fetch_from(str(platform_url), str(key), task, directory, since)
+        result = rt.retrain(
+            task, directory, raws, _paths(data, extra), out, truth, progress=lambda m: click.echo(m, err=True)
+        )
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, sort_keys=True) if as_json else rt.table(result))
+
+
+# The platform's model registry, over its REST API (twin/api/routes/models.py).
+_PLATFORM = click.option(
+    "--platform",
+    "platform_url",
+    envvar="FACTORY_TWIN_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="the platform's API (FACTORY_TWIN_URL)",
+)
+_KEY = click.option("--key", envvar="FACTORY_TWIN_KEY", required=True, help="an API key (FACTORY_TWIN_KEY)")
+
+
+def _call(method: str, url: str, key: str, **kwargs: Any) -> Any:
+    """One API request; the problem's detail as a ClickException when it fails."""
+    import httpx
+
+    try:
+        response = httpx.request(method, url, headers={"Authorization": f"Bearer {key}"}, timeout=120, **kwargs)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the platform at {url}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise click.ClickException(f"{response.status_code}: {detail}")
+    return response
+
+
+@models.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_PLATFORM
+@_KEY
+def upload(directory: Path, platform_url: str, key: str) -> None:
+    """Upload the registry model DIRECTORY (manifest.json, ONNX files, model card) to the platform."""
+    from twin.errors import InvalidRequest
+    from twin.model_registry import pack
+
+    try:
+        data = pack(directory)
+    except InvalidRequest as exc:
+        raise click.ClickException(str(exc)) from None
+    url = platform_url.rstrip("/") + "/api/v1/models"
+    response = _call("POST", url, key, content=data)
+    body = response.json()
+    state = "uploaded" if response.status_code == 201 else "already uploaded"
+    click.echo(f"{state} {body['task']} {body['version']} ({body['name']}, sha256 {body['sha256'][:12]}…)")
+
+
+@models.command(name="list")
+@_PLATFORM
+@_KEY
+@click.option("--json", "as_json", is_flag=True, help="the API's JSON")
+def list_(platform_url: str, key: str, as_json: bool) -> None:
+    """List the platform's model versions, the asset types each is promoted for, and reported failures."""
+    body = _call("GET", platform_url.rstrip("/") + "/api/v1/models", key).json()
+    if as_json:
+        click.echo(json.dumps(body, sort_keys=True))
+        return
+    for m in body["items"]:
+        promoted = ",".join(m["promoted_for"]) or "-"
+        failed = f"  {len(m['failures'])} failure report(s)" if m["failures"] else ""
+        click.echo(f"{m['task']:<8} {m['version']:<10} {m['name']:<24} promoted: {promoted}{failed}")
+    if not body["items"]:
+        click.echo("no models yet: `factory-twin models upload DIR`", err=True)
+
+
+@models.command()
+@click.argument("task", type=click.Choice(TASKS))
+@click.argument("version")
+@click.option("--asset-type", required=True, help="the asset type whose agents should run this version")
+@_PLATFORM
+@_KEY
+def promote(task: str, version: str, asset_type: str, platform_url: str, key: str) -> None:
+    """Have the agents of an asset type run VERSION of TASK (promoting an older version rolls back)."""
+    url = f"{platform_url.rstrip('/')}/api/v1/models/{task}/{version}/promote"
+    _call("POST", url, key, json={"asset_type": asset_type})
+    click.echo(f"promoted {task} {version} for {asset_type}")

@@ -62,3 +62,40 @@ def test_anomaly_features_of_a_known_window() -> None:
     assert np.allclose(feats[1], 2.0 * t.std())  # std
     assert np.allclose(feats[2], 2.0)  # slope
     assert np.allclose(feats[3], 2.0 * t[-1] + 5.0)  # last
+
+
+def _graph_features(windows: np.ndarray, spec) -> np.ndarray:
+    import onnxruntime as ort
+
+    from models.export import window_features_onnx
+
+    session = ort.InferenceSession(window_features_onnx(spec), providers=["CPUExecutionProvider"])
+    return session.run(["raw_features"], {"window": windows})[0]
+
+
+def test_window_feature_graph_equals_features_py_on_real_windows(datasets) -> None:
+    # The edge student computes the anomaly features in ONNX: generated from the same FeatureSpec, they must be
+    # the numbers features.py gives, on real SKAB windows (steady and faulty parts alike).
+    from models.datasets import load_skab
+
+    spec = anomaly.SPEC
+    frame = load_skab([datasets / "skab" / "valve1" / "0.csv"])[0]
+    rows = frame[list(spec.signals)].to_numpy(dtype=np.float64)
+    windows = sliding_windows(rows, spec.window, spec.window)
+    expected = features(windows, spec)
+    got = _graph_features(windows, spec)
+    assert got.dtype == np.float64
+    assert got.shape == expected.shape
+    assert np.allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_window_feature_graph_of_a_known_window_and_other_recipes_refused() -> None:
+    from models.errors import TrainingError
+    from models.export import window_features_nodes
+
+    spec = anomaly.SPEC
+    t = np.arange(spec.window, dtype=np.float64)
+    window = np.tile((2.0 * t + 5.0)[:, None], (1, len(spec.signals)))[None]
+    assert np.allclose(_graph_features(window, spec), features(window, spec), rtol=1e-12)
+    with pytest.raises(TrainingError, match="no ONNX form"):
+        window_features_nodes(rul.SPEC)

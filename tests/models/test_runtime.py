@@ -147,7 +147,7 @@ def test_sha_mismatch_is_refused(committed: Path, tmp_path: Path) -> None:
         runtime.load(target)
 
 
-@pytest.mark.parametrize("change", ["schema", "signals", "n_features", "missing_file", "task"])
+@pytest.mark.parametrize("change", ["schema", "signals", "n_features", "missing_file", "task", "graph_input"])
 def test_schema_mismatch_is_refused(committed: Path, tmp_path: Path, change: str) -> None:
     target = _copy(committed, tmp_path)
     manifest = json.loads((target / registry.MANIFEST).read_text())
@@ -162,6 +162,9 @@ def test_schema_mismatch_is_refused(committed: Path, tmp_path: Path, change: str
         (target / manifest["variants"][manifest["default_variant"]]["file"]).unlink()
     elif change == "task":
         manifest["task"] = "weather"
+    elif change == "graph_input":  # a features graph declared as taking the window, or an unknown input
+        takes = manifest["variants"][manifest["default_variant"]].get("graph_input", "features")
+        manifest["variants"][manifest["default_variant"]]["graph_input"] = "window" if takes == "features" else "x"
     (target / registry.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelLoadError):
         runtime.load(target)
@@ -202,8 +205,46 @@ def test_single_window_input_equals_the_batch_path(committed: Path) -> None:
     window = _window(model)
     single = model.model_input(window)
     batch = model.transform(model.window_array(window)[None])
-    assert single.dtype == np.float32
+    takes = model.manifest["variants"][model.variant].get("graph_input", "features")
+    assert single.dtype == {"features": np.float32, "window": np.float64}[takes]
     assert np.allclose(single, batch, rtol=1e-6, atol=1e-6)
+    assert np.allclose(model.feature_input(window), model.feature_matrix(model.window_array(window)[None]))
+
+
+def test_every_committed_version_stays_loadable(registry_root: Path) -> None:
+    # The edge loads the newest version; older directories must still load and score by path.
+    directories = sorted(p.parent for p in registry_root.glob(f"*/*/{registry.MANIFEST}"))
+    assert {d.parent.name for d in directories} >= {"rul", "faults", "anomaly"}
+    for directory in directories:
+        for variant, entry in registry.read_manifest(directory)["variants"].items():
+            if (directory / entry["file"]).is_file():
+                model = runtime.load(directory, variant)
+                assert math.isfinite(model.predict(_window(model)).confidence), (directory, variant)
+
+
+def test_window_graph_scores_like_its_features_on_the_numpy_path(registry_root: Path) -> None:
+    # The anomaly student computes its window features in the graph; the same Mahalanobis distance on the
+    # features.py features (whitening read back from the graph) gives the same score.
+    import onnx
+    from onnx import numpy_helper
+
+    directory = registry.latest(registry_root, "anomaly")
+    model = runtime.load(directory, "student")
+    assert model.manifest["variants"]["student"]["graph_input"] == "window"
+    graph = onnx.load(directory / model.manifest["variants"]["student"]["file"]).graph
+    weights = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in graph.initializer}
+    rng = np.random.default_rng(1)
+    windows = np.stack([model.window_array(_window(model)) for _ in range(3)])
+    windows += rng.standard_normal(windows.shape) * 0.05
+    expected = np.linalg.norm((model.feature_matrix(windows) - weights["center"]) @ weights["projection"], axis=1)
+    got = model.raw_outputs(model.transform(windows)).reshape(-1)
+    assert np.allclose(got, expected, rtol=1e-4)
+
+
+def test_window_graph_without_a_baseline_is_refused(registry_root: Path) -> None:
+    model = runtime.load(registry.latest(registry_root, "anomaly"), "student-int8")
+    with pytest.raises(ModelLoadError, match="baseline"):
+        runtime.LoadedModel(model.manifest, model.variant, model._session, None)
 
 
 def test_changed_units_are_checked_again(committed: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from models import anomaly, build, faults, rul, runtime, tasks
 from models.datasets import load_cmapss
 from models.errors import DataError, TrainingError
+from models.features import sliding_windows
 
 pytestmark = pytest.mark.datasets
 
@@ -66,11 +67,18 @@ def test_anomaly_pipeline_and_parity(datasets: Path, tmp_path: Path) -> None:
     result = tasks.evaluate("anomaly", directory, data[1:], keep_extras=True)
     assert 0.0 <= result["f1"] <= 1.0
     assert result["latency_us"] > 0
-    segs = anomaly.segments(anomaly.load_skab(data[1:2]))
+    # The students take raw windows and the baseline (features computed in the graph), the teacher takes
+    # features.py's features: all must score what scikit-learn scores on features.py's features.
+    spec = anomaly.SPEC
+    frame = anomaly.load_skab(data[1:2])[0]
+    rows = frame[list(spec.signals)].to_numpy(dtype=np.float64)
+    history = {s: rows[: anomaly.BASELINE_ROWS, i] for i, s in enumerate(spec.signals)}
+    windows = sliding_windows(rows, spec.window, spec.window)[anomaly.BASELINE_ROWS - (spec.window - 1) :]
+    z = anomaly.segments([frame])[0].scored
     for variant in ("teacher", "student", "student-int8"):
-        model = runtime.load(directory, variant)
-        z = segs[0].scored.astype(np.float32)
-        got = model.raw_outputs(z).reshape(-1)
+        model = runtime.load(directory, variant).with_baseline(history)
+        assert (variant != "teacher") == (model.manifest["variants"][variant].get("graph_input") == "window")
+        got = model.raw_outputs(model.transform(windows)).reshape(-1)
         estimator = build.load_estimator(directory, variant.removesuffix("-int8"))
         expected = estimator.predict(z) if variant == "teacher" else estimator.distance(z)
         tolerance = 0.05 if variant == "student-int8" else 1e-3
