@@ -6,6 +6,8 @@ find and revoke it), and the secret is 256 random bits. Only the SHA-256 of the 
 itself is shown once, when it is created.
 
 Roles are ordered: viewer < technician < engineer < admin. A route asks for the lowest role it accepts.
+The ``agent`` role, for edge gateways, sits below viewer: it passes no person's check, and only the routes
+made for gateways (model downloads, the cascade, model failure reports) accept it, by name.
 """
 
 from __future__ import annotations
@@ -33,11 +35,22 @@ _SECRET_BYTES = 32
 # Writing last_used_at on every request would turn each read into a write (and, on SQLite, take the one
 # write lock); a key's last use to the minute is all anyone needs.
 LAST_USED_RESOLUTION_US = 60_000_000
+# A dashboard login is an API key named ``session:<username>``; unlike a standing key it expires.
+SESSION_PREFIX = "session:"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """How long a login session lives: ``idle_s`` since its last use, ``max_s`` since the login at most."""
+
+    idle_s: float = 8 * 3600.0
+    max_s: float = 7 * 86_400.0
 
 
 class Role(StrEnum):
-    """What a key may do; each role includes the ones below it."""
+    """What a key may do; each role from viewer up includes the ones below it, none includes agent."""
 
+    AGENT = "agent"  # an edge gateway: download models, ask the platform's teacher, report model failures
     VIEWER = "viewer"  # read the twin, alerts and advice
     TECHNICIAN = "technician"  # also acknowledge and work on alerts
     ENGINEER = "engineer"  # also change rules, knowledge base, models
@@ -45,7 +58,7 @@ class Role(StrEnum):
 
     @property
     def rank(self) -> int:
-        """Position in the order viewer < technician < engineer < admin."""
+        """Position in the order agent < viewer < technician < engineer < admin."""
         return _RANKS[self]
 
     def __lt__(self, other: str) -> bool:
@@ -62,6 +75,7 @@ class Role(StrEnum):
 
 
 _RANKS = {role: i for i, role in enumerate(Role)}
+PERSON_ROLES = tuple(role for role in Role if role is not Role.AGENT)  # the roles a dashboard user may have
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +94,10 @@ class Principal:
     name: str
     role: Role
 
-    def require(self, role: Role) -> None:
-        """Raise Forbidden unless this principal has at least ``role``."""
+    def require(self, role: Role, *, or_agent: bool = False) -> None:
+        """Raise Forbidden unless this principal has at least ``role`` (or, with ``or_agent``, is an agent)."""
+        if or_agent and self.role is Role.AGENT:
+            return
         if self.role < role:
             raise Forbidden(
                 f"this action needs the {role.value} role; the key {self.prefix} is {self.role.value}"
@@ -138,8 +154,8 @@ def create_key(session: Session, role: Role | str, name: str = "") -> str:
     raise StoreError("could not find a free key prefix")  # pragma: no cover
 
 
-def authenticate(session: Session, key: str | None) -> Principal:
-    """The principal behind ``key``; Unauthenticated if it is missing, malformed, unknown or revoked."""
+def authenticate(session: Session, key: str | None, limits: SessionLimits | None = None) -> Principal:
+    """The principal behind ``key``; Unauthenticated if it is missing, malformed, unknown, revoked or expired."""
     if not key:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
     prefix = _split(key)
@@ -149,9 +165,18 @@ def authenticate(session: Session, key: str | None) -> Principal:
         raise Unauthenticated("invalid API key")
     if row.revoked:
         raise Unauthenticated(f"API key {row.prefix} has been revoked")
+    if row.name.startswith(SESSION_PREFIX) and _expired(row, limits or SessionLimits()):
+        raise Unauthenticated("your session has expired: log in again")
     principal = Principal(key_id=row.id, prefix=row.prefix, name=row.name, role=Role(row.role))
     _touch(session, row)
     return principal
+
+
+def _expired(row: ApiKey, limits: SessionLimits) -> bool:
+    """Whether a session key is past its idle or absolute lifetime (last use is known to the minute)."""
+    now = now_us()
+    last = max(row.created_at, row.last_used_at or 0)
+    return now - last > limits.idle_s * 1e6 + LAST_USED_RESOLUTION_US or now - row.created_at > limits.max_s * 1e6
 
 
 def _touch(session: Session, row: ApiKey) -> None:

@@ -41,11 +41,21 @@ class TwinSettings(BaseSettings):
     log_json: bool | None = Field(None, description="JSON logs; default: JSON when stderr is not a terminal")
     metrics_host: str = Field("127.0.0.1", description="where an ingest process serves Prometheus metrics")
     metrics_port: int = Field(-1, ge=-1, le=65535, description="ingest metrics port; -1: none")
+    api_metrics: bool = Field(True, description="serve Prometheus metrics at GET /metrics of the API, without a key")
+    alert_tick_s: float = Field(2.0, gt=0, description="alert clock: stale data, delays, shelves, escalation")
+    alert_sweep_s: float = Field(30.0, gt=0, description="the alert leader re-reads every watched property this often")
+    alert_leader_retry_s: float = Field(2.0, gt=0, description="a standby tries to become the alert leader this often")
     history_retention_days: float = Field(0, ge=0, description="raw history kept, days; 0 keeps all")
     rollup_retention_days: float = Field(0, ge=0, description="1m/1h rollups kept, days; 0 keeps all")
     history_partition_hours: int = Field(24, ge=1, le=24 * 31, description="PostgreSQL partition span")
     history_partitions_ahead: int = Field(3, ge=1, le=1000, description="partitions created ahead of now")
     history_maintenance_s: float = Field(60.0, gt=0, description="partition and rollup job interval (ingest)")
+    session_idle_s: float = Field(8 * 3600.0, gt=0, description="a dashboard login ends after this long unused")
+    session_max_s: float = Field(7 * 86_400.0, gt=0, description="a dashboard login ends this long after it began")
+    model_dir: Path | None = Field(
+        None, description="registry of teacher models for the cascade besides uploaded ones; default: the package's"
+    )
+    model_max_bytes: int = Field(64 << 20, ge=1 << 16, description="largest model archive an upload may send")
     config: Path | None = Field(None, description="optional YAML config file")
 
     @field_validator("database_url")

@@ -4,10 +4,12 @@
     ├── ConfigError          settings are invalid or unsafe (placeholder secret, bad URL)
     ├── SchemaOutdated       the database schema is behind the code: run `factory-twin db upgrade`
     ├── StoreError           the database refused or failed a write (translated from SQLAlchemy)
+    │   └── LeadershipLost   this process no longer holds a leader lock (twin/leader.py)
     ├── BrokerError          the MQTT broker is unreachable or refused us (translated from paho)
     ├── NotFound             a node, property, alert... does not exist
     ├── Conflict             the request contradicts the current state
     ├── InvalidRequest       a request asks for something impossible: bad range, foreign cursor (422)
+    ├── Unavailable          what the request needs is not there now: no teacher model for the cascade (503)
     └── AuthError
         ├── Unauthenticated  no key, or an unknown or revoked one (401)
         └── Forbidden        the key's role is too low (403)
@@ -28,6 +30,10 @@ class SchemaOutdated(TwinError):
 
 class StoreError(TwinError):
     """The database refused or failed an operation."""
+
+
+class LeadershipLost(StoreError):
+    """The connection that held a leader lock is gone: another process may lead now."""
 
 
 class BrokerError(TwinError):
@@ -56,3 +62,7 @@ class Forbidden(AuthError):
 
 class InvalidRequest(TwinError):
     """The request's parameters are inconsistent or unusable (an inverted time range, a foreign cursor)."""
+
+
+class Unavailable(TwinError):
+    """What the request needs is missing or failing right now (no teacher model for the cascade); retry later."""

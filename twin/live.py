@@ -11,6 +11,9 @@ replicas subscribe (``LiveBus.subscribe``, an async iterator the dashboard's ser
 Live updates say *what* changed, not the values: a subscriber reads the latest state through the API, so a
 lost or merged event costs at most a late refresh. When events may have been lost (a subscriber too slow,
 the LISTEN connection re-established) the subscriber gets ``RESYNC``: re-read everything it shows.
+
+Threads read with ``LiveBus.reader()`` (``wait(timeout)`` → events): the alert evaluator does, to hear what any
+process stored (a LISTEN connection of its own on PostgreSQL, the in-process fan-out on SQLite).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 from sqlalchemy import Engine
@@ -121,11 +125,24 @@ class LiveBus:
 
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
+        self._readers: set[ThreadReader] = set()
         self._lock = threading.Lock()
 
     def publish(self, changed: Mapping[str, Iterable[str]]) -> None:
         """Announce that these nodes' properties changed; callable from any thread, never raises."""
-        self._deliver([LiveEvent(node, tuple(props)) for node, props in changed.items()])
+        events = [LiveEvent(node, tuple(props)) for node, props in changed.items()]
+        self._deliver(events)
+        with self._lock:
+            readers = list(self._readers)
+        for reader in readers:
+            reader.put(events)
+
+    def reader(self) -> LiveReader:
+        """Events for a thread of this process (not an event loop); ``close()`` it when done."""
+        reader = ThreadReader(self)
+        with self._lock:
+            self._readers.add(reader)
+        return reader
 
     def listener(self, _batch: UplinkBatch, result: ApplyResult) -> None:
         """An ``Ingestor`` listener: publishes the latest-state changes of a stored batch."""
@@ -164,6 +181,10 @@ class LiveBus:
         with self._lock:
             self._subs.discard(sub)
 
+    def _remove_reader(self, reader: ThreadReader) -> None:
+        with self._lock:
+            self._readers.discard(reader)
+
     def _deliver(self, events: list[LiveEvent]) -> None:
         with self._lock:
             subs = list(self._subs)
@@ -175,6 +196,107 @@ class LiveBus:
                 sub.loop.call_soon_threadsafe(_put_all, sub, wanted)
             except RuntimeError:  # its loop is closed: the subscriber is gone
                 self._remove(sub)
+
+
+class LiveReader(Protocol):
+    """Live events read by a thread."""
+
+    def wait(self, timeout: float) -> list[LiveEvent]:
+        """What arrived since the last call, waiting up to ``timeout`` s for something; ``RESYNC`` when some
+        events may have been lost."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading."""
+        ...
+
+
+class ThreadReader:
+    """A thread's reader of the in-process bus; more than ``maxsize`` unread events become one ``RESYNC``.
+
+    Args:
+        bus: the bus it reads.
+        maxsize: unread events held.
+    """
+
+    def __init__(self, bus: LiveBus, maxsize: int = 10_000) -> None:
+        self._bus = bus
+        self.maxsize = maxsize
+        self._events: list[LiveEvent] = []
+        self._cond = threading.Condition()
+
+    def put(self, events: list[LiveEvent]) -> None:
+        """Queue events (from the publishing thread)."""
+        with self._cond:
+            if len(self._events) + len(events) > self.maxsize:
+                events, self._events = [RESYNC], []
+            self._events.extend(events)
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> list[LiveEvent]:
+        """What arrived, waiting up to ``timeout`` s for something."""
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._events), timeout)
+            events, self._events = self._events, []
+        return events
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        self._bus._remove_reader(self)
+
+
+class NotifyReader:
+    """A thread's reader of ``LISTEN twin_live`` on a connection of its own; reconnects, then says ``RESYNC``.
+
+    Args:
+        conninfo: a libpq URL.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self._conn: Any = None
+        self._lost = False
+        self._connect()
+
+    def _connect(self) -> None:
+        import psycopg
+
+        conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def wait(self, timeout: float) -> list[LiveEvent]:
+        """Notifications received, waiting up to ``timeout`` s for the first; never raises."""
+        import psycopg
+
+        try:
+            if self._conn is None:
+                self._connect()
+            if self._lost:  # notifications sent while we were away are gone
+                self._lost = False
+                return [RESYNC]
+            got = list(self._conn.notifies(timeout=timeout, stop_after=1))
+            if got:
+                got += self._conn.notifies(timeout=0)  # and whatever came with it
+            return [e for n in got for e in decode(n.payload)]
+        except psycopg.Error as exc:
+            log.warning("live listen connection lost, reconnecting", error=str(exc).splitlines()[0]
+                        if str(exc) else type(exc).__name__)
+            self.close()
+            self._lost = True
+            time.sleep(min(timeout, 1.0))
+            return []
+
+    def close(self) -> None:
+        """Close the LISTEN connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def _put_all(sub: Subscription, events: list[LiveEvent]) -> None:
@@ -253,6 +375,10 @@ class PostgresLiveBus(LiveBus):
                 self._notify_conn.close()
             finally:
                 self._notify_conn = None
+
+    def reader(self) -> LiveReader:
+        """Events for a thread, from every process: a LISTEN connection of its own (raises if it cannot)."""
+        return NotifyReader(self.conninfo)
 
     def _started(self, loop: asyncio.AbstractEventLoop) -> None:
         task = self._tasks.get(loop)

@@ -1,20 +1,45 @@
-"""Prometheus metrics of an ingest process (``factory-twin serve --role ingest``), on TWIN_METRICS_PORT.
+"""Prometheus metrics of every platform process.
 
-Read from the ingestor's counters at scrape time (a custom collector), so the hot path pays nothing.
+- An ingest process (``serve --role ingest``) serves them on TWIN_METRICS_HOST:TWIN_METRICS_PORT: ingest
+  counters, the rollup lag, and whether it is the alert leader (with the evaluation lag).
+- The API (``serve --role api`` or ``all``) serves ``GET /metrics`` while TWIN_API_METRICS is on (the default),
+  without a key, as Prometheus expects: requests by route and status, their durations, open live streams; with
+  ``--role all`` the ingest and alert metrics too. Keep it off a public network, or turn it off there.
+
+The parts' counters are read at scrape time (custom collectors), so the hot path pays nothing; the request
+counters are the exception, one increment per request.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from plant.wire import now_us
+from twin.alerts.evaluator import AlertEvaluator
+from twin.errors import ConfigError
 from twin.history import HistoryJob
 from twin.ingest import Ingestor
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from twin.config import TwinSettings
+    from twin.platform import Platform
 
 
 class IngestCollector(Collector):
@@ -44,17 +69,162 @@ class IngestCollector(Collector):
         for reason, n in sorted(s.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
-        yield GaugeMetricFamily("twin_ingest_workers", "ingest workers (MQTT clients) in this process",
-                                value=self.ingestor.workers)
+        yield GaugeMetricFamily(
+            "twin_ingest_workers", "ingest workers (MQTT clients) in this process", value=self.ingestor.workers
+        )
         if self.history is not None and self.history.last is not None:
             lag = max(0.0, (now_us() - self.history.last.rollup_to) / 1e6)
-            yield GaugeMetricFamily("twin_history_rollup_lag_seconds",
-                                    "how far the 1-minute rollup is behind now", value=lag)
+            yield GaugeMetricFamily(
+                "twin_history_rollup_lag_seconds", "how far the 1-minute rollup is behind now", value=lag
+            )
 
 
-def serve_metrics(ingestor: Ingestor, history: HistoryJob | None, host: str, port: int) -> Any:
-    """Serve the ingest metrics over HTTP on a daemon thread; returns the server (``shutdown()`` stops it)."""
+class AlertCollector(Collector):
+    """Leadership and progress of the process's alert evaluator.
+
+    Args:
+        evaluator: the process's alert evaluator (a candidate for the lead).
+    """
+
+    def __init__(self, evaluator: AlertEvaluator) -> None:
+        self.evaluator = evaluator
+
+    def collect(self) -> Iterator[Any]:
+        """The metrics, read now."""
+        s = self.evaluator.stats()
+        yield GaugeMetricFamily(
+            "twin_alert_leader", "1 in the process that evaluates the alerts (one per database)", value=s.leader
+        )
+        yield CounterMetricFamily("twin_alert_leader_terms", "times this process became the alert leader", s.terms)
+        yield CounterMetricFamily(
+            "twin_alert_evaluation_passes", "reads of stored changes judged by the rules", s.passes
+        )
+        yield CounterMetricFamily("twin_alert_transitions", "alert transitions written by this process", s.written)
+        yield CounterMetricFamily(
+            "twin_alert_evaluation_seconds", "time spent reading and judging (rate: how busy the leader is)", s.busy_s
+        )
+        if s.leader:
+            yield GaugeMetricFamily(
+                "twin_alert_evaluation_lag_seconds",
+                "stored → judged by the alert rules, of the oldest new value of the last pass",
+                value=s.lag_s,
+            )
+
+
+def platform_collectors(platform: Platform) -> list[Collector]:
+    """Collectors of the parts a platform runs (ingest, history, alert evaluation)."""
+    out: list[Collector] = []
+    if platform.ingestor is not None:
+        out.append(IngestCollector(platform.ingestor, platform.history))
+    if platform.evaluator is not None:
+        out.append(AlertCollector(platform.evaluator))
+    return out
+
+
+def registry_of(collectors: list[Collector]) -> CollectorRegistry:
+    """A registry with these collectors and the process's own figures (CPU, memory, open files)."""
     registry = CollectorRegistry()
-    registry.register(IngestCollector(ingestor, history))
-    server, _thread = start_http_server(port, host, registry=registry)
+    registry.register(PROCESS_COLLECTOR)
+    for c in collectors:
+        registry.register(c)
+    return registry
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Any:
+    """Serve a registry over HTTP on a daemon thread; returns the server (``shutdown()`` stops it)."""
+    try:
+        server, _thread = start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port} (TWIN_METRICS_HOST/PORT): {exc.strerror}") from exc
     return server
+
+
+# ---- the API's GET /metrics --------------------------------------------------------------------------------
+
+
+class LiveCollector(Collector):
+    """Open live streams (server-sent events) of one API app.
+
+    Args:
+        app: the API application.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        """The metrics, read now."""
+        yield GaugeMetricFamily(
+            "twin_api_live_streams", "open live subscriptions", value=self.app.state.live.subscribers
+        )
+
+
+class RequestMetrics:
+    """ASGI middleware counting requests by method, route template and status, and timing them.
+
+    Args:
+        app: the wrapped application.
+        registry: where the counters live (one registry per API app).
+    """
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.requests = Counter(
+            "twin_api_requests", "API requests answered", ["method", "route", "status"], registry=registry
+        )
+        self.seconds = Histogram(
+            "twin_api_request_seconds", "API request durations", ["method", "route"], registry=registry
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = route_template(scope)
+            self.requests.labels(scope["method"], route, str(status)).inc()
+            self.seconds.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (``/api/v1/nodes/{node_id}``), so the label set stays small.
+
+    The route object knows its path within its router only; the router's prefix is what precedes it in the
+    request's path (prefixes here have no parameters).
+    """
+    route = getattr(scope.get("route"), "path", None)
+    if not isinstance(route, str):
+        return "unmatched"
+    if ":path}" in route:  # a parameter that spans segments: the route alone
+        return route
+    path = str(scope.get("path", ""))
+    keep = path.count("/") - route.count("/")
+    return ("/".join(path.split("/")[: keep + 1]) if keep > 0 else "") + route
+
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+def get_metrics(request: Request) -> Response:
+    """Prometheus metrics of this API process."""
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+
+
+def instrument(app: FastAPI, settings: TwinSettings) -> None:
+    """Give the app its registry (``app.state.metrics``) and, when TWIN_API_METRICS is on, GET /metrics."""
+    app.state.metrics = registry_of([LiveCollector(app)])
+    if settings.api_metrics:
+        app.add_middleware(RequestMetrics, registry=app.state.metrics)
+        app.include_router(router)

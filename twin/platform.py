@@ -1,14 +1,16 @@
 """The platform's background work around one database, wired in one place for `serve` and the demo.
 
-After each ingested batch (on the ingest worker's thread) the changes fan out, in this order:
+After each ingested batch (on the ingest worker's thread) the changes fan out:
 
-    TwinStore.apply ─► live bus        dashboards on every API replica hear which properties moved
-                    ├► history job     rollups of late values are recomputed
-                    └► alert engine    rules → lifecycle → webhook delivery rows, one commit → delivery worker
+    TwinStore.apply ─► live bus        every process hears which properties moved (NOTIFY on PostgreSQL)
+                    └► history job     rollups of late values are recomputed
 
-Two threads keep time-driven work going: the alert clock (stale data, on/off delays, shelf expiry, escalation)
-and the webhook delivery worker. Alert evaluation runs in one process per database (``alerts=True``); webhook
-delivery may run in several, as rows are claimed with SKIP LOCKED on PostgreSQL.
+    live bus ─► alert evaluator        in the one process that holds the leader lock (twin/alerts/evaluator.py):
+                                       reads what moved, rules → lifecycle → webhook rows, one commit
+
+Alert evaluation runs once per database however many processes run the platform: each process with a site is
+a candidate, the leader evaluates what every process stored, and a standby takes over when it dies. Webhook
+delivery runs in every process, as rows are claimed with SKIP LOCKED on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from pathlib import Path
 
 import structlog
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from plant.site import Site
 from plant.wire import UplinkBatch
-from twin.alerts import AlertEngine
+from twin.alerts.evaluator import AlertEvaluator
 from twin.config import TwinSettings
 from twin.db import make_sessionmaker
 from twin.history import HistoryJob
@@ -42,15 +43,14 @@ class PlatformParts:
 
     Args:
         ingest: subscribe to the uplink and store batches.
-        alerts: evaluate alert rules (one process per database).
+        alerts: stand for alert evaluation (the leader among the processes that do evaluates; needs a site).
         webhooks: deliver webhook events.
-        tick_s: how often the alert clock runs.
+        extra_listeners: more ``Ingestor`` listeners.
     """
 
     ingest: bool = True
     alerts: bool = True
     webhooks: bool = True
-    tick_s: float = 2.0
     extra_listeners: list[Callable[[UplinkBatch, ApplyResult], None]] = field(default_factory=list)
 
 
@@ -65,8 +65,14 @@ class Platform:
         parts: which parts to run.
     """
 
-    def __init__(self, settings: TwinSettings, engine: Engine, site: Site | None, mqtt_url: str | None,
-                 parts: PlatformParts | None = None) -> None:
+    def __init__(
+        self,
+        settings: TwinSettings,
+        engine: Engine,
+        site: Site | None,
+        mqtt_url: str | None,
+        parts: PlatformParts | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.site = site
@@ -74,11 +80,10 @@ class Platform:
         self.parts = parts or PlatformParts()
         self.store = TwinStore(engine, settings)
         self.ingestor: Ingestor | None = None
-        self.alerts: AlertEngine | None = None
+        self.evaluator: AlertEvaluator | None = None
         self.delivery: DeliveryWorker | None = None
         self.history: HistoryJob | None = None
         self._sessions = make_sessionmaker(engine)
-        self._alert_lock = threading.Lock()
         self._stop = threading.Event()
         self._deliver_now = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -89,10 +94,7 @@ class Platform:
             self.store.sync_site(self.site)
         self._load_knowledge()
         if self.parts.alerts and self.site is not None:
-            self.alerts = AlertEngine(self.site)
-            with self._sessions.begin() as session:
-                self.alerts.load(session)
-            self._spawn("alert-clock", self._tick_loop)
+            self.evaluator = AlertEvaluator(self.engine, self.site, self.settings, self._deliver_now.set).start()
         if self.parts.webhooks:
             self.delivery = DeliveryWorker(self.engine, allowlist=self.settings.webhook_allowlist)
             self._spawn("webhook-delivery", self._delivery_loop)
@@ -108,8 +110,6 @@ class Platform:
         self.ingestor = Ingestor.from_settings(self.store, self.settings, self.mqtt_url)
         self.ingestor.add_listener(live_bus_for(self.engine).listener)
         self._add_history_listener()
-        if self.alerts is not None:
-            self.ingestor.add_listener(self._on_stored)
         for listener in self.parts.extra_listeners:
             self.ingestor.add_listener(listener)
         self.ingestor.start()
@@ -121,32 +121,6 @@ class Platform:
         assert self.ingestor is not None
         self.history = HistoryJob(self.engine, self.settings)
         self.ingestor.add_listener(self.history.listener)
-
-    def _on_stored(self, _batch: UplinkBatch, result: ApplyResult) -> None:
-        """Alert rules on what a batch changed, in one transaction with their webhook rows."""
-        if not result.changes and not result.diagnoses:
-            return
-        assert self.alerts is not None
-        try:
-            with self._alert_lock, self._sessions.begin() as session:
-                written = self.alerts.process(session, result.changes, result.diagnoses)
-        except SQLAlchemyError as exc:
-            log.error("alert evaluation failed", error=str(exc).splitlines()[0])
-            return
-        if written:
-            self._deliver_now.set()
-
-    def _tick_loop(self) -> None:
-        assert self.alerts is not None
-        while not self._stop.wait(self.parts.tick_s):
-            try:
-                with self._alert_lock, self._sessions.begin() as session:
-                    written = self.alerts.tick(session)
-            except SQLAlchemyError as exc:
-                log.error("alert clock failed", error=str(exc).splitlines()[0])
-                continue
-            if written:
-                self._deliver_now.set()
 
     def _delivery_loop(self) -> None:
         assert self.delivery is not None
@@ -185,6 +159,8 @@ class Platform:
             self.ingestor.stop(leave=leave)
         if self.history is not None:
             self.history.stop()
+        if self.evaluator is not None:
+            self.evaluator.stop()  # the leader lets go: a standby takes over at its next try
         self._stop.set()
         self._deliver_now.set()
         for thread in self._threads:

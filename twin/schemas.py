@@ -8,7 +8,7 @@ criticality.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -201,3 +201,81 @@ class Problem(_Schema):
     status: int
     detail: str
     errors: list[dict[str, Any]] | None = None
+
+
+class ModelFailurePublic(_Schema):
+    """Gateways that could not run a model version for an asset type, and why (the latest reason)."""
+
+    gateway: str
+    asset_type: str
+    reason: str
+    count: int = Field(description="reports received from this gateway for this asset type")
+    first_at: datetime
+    last_at: datetime
+
+
+class ModelPublic(_Schema):
+    """A model version in the platform's registry."""
+
+    task: str = Field(description="rul, faults or anomaly")
+    name: str
+    version: str
+    sha256: str = Field(description="of the archive, as sent in X-Model-Sha256")
+    size: int = Field(description="archive bytes")
+    variants: list[str] = Field(description="variants whose ONNX file the archive holds")
+    uploaded_at: datetime
+    uploaded_by: str
+    metrics: dict[str, dict[str, Any]] = Field(description="per variant, from the manifest")
+    promoted_for: list[str] = Field(description="asset types whose agents run this version")
+    failures: list[ModelFailurePublic] = []
+
+
+class ModelsPublic(_Schema):
+    """A counted list of model versions, by task and newest version first."""
+
+    items: list[ModelPublic]
+    count: int
+
+
+class ModelCreated(_Schema):
+    """An uploaded model version."""
+
+    task: str
+    name: str
+    version: str
+    sha256: str
+
+
+class ModelPromote(_Schema):
+    """Which asset type's agents should run a version."""
+
+    asset_type: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class PromotedModel(_Schema):
+    """The version of a task an asset type runs, with its archive's sha256."""
+
+    version: str
+    sha256: str
+
+
+class ModelFailureReport(_Schema):
+    """A gateway could not run a version: it failed to load, or its outputs left their declared range."""
+
+    gateway: str = Field(min_length=1, max_length=64)
+    asset_type: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=4000)
+
+
+class CascadeRequest(_Schema):
+    """A window the edge student was unsure about, for the platform's teacher."""
+
+    node: str = Field(min_length=1, max_length=64)
+    task: Literal["rul", "faults", "anomaly"]
+    ts: int = Field(description="window end, µs since the epoch")
+    model: str = Field(max_length=128, description="the student's model name")
+    version: str = Field(max_length=64, description="the student's registry version")
+    window: dict[str, Annotated[list[float | str | None], Field(max_length=100_000)]] = Field(
+        max_length=256, description="signal → values, oldest first"
+    )
+    units: dict[str, str] = Field({}, max_length=256, description="signal → unit; default: the declared ones")

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -352,3 +353,56 @@ class HistoryState(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
     note: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ModelVersion(Base):
+    """One version of a diagnostic model uploaded to the platform: its registry directory as a tar.gz archive.
+
+    The archive lives in the database, so every API replica serves the same bytes and keeps no files.
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("task", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the archive bytes, checked by the agents
+    size: Mapped[int] = mapped_column(Integer)
+    archive: Mapped[bytes] = mapped_column(LargeBinary)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    variants: Mapped[list[str]] = mapped_column(JSON, default=list)  # variants whose ONNX file the archive holds
+    uploaded_at: Mapped[int] = mapped_column(BigInteger)
+    uploaded_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class ModelPromotion(Base):
+    """The version of a task that the agents run for an asset type."""
+
+    __tablename__ = "model_promotions"
+
+    asset_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task: Mapped[str] = mapped_column(String(16), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    promoted_at: Mapped[int] = mapped_column(BigInteger)
+    promoted_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class ModelFailure(Base):
+    """A gateway could not run a model version for an asset type (it failed to load, or left its range).
+
+    One row per version, gateway and asset type: a repeated report updates it and counts.
+    """
+
+    __tablename__ = "model_failures"
+    __table_args__ = (UniqueConstraint("model_id", "gateway", "asset_type"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    gateway: Mapped[str] = mapped_column(String(64))
+    asset_type: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    first_at: Mapped[int] = mapped_column(BigInteger)
+    last_at: Mapped[int] = mapped_column(BigInteger)

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, update
 
 from factory_twin.cli.keys import keys as keys_cli
-from plant.wire import to_us
+from plant.wire import now_us, to_us
 from tests.conftest import _create_pg_database, _drop_pg_database
 from twin.alerts import lifecycle
 from twin.api import create_app
@@ -28,7 +28,7 @@ from twin.dashboard.health import plant_health
 from twin.db import make_engine, make_sessionmaker
 from twin.downsample import downsample
 from twin.live import LiveBus, LiveEvent
-from twin.tables import Base, DiagnosisRecord, HistoryPoint, TwinNode, TwinProperty
+from twin.tables import ApiKey, Base, DiagnosisRecord, HistoryPoint, TwinNode, TwinProperty
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY_POINTS = 86_400  # one day of 1 s data
@@ -233,6 +233,48 @@ def test_a_user_keeps_at_most_max_sessions(env: Env) -> None:
     assert live == tokens[-users.MAX_SESSIONS :]
 
 
+def _age_key(env: Env, prefix: str, created_s_ago: float, used_s_ago: float | None) -> None:
+    """Move a key's login and last use into the past, as if time had passed."""
+    now = now_us()
+    with env.engine.begin() as c:
+        c.execute(
+            update(ApiKey)
+            .where(ApiKey.prefix == prefix)
+            .values(
+                created_at=now - int(created_s_ago * 1e6),
+                last_used_at=None if used_s_ago is None else now - int(used_s_ago * 1e6),
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("created_s_ago", "used_s_ago", "alive"),
+    [
+        (3600, 60, True),  # in use
+        (9 * 3600, None, False),  # never used since a login 9 h ago: idle past 8 h
+        (9 * 3600, 9 * 3600 - 120, False),  # last used 9 h ago
+        (6 * 86_400, 60, True),  # in use for six days
+        (8 * 86_400, 60, False),  # in use, but the login is older than 7 days
+    ],
+)
+def test_a_session_expires_when_idle_or_too_old(
+    env: Env, created_s_ago: float, used_s_ago: float | None, alive: bool
+) -> None:
+    r = env.client.post("/api/v1/session", json={"username": "tess", "password": "s3cret-pass"})
+    token, prefix = r.json()["token"], r.json()["prefix"]
+    _age_key(env, prefix, created_s_ago, used_s_ago)
+    r = env.client.get("/api/v1/session", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == (200 if alive else 401), r.text
+    if not alive:
+        assert "expired" in r.json()["detail"]
+
+
+def test_a_standing_api_key_does_not_expire(env: Env) -> None:
+    key = env.keys["viewer"]
+    _age_key(env, key[:16], 400 * 86_400, 300 * 86_400)
+    assert env.client.get("/api/v1/session", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
 def test_passwords_are_salted_scrypt_and_checked_in_constant_time() -> None:
     a, b = users.hash_password("same password"), users.hash_password("same password")
     assert a != b
@@ -250,6 +292,13 @@ def test_bad_users_are_refused(env: Env, name: str, password: str) -> None:
 
     with make_sessionmaker(env.engine)() as s, pytest.raises(InvalidRequest):
         users.create_user(s, name, password, Role.VIEWER)
+
+
+def test_a_person_cannot_have_the_gateway_role(env: Env) -> None:
+    from twin.errors import InvalidRequest
+
+    with make_sessionmaker(env.engine)() as s, pytest.raises(InvalidRequest, match="person's role"):
+        users.create_user(s, "gateway-7", "long enough", Role.AGENT)
 
 
 def test_create_user_command(env: Env, module_db: str) -> None:

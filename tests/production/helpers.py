@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import text
 
 from migrations import run
+from plant.site import Site
 from plant.wire import UplinkBatch, Value, ack_topic, decode_ack, uplink_topic
 from tests.twin.store_helpers import SITE_YAML, site
 from twin.db import make_engine
@@ -53,6 +54,54 @@ def site_file(tmp: Path) -> Path:
     path = tmp / "site.yaml"
     path.write_text(SITE_YAML)
     return path
+
+
+ALERT_SITE_YAML = SITE_YAML.replace(
+    "      mode: {dtype: string}\n",
+    "      mode: {dtype: string}\n"
+    "    alerts:\n"
+    "      - {id: temp-high, kind: limit, property: temp, hi: 100, severity: high}\n"
+    "      - {id: count-high, kind: limit, property: count, hi: 5, severity: medium}\n"
+    "      - {id: pump-fault, kind: fault, mode: '*', probability: 0.5, severity: high}\n",
+)
+
+
+def alert_site() -> Site:
+    """The test plant with alert rules: temp above 100, count above 5 and any fault diagnosis, on each pump."""
+    return site(ALERT_SITE_YAML)
+
+
+def alert_counts(url: str) -> dict[str, tuple[int, int]]:
+    """Per alert key: alerts stored, and their activations (raise and reactivate transitions)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT a.key, count(DISTINCT a.id), count(t.id) FROM alerts a LEFT JOIN alert_transitions t "
+                "ON t.alert_id = a.id AND t.action IN ('raise', 'reactivate') GROUP BY a.key")).all()
+            return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+    finally:
+        engine.dispose()
+
+
+def alert_active(url: str) -> dict[str, bool]:
+    """Per alert key: whether its alert is active now."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {r[0]: bool(r[1]) for r in conn.execute(text("SELECT key, active FROM alerts")).all()}
+    finally:
+        engine.dispose()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds; AssertionError naming ``what`` if it does not within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
 def make_batches(gateway: str, n: int, per: int, start: int, tag: str = "b") -> list[UplinkBatch]:
@@ -169,6 +218,34 @@ def latest_ts(url: str) -> dict[str, int]:
             return {r[0]: int(r[1]) for r in rows if r[1] is not None}
     finally:
         engine.dispose()
+
+
+def serve_env(pg_url: str, host: str, port: int, root: str, client_id: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``factory-twin serve`` process of a test: its database, broker, topics and group."""
+    return {
+        "TWIN_DATABASE_URL": pg_url,
+        "TWIN_MQTT_URL": f"mqtt://{host}:{port}",
+        "TWIN_MQTT_TOPIC_ROOT": root,
+        "TWIN_MQTT_CLIENT_ID": client_id,
+        "TWIN_INGEST_SHARE_GROUP": f"g-{root}",
+        **extra,
+    }
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A process's Prometheus metrics on ``port`` as {name with labels: value}; empty if it does not answer."""
+    import httpx
+
+    try:
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
+    except httpx.HTTPError:
+        return {}
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, number = line.rpartition(" ")
+            out[name] = float(number)
+    return out
 
 
 class Proc:

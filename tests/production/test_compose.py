@@ -148,9 +148,16 @@ def test_mosquitto_conf_persists_authenticates_and_queues_enough() -> None:
 def test_prometheus_scrapes_the_platform_and_the_agent(compose: dict[str, Any]) -> None:
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     targets = {t for job in prom["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
-    assert {"ingest-1:9465", "ingest-2:9465", "agent:9464"} <= targets
+    assert {"ingest-1:9465", "ingest-2:9465", "agent:9464", "api:8000"} <= targets
     for svc in ("ingest-1", "ingest-2"):
         assert compose["services"][svc]["environment"]["TWIN_METRICS_PORT"] == "9465"
+
+
+def test_every_ingest_service_stands_for_alert_evaluation(compose: dict[str, Any]) -> None:
+    """One leads, the other takes over: both need the site's alert rules."""
+    sites = {compose["services"][svc]["environment"].get("TWIN_SITE_FILE") for svc in ("ingest-1", "ingest-2")}
+    assert None not in sites
+    assert len(sites) == 1
 
 
 @pytest.mark.mosquitto

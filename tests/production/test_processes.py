@@ -30,20 +30,10 @@ from .helpers import (
     latest_ts,
     make_batches,
     prepare,
+    serve_env,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mosquitto, pytest.mark.slow]
-
-
-def _env(pg_url: str, host: str, port: int, root: str, client_id: str, **extra: str) -> dict[str, str]:
-    return {
-        "TWIN_DATABASE_URL": pg_url,
-        "TWIN_MQTT_URL": f"mqtt://{host}:{port}",
-        "TWIN_MQTT_TOPIC_ROOT": root,
-        "TWIN_MQTT_CLIENT_ID": client_id,
-        "TWIN_INGEST_SHARE_GROUP": f"g-{root}",
-        **extra,
-    }
 
 
 def test_serve_roles_as_processes(pg_url: str, mqtt_broker: tuple[str, int], topic_prefix: str,
@@ -56,10 +46,10 @@ def test_serve_roles_as_processes(pg_url: str, mqtt_broker: tuple[str, int], top
     cid = f"ft-{uuid.uuid4().hex[:8]}"
     api_port, metrics_port = free_port(), free_port()
     ingest = Proc(["serve", "--role", "ingest", "--workers", "2"],
-                  _env(pg_url, host, port, topic_prefix, cid, TWIN_METRICS_PORT=str(metrics_port)),
+                  serve_env(pg_url, host, port, topic_prefix, cid, TWIN_METRICS_PORT=str(metrics_port)),
                   tmp_path / "ingest.log")
     api = Proc(["serve", "--role", "api", "--host", "127.0.0.1", "--port", str(api_port)],
-               _env(pg_url, host, port, topic_prefix, cid + "-api"), tmp_path / "api.log")
+               serve_env(pg_url, host, port, topic_prefix, cid + "-api"), tmp_path / "api.log")
     sender = None
     try:
         ingest.wait_for("ingest started")
@@ -76,6 +66,9 @@ def test_serve_roles_as_processes(pg_url: str, mqtt_broker: tuple[str, int], top
         assert "twin_ingest_workers 2.0" in metrics
         # the API process reads what the ingest process stored (it needs a key: 401 proves it is the API)
         assert httpx.get(f"http://127.0.0.1:{api_port}/api/v1/nodes", timeout=5).status_code == 401
+        # and it has metrics of its own, at GET /metrics
+        api_metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics", timeout=5).text
+        assert 'twin_api_requests_total{method="GET",route="/api/v1/nodes",status="401"} 1.0' in api_metrics
     finally:
         if sender is not None:
             sender.close()
@@ -92,9 +85,9 @@ def test_workers_killed_or_stopped_mid_stream_lose_and_duplicate_nothing(
     prepare(pg_url)
     a_id, b_id = f"fta-{uuid.uuid4().hex[:8]}", f"ftb-{uuid.uuid4().hex[:8]}"
     # two processes of one worker each on one shared subscription; A is killed and comes back
-    a = Proc(["serve", "--role", "ingest"], _env(pg_url, host, port, topic_prefix, a_id), tmp_path / "a.log")
+    a = Proc(["serve", "--role", "ingest"], serve_env(pg_url, host, port, topic_prefix, a_id), tmp_path / "a.log")
     b = Proc(["serve", "--role", "ingest"],
-             _env(pg_url, host, port, topic_prefix, b_id, TWIN_INGEST_LEAVE_ON_STOP="true"), tmp_path / "b.log")
+             serve_env(pg_url, host, port, topic_prefix, b_id, TWIN_INGEST_LEAVE_ON_STOP="true"), tmp_path / "b.log")
     sender = None
     try:
         a.wait_for("ingest started")
@@ -110,7 +103,7 @@ def test_workers_killed_or_stopped_mid_stream_lose_and_duplicate_nothing(
         a.stop(signal.SIGKILL)  # mid-stream: batches in its hands are not acknowledged
         for batch in batches[40:60]:
             sender.publish(batch)
-        a = Proc(["serve", "--role", "ingest"], _env(pg_url, host, port, topic_prefix, a_id),
+        a = Proc(["serve", "--role", "ingest"], serve_env(pg_url, host, port, topic_prefix, a_id),
                  tmp_path / "a2.log")
         a.wait_for("ingest started")
         # B is scaled down gracefully mid-stream: it finishes its batch, acknowledges nothing unstored, leaves

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from factory_twin.cli.keys import keys
 from twin import auth
 from twin.api import create_app
-from twin.auth import KEY_MARK, LAST_USED_RESOLUTION_US, Principal, Role
+from twin.auth import KEY_MARK, LAST_USED_RESOLUTION_US, PERSON_ROLES, Principal, Role
 from twin.config import TwinSettings
 from twin.db import make_engine, make_sessionmaker
 from twin.errors import Forbidden, NotFound, Unauthenticated
@@ -42,8 +42,8 @@ def session(engine: Engine) -> Iterator[Session]:
 
 
 def test_roles_are_ordered() -> None:
-    assert Role.VIEWER < Role.TECHNICIAN < Role.ENGINEER < Role.ADMIN
-    assert sorted([Role.ADMIN, Role.VIEWER, Role.ENGINEER, Role.TECHNICIAN]) == list(Role)
+    assert Role.AGENT < Role.VIEWER < Role.TECHNICIAN < Role.ENGINEER < Role.ADMIN
+    assert sorted([Role.ADMIN, Role.VIEWER, Role.ENGINEER, Role.AGENT, Role.TECHNICIAN]) == list(Role)
     assert Role("engineer") >= Role.TECHNICIAN
     assert not Role.TECHNICIAN >= Role.ENGINEER
     assert Role.ADMIN <= Role.ADMIN
@@ -56,6 +56,18 @@ def test_principal_require() -> None:
     tech.require(Role.TECHNICIAN)
     with pytest.raises(Forbidden, match="engineer"):
         tech.require(Role.ENGINEER)
+    tech.require(Role.VIEWER, or_agent=True)
+    with pytest.raises(Forbidden, match="engineer"):
+        tech.require(Role.ENGINEER, or_agent=True)
+
+
+def test_an_agent_key_passes_only_the_checks_made_for_gateways() -> None:
+    agent = Principal(key_id=2, prefix="ftk_0123456789ac", name="gw", role=Role.AGENT)
+    for role in PERSON_ROLES:
+        with pytest.raises(Forbidden, match=f"needs the {role.value} role; the key ftk_0123456789ac is agent"):
+            agent.require(role)
+        agent.require(role, or_agent=True)
+    assert Role.AGENT not in PERSON_ROLES
 
 
 def test_only_the_hash_is_stored(session: Session) -> None:

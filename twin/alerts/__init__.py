@@ -4,8 +4,9 @@
     lifecycle.py   alert states and transitions, each stored with who, when and why
     noise.py       flapping, grouping by shared cause, alarm rate per 10 minutes
     engine.py      store changes and the clock → rules → lifecycle, in the caller's transaction
+    evaluator.py   the one engine per database: leader election, fed from the database, the alert clock
 
-Wiring in the platform process::
+The platform runs it through ``AlertEvaluator`` (twin/platform.py); by hand, in one process::
 
     engine = AlertEngine(site)
     with sessionmaker() as s, s.begin():

@@ -7,7 +7,8 @@ the caller's session, so one commit keeps them together.
 
 Rule state (delays pending, rate windows) lives in memory; open alerts live in the database and are read back
 by ``load`` on start, so a restart neither forgets an active alert nor raises it twice. Run one engine per
-database (the process that ingests); two evaluating the same assets would race on the same alerts.
+database: two evaluating the same assets would race on the same alerts. twin/alerts/evaluator.py runs it in the
+one process that holds the leader lock.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from plant.site import AlertRuleDef, NodeKind, Site
 from plant.wire import Diagnosis, Scalar, now_us
 from twin.alerts import lifecycle, noise
 from twin.alerts.rules import (
+    DIAGNOSIS_TASK,
     US,
     ChangeLike,
     ComboState,
@@ -52,6 +54,22 @@ class NoiseConfig:
     flap_count: int = 4
     flap_window_s: float = 600.0
     group_window_s: float = 120.0
+
+
+_READS_PROPERTY = frozenset({"limit", "rate", "stale", "quality"})
+
+
+@dataclass(frozen=True)
+class Watched:
+    """What the rules of one asset read.
+
+    Args:
+        props: property names.
+        tasks: diagnosis tasks (their newest diagnosis).
+    """
+
+    props: frozenset[str]
+    tasks: frozenset[str]
 
 
 @dataclass
@@ -130,6 +148,17 @@ class AlertEngine:
                 watched,
             )
 
+    def watched(self) -> dict[str, Watched]:
+        """What the rules read, by asset: properties (rules and their suppressions) and diagnosis tasks."""
+        out: dict[str, Watched] = {}
+        for node_id, asset in self.assets.items():
+            props = {w.rule.property for w in asset.rules if w.rule.property and w.rule.kind in _READS_PROPERTY}
+            props |= {w.rule.suppress_when.property for w in asset.rules if w.rule.suppress_when is not None}
+            tasks = {DIAGNOSIS_TASK[w.rule.kind] for w in asset.rules if w.rule.kind in DIAGNOSIS_TASK}
+            if props or tasks:
+                out[node_id] = Watched(frozenset(props), frozenset(tasks))
+        return out
+
     @staticmethod
     def key(node_id: str, rule_id: str, slot: str) -> str:
         """The dedup key of a condition: asset, rule and (for limits) direction."""
@@ -145,6 +174,8 @@ class AlertEngine:
                 if self.key(alert.node_id, w.rule.id, slot) == alert.key:
                     w.debounce[slot].active = alert.active
                     w.state.latch(slot, alert.active)
+                    if alert.active:
+                        w.state.resume(alert.activated_at)
                     active += alert.active
             if alert.suppressed:
                 self._suppressed.add(alert.key)

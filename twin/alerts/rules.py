@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from plant.site import AlertRuleDef, PropertyCondition
 from plant.wire import Diagnosis, Scalar
@@ -31,13 +31,20 @@ US = 1_000_000
 
 
 class ChangeLike(Protocol):
-    """A latest-state change as the store reports it (twin/store.py ``ApplyResult.changes``)."""
+    """A property's value as the engine takes it: a store change (twin/store.py ``ApplyResult.changes``), a
+    value read back from the database (twin/alerts/feed.py) or a ``PropertyChange``. Read-only members, so named
+    tuples and frozen dataclasses fit."""
 
-    node: str
-    prop: str
-    value: Scalar | None
-    ts: int
-    quality: Any  # "good"/"uncertain"/"bad", a plant.wire.Quality, or the stored small integer
+    @property
+    def node(self) -> str: ...
+    @property
+    def prop(self) -> str: ...
+    @property
+    def value(self) -> Scalar | None: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def quality(self) -> Any: ...  # "good"/"uncertain"/"bad", a plant.wire.Quality, or the stored small integer
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class Verdict:
 
 
 NORMAL = Verdict(False)
+DIAGNOSIS_TASK = {"fault": "faults", "anomaly": "anomaly", "rul": "rul"}  # rule kind → the task it judges
 _QUALITY_BY_CODE = {0: "good", 1: "uncertain", 2: "bad"}
 
 
@@ -150,6 +158,9 @@ class RuleState:
     def latch(self, slot: str, active: bool) -> None:
         """Learn the slot's debounced state: deadbands hold an active alert, they never raise one."""
         self.latched[slot] = active
+
+    def resume(self, active_since: int) -> None:
+        """Take up an alert stored active since ``active_since`` (µs), at a restart or a leader's takeover."""
 
     def verdicts(self, now: int) -> dict[str, Verdict]:
         """The raw verdict of every slot at ``now``."""
@@ -248,8 +259,10 @@ class RateState(RuleState):
         """Active while |rate| exceeds max_rate (less the deadband once active)."""
         r = self.rate()
         assert self.rule.max_rate is not None
-        limit = self.rule.max_rate - (self.rule.deadband if self.latched.get("", False) else 0.0)
-        active = r is not None and abs(r) > limit
+        latched = self.latched.get("", False)
+        limit = self.rule.max_rate - (self.rule.deadband if latched else 0.0)
+        # no rate yet (one value since a restart) is not a normal rate: an active alert stays active
+        active = abs(r) > limit if r is not None else latched
         if not active:
             return {"": Verdict(False, value=r)}
         evidence = {
@@ -268,6 +281,7 @@ class StaleState(RuleState):
         super().__init__(rule, node)
         self.started = started
         self.last_good: int | None = None
+        self.clock = 0  # the latest time judged: an older value's source time does not turn the clock back
 
     def on_value(self, change: ChangeLike) -> bool:
         """Note the time of the watched property's good values."""
@@ -277,9 +291,17 @@ class StaleState(RuleState):
             self.last_good = max(self.last_good or 0, change.ts)
         return True
 
+    def resume(self, active_since: int) -> None:
+        """The data was judged stale when the alert went active: it stays stale until a good value comes."""
+        assert self.rule.after_s is not None
+        # just past after_s (and grace_s) at the activation, with the clock no earlier than that
+        self.started = min(self.started, active_since - int(max(self.rule.after_s, self.rule.grace_s) * US) - 1)
+        self.clock = max(self.clock, active_since)
+
     def verdicts(self, now: int) -> dict[str, Verdict]:
         """Active when the newest good value (or the start) is older than after_s."""
         assert self.rule.after_s is not None
+        now = self.clock = max(now, self.clock)
         if now - self.started < int(self.rule.grace_s * US):
             return {"": NORMAL}
         since = self.last_good if self.last_good is not None else self.started
@@ -315,11 +337,9 @@ class QualityState(RuleState):
 class DiagnosisState(RuleState):
     """Fault, anomaly and RUL rules: the latest diagnosis of the rule's task decides."""
 
-    _TASK: ClassVar[dict[str, str]] = {"fault": "faults", "anomaly": "anomaly", "rul": "rul"}
-
     def __init__(self, rule: AlertRuleDef, node: str) -> None:
         super().__init__(rule, node)
-        self.task = self._TASK[rule.kind]
+        self.task = DIAGNOSIS_TASK[rule.kind]
         self.latest: Diagnosis | None = None
 
     def on_diagnosis(self, diagnosis: Diagnosis) -> bool:

@@ -18,8 +18,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from twin import errors
-from twin.api.routes import advice, alerts, health, keys, live, nodes, webhooks
+from twin import errors, metrics
+from twin.api.routes import advice, alerts, health, keys, live, models, nodes, webhooks
+from twin.cascade import Cascade
 from twin.config import TwinSettings, get_settings
 from twin.dashboard import api as dashboard_api
 from twin.dashboard import router as dashboard_router
@@ -38,6 +39,8 @@ V1_ROUTERS: tuple[APIRouter, ...] = (
     webhooks.router,
     keys.router,
     live.router,
+    models.router,
+    models.cascade_router,
     dashboard_api.session_router,
     dashboard_api.router,
 )
@@ -49,6 +52,7 @@ _STATUS: tuple[tuple[type[errors.TwinError], int], ...] = (
     (errors.InvalidRequest, 422),
     (errors.Unauthenticated, 401),
     (errors.Forbidden, 403),
+    (errors.Unavailable, 503),
     (errors.SchemaOutdated, 503),
     (errors.StoreError, 503),
     (errors.BrokerError, 503),
@@ -79,6 +83,8 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.live = live_bus_for(engine)  # live updates across replicas (twin/live.py), for SSE
+    # the teacher's answers to offloaded windows are stored like uplinked diagnoses, and heard live
+    app.state.cascade = Cascade(engine, settings, listeners=[app.state.live.listener])
 
     v1 = APIRouter(prefix=API_PREFIX)
     for router in V1_ROUTERS:
@@ -86,6 +92,7 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(dashboard_router)  # the dashboard's pages at /, its files at /static
+    metrics.instrument(app, settings)  # GET /metrics (TWIN_API_METRICS)
 
     app.add_exception_handler(errors.TwinError, _twin_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -3,8 +3,8 @@
     def route(session: SessionDep, who: EngineerDep) -> ...
 
 ``require_role(Role.X)`` authenticates the request's bearer key and checks its role; the aliases below are
-the four roles ready to use. A missing, unknown or revoked key is Unauthenticated (401), a lower role
-Forbidden (403).
+the four people's roles ready to use, then two for the routes edge gateways (``agent`` keys) call. A
+missing, unknown or revoked key is Unauthenticated (401), a lower role Forbidden (403).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from twin.auth import Principal, Role, authenticate
+from twin.auth import Principal, Role, SessionLimits, authenticate
 from twin.config import TwinSettings
 from twin.errors import Unauthenticated
 
@@ -41,17 +41,19 @@ _bearer = HTTPBearer(auto_error=False, description="an API key: `factory-twin ke
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def require_role(role: Role) -> Callable[[SessionDep, BearerDep], Principal]:
-    """A dependency authenticating the request's key, requiring at least ``role``; returns the principal."""
+def require_role(role: Role, *, or_agent: bool = False) -> Callable[[SessionDep, SettingsDep, BearerDep], Principal]:
+    """A dependency authenticating the request's key, requiring at least ``role`` (or, with ``or_agent``, an
+    edge gateway's agent key); returns the principal."""
 
-    def dependency(session: SessionDep, credentials: BearerDep) -> Principal:
+    def dependency(session: SessionDep, settings: SettingsDep, credentials: BearerDep) -> Principal:
         if credentials is None:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-        principal = authenticate(session, credentials.credentials)
-        principal.require(role)
+        limits = SessionLimits(settings.session_idle_s, settings.session_max_s)
+        principal = authenticate(session, credentials.credentials, limits)
+        principal.require(role, or_agent=or_agent)
         return principal
 
-    dependency.__name__ = f"require_{role.value}"
+    dependency.__name__ = f"require_{role.value}{'_or_agent' if or_agent else ''}"
     return dependency
 
 
@@ -59,3 +61,6 @@ ViewerDep = Annotated[Principal, Depends(require_role(Role.VIEWER))]
 TechnicianDep = Annotated[Principal, Depends(require_role(Role.TECHNICIAN))]
 EngineerDep = Annotated[Principal, Depends(require_role(Role.ENGINEER))]
 AdminDep = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+# Routes edge gateways call: their agent keys, or people with the role named.
+AgentOrViewerDep = Annotated[Principal, Depends(require_role(Role.VIEWER, or_agent=True))]
+AgentOrEngineerDep = Annotated[Principal, Depends(require_role(Role.ENGINEER, or_agent=True))]

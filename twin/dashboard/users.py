@@ -3,6 +3,7 @@
 A login with a username and password yields a *session key*: an ordinary API key (twin/auth.py) with the
 user's role, named ``session:<username>``. Every API route then accepts it unchanged, and logging out revokes
 it. A user keeps at most MAX_SESSIONS live session keys; an older one is revoked when a new login needs room.
+A session key expires after TWIN_SESSION_IDLE_S without use or TWIN_SESSION_MAX_S after the login.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from plant.wire import now_us
-from twin.auth import Role, create_key
+from twin.auth import PERSON_ROLES, SESSION_PREFIX, Role, create_key
 from twin.errors import Conflict, InvalidRequest, Unauthenticated
 from twin.tables import ApiKey, User
 
 log = structlog.get_logger(__name__)
 
-SESSION_PREFIX = "session:"
 MAX_SESSIONS = 5
 MIN_PASSWORD = 8
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -60,6 +60,8 @@ def verify_password(password: str, stored: str) -> bool:
 def create_user(session: Session, username: str, password: str, role: Role | str) -> User:
     """Add and commit a user; InvalidRequest for a bad name or short password, Conflict for a taken name."""
     role = Role(role)
+    if role not in PERSON_ROLES:
+        raise InvalidRequest(f"a person's role is one of {', '.join(r.value for r in PERSON_ROLES)}, not {role.value}")
     if not USERNAME_RE.match(username):
         raise InvalidRequest("a username is 1-64 letters, digits or . _ @ -, starting with a letter or digit")
     if len(password) < MIN_PASSWORD:

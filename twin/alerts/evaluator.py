@@ -1,0 +1,223 @@
+"""The alert evaluator: one per database, in whichever platform process holds the leader lock.
+
+Every platform process with a site runs an ``AlertEvaluator``; one leads (twin/leader.py: an advisory lock on
+PostgreSQL, always this process on SQLite), the others stand by and try again every ``alert_leader_retry_s``.
+Only the leader runs the rules and the alert clock, so each condition is judged once whatever the number of
+ingest processes, and the clock rules (stale data, delays, escalation) tick once.
+
+What the leader judges comes from the database, not from the batches its own process ingests (with a shared
+subscription each ingest process stores only part of the data). Chosen: the live bus as the trigger, the
+database as the source (twin/alerts/feed.py):
+
+    live bus: which properties moved ──► their values stored since the last read (history) ──► rules
+    on becoming leader ──► the latest state of every watched property and the newest diagnosis per task
+    a lost LISTEN (RESYNC), every alert_sweep_s ──► values since the last read of every watched property
+
+Why not take the values from the notifications: NOTIFY payloads stop at 8,000 bytes, so twin/live.py sends node
+and property names only, in chunks, and a notification is lost whenever nobody listens (a leader starting or
+taking over, a LISTEN connection cut) or its publisher fails to send it. The database is complete whoever wrote
+it: a notification is only a hint of where to look, and a lost one costs at most ``alert_sweep_s`` of delay,
+never an alert. Why not poll alone: a poll every second would cost a query per second per watched property and
+a second of delay; the hint makes a pass read only what moved, by primary key, a few milliseconds after it was
+stored. A stored diagnosis moves its node's ``diag.*`` properties, so it is announced like a value. LISTEN
+starts before the catch-up, so nothing stored in between is missed.
+
+Exactly once: the leader writes alerts through the lock's own connection, so a process that lost the lock can
+no longer commit anything; a new leader first loads the open alerts (``AlertEngine.load``), so a condition its
+predecessor raised is not raised again; the unique open key of an alert is the last guard.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from plant.site import Site
+from plant.wire import now_us
+from twin.alerts.engine import AlertEngine, NoiseConfig
+from twin.alerts.feed import ChangeFeed, Read
+from twin.config import TwinSettings
+from twin.leader import LeaderLock
+from twin.live import LiveReader, live_bus_for
+
+log = structlog.get_logger(__name__)
+
+ROLE = "alert-evaluator"
+WAIT_MAX_S = 0.5  # how long the loop waits for notifications before it looks at the clock and at stop()
+
+
+@dataclass
+class EvaluatorStats:
+    """What the evaluator of this process did since it started.
+
+    Args:
+        leader: this process evaluates the alerts now.
+        terms: times it became the leader.
+        passes: evaluation passes (one per notification burst, sweep or catch-up).
+        written: alert transitions written.
+        lag_s: stored → judged, seconds, of the last pass that found something (its oldest latest state).
+        busy_s: seconds spent reading and judging (its rate is how busy the leader is).
+    """
+
+    leader: bool = False
+    terms: int = 0
+    passes: int = 0
+    written: int = 0
+    lag_s: float = 0.0
+    busy_s: float = 0.0
+
+
+class AlertEvaluator:
+    """Leader election, the feed from the database and the alert clock around one ``AlertEngine``.
+
+    Args:
+        engine: the database.
+        site: the plant, with its alert rules.
+        settings: tick, sweep and retry intervals.
+        on_written: called after a commit that wrote alert transitions (wakes webhook delivery).
+        noise: flapping and grouping settings.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        site: Site,
+        settings: TwinSettings,
+        on_written: Callable[[], None] | None = None,
+        noise: NoiseConfig | None = None,
+    ) -> None:
+        self.engine = engine
+        self.site = site
+        self.settings = settings
+        self.on_written = on_written or (lambda: None)
+        self.noise = noise
+        self.lock = LeaderLock(engine, ROLE)
+        self.alerts: AlertEngine | None = None  # while leading
+        self.feed = ChangeFeed(AlertEngine(site).watched())
+        self._stats = EvaluatorStats()
+        self._stats_lock = threading.Lock()
+        self._reader: LiveReader | None = None
+        self._stop = threading.Event()
+        self._decided = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 10.0) -> AlertEvaluator:
+        """Start; returns once the first election is decided (leading and caught up, or standing by)."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="alert-evaluator", daemon=True)
+        self._thread.start()
+        self._decided.wait(timeout)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop evaluating; the leader releases the lock, so a standby takes over at its next try."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process evaluates the alerts now."""
+        return self.stats().leader
+
+    def stats(self) -> EvaluatorStats:
+        """A copy of the counters."""
+        with self._stats_lock:
+            return EvaluatorStats(**vars(self._stats))
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._begin_term():
+                        self._serve()
+                except Exception as exc:  # the evaluator must outlive any failure: step down, try again
+                    log.error(
+                        "alert evaluation failed, stepping down",
+                        error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                        kind=type(exc).__name__,
+                    )
+                self._end_term()
+                self._decided.set()
+                self._stop.wait(self.settings.alert_leader_retry_s)
+        finally:
+            self._end_term()
+
+    def _begin_term(self) -> bool:
+        if not self.lock.acquire():
+            self._decided.set()
+            return False
+        self._reader = live_bus_for(self.engine).reader()  # before the catch-up: what is stored after it is heard
+        self.alerts = AlertEngine(self.site, noise=self.noise)
+        with self.lock.transaction() as session:
+            self.alerts.load(session)
+        self._pass(self.feed.catch_up, measure=False)
+        with self._stats_lock:
+            self._stats.leader = True
+            self._stats.terms += 1
+        log.info("alert leader: evaluating", assets=len(self.feed.watched))
+        self._decided.set()
+        return True
+
+    def _serve(self) -> None:
+        assert self._reader is not None
+        tick, sweep = self.settings.alert_tick_s, self.settings.alert_sweep_s
+        next_tick, next_sweep = time.monotonic() + tick, time.monotonic() + sweep
+        while not self._stop.is_set():
+            wait = min(next_tick, next_sweep) - time.monotonic()
+            wanted = self.feed.wanted(self._reader.wait(max(0.0, min(wait, WAIT_MAX_S))))
+            if wanted:
+                self._pass(functools.partial(self.feed.since, wanted=wanted))
+            now = time.monotonic()
+            if now >= next_sweep:
+                self._pass(functools.partial(self.feed.since, wanted=self.feed.everything))
+                next_sweep = now + sweep
+            if now >= next_tick:
+                self._tick()
+                next_tick = now + tick
+
+    def _end_term(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        was = self.lock.held
+        self.lock.release()
+        self.alerts = None
+        with self._stats_lock:
+            self._stats.leader = False
+        if was:
+            log.info("alert leader: stepped down")
+
+    def _pass(self, read: Callable[[Session], Read], measure: bool = True) -> None:
+        """Judge what ``read`` finds, in one transaction with the alerts it writes."""
+        assert self.alerts is not None
+        start = time.perf_counter()
+        with self.lock.transaction() as session:
+            found = read(session)
+            written = sum(self.alerts.process(session, changes, diagnoses) for changes, diagnoses in found.steps())
+        with self._stats_lock:
+            self._stats.busy_s += time.perf_counter() - start
+            self._stats.passes += 1
+            self._stats.written += written
+            if measure and found.stored_at is not None:
+                self._stats.lag_s = max(0.0, (now_us() - found.stored_at) / 1e6)
+        if written:
+            self.on_written()
+
+    def _tick(self) -> None:
+        assert self.alerts is not None
+        start = time.perf_counter()
+        with self.lock.transaction() as session:
+            written = self.alerts.tick(session)
+        with self._stats_lock:
+            self._stats.busy_s += time.perf_counter() - start
+            self._stats.written += written
+        if written:
+            self.on_written()
