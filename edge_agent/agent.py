@@ -22,11 +22,15 @@ from typing import Any
 
 import structlog
 
+from edge_agent.cascade import CascadeClient
 from edge_agent.config import AgentSettings, load_settings
 from edge_agent.connectors import Connector
 from edge_agent.deadletter import DeadLetter
+from edge_agent.diagnose import Diagnoser
 from edge_agent.errors import ConfigError
 from edge_agent.metrics_server import serve_metrics
+from edge_agent.model_slots import PACKAGE_REGISTRY
+from edge_agent.model_sync import ModelSync
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, Stage
 from edge_agent.platform_link import PlatformLink
@@ -102,6 +106,8 @@ class Agent:
         self.pipeline: Pipeline | None = None
         self.uplink: Uplink | None = None
         self.outbox: Outbox | None = None
+        self.diagnoser: Diagnoser | None = None
+        self.model_sync: ModelSync | None = None
         self.metrics_port: int | None = None
 
     def stop(self) -> None:
@@ -133,6 +139,7 @@ class Agent:
             commit_window_ms=s.commit_window_ms,
             max_pending_items=s.max_pending_items,
         )
+        self.diagnoser = diagnoser = self._diagnoser(outbox, pipeline)
         link = self._platform_link()
         structlog.contextvars.bind_contextvars(gateway_id=s.gateway_id)
         self._install_signals()
@@ -148,6 +155,9 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 commit = tg.create_task(pipeline.run(), name="pipeline")
                 others = [tg.create_task(self._guard("connectors", self._run_connectors))]
+                diagnosis = tg.create_task(self._guard("diagnoser", diagnoser.run)) if diagnoser else None
+                if diagnoser is not None and self.model_sync is not None:  # promoted versions from the platform
+                    others.append(tg.create_task(self._guard("model_sync", _bind(self.model_sync.run, diagnoser))))
                 if link is not None:
                     await link.start()
                     self.uplink = Uplink(
@@ -176,6 +186,11 @@ class Agent:
                 await asyncio.wait([others[0]], timeout=30)
                 pipeline.stop()
                 await commit
+                if diagnoser is not None and diagnosis is not None:  # the last frames' diagnoses, then close
+                    diagnoser.stop()
+                    await asyncio.wait([diagnosis], timeout=10)
+                    diagnosis.cancel()
+                    await diagnoser.close()
                 if self.uplink is not None:
                     await self._let_uplink_finish()
                 for t in others[1:]:
@@ -186,6 +201,24 @@ class Agent:
                 await link.stop()
             await outbox.close()
             log.info("agent_stopped", accepted=pipeline.accepted, rejected=pipeline.rejected)
+
+    def _diagnoser(self, outbox: Outbox, pipeline: Pipeline) -> Diagnoser | None:
+        """The on-device diagnostics, when enabled and the site names models; fed by the pipeline's commits."""
+        s = self.settings
+        if not s.diagnose or not any(t.models for t in self.site.asset_types.values()):
+            return None
+        self.model_sync = ModelSync(self.site, s) if s.platform_url else None
+        diagnoser = Diagnoser(
+            self.site,
+            s,
+            s.model_dir or PACKAGE_REGISTRY,
+            on_rollback=self.model_sync.on_rollback if self.model_sync else None,
+            cascade=CascadeClient.from_settings(s),
+            outbox=outbox,
+            backlog=lambda: pipeline.pending / pipeline.max_pending,
+        )
+        pipeline.on_frames = diagnoser.observe
+        return diagnoser
 
     def _platform_link(self) -> PlatformLink | None:
         s = self.settings
@@ -302,6 +335,10 @@ class Agent:
             u.batch_size, u.interval_s = settings.uplink_batch_size, settings.uplink_interval_s
             u.max_inflight, u.ack_timeout_s = settings.uplink_max_inflight, settings.ack_timeout_s
             u.live_share = settings.uplink_live_share
+        if self.diagnoser is not None:
+            self.diagnoser.update(site, settings)
+        if self.model_sync is not None:
+            self.model_sync.site = site
         if connectors is not None:
             self.connectors = connectors
             self._connectors_changed.set()

@@ -132,6 +132,50 @@ class AgentSettings(BaseSettings):
     )
     log_json: bool | None = Field(None, description="JSON logs; default: JSON when stderr is not a terminal")
     config_file: Path | None = Field(None, description="optional YAML config file")
+    # on-device diagnostics (edge_agent/diagnose.py)
+    diagnose: bool = Field(True, description="run the asset types' models on the aligned frames")
+    model_dir: Path | None = Field(
+        None, description="local model registry (<task>/<version>/); the package's committed models otherwise"
+    )
+    diagnose_interval_s: float = Field(
+        0.0, ge=0, le=86_400, description="diagnose an asset at most this often; 0: every grid point"
+    )
+    platform_url: str | None = Field(
+        None, pattern=r"^https?://", description="platform REST API, for the cascade and model sync"
+    )
+    platform_key: str | None = Field(None, description="API key (role agent) for the platform REST API")
+    model_poll_s: float = Field(
+        60.0, ge=1, le=86_400, description="how often model sync asks the platform for promoted versions"
+    )
+    cascade_threshold: float = Field(
+        0.5, ge=0, le=1, description="ask the platform's teacher below this student confidence (unless the "
+        "model's manifest names its own cascade.confidence_threshold)"
+    )
+    cascade_thresholds: dict[Literal["rul", "faults", "anomaly"], float] = Field(
+        default_factory=dict, description="per-task cascade_threshold"
+    )
+    cascade_timeout_s: float = Field(0.5, gt=0, le=30, description="the student's answer stands after this")
+    cascade_max_inflight: int = Field(8, ge=1, le=1000, description="windows waiting for the platform at once")
+    baseline_hours: float = Field(
+        1.0, ge=0, description="healthy operation an anomaly baseline learns from per machine; 0: off"
+    )
+    baseline_max_rows: int = Field(20_000, ge=100, description="rows of healthy operation kept per machine")
+    baseline_quantile: float = Field(
+        0.99, gt=0.5, lt=1, description="an adapted anomaly threshold is at least this quantile of healthy scores"
+    )
+    load_cpu_high: float = Field(0.85, gt=0, le=1, description="process CPU share of the cores counted as load")
+    load_busy_high: float = Field(0.5, gt=0, le=1, description="share of time spent in inference counted as load")
+    load_backlog_high: float = Field(
+        0.25, gt=0, le=1, description="ingestion backlog (share of max_pending_items) counted as load"
+    )
+    load_max_stretch: int = Field(32, ge=1, le=3600, description="diagnosis period multiplier under load, at most")
+
+    @field_validator("platform_key")
+    @classmethod
+    def _platform_key_real(cls, v: str | None) -> str | None:
+        if v is not None and v.lower() in _PLACEHOLDERS:
+            raise ValueError("platform_key is a placeholder; set the agent key the platform issued")
+        return v
 
     @field_validator("broker_url")
     @classmethod

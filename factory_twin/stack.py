@@ -94,6 +94,7 @@ class Stack:
         self.api: uvicorn.Server | None = None
         self.agent: Agent | None = None
         self.admin_key = ""
+        self.agent_key = ""
         self.api_url = ""
         self.mqtt_url = ""
         self._api_thread: threading.Thread | None = None
@@ -120,8 +121,9 @@ class Stack:
         site = self._site()
         self.platform = Platform(settings, self.engine, site, self.mqtt_url).start()
         self.ingestor = self.platform.ingestor
-        with make_sessionmaker(self.engine).begin() as session:
+        with make_sessionmaker(self.engine)() as session:  # create_key commits each key
             self.admin_key = create_key(session, Role.ADMIN, "demo admin")
+            self.agent_key = create_key(session, Role.AGENT, f"gateway {cfg.gateway_id}")
         self._start_api(settings)
 
     def _start_api(self, settings: TwinSettings) -> None:
@@ -165,9 +167,12 @@ class Stack:
         sim = Simulator(SimulatorConfig(site=site, data_dir=example_data_dir(), mqtt_url=self.mqtt_url,
                                         speed=self.config.speed, faults=faults))
         assert self._site_file is not None
+        # the agent asks the platform's teachers about unsure windows and follows promoted models
+        platform = {"platform_url": self.api_url, "platform_key": self.agent_key} if self.agent_key else {}
         self.agent = Agent(site_file=self._site_file, gateway_id=self.config.gateway_id,
                            data_dir=self.config.data_dir / "agent", broker_url=self.mqtt_url,
-                           mqtt_url=self.mqtt_url, metrics_port=0, **self.config.extra_agent_settings)
+                           mqtt_url=self.mqtt_url, metrics_port=0,
+                           **(platform | self.config.extra_agent_settings))
         async with sim, asyncio.TaskGroup() as tg:
             sim_task = tg.create_task(sim.run(), name="simulator")
             status_task = tg.create_task(self._report(status_every), name="status")

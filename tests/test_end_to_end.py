@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 MACHINES = {"engine-1": "t24", "mill-1": "torque", "pump-1": "pressure"}
 
 
-def _run(config: StackConfig, seconds: float) -> tuple[Stack, dict[str, dict[str, object]], dict[str, object]]:
+def _run(
+    config: StackConfig, seconds: float, prop: str = MACHINES["engine-1"]
+) -> tuple[Stack, dict[str, dict[str, object]], dict[str, object]]:
     stack = Stack(config)
     stack.start_platform()
     try:
@@ -28,7 +30,6 @@ def _run(config: StackConfig, seconds: float) -> tuple[Stack, dict[str, dict[str
         asyncio.run(stack.run_edge(seconds))
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as api:
             states = {node: api.get(f"/api/v1/nodes/{node}").raise_for_status().json() for node in MACHINES}
-            prop = MACHINES["engine-1"]
             history = api.get(f"/api/v1/nodes/engine-1/properties/{prop}/history",
                               params={"limit": 5}).raise_for_status().json()
             assert api.get("/api/v1/nodes", headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -54,6 +55,12 @@ def _check(stack: Stack, states: dict[str, dict[str, object]], history: dict[str
     items = history["items"]
     assert isinstance(items, list)
     assert len(items) >= 2
+    # on-device diagnostics: the mill's fault model judges every grid point; its verdict is a property of the node
+    assert _latest(states["mill-1"], "diag.faults.label")["value"] in ("none", "TWF", "HDF", "PWF", "OSF", "RNF")
+    assert 0 <= float(_latest(states["mill-1"], "diag.faults.probability")["value"]) <= 1  # type: ignore[arg-type]
+    diagnoses = states["mill-1"]["diagnoses"]
+    assert isinstance(diagnoses, list)
+    assert [(d["task"], d["model"], d["source"]) for d in diagnoses] == [("faults", "ai4i-faults", "edge")]
     summary = stack.summary(0)
     assert summary.values_ingested > 0
     assert summary.rejected == 0
@@ -61,8 +68,19 @@ def _check(stack: Stack, states: dict[str, dict[str, object]], history: dict[str
 
 
 def test_embedded_broker_and_sqlite(tmp_path: Path) -> None:
+    """Long enough for the engine's RUL model (15 cycles, one per grid point): its verdict reaches the twin with
+    its interval and history."""
     config = StackConfig(data_dir=tmp_path, http_port=0, speed=2.0, gateway_id=f"e2e-{uuid.uuid4().hex[:8]}")
-    _check(*_run(config, seconds=12))
+    stack, states, history = _run(config, seconds=21, prop="diag.rul.rul")
+    _check(stack, states, history)
+    rul = _latest(states["engine-1"], "diag.rul.rul")
+    assert rul["unit"] == "cycle"
+    assert 0 <= float(rul["value"]) <= 125  # type: ignore[arg-type]
+    low, high = (float(_latest(states["engine-1"], f"diag.rul.rul_{b}")["value"]) for b in ("low", "high"))  # type: ignore[arg-type]
+    assert low <= float(rul["value"]) <= high  # type: ignore[arg-type]
+    (diagnosis,) = states["engine-1"]["diagnoses"]  # type: ignore[misc]
+    assert diagnosis["task"] == "rul"
+    assert diagnosis["payload"]["rul_high"] == high
 
 
 @pytest.mark.postgres

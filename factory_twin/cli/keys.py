@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from factory_twin.logs import configure_logging
 from plant.wire import from_us
 from twin import auth
-from twin.auth import Role
+from twin.auth import PERSON_ROLES, Role
 from twin.config import get_settings
 from twin.db import make_engine, make_sessionmaker
 from twin.errors import NotFound
@@ -67,7 +67,7 @@ def keys() -> None:
     "-r",
     type=click.Choice([r.value for r in Role]),
     required=True,
-    help="viewer < technician < engineer < admin",
+    help="viewer < technician < engineer < admin; agent for an edge gateway (models and cascade only)",
 )
 @click.option("--name", "-n", default="", help="what the key is for (shown in listings)")
 @_URL
@@ -118,7 +118,7 @@ def revoke(prefix: str, url: str | None) -> None:
 @click.option(
     "--role",
     "-r",
-    type=click.Choice([r.value for r in Role]),
+    type=click.Choice([r.value for r in PERSON_ROLES]),
     required=True,
     help="viewer < technician < engineer < admin",
 )

@@ -1,4 +1,8 @@
-"""`factory-twin serve`: the platform — ingest workers and the REST API, together or as separate services."""
+"""`factory-twin serve`: the platform — ingest workers and the REST API, together or as separate services.
+
+Every process that ingests and has a site (TWIN_SITE_FILE) also stands for alert evaluation: one of them leads
+and evaluates everything stored, the others take over when it stops (twin/alerts/evaluator.py).
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ def _serve(settings: object, role: str) -> None:
     from twin.broker import EmbeddedBroker
     from twin.config import TwinSettings
     from twin.db import make_engine
+    from twin.metrics import platform_collectors, registry_of, serve_metrics
     from twin.platform import Platform
     from twin.schema_check import check_schema
 
@@ -64,14 +69,12 @@ def _serve(settings: object, role: str) -> None:
             site = load_site(settings.site_file) if settings.site_file is not None else None
             platform = Platform(settings, engine, site, mqtt_url).start()
             if settings.metrics_port >= 0:
-                from twin.metrics import serve_metrics
-
-                assert platform.ingestor is not None
-                assert platform.history is not None
-                metrics = serve_metrics(platform.ingestor, platform.history, settings.metrics_host,
+                metrics = serve_metrics(registry_of(platform_collectors(platform)), settings.metrics_host,
                                         settings.metrics_port)
         if role in ("all", "api"):
             app = create_app(settings, engine)
+            for collector in platform_collectors(platform) if platform is not None else ():
+                app.state.metrics.register(collector)  # --role all: GET /metrics shows the platform's too
             log.info("api listening", url=f"http://{settings.http_host}:{settings.http_port}")
             # uvicorn raises the signal it stopped on again once it is done; with the default handler that
             # kills the process before the ingest workers below finish their batch: make it a no-op

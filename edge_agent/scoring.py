@@ -1,0 +1,99 @@
+"""Scoring on the inference thread: one model's windows in one call, each prediction checked, then a Diagnosis.
+
+A window the runtime refuses gets its reason (``missing_signal``, ``nan``, ...); a model that fails
+(``inference_failed``) or answers outside its declared range (``out_of_range``, see ``model_slots.py``) gets no
+diagnosis: the caller counts it and rolls the model back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from edge_agent.baseline import Adapted
+from edge_agent.model_slots import Slot, out_of_range
+from edge_agent.targets import Asset, Target
+from edge_agent.windows import Window
+from models.errors import InferenceError, WindowRejected
+from models.runtime import Prediction
+from plant.wire import Diagnosis, DiagnosisSource
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Job:
+    """One window to score: whose it is, the model slot (and machine baseline) to score it with."""
+
+    asset: Asset
+    target: Target
+    slot: Slot
+    adapted: Adapted | None
+    window: Window
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A scored window: its prediction, or why there is none (a skip reason, or a model failure)."""
+
+    job: Job
+    prediction: Prediction | None = None
+    error: str | None = None
+
+
+def score(group: list[Job]) -> list[Outcome]:
+    """One model's windows in one call; window by window when one of them is refused, to name it.
+
+    Units are not passed: every input's unit in the site was checked against the model's when it was put in use
+    (``ModelSlots``), so the runtime need not compare them per window.
+    """
+    job = group[0]
+    model = job.adapted.model if job.adapted else job.slot.model
+    try:
+        predictions = model.predict_batch([j.window.values for j in group]) if len(group) > 1 else None
+    except (WindowRejected, InferenceError):
+        predictions = None
+    out: list[Outcome] = []
+    for i, j in enumerate(group):
+        try:
+            p = predictions[i] if predictions is not None else model.predict(j.window.values)
+        except WindowRejected as exc:
+            out.append(Outcome(j, error=exc.reason))
+            continue
+        except InferenceError as exc:
+            log.error("inference_failed", node=j.asset.node, task=j.target.task, error=str(exc))
+            out.append(Outcome(j, error="inference_failed"))
+            continue
+        if j.adapted is not None:
+            p = j.adapted.apply(p)
+        wrong = out_of_range(model, p)
+        if wrong:
+            log.error("model_output_out_of_range", node=j.asset.node, task=j.target.task, why=wrong)
+            out.append(Outcome(j, error="out_of_range"))
+        else:
+            out.append(Outcome(j, prediction=p))
+    return out
+
+
+def diagnosis(job: Job, p: Prediction) -> Diagnosis:
+    """The wire Diagnosis of a scored window."""
+    manifest = job.slot.model.manifest
+    # checked already (out_of_range; node, task and ts come from the site and the grid): no validation pass
+    return Diagnosis.model_construct(
+        node=job.asset.node,
+        task=job.target.task,
+        ts=job.window.ts,
+        model=manifest["name"],
+        version=manifest["version"],
+        source=DiagnosisSource.EDGE,
+        confidence=p.confidence,
+        score=p.score,
+        threshold=p.threshold,
+        label=p.label,
+        probability=p.probability,
+        rul=p.rul,
+        rul_low=p.rul_low,
+        rul_high=p.rul_high,
+        unit=p.unit,
+    )
