@@ -124,8 +124,7 @@ def add_variants(
 def add_int8_student(built: Built, fp32: bytes, architecture: str) -> None:
     """Record an int8 student of another architecture than ``student`` (when ``student`` cannot quantize).
 
-    It shares the student's calibration; training evaluates both, and the edge default becomes the int8
-    student only if it scores at least as well (``choose_default``).
+    It shares the student's calibration; training evaluates both; the edge default stays ``student``.
     """
     entry = dict(built.manifest["variants"]["student"])
     data = quantize_int8(fp32)

@@ -149,38 +149,3 @@ class KnnDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     def predict(self, X: Any) -> NDArray[np.int64]:
         """-1 for outliers, 1 for inliers."""
         return np.where(self.decision_function(X) < 0, -1, 1)
-
-
-def averaged_mlp(members: list[Any]) -> Any:
-    """One MLPRegressor computing the mean of several same-shaped ones (side by side, block-diagonal).
-
-    The members' hidden layers are placed next to each other and the output layer divides by their
-    number, so the ensemble is a single plain MLP: one ONNX graph of MatMuls that int8 quantizes.
-    """
-    from scipy.linalg import block_diag
-    from sklearn.neural_network import MLPRegressor
-
-    if not members:
-        raise ValueError("no MLP to average")
-    first = members[0]
-    depth = len(first.coefs_)
-    coefs, intercepts = [], []
-    for layer in range(depth):
-        weights = [m.coefs_[layer] for m in members]
-        if layer == 0:
-            coefs.append(np.concatenate(weights, axis=1))  # every member reads the same inputs
-        else:
-            coefs.append(block_diag(*weights))
-        intercepts.append(np.concatenate([m.intercepts_[layer] for m in members]))
-    n = len(members)
-    # The members' outputs sit side by side: one more linear map averages them.
-    out_w = np.zeros((coefs[-1].shape[1], first.n_outputs_))
-    for i in range(n):
-        out_w[i * first.n_outputs_ : (i + 1) * first.n_outputs_] = np.eye(first.n_outputs_) / n
-    coefs[-1] = coefs[-1] @ out_w
-    intercepts[-1] = intercepts[-1] @ out_w
-    merged = MLPRegressor(hidden_layer_sizes=tuple(c.shape[1] for c in coefs[:-1]), activation=first.activation)
-    merged.coefs_, merged.intercepts_ = coefs, intercepts
-    merged.n_layers_, merged.n_outputs_, merged.out_activation_ = depth + 1, first.n_outputs_, first.out_activation_
-    merged.n_features_in_ = first.n_features_in_
-    return merged

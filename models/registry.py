@@ -155,21 +155,13 @@ def model_card(manifest: dict[str, Any]) -> str:
         lines.append(f"| {name} | {entry['file']} | {entry['bytes']} | {metrics} |")
     lines += [
         "",
-        f"The edge runs `{manifest['default_variant']}`{_rule_text(manifest)}.",
+        f"The edge runs `{manifest['default_variant']}`.",
         "",
         "## Limits",
         manifest.get("limits", ""),
         "",
     ]
     return "\n".join(lines)
-
-
-def _rule_text(manifest: dict[str, Any]) -> str:
-    rule = manifest.get("default_rule")
-    if not rule:
-        return ""
-    best = "lowest" if rule["lower_is_better"] else "highest"
-    return f" (of {', '.join(rule['candidates'])}: the {best} {rule['metric']} on the evaluation protocol)"
 
 
 def _window_text(spec: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from models import build, registry, runtime, tasks
 
 TARGETS = {
-    "rul": "student int8 RMSE ≤ 13.0 and within 0.5 of the teacher (the edge runs the better student)",
+    "rul": "student int8 RMSE ≤ 13.0 and within 0.5 of the teacher",
     "faults": "student macro F1 within 1 point of the teacher",
     "anomaly": "student F1 above the best classical SKAB leaderboard method (MSET, 0.78)",
 }

@@ -3,16 +3,15 @@
 Target: the piecewise-linear RUL, capped at 125 cycles. Teacher: extra trees and gradient boosting averaged,
 on window features (last, mean, std, slope, min, max, weighted means per sensor; the cycle count). Student:
 fewer boosted trees fitted to the teacher's outputs (distillation and pruning), float32 (trees have no
-weights onnxruntime can quantize). Int8 student: five small MLPs distilled from the teacher's outputs on
-every truncation point of the training engines, averaged inside one graph, dynamically quantized to int8.
-The edge runs whichever student scores better on the test protocol (see the model card).
+weights onnxruntime can quantize). Int8 student: the same trees compiled to matrices (``models.tree_matrix``),
+their path and leaf-value matrices dynamically quantized to int8: the same leaves, 2.6x smaller, slower on a
+CPU than the tree ensemble, so the edge runs the float32 trees by default.
 Prediction interval: split-conformal residual quantiles per band of predicted RUL, from engines held out of
 a calibration fit. Protocol: one prediction per test engine at its last cycle against RUL_FD00x.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,15 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, VotingRegressor
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.neural_network import MLPRegressor
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from models import build
 from models.datasets import CmapssData, file_names, files_hash, load_cmapss
-from models.distill import averaged_mlp, interval_bands
+from models.distill import interval_bands
 from models.errors import DataError, TrainingError
 from models.export import sklearn_to_onnx
 from models.features import FeatureSpec, features, pad_oldest, sliding_windows
 from models.runtime import LoadedModel
+from models.tree_matrix import trees_to_matrix_onnx
 
 Array = NDArray[np.float64]
 CAP = 125.0
@@ -68,9 +64,6 @@ SEED = 0
 CALIBRATION_ENGINES = 0.2  # share of training engines held out to calibrate the prediction interval
 BAND_EDGES = (30.0, 60.0, 90.0)
 STUDENT_TREES = 300
-MLP_MEMBERS = 5  # averaged inside one graph: less seed-to-seed spread than one MLP, still ~40 KB in int8
-MLP_HIDDEN = (32, 16)
-MLP_EPOCHS = 60  # fixed, no early stopping: the teacher's outputs are noise-free targets
 
 
 def _unit_rows(frame: pd.DataFrame) -> list[tuple[str, Array]]:
@@ -126,22 +119,6 @@ def _student(n_trees: int = 0, learning_rate: float = 0.05) -> GradientBoostingR
     )
 
 
-def _mlp_student(X: Array, soft: Array, progress: build.Progress) -> Pipeline:
-    """Standardised features into the average of ``MLP_MEMBERS`` MLPs, each fitted to the teacher's outputs."""
-    scaler = StandardScaler().fit(X)
-    Xs = scaler.transform(X)
-    members = []
-    for seed in range(MLP_MEMBERS):
-        progress(f"rul: int8 student, MLP {seed + 1}/{MLP_MEMBERS} distilled from the teacher's outputs")
-        mlp = MLPRegressor(
-            hidden_layer_sizes=MLP_HIDDEN, alpha=1e-3, batch_size=256, max_iter=MLP_EPOCHS, random_state=SEED + seed
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed epoch budget is the design
-            members.append(mlp.fit(Xs, soft))
-    return make_pipeline(scaler, averaged_mlp(members))
-
-
 def _intervals(X: Array, y: Array, true: Array, groups: NDArray[np.str_], progress: build.Progress) -> dict[str, Any]:
     """Residual bands of a student-shaped model fitted without a fifth of the engines, scored on them."""
     rng = np.random.default_rng(SEED)
@@ -168,7 +145,6 @@ def train(paths: Sequence[Path], version: str, progress: build.Progress = build.
     progress(f"rul: student ({STUDENT_TREES} boosted trees) distilled from the teacher's outputs")
     soft = np.clip(teacher.predict(X), 0.0, CAP)
     student = _student().fit(X, soft)
-    mlp = _mlp_student(X, soft, progress)
     progress("rul: ONNX export and int8 quantization")
     manifest = build.new_manifest(
         "rul",
@@ -187,20 +163,18 @@ def train(paths: Sequence[Path], version: str, progress: build.Progress = build.
         limits="Trained on C-MAPSS FD001 (one operating condition, one fault mode); other sub-sets need "
         "retraining. Predictions are capped at 125 cycles: early-life engines read 'at least 125'.",
     )
-    built = build.Built(manifest, estimators={"teacher": teacher, "student": student, "student-int8": mlp})
+    built = build.Built(manifest, estimators={"teacher": teacher, "student": student})
     n_features = X.shape[1]
+    student_onnx = sklearn_to_onnx(student, n_features)
     build.add_variants(
         built,
         sklearn_to_onnx(teacher, n_features),
-        sklearn_to_onnx(student, n_features),
+        student_onnx,
         output_name="variable",
         n_features=n_features,
         calibration={"student": interval},
     )
-    build.add_int8_student(built, sklearn_to_onnx(mlp, n_features), f"{MLP_MEMBERS} averaged MLP{MLP_HIDDEN}")
-    # Ties go to int8 (smaller); otherwise the edge keeps the better-scoring student.
-    built.manifest["default_rule"] = {
-        "metric": "rmse", "lower_is_better": True, "candidates": ["student-int8", "student"]}  # fmt: skip
+    build.add_int8_student(built, trees_to_matrix_onnx(student_onnx), "the student's trees compiled to matrices")
     built.manifest["variants"]["student"]["architecture"] = f"{STUDENT_TREES} boosted trees, depth 4 (float32)"
     return built
 

@@ -18,7 +18,7 @@ from models.errors import DataError
 
 DEFAULT_VERSION = "1.0.0"
 # The version each task's training writes; bumped when the model changes (the edge loads the newest).
-VERSIONS = {"rul": "1.1.0", "faults": "1.0.0", "anomaly": "1.1.0"}
+VERSIONS = {"rul": "1.2.0", "faults": "1.0.0", "anomaly": "1.1.0"}
 TASK_MODULES = {"rul": "models.rul", "faults": "models.faults", "anomaly": "models.anomaly"}
 FEEDBACK_TASKS = ("faults", "anomaly")  # tasks whose training takes labelled feedback rows
 
@@ -74,25 +74,12 @@ def train(
         built.manifest["variants"][variant]["metrics"] = {
             k: v for k, v in scores.items() if isinstance(v, int | float) and k not in {"latency_us"}
         }
-    choose_default(built.manifest)
     progress(f"{task}: cascade threshold for {built.manifest['default_variant']}")
     built.manifest["cascade"] = cascade.run(task, directory, paths, student_variant=built.manifest["default_variant"])
     built.manifest["training"]["seconds"] = round(time.perf_counter() - started, 1)
     registry.write_model_dir(directory, built.manifest, built.files)
     progress(f"{task}: done in {time.perf_counter() - started:.0f} s → {directory}")
     return directory
-
-
-def choose_default(manifest: dict[str, Any]) -> None:
-    """Apply the manifest's ``default_rule``: the edge runs the candidate with the best measured metric."""
-    rule = manifest.get("default_rule")
-    if not rule:
-        return
-    sign = 1.0 if rule["lower_is_better"] else -1.0
-    scored = [v for v in rule["candidates"] if rule["metric"] in manifest["variants"][v]["metrics"]]
-    if scored:
-        metric = rule["metric"]
-        manifest["default_variant"] = min(scored, key=lambda v: sign * manifest["variants"][v]["metrics"][metric])
 
 
 def evaluate(

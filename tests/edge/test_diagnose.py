@@ -25,6 +25,8 @@ from plant.site import Site, load_site
 from plant.wire import Diagnosis, DiagnosisSource, Frame, Quality, Scalar
 
 GRID = 1_000_000
+# the newest RUL model shipped, which the agent loads unless told otherwise
+RUL = max((p.name for p in (PACKAGE_REGISTRY / "rul").iterdir()), key=lambda v: tuple(map(int, v.split("."))))
 T0 = 1_700_000_000_000_000
 HEALTHY_MILL = {"product_type": "M", "air_temperature": 298.0, "process_temperature": 308.6,
                 "rotational_speed": 1500.0, "torque": 40.0, "tool_wear": 10.0}  # fmt: skip
@@ -176,8 +178,8 @@ def test_bad_quality_and_gaps_give_no_window(tmp_path: Path) -> None:
 
 def test_swap_model_checks_before_use_and_keeps_the_old_one_on_failure(tmp_path: Path) -> None:
     d = make(tmp_path)
-    assert d.versions()["turbofan"]["rul"] == "1.1.0"
-    broken = copy_model(PACKAGE_REGISTRY / "rul" / "1.1.0", tmp_path / "reg" / "rul", "2.0.0")
+    assert d.versions()["turbofan"]["rul"] == RUL
+    broken = copy_model(PACKAGE_REGISTRY / "rul" / RUL, tmp_path / "reg" / "rul", "2.0.0")
     (broken / "student.onnx").write_bytes(b"not onnx")
     with pytest.raises(ModelError, match="sha256"):
         d.swap_model("turbofan", "rul", broken)
@@ -185,7 +187,7 @@ def test_swap_model_checks_before_use_and_keeps_the_old_one_on_failure(tmp_path:
         d.swap_model("turbofan", "rul", PACKAGE_REGISTRY / "faults" / "1.0.0")
     with pytest.raises(ModelError, match="no faults model"):
         d.swap_model("turbofan", "faults", PACKAGE_REGISTRY / "faults" / "1.0.0")
-    assert d.versions()["turbofan"]["rul"] == "1.1.0"
+    assert d.versions()["turbofan"]["rul"] == RUL
     assert d.swap_model("turbofan", "rul", PACKAGE_REGISTRY / "rul" / "1.0.0") == "1.0.0"
     assert d.versions()["turbofan"]["rul"] == "1.0.0"
     rows = feed_rows(example_site(), "engine-1")
@@ -216,20 +218,20 @@ def _bad_band(manifest: dict[str, Any]) -> None:
 
 def test_out_of_range_output_on_live_data_rolls_back_and_reports(tmp_path: Path) -> None:
     registry = tmp_path / "reg"  # empty: the package's models are used
-    bad = copy_model(PACKAGE_REGISTRY / "rul" / "1.1.0", tmp_path / "download" / "rul", "9.9.9", _bad_band)
+    bad = copy_model(PACKAGE_REGISTRY / "rul" / RUL, tmp_path / "download" / "rul", "9.9.9", _bad_band)
     reports: list[tuple[str, str, str, str]] = []
     d = make(tmp_path, registry=registry)
     d.on_rollback = lambda *args: reports.append(args)
     rows = feed_rows(example_site(), "engine-1")
     out = run_frames(d, [[frame("engine-1", i, rows[i])] for i in range(20)])
-    assert {x.version for x in out} == {"1.1.0"}
+    assert {x.version for x in out} == {RUL}
     assert d.swap_model("turbofan", "rul", bad) == "9.9.9"  # passes the probe
     out = run_frames(d, [[frame("engine-1", i, rows[i])] for i in range(20, 23)])
     assert reports == [("turbofan", "rul", "9.9.9", "out_of_range")]
-    assert d.versions()["turbofan"]["rul"] == "1.1.0"
-    assert [x.version for x in out] == ["1.1.0", "1.1.0"]  # the failing window is skipped, not uplinked
+    assert d.versions()["turbofan"]["rul"] == RUL
+    assert [x.version for x in out] == [RUL, RUL]  # the failing window is skipped, not uplinked
     assert d.skipped["out_of_range"] == 1
     # remembered: a restart does not load it, though it is now the newest in the registry
     shutil.copytree(bad, registry / "rul" / "9.9.9")
-    assert make(tmp_path, registry=registry).versions()["turbofan"]["rul"] == "1.1.0"
+    assert make(tmp_path, registry=registry).versions()["turbofan"]["rul"] == RUL
     assert make(tmp_path / "elsewhere", registry=registry).versions()["turbofan"]["rul"] == "9.9.9"

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-import pytest
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.neural_network import MLPRegressor
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from models.distill import KnnDetector, MahalanobisDetector, averaged_mlp, fit_temperature, soft_targets
+from models.distill import KnnDetector, MahalanobisDetector, fit_temperature, soft_targets
 
 
 @parametrize_with_checks([MahalanobisDetector(), KnnDetector(max_reference=50)])
@@ -37,18 +32,3 @@ def test_temperature_softens_and_fits() -> None:
     flip = rng.random(400) < 0.3
     overconfident[flip] = overconfident[flip][:, ::-1]
     assert fit_temperature(overconfident, labels) > 1.0
-
-
-def test_averaged_mlp_is_the_mean_of_its_members() -> None:
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((200, 6))
-    y = X @ rng.standard_normal(6) + 0.1 * rng.standard_normal(200)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        members = [MLPRegressor(hidden_layer_sizes=(8, 4), max_iter=20, random_state=s).fit(X, y) for s in range(3)]
-    merged = averaged_mlp(members)
-    expected = np.mean([m.predict(X) for m in members], axis=0)
-    assert np.allclose(merged.predict(X), expected, atol=1e-10)
-    assert merged.hidden_layer_sizes == (24, 12)
-    with pytest.raises(ValueError, match="no MLP"):
-        averaged_mlp([])

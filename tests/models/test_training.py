@@ -94,9 +94,8 @@ def test_rul_pipeline_on_a_few_engines(datasets: Path, tmp_path: Path) -> None:
     cmapss = datasets / "cmapss"
     directory = tasks.train("rul", [train, cmapss / "test_FD001.txt", cmapss / "RUL_FD001.txt"], tmp_path / "reg")
     variants = runtime.load(directory).manifest["variants"]
-    # Trees cannot be int8-quantized: the int8 student is a distilled MLP ensemble; the edge runs the better.
-    best = min(("student-int8", "student"), key=lambda v: variants[v]["metrics"]["rmse"])
-    assert runtime.load(directory).variant == best
+    # The int8 student is the student's trees compiled to matrices; the edge runs the faster float32 trees.
+    assert runtime.load(directory).variant == "student"
     assert 0 < variants["student"]["metrics"]["rmse"] < 60
     assert 0 < variants["student-int8"]["metrics"]["rmse"] < 60
     frame = load_cmapss([train]).train
@@ -107,23 +106,9 @@ def test_rul_pipeline_on_a_few_engines(datasets: Path, tmp_path: Path) -> None:
     # Tree thresholds are float32 in ONNX: a row on a split boundary may take the other branch.
     close = np.abs(onnx_out - build.load_estimator(directory, "student").predict(feats)) < 1e-2
     assert close.mean() > 0.99
-    # int8 parity: the quantized MLP stays within a cycle or two of its float64 scikit-learn form.
+    # int8 parity: the same leaves as the trees, the leaf values rounded to each tree's int8 step.
     int8 = runtime.load(directory, "student-int8").raw_outputs(feats).reshape(-1)
-    mlp = build.load_estimator(directory, "student-int8").predict(feats.astype(np.float64))
-    assert np.sqrt(np.mean((int8 - mlp) ** 2)) < 2.0
-
-
-def test_default_variant_follows_the_manifest_rule() -> None:
-    manifest = {
-        "default_variant": "student",
-        "default_rule": {"metric": "rmse", "lower_is_better": True, "candidates": ["student-int8", "student"]},
-        "variants": {"student": {"metrics": {"rmse": 13.1}}, "student-int8": {"metrics": {"rmse": 13.1}}},
-    }
-    tasks.choose_default(manifest)
-    assert manifest["default_variant"] == "student-int8"  # a tie goes to the smaller int8
-    manifest["variants"]["student"]["metrics"]["rmse"] = 12.9
-    tasks.choose_default(manifest)
-    assert manifest["default_variant"] == "student"
+    assert np.abs(int8 - onnx_out).max() < 0.5
 
 
 def test_bad_data_is_refused(tmp_path: Path) -> None:
