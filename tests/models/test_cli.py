@@ -84,3 +84,23 @@ def test_report_with_plots(datasets: Path, registry_root: Path, tmp_path: Path) 
     assert {r["variant"] for r in report["rows"]} == {"teacher", "student"}
     assert "macro_f1_within_1pt" in report["targets"]
     assert (tmp_path / "faults_confusion.png").stat().st_size > 1000
+
+
+def test_committed_int8_students_reproduce_and_meet_the_quality_targets(datasets: Path, registry_root: Path) -> None:
+    # The quality targets, on the committed int8 students as the CLI scores them (timings: models report).
+    scores = {}
+    for task in ("rul", "anomaly"):
+        directory = registry.latest(registry_root, task)
+        args = ["models", "evaluate", task, "--model", str(directory), *_data(task, datasets)]
+        result = CliRunner().invoke(cli, [*args, "--variant", "student-int8", "--json"])
+        assert result.exit_code == 0, result.output
+        scores[task] = json.loads(result.stdout)
+        manifest = registry.read_manifest(directory)
+        variants = manifest["variants"]
+        assert scores[task]["model_bytes"] <= 0.1 * variants["teacher"]["bytes"]
+        metric = "rmse" if task == "rul" else "f1"
+        assert scores[task][metric] == pytest.approx(variants["student-int8"]["metrics"][metric], rel=1e-6)
+    teacher_rmse = registry.read_manifest(registry.latest(registry_root, "rul"))["variants"]["teacher"]["metrics"]
+    assert scores["rul"]["rmse"] <= 13.0
+    assert scores["rul"]["rmse"] - teacher_rmse["rmse"] <= 0.5
+    assert scores["anomaly"]["f1"] > 0.78  # MSET, the best classical method on SKAB's leaderboard
