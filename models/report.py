@@ -163,8 +163,15 @@ def cascade_text(section: dict[str, Any]) -> str:
     return (
         f"cascade (recorded): {metric} {section['cascade']:.3f} (student {section['student']:.3f}, teacher "
         f"{section['teacher']:.3f}) offloading {100 * section['offload_share']:.1f} % below confidence "
-        f"{section['confidence_threshold']:.3f}"
+        f"{section['confidence_threshold']:.3f}" + _cross_fitted_text(section)
     )
+
+
+def _cross_fitted_text(section: dict[str, Any]) -> str:
+    check = section.get("cross_fitted")
+    if not isinstance(check, dict):
+        return ""
+    return f"; cross-fitted {check['cascade']:.3f} offloading {100 * check['offload_share']:.1f} %"
 
 
 def write_plots(task: str, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:

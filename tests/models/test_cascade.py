@@ -19,6 +19,25 @@ def _outcomes(truth, student, teacher, confidence) -> cascade.Outcomes:
     return cascade.Outcomes(*(np.asarray(x) for x in (truth, student, teacher, confidence)))
 
 
+def test_cross_fitted_figure_scores_each_half_with_the_other_halfs_threshold() -> None:
+    # Asset 0: the student is wrong where it is unsure; asset 1: unsure where it is right, wrong where sure.
+    # Chosen on both, the threshold fixes asset 0's errors; chosen on one asset, it does nothing for the other.
+    confidence = np.full(100, 0.9)
+    confidence[:5] = confidence[50:55] = 0.1
+    student = np.zeros(100)
+    student[:5] = student[90:95] = 10.0  # RUL cycles off
+    part = np.repeat([0, 1], 50)
+    zeros = np.zeros(100)
+    result = cascade.measure("rul", cascade.Outcomes(zeros, student, zeros, confidence, part))
+    assert result["cascade"] == pytest.approx(np.sqrt(5.0))  # in-sample: asset 0's five errors re-checked
+    check = result["cross_fitted"]
+    assert check["thresholds"] == [0.0, 0.9]  # fold 0 gets asset 1's threshold (offload nothing), and back
+    assert check["cascade"] == pytest.approx(np.sqrt(10.0))  # no better than the student on unseen windows
+    assert check["offload_share"] == pytest.approx(0.05)  # asset 1's unsure windows, offloaded for nothing
+    assert not check["within_tolerance"]
+    assert "cross-fitted" in cascade.summary("rul", Path("x"), {**result, "student_variant": "student"})
+
+
 def test_threshold_offloads_the_unsure_windows_within_the_limit() -> None:
     n = 100
     truth = np.arange(n) % 6  # every class present: macro F1 over the six is 1 for a perfect answer
