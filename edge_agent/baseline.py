@@ -182,7 +182,7 @@ def adapt(model: LoadedModel, rows: list[list[float]], units: dict[str, str], qu
     array = np.asarray(rows, dtype=np.float64)
     history = {s: array[:, i] for i, s in enumerate(signals)}
     try:
-        adapted = model.with_baseline(history, units)  # type: ignore[arg-type]  # numpy columns are sequences
+        adapted = model.with_baseline(history, units)
         view = np.lib.stride_tricks.sliding_window_view(array, model.spec.window, axis=0).transpose(0, 2, 1)
         scores = np.concatenate(
             [

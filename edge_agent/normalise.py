@@ -225,8 +225,9 @@ class Normaliser:
                 rejected.append((r, "unknown_signal", f"{node}.{prop} is not bound in the site model"))
                 continue
             t = type(raw)
-            if sig.dtype is _FLOAT and (t is float or (t is int and -_EXACT < raw < _EXACT)):  # the usual case
-                value: object = raw * sig.a + sig.b if sig.scaled else (raw if t is float else float(raw))
+            # the usual case; ``raw`` is a number here (its type was just checked), which mypy cannot follow
+            if sig.dtype is _FLOAT and (t is float or (t is int and -_EXACT < raw < _EXACT)):  # type: ignore[operator]
+                value: object = raw * sig.a + sig.b if sig.scaled else (raw if t is float else float(raw))  # type: ignore[operator, arg-type]
                 if value - value != 0.0:  # type: ignore[operator]  # NaN, ±inf, or a scaling overflow
                     rejected.append((r, "not_finite", f"{node}.{prop}: {raw!r}"))
                     continue

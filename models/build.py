@@ -54,7 +54,8 @@ class Extra:
 
     def rows(self, label: int) -> NDArray[np.float64]:
         """The feature rows of one label."""
-        return self.features[self.labels == label]
+        rows: NDArray[np.float64] = self.features[self.labels == label]
+        return rows
 
 
 def new_manifest(

@@ -139,7 +139,7 @@ def outcomes(
         t_out.append(np.array([answer(p, t_model) for p in t_pred]))
         conf.append(np.array([p.confidence for p in s_pred], dtype=np.float64))
         parts.append(np.full(len(part.windows), index, dtype=np.int64))
-    return Outcomes(*(np.concatenate(x) for x in (truth, s_out, t_out, conf, parts)))  # type: ignore[arg-type]
+    return Outcomes(*(np.concatenate(x) for x in (truth, s_out, t_out, conf, parts)))
 
 
 def scores(task: str, truth: NDArray[Any], predicted: NDArray[Any]) -> dict[str, float]:
@@ -187,7 +187,7 @@ def folds(result: Outcomes, seed: int = 0) -> NDArray[np.int64]:
     """Two halves of the held-out windows: alternate assets where there are several, else a seeded shuffle."""
     n = result.truth.size
     if result.part is not None and np.unique(result.part).size >= 2:
-        return result.part % 2  # type: ignore[no-any-return]
+        return result.part % 2
     fold = np.ones(n, dtype=np.int64)
     fold[np.random.default_rng(seed).permutation(n)[: n // 2]] = 0
     return fold

@@ -349,7 +349,8 @@ def fetch(
         rows = _usable(frames, model.spec.signals)
         caused_at = (raw.get("evidence") or {}).get("ts")
         if raw["verdict"] == "true_fault" and isinstance(caused_at, int):
-            first = next((i for i, f in enumerate(rows) if _us(f["ts"], "frame") >= caused_at), len(rows))
+            at: int = caused_at
+            first = next((i for i, f in enumerate(rows) if (_us(f["ts"], "frame") or 0) >= at), len(rows))
             rows = rows[max(first - (model.spec.window - 1), 0) :]
         item = dict(raw, task=task, window=_columns(rows, model.spec.signals))
         if rows:

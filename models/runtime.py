@@ -43,6 +43,8 @@ _UNIT_ALIASES = {
     "degr": "°r",
 }
 
+Column = Sequence[Any] | NDArray[Any]  # one signal's values in a window: a list, or a numpy column
+
 
 def _unit_key(unit: str) -> str:
     key = unit.strip().lower()
@@ -122,7 +124,7 @@ class LoadedModel:
         """``rul``, ``faults`` or ``anomaly``."""
         return str(self.manifest["task"])
 
-    def predict(self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None) -> Prediction:
+    def predict(self, window: Mapping[str, Column], units: Mapping[str, str] | None = None) -> Prediction:
         """Score one window (signal name → values, oldest first); units default to the declared ones."""
         out = self.raw_outputs(self.model_input(window, units))
         if self._kind == "regression":
@@ -131,7 +133,7 @@ class LoadedModel:
             return self._fault(out.reshape(-1), self._calibration)
         return self._anomaly(float(out.flat[0]), self._calibration)
 
-    def model_input(self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None) -> NDArray[Any]:
+    def model_input(self, window: Mapping[str, Column], units: Mapping[str, str] | None = None) -> NDArray[Any]:
         """The graph's input for one validated window (the single-window fast path).
 
         The ``(1, window, n_signals)`` float64 window for a graph computing its own features, otherwise the
@@ -143,13 +145,13 @@ class LoadedModel:
         return self._standardised(series_features(series, self.spec))[None]
 
     def feature_input(
-        self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None
+        self, window: Mapping[str, Column], units: Mapping[str, str] | None = None
     ) -> NDArray[np.float32]:
         """The ``(1, n_features)`` float32 features of one validated window, computed by ``features.py``."""
         return self._standardised(series_features(self._series(window, units), self.spec))[None]
 
     def predict_batch(
-        self, windows: Sequence[Mapping[str, Sequence[Any]]], units: Mapping[str, str] | None = None
+        self, windows: Sequence[Mapping[str, Column]], units: Mapping[str, str] | None = None
     ) -> list[Prediction]:
         """Score several windows in one onnxruntime call; any bad window rejects the batch."""
         if not windows:
@@ -158,12 +160,12 @@ class LoadedModel:
         return self._postprocess(self.raw_outputs(self.transform(stacked)))
 
     def window_array(
-        self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None
+        self, window: Mapping[str, Column], units: Mapping[str, str] | None = None
     ) -> NDArray[np.float64]:
         """The validated ``(window, n_signals)`` float64 array of one window, or WindowRejected."""
         return self._series(window, units).T
 
-    def _series(self, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None) -> NDArray[np.float64]:
+    def _series(self, window: Mapping[str, Column], units: Mapping[str, str] | None) -> NDArray[np.float64]:
         """Validated, padded ``(n_signals, window)`` array: a few vectorised checks in the common case."""
         spec = self.spec
         if units is not None and units != self._checked_units:
@@ -205,7 +207,7 @@ class LoadedModel:
         return np.asarray(out, dtype=np.float32)
 
     def with_baseline(
-        self, history: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None = None
+        self, history: Mapping[str, Column], units: Mapping[str, str] | None = None
     ) -> LoadedModel:
         """A copy scoring against this asset's own normal operation (anomaly models; SKAB's protocol)."""
         if self.task != "anomaly":
@@ -270,7 +272,7 @@ def _bound_run(session: ort.InferenceSession) -> Any:
 
 
 def _rows(
-    spec: FeatureSpec, window: Mapping[str, Sequence[Any]], units: Mapping[str, str] | None
+    spec: FeatureSpec, window: Mapping[str, Column], units: Mapping[str, str] | None
 ) -> NDArray[np.float64]:
     """Validated ``(rows, n_signals)`` array of a window of any length: units, presence, NaN, lengths."""
     if units is not None:
@@ -295,7 +297,7 @@ def _check_units(spec: FeatureSpec, units: Mapping[str, str]) -> None:
             raise WindowRejected("wrong_unit", f"{name} in {given!r}, model expects {declared!r}")
 
 
-def _fast_series(spec: FeatureSpec, window: Mapping[str, Sequence[Any]]) -> NDArray[np.float64] | None:
+def _fast_series(spec: FeatureSpec, window: Mapping[str, Column]) -> NDArray[np.float64] | None:
     """The common case as one ``(n_signals, rows)`` array, one vectorised check (numeric, equal lengths,
     finite); None otherwise."""
     if spec.categories:
@@ -309,7 +311,7 @@ def _fast_series(spec: FeatureSpec, window: Mapping[str, Sequence[Any]]) -> NDAr
     return rows
 
 
-def _column(spec: FeatureSpec, name: str, values: Sequence[Any]) -> NDArray[np.float64]:
+def _column(spec: FeatureSpec, name: str, values: Column) -> NDArray[np.float64]:
     categories = spec.categories.get(name)
     if categories is not None:
         try:

@@ -134,7 +134,7 @@ class MqttClient:
 
         def deliver(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
             self._received += 1
-            on_publish(msg._topic, msg.payload, msg.qos, msg.mid, bool(msg.dup))
+            on_publish(msg._topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.dup))
 
         client.on_message = deliver
         client.on_socket_open = lambda _c, _u, sock: self._in_loop(self._socket_open, sock)
@@ -534,8 +534,8 @@ def _varint(data: bytes, i: int, size: int) -> tuple[int, int]:
     return -1, i
 
 
-def _fresh_in_packet() -> dict[str, Any]:
-    """paho's reading state between packets (``Client._in_packet``)."""
+def _fresh_in_packet() -> Any:
+    """paho's reading state between packets (``Client._in_packet``, a private TypedDict of paho's)."""
     return {
         "command": 0,
         "have_remaining": 0,

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from plant.wire import from_us, now_us, to_us
 from twin import auth, queries
 from twin.api.deps import SessionDep, ViewerDep
-from twin.auth import Role
+from twin.auth import SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.dashboard.health import plant_health
 from twin.downsample import MAX_BUCKETS, downsample
@@ -78,15 +78,15 @@ def log_in(session: SessionDep, body: LoginRequest) -> SessionCreated:
 @session_router.get("", response_model=SessionPublic)
 def whoami(who: ViewerDep) -> SessionPublic:
     """The caller's name and role."""
-    is_session = who.name.startswith(users.SESSION_PREFIX)
-    name = who.name.removeprefix(users.SESSION_PREFIX) if is_session else (who.name or who.prefix)
+    is_session = who.name.startswith(SESSION_PREFIX)
+    name = who.name.removeprefix(SESSION_PREFIX) if is_session else (who.name or who.prefix)
     return SessionPublic(name=name, role=who.role, prefix=who.prefix, session=is_session)
 
 
 @session_router.delete("", status_code=204)
 def log_out(session: SessionDep, who: ViewerDep) -> Response:
     """Log out: a session token is revoked; a standing API key is left alone (`keys revoke` does that)."""
-    if who.name.startswith(users.SESSION_PREFIX):
+    if who.name.startswith(SESSION_PREFIX):
         row = session.get(ApiKey, who.key_id)
         if row is not None and not row.revoked:
             row.revoked = True
