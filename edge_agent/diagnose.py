@@ -141,7 +141,15 @@ class Diagnoser:
 
         Raises ModelError (the model in use is kept) when it does not load, fit the type or pass the probe.
         """
-        slot = self.models.swap(self.site, (asset_type, task), Path(model_dir))
+        return self.use_model(asset_type, task, self.load_model(asset_type, task, model_dir))
+
+    def load_model(self, asset_type: str, task: str, model_dir: Path) -> Slot:
+        """The first half of ``swap_model``: load and check, changing nothing (safe on a worker thread)."""
+        return self.models.checked(self.site, (asset_type, task), Path(model_dir))
+
+    def use_model(self, asset_type: str, task: str, slot: Slot) -> str:
+        """The second half of ``swap_model``, on the loop: the checked model scores from the next window on."""
+        self.models.put((asset_type, task), slot)
         self._rebuild()
         return slot.version
 

@@ -97,7 +97,10 @@ class ModelSlots:
 
     def swap(self, site: Site, key: Key, directory: Path) -> Slot:
         """Check a model directory and put it in; ModelError (nothing changed) when it fails."""
-        slot = self._checked(site, key, directory)
+        return self.put(key, self.checked(site, key, directory))
+
+    def put(self, key: Key, slot: Slot) -> Slot:
+        """Use a checked model (``checked``) from now on, remembering the one it replaces for a rollback."""
         slot.previous = self.slots.get(key)
         self.rejected.discard((*key, slot.version))
         self._install(key, slot)
@@ -147,7 +150,7 @@ class ModelSlots:
             if (*key, directory.name) in self.rejected:
                 continue
             try:
-                return self._checked(site, key, directory)
+                return self.checked(site, key, directory)
             except ModelError as exc:
                 log.warning("model_skipped", asset_type=key[0], task=key[1], model=str(directory), reason=str(exc))
         log.error("model_unavailable", asset_type=key[0], task=key[1], registry=str(self.registry_dir))
@@ -161,7 +164,11 @@ class ModelSlots:
             out += sorted(found, key=_version_key, reverse=True)
         return out
 
-    def _checked(self, site: Site, key: Key, directory: Path) -> Slot:
+    def checked(self, site: Site, key: Key, directory: Path) -> Slot:
+        """A model directory loaded and checked against the asset type, not yet in use; ModelError if unfit.
+
+        Changes nothing here, so it may run on a worker thread while the loop keeps diagnosing.
+        """
         asset_type, task = key
         atype = site.asset_types.get(asset_type)
         if atype is None or task not in atype.models:

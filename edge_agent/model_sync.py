@@ -9,7 +9,7 @@ the Diagnoser runs, and not one this gateway found bad:
 2. unpack it into a temporary directory beside ``EDGE_MODEL_DIR/<task>/<version>/``, check the manifest names
    that task and version and every file's sha256 matches the manifest, then rename it into place (atomic: the
    directory is whole or absent);
-3. ``diagnoser.swap_model(asset_type, task, dir)``: the Diagnoser loads and checks the new model, then scores
+3. ``diagnoser.load_model`` (on a thread) then ``use_model``: the Diagnoser loads and checks the new model, then scores
    the next window with it; the frames it holds stay, so the first window after the swap is whole.
 
 A version that fails (integrity, ``ModelError`` from the swap, or a rollback the Diagnoser reports through
@@ -42,6 +42,7 @@ import structlog
 from edge_agent import metrics
 from edge_agent.config import AgentSettings
 from edge_agent.errors import ModelError
+from edge_agent.model_slots import Slot
 from models import registry
 from models.errors import ModelError as ModelsError
 from plant.site import Site
@@ -58,8 +59,12 @@ BAD_KEPT = 200  # remembered bad versions, newest kept
 class ModelRunner(Protocol):
     """What model sync needs of the Diagnoser (edge_agent/diagnose.py)."""
 
-    def swap_model(self, asset_type: str, task: str, model_dir: Path) -> str:
-        """Load and check a model directory, then use it; ModelError (old model kept) otherwise."""
+    def load_model(self, asset_type: str, task: str, model_dir: Path) -> Slot:
+        """Load and check a model directory without using it (called on a worker thread); ModelError if unfit."""
+        ...
+
+    def use_model(self, asset_type: str, task: str, slot: Slot) -> str:
+        """Use a checked model from the next window on; returns its version."""
         ...
 
     def versions(self) -> dict[str, dict[str, str]]:
@@ -201,8 +206,9 @@ class ModelSync:
             metrics.MODEL_SYNC.labels(task, "unreachable").inc()
             log.warning("model_download_failed", task=task, version=version, error=str(exc) or type(exc).__name__)
             return False
-        try:  # on the loop, which owns the Diagnoser's assets: a student loads and passes its probe in ms
-            loaded = diagnoser.swap_model(asset_type, task, directory)
+        try:  # load and probe on a thread (a large model must not stall ingestion), then swap on the loop
+            slot = await asyncio.to_thread(diagnoser.load_model, asset_type, task, directory)
+            loaded = diagnoser.use_model(asset_type, task, slot)
         except ModelError as exc:
             metrics.MODEL_SYNC.labels(task, "failed").inc()
             await self._fail(diagnoser, Failure(asset_type, task, version, f"load failed: {exc}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, update
 from edge_agent.agent import Agent
 from edge_agent.config import AgentSettings
 from edge_agent.diagnose import Diagnoser
+from edge_agent.model_slots import Slot
 from edge_agent.model_sync import ModelSync
 from edge_agent.outbox import Outbox
 from plant.site import Site, parse_site
@@ -145,17 +147,36 @@ def frame(i: int, **override: float) -> Frame:
     return Frame(node="p1", ts=T0 + i * GRID_US, values=values)
 
 
+class ThreadNoting(Diagnoser):
+    """The real Diagnoser, noting which thread loads a model and which puts it in use."""
+
+    loaded_on: int | None = None
+    used_on: int | None = None
+
+    def load_model(self, asset_type: str, task: str, model_dir: Path) -> Slot:
+        self.loaded_on = threading.get_ident()
+        return super().load_model(asset_type, task, model_dir)
+
+    def use_model(self, asset_type: str, task: str, slot: Slot) -> str:
+        self.used_on = threading.get_ident()
+        return super().use_model(asset_type, task, slot)
+
+
 def test_the_promoted_version_is_pulled_checked_and_swapped_in(
     platform: Platform, site: Site, settings: AgentSettings, model_dir: Path
 ) -> None:
     async def main() -> None:
-        diagnoser = Diagnoser(site, settings, model_dir)
+        diagnoser = ThreadNoting(site, settings, model_dir)
         sync = ModelSync(site, settings)
         assert diagnoser.versions() == {"pump": {"anomaly": "1.0.0"}}
         assert await sync.sync_once(diagnoser) == []  # nothing promoted yet
         platform.publish("1.1.0")
         assert await sync.sync_once(diagnoser) == [("pump", "anomaly", "1.1.0")]
         assert diagnoser.versions() == {"pump": {"anomaly": "1.1.0"}}
+        # loading and probing take as long as the model is large: off the loop, so ingestion does not wait
+        assert diagnoser.loaded_on is not None
+        assert diagnoser.loaded_on != threading.get_ident()
+        assert diagnoser.used_on == threading.get_ident()
         assert await sync.sync_once(diagnoser) == []  # in use: nothing to do
         # an older promotion is a rollback the gateway follows; the copy it has is used again, not downloaded
         with make_sessionmaker(platform.engine)() as s:
