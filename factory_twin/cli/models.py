@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,28 @@ def train(task: str, extra: tuple[Path, ...], data: tuple[Path, ...], out: Path,
     click.echo(str(directory))
 
 
+def _scoring_options(variant_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """TASK, data files and the model variant to score: what ``evaluate`` and ``cascade`` share."""
+
+    def apply(command: Callable[..., None]) -> Callable[..., None]:
+        existing = click.Path(exists=True, path_type=Path)
+        options = [
+            click.argument("task", type=click.Choice(TASKS)),
+            click.argument("extra", nargs=-1, type=existing),
+            click.option("--model", type=existing, default=REGISTRY, show_default=True),
+            click.option("--data", multiple=True, type=existing, help="data file or folder"),
+            click.option("--truth", type=existing, default=None, help="RUL_FD00x file"),
+            click.option("--variant", type=click.Choice(VARIANTS), default=None, help=variant_help),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 @models.command()
-@click.argument("task", type=click.Choice(TASKS))
-@click.argument("extra", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "model", type=click.Path(exists=True, path_type=Path), default=REGISTRY, show_default=True)
-@click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--truth", type=click.Path(exists=True, path_type=Path), default=None, help="RUL_FD00x file")
-@click.option("--variant", type=click.Choice(VARIANTS), default=None, help="default: the edge variant")
+@_scoring_options("default: the edge variant")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
 def evaluate(
     task: str,
@@ -141,12 +157,7 @@ def report(root: Path, data_root: Path | None, only: tuple[str, ...], plots: Pat
 
 
 @models.command("cascade")
-@click.argument("task", type=click.Choice(TASKS))
-@click.argument("extra", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "model", type=click.Path(exists=True, path_type=Path), default=REGISTRY, show_default=True)
-@click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path), help="data file or folder")
-@click.option("--truth", type=click.Path(exists=True, path_type=Path), default=None, help="RUL_FD00x file")
-@click.option("--variant", type=click.Choice(VARIANTS), default=None, help="the student; default: the edge variant")
+@_scoring_options("the student; default: the edge variant")
 @click.option(
     "--teacher",
     "teacher_dir",
