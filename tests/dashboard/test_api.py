@@ -5,6 +5,7 @@ diagnoses over time, the live feed, and the create-user command.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -267,6 +268,36 @@ def test_a_session_expires_when_idle_or_too_old(
     assert r.status_code == (200 if alive else 401), r.text
     if not alive:
         assert "expired" in r.json()["detail"]
+
+
+def test_an_expired_session_cannot_be_revived_by_logging_in_with_it(env: Env) -> None:
+    # The configured lifetimes apply to the api_key login too, not the defaults (15 min idle here).
+    settings = TwinSettings(session_idle_s=900)
+    with TestClient(create_app(settings, env.engine)) as client:
+        r = client.post("/api/v1/session", json={"username": "tess", "password": "s3cret-pass"})
+        token, prefix = r.json()["token"], r.json()["prefix"]
+        _age_key(env, prefix, 3600, 3600)  # idle for an hour: expired at 15 min, alive at the default 8 h
+        auth = {"Authorization": f"Bearer {token}"}
+        assert client.get("/api/v1/session", headers=auth).status_code == 401
+        r = client.post("/api/v1/session", json={"api_key": token})
+        assert r.status_code == 401, r.text
+        assert "expired" in r.json()["detail"]
+        assert client.get("/api/v1/session", headers=auth).status_code == 401  # not touched back to life
+
+
+def test_a_request_returns_its_database_connection_before_a_live_stream_ends(env: Env) -> None:
+    # Authentication reads the key: that transaction must not hold a pooled connection for a stream's life.
+    auth = {"Authorization": f"Bearer {env.keys['viewer']}"}
+    pool = env.engine.pool
+    assert env.client.get("/api/v1/session", headers=auth).status_code == 200  # the key's use is recorded now,
+    with env.client.stream("GET", "/api/v1/live", headers=auth) as r:  # so this request writes nothing
+        assert r.status_code == 200
+        next(r.iter_lines())
+        # the live feed's own polls borrow a connection for a moment: none may stay out
+        ends = time.monotonic() + 5
+        while pool.checkedout() > 0:  # type: ignore[attr-defined]
+            assert time.monotonic() < ends, "a connection stays checked out while the stream is open"
+            time.sleep(0.05)
 
 
 def test_a_standing_api_key_does_not_expire(env: Env) -> None:

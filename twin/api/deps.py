@@ -51,6 +51,9 @@ def require_role(role: Role, *, or_agent: bool = False) -> Callable[[SessionDep,
         limits = SessionLimits(settings.session_idle_s, settings.session_max_s)
         principal = authenticate(session, credentials.credentials, limits)
         principal.require(role, or_agent=or_agent)
+        # End the authentication's transaction now: its connection goes back to the pool instead of staying
+        # "idle in transaction" for as long as the route runs (a live stream: minutes).
+        session.commit()
         return principal
 
     dependency.__name__ = f"require_{role.value}{'_or_agent' if or_agent else ''}"

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from plant.wire import from_us, now_us, to_us
 from twin import auth, queries
-from twin.api.deps import SessionDep, ViewerDep
+from twin.api.deps import SessionDep, SettingsDep, ViewerDep
 from twin.auth import SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.dashboard.health import plant_health
@@ -62,10 +62,15 @@ class SessionCreated(SessionPublic):
 
 
 @session_router.post("", response_model=SessionCreated, status_code=201)
-def log_in(session: SessionDep, body: LoginRequest) -> SessionCreated:
-    """Log in with a username and password (a new session token) or check an API key (used as the token)."""
+def log_in(session: SessionDep, settings: SettingsDep, body: LoginRequest) -> SessionCreated:
+    """Log in with a username and password (a new session token) or check an API key (used as the token).
+
+    A session token given as the key is checked against the configured session lifetimes like any request,
+    so an expired session cannot be revived by "logging in" with it.
+    """
     if body.api_key is not None:
-        who = auth.authenticate(session, body.api_key.strip())
+        limits = auth.SessionLimits(settings.session_idle_s, settings.session_max_s)
+        who = auth.authenticate(session, body.api_key.strip(), limits)
         return SessionCreated(token=body.api_key.strip(), name=who.name, role=who.role, prefix=who.prefix,
                               session=False)
     assert body.username is not None
