@@ -193,8 +193,12 @@ class RequestMetrics:
             await self.app(scope, receive, sending)
         finally:
             route = route_template(scope)
-            self.requests.labels(scope["method"], route, str(status)).inc()
-            self.seconds.labels(scope["method"], route).observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"  # any token is a method
+            self.requests.labels(method, route, str(status)).inc()
+            self.seconds.labels(method, route).observe(time.perf_counter() - start)
+
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # as metric labels
 
 
 def route_template(scope: Scope) -> str:

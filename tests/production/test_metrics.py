@@ -44,6 +44,8 @@ def test_api_serves_request_metrics_by_route_template_without_a_key(engine: Engi
         assert client.get("/api/v1/nodes/p1").status_code == 401
         assert client.get("/api/v1/nodes/p2").status_code == 401
         assert client.get("/no/such/page").status_code == 404
+        for junk in ("FOO", "BAR1", "X-PROBE"):  # a client may send any token as its method
+            client.request(junk, "/no/such/page")
         response = client.get("/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
@@ -51,6 +53,9 @@ def test_api_serves_request_metrics_by_route_template_without_a_key(engine: Engi
     # one series per route template, not per node
     assert got['twin_api_requests_total{method="GET",route="/api/v1/nodes/{node_id}",status="401"}'] == 2.0
     assert got['twin_api_requests_total{method="GET",route="unmatched",status="404"}'] == 1.0
+    # unknown methods share one label value: a scanner cannot grow the series without bound
+    assert [k for k in got if "FOO" in k or "BAR1" in k] == []
+    assert sum(v for k, v in got.items() if k.startswith('twin_api_requests_total{method="OTHER"')) == 3.0
     assert got['twin_api_request_seconds_count{method="GET",route="/api/v1/nodes/{node_id}"}'] == 2.0
     assert got["twin_api_live_streams"] == 0.0
     assert "process_cpu_seconds_total" in got
