@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+\-]{0,63}$")  # a directory name on every gateway
 _CARD_AND_MANIFEST = {registry.MANIFEST, registry.MODEL_CARD}
 _UNPACKED_RATIO = 4  # unpacked bytes allowed per archive byte limit: ONNX weights compress little
+_HEADER_SLACK = 1 << 20  # tar headers and padding beyond the files themselves
+_MAX_MEMBERS = 64  # entries an archive may list: a model directory holds a few files
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,21 +89,46 @@ def unpack(data: bytes, max_bytes: int) -> dict[str, bytes]:
     Accepts the files at the top of the archive or in one directory (``tar czf m.tgz 1.2.0/``). Refuses links,
     devices, absolute or ``..`` paths and deeper trees, so nothing can be written outside a model directory.
     """
+    budget = max_bytes * _UNPACKED_RATIO
+    # Streamed, and every decompressed byte counted (tar headers too: tarfile reads a pax header whole), so a
+    # small archive cannot make the API hold gigabytes before the file sizes are even looked at.
+    stream = _Bounded(gzip.GzipFile(fileobj=io.BytesIO(data)), budget + _HEADER_SLACK)
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            return _read_members(tar, max_bytes * _UNPACKED_RATIO)
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            return _read_members(tar, budget)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise InvalidRequest(f"not a gzip-compressed tar archive ({exc})") from None
+
+
+class _Bounded(io.RawIOBase):
+    """A readable stream that refuses to yield more than ``limit`` bytes of ``source``."""
+
+    def __init__(self, source: gzip.GzipFile, limit: int) -> None:
+        self._source, self._left = source, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._source.readinto(buffer)
+        self._left -= n
+        if self._left < 0:
+            raise InvalidRequest("archive unpacks to more than a model may hold")
+        return n
 
 
 def _read_members(tar: tarfile.TarFile, budget: int) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     folders: set[tuple[str, ...]] = set()
-    for member in tar:
+    for count, member in enumerate(tar, 1):
+        if count > _MAX_MEMBERS:
+            raise InvalidRequest(f"archive holds more than {_MAX_MEMBERS} entries; a model has a handful")
         path = PurePosixPath(member.name)
         parts = [p for p in path.parts if p != "."]
         if path.is_absolute() or ".." in parts or len(parts) > 2:
             raise InvalidRequest(f"archive member {member.name!r} is outside a model directory")
+        if not parts and not member.isdir():
+            raise InvalidRequest(f"archive member {member.name!r} has no file name")
         if member.isdir():
             continue
         if not member.isfile():

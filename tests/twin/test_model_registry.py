@@ -138,6 +138,10 @@ def _bad_archives(light: Path) -> dict[str, tuple[bytes, str]]:
     no_manifest = [f for f in files if f[0] != "manifest.json"]
     link = tarfile.TarInfo("student.onnx")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    dot = tarfile.TarInfo(".")  # a regular file whose name is only "."
+    many_folders = [tarfile.TarInfo(f"d{i}") for i in range(100)]
+    for folder in many_folders:
+        folder.type = tarfile.DIRTYPE
     unknown_task = {**manifest, "task": "weather"}
     bad_version = {**manifest, "version": "../../etc"}
     no_input = {**manifest, "input": {"signals": ["x"]}}
@@ -158,6 +162,8 @@ def _bad_archives(light: Path) -> dict[str, tuple[bytes, str]]:
         "symlink": (tar_gz([f for f in files if f[0] != "student.onnx"] + [link]), "not a regular file"),
         "two directories": (tar_gz([(f"a/{n}", d) for n, d in files] + [("b/x.onnx", b"x")]), "more than one"),
         "stray file": (tar_gz([*files, ("notes.txt", b"hi")]), "does not list: ['notes.txt']"),
+        "a file named '.'": (tar_gz([*files, dot]), "has no file name"),
+        "thousands of entries, say": (tar_gz([*many_folders, *files]), "more than 64 entries"),
         "default variant missing": (tar_gz([f for f in files if f[0] != "student-int8.onnx"]), "default variant"),
     }
 
@@ -203,6 +209,20 @@ def test_an_archive_over_the_limit_is_refused_before_it_is_read(engine: Engine, 
                         headers={**GZIP, "Authorization": f"Bearer {key}"})  # fmt: skip
         assert r.status_code == 422
         assert "exceeds the limit of 100000" in r.json()["detail"]
+
+
+def test_headers_count_against_the_unpacked_budget(engine: Engine, light: Path, tmp_path: Path) -> None:
+    # A pax header is read whole into memory: a few KB of gzip can hold megabytes of it (or gigabytes).
+    bomb = tarfile.TarInfo("notes")
+    bomb.pax_headers = {"comment": "x" * 3_000_000}
+    data = tar_gz([bomb, *files_of(light)])
+    assert len(data) < 100_000
+    with make_sessionmaker(engine)() as s:
+        key = create_key(s, Role.ENGINEER)
+    with TestClient(_app(engine, tmp_path, model_max_bytes=100_000)) as client:
+        r = client.post("/api/v1/models", content=data, headers={**GZIP, "Authorization": f"Bearer {key}"})
+        assert r.status_code == 422
+        assert "unpacks to more than a model may hold" in r.json()["detail"]
 
 
 def test_an_archive_with_its_files_in_one_folder_is_accepted(api: Api, light: Path) -> None:
