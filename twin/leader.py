@@ -31,7 +31,13 @@ from twin.errors import LeadershipLost
 log = structlog.get_logger(__name__)
 
 # the server gives up on a silent holder after idle + interval × count seconds
-_KEEPALIVE = ("SET tcp_keepalives_idle = 5", "SET tcp_keepalives_interval = 2", "SET tcp_keepalives_count = 5")
+# and tcp_user_timeout (ms) bounds how long data it sends may stay unacknowledged (keepalives do not apply then)
+_KEEPALIVE = (
+    "SET tcp_keepalives_idle = 5",
+    "SET tcp_keepalives_interval = 2",
+    "SET tcp_keepalives_count = 5",
+    "SET tcp_user_timeout = 15000",
+)
 
 
 _LOCAL: dict[tuple[str, int], LeaderLock] = {}  # SQLite: the holder per database and role, in this process

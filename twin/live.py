@@ -261,7 +261,12 @@ class NotifyReader:
     def _connect(self) -> None:
         import psycopg
 
-        conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+        # client-side keepalives: a connection a NAT or firewall dropped silently raises within ~20 s, and the
+        # listener resynchronises, instead of waiting for notifications that can no longer come
+        conn = psycopg.connect(
+            self.conninfo, autocommit=True, connect_timeout=5,
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=5,
+        )  # fmt: skip
         try:
             conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error:

@@ -105,6 +105,9 @@ def test_advisory_lock_one_holder_released_on_stop_and_freed_when_its_connection
         assert a.acquire()
         assert not b.acquire()
         assert a.acquire()  # already held: still the leader
+        with a.transaction() as session:  # a vanished holder is noticed in seconds, not TCP's minutes
+            assert session.execute(text("SHOW tcp_keepalives_idle")).scalar() == "5"
+            assert session.execute(text("SHOW tcp_user_timeout")).scalar() == "15000"
         assert other.acquire()  # one lock per role
         a.release()  # graceful stop
         assert not a.held
