@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 import models
@@ -31,9 +31,10 @@ from models.errors import InferenceError, ModelError, WindowRejected
 from plant.wire import Diagnosis, DiagnosisSource, UplinkBatch, now_us
 from twin import model_registry
 from twin.config import TwinSettings
-from twin.errors import InvalidRequest, NotFound, Unavailable
+from twin.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from twin.schemas import CascadeRequest
 from twin.store import ApplyResult, TwinStore
+from twin.tables import DiagnosisRecord
 from twin.validation import UNKNOWN_NODE
 
 log = structlog.get_logger(__name__)
@@ -61,7 +62,8 @@ class Cascade:
         self.max_bytes = settings.model_max_bytes
         self.listeners = list(listeners)
         self._teachers: OrderedDict[_Source, runtime.LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the two dicts; never held while a teacher loads
+        self._loading: dict[_Source, threading.Lock] = {}  # one per teacher being loaded
 
     def diagnose(self, session: Session, ask: CascadeRequest, gateway: str) -> Diagnosis:
         """The teacher's diagnosis of one window, stored with source ``platform``."""
@@ -81,36 +83,66 @@ class Cascade:
             source=DiagnosisSource.PLATFORM,
             **asdict(prediction),
         )
-        self._store(diagnosis, gateway)
-        return diagnosis
+        return self._store(session, diagnosis, gateway)
 
-    def _store(self, diagnosis: Diagnosis, gateway: str) -> None:
+    def _store(self, session: Session, diagnosis: Diagnosis, gateway: str) -> Diagnosis:
+        """Store the teacher's diagnosis; what is stored for its window (the first answer stored wins)."""
         batch = UplinkBatch(gateway=gateway, batch=f"cascade-{uuid.uuid4().hex}", sent=now_us(), diagnoses=[diagnosis])
         result = self.store.apply(batch)
         if result.rejected:
             rejection = result.rejected[0]
             error = NotFound if rejection.reason == UNKNOWN_NODE else InvalidRequest
             raise error(f"diagnosis not stored: {rejection.detail or rejection.reason}")
+        if not result.diagnoses:  # stored before: a retried request, or the agent's own answer (it stopped waiting)
+            return self._stored(session, diagnosis)
         for listener in self.listeners:
             try:
                 listener(batch, result)
             except Exception:  # a listener must not turn a stored diagnosis into an error for the agent
                 log.exception("cascade listener failed", listener=repr(listener))
+        return diagnosis
+
+    @staticmethod
+    def _stored(session: Session, diagnosis: Diagnosis) -> Diagnosis:
+        d = DiagnosisRecord
+        key = (d.node_id == diagnosis.node, d.task == diagnosis.task, d.ts == diagnosis.ts)
+        row = session.scalars(select(d).where(*key)).one_or_none()
+        if row is None:  # cannot be: the store called it a duplicate
+            raise Conflict(f"a {diagnosis.task} diagnosis of {diagnosis.node} at {diagnosis.ts} was not stored")
+        return Diagnosis(node=row.node_id, task=row.task, ts=row.ts, model=row.model, version=row.version,
+                         source=row.source, confidence=row.confidence, **(row.payload or {}))  # fmt: skip
 
     def teacher(self, session: Session, task: str, version: str) -> runtime.LoadedModel:
         """The teacher for a student's ``task`` and ``version``; Unavailable when the platform has none."""
         source = self._find(session, task, version)
-        with self._lock:  # one load per teacher, however many requests arrive together
+        cached = self._cached(source)
+        if cached is not None:
+            return cached
+        with self._lock:
+            loading = self._loading.setdefault(source, threading.Lock())
+        # one load per teacher, however many requests arrive together; requests for loaded teachers go on
+        with loading:
+            cached = self._cached(source)
+            if cached is not None:
+                return cached
+            try:
+                loaded = self._load(session, source)
+                with self._lock:
+                    self._teachers[source] = loaded
+                    while len(self._teachers) > CACHED_TEACHERS:
+                        self._teachers.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._loading.pop(source, None)
+        log.info("teacher loaded", task=task, version=source[2], origin=source[0])
+        return loaded
+
+    def _cached(self, source: _Source) -> runtime.LoadedModel | None:
+        with self._lock:
             cached = self._teachers.get(source)
             if cached is not None:
                 self._teachers.move_to_end(source)
-                return cached
-            loaded = self._load(session, source)
-            self._teachers[source] = loaded
-            while len(self._teachers) > CACHED_TEACHERS:
-                self._teachers.popitem(last=False)
-        log.info("teacher loaded", task=task, version=source[2], origin=source[0])
-        return loaded
+            return cached
 
     def _find(self, session: Session, task: str, version: str) -> _Source:
         stored = [("db", task, v, sha) for v, sha in model_registry.with_teacher(session, task)]

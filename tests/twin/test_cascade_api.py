@@ -16,11 +16,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
 from models import runtime
+from plant.wire import Diagnosis, DiagnosisSource, UplinkBatch
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.db import make_sessionmaker
 from twin.model_registry import pack, version_key
+from twin.store import TwinStore
 from twin.tables import DiagnosisRecord, TwinProperty
 
 from ..model_archives import REGISTRY, ROOT, model_copy, pump_twin
@@ -123,6 +125,23 @@ def test_the_teachers_answer_is_stored_as_a_platform_diagnosis_and_returned(plat
     assert len(platform.diagnoses()) == 1
 
 
+def test_when_the_agents_own_answer_came_first_that_is_what_the_platform_returns(
+    platform: Platform, tmp_path: Path
+) -> None:
+    # The agent stopped waiting and uplinked its student's answer; the teacher's, later, is not stored over it.
+    assert platform.post("/models", Role.ENGINEER, content=pack(model_copy(tmp_path / "m"))).status_code == 201
+    own = Diagnosis(node="p1", task="anomaly", ts=TS, model="skab-pump-anomaly", version="1.0.0",
+                    source=DiagnosisSource.EDGE_FALLBACK, confidence=0.2, score=0.5, threshold=1.0,
+                    label="normal")  # fmt: skip
+    TwinStore(platform.engine).apply(UplinkBatch(gateway="gw", batch="b1", sent=TS, diagnoses=[own]))
+    r = platform.post("/cascade", Role.AGENT, json=ask())
+    assert r.status_code == 200, r.text
+    assert r.json()["source"] == "edge_fallback"
+    assert r.json()["score"] == pytest.approx(0.5)
+    (stored,) = platform.diagnoses()
+    assert stored.source == "edge_fallback"
+
+
 def _wait_events(reader: Any, node: str, timeout: float = 10.0) -> list[Any]:
     deadline, seen = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
@@ -136,8 +155,9 @@ def test_the_same_version_teacher_first_else_the_newest_with_one(platform: Platf
     for version, drop in (("1.0.0", ()), ("1.1.0", ("teacher",)), ("1.2.0", ())):
         data = pack(model_copy(tmp_path / version, new_version=version, drop=drop))
         assert platform.post("/models", Role.ENGINEER, content=data).status_code == 201
-    for student, teacher in (("1.0.0", "1.0.0"), ("1.1.0", "1.2.0"), ("0.9.0", "1.2.0"), ("1.2.0", "1.2.0")):
-        r = platform.post("/cascade", Role.AGENT, json=ask(student, ts=TS + len(student)))
+    pairs = (("1.0.0", "1.0.0"), ("1.1.0", "1.2.0"), ("0.9.0", "1.2.0"), ("1.2.0", "1.2.0"))
+    for i, (student, teacher) in enumerate(pairs):  # a window each: one window's first answer stays
+        r = platform.post("/cascade", Role.AGENT, json=ask(student, ts=TS + i))
         assert r.status_code == 200, r.text
         assert r.json()["version"] == teacher, student
 
