@@ -29,7 +29,6 @@ from edge_agent.deadletter import DeadLetter
 from edge_agent.diagnose import Diagnoser
 from edge_agent.errors import ConfigError
 from edge_agent.metrics_server import serve_metrics
-from edge_agent.model_slots import PACKAGE_REGISTRY
 from edge_agent.model_sync import ModelSync
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, Stage
@@ -211,7 +210,7 @@ class Agent:
         diagnoser = Diagnoser(
             self.site,
             s,
-            s.model_dir or PACKAGE_REGISTRY,
+            s.model_registry_dir,
             on_rollback=self.model_sync.on_rollback if self.model_sync else None,
             cascade=CascadeClient.from_settings(s),
             outbox=outbox,

@@ -135,7 +135,9 @@ class AgentSettings(BaseSettings):
     # on-device diagnostics (edge_agent/diagnose.py)
     diagnose: bool = Field(True, description="run the asset types' models on the aligned frames")
     model_dir: Path | None = Field(
-        None, description="local model registry (<task>/<version>/); the package's committed models otherwise"
+        None,
+        description="local model registry (<task>/<version>/), where model sync installs; default <data_dir>/models."
+        " The package's committed models serve a task it lacks",
     )
     diagnose_interval_s: float = Field(
         0.0, ge=0, le=86_400, description="diagnose an asset at most this often; 0: every grid point"
@@ -201,6 +203,11 @@ class AgentSettings(BaseSettings):
     def outbox_path(self) -> Path:
         """The outbox database file."""
         return self.data_dir / "outbox.sqlite"
+
+    @property
+    def model_registry_dir(self) -> Path:
+        """The local model registry the Diagnoser loads from and model sync installs into."""
+        return self.model_dir or self.data_dir / "models"
 
     @property
     def deadletter_path(self) -> Path:

@@ -12,7 +12,8 @@ the Diagnoser runs, and not one this gateway found bad:
 3. ``diagnoser.load_model`` (on a thread) then ``use_model``: the Diagnoser loads and checks the new model, then scores
    the next window with it; the frames it holds stay, so the first window after the swap is whole.
 
-A version that fails (integrity, ``ModelError`` from the swap, or a rollback the Diagnoser reports through
+A version that fails (integrity, ``ModelError`` or any other error from the swap, or a rollback the Diagnoser
+reports through
 ``on_rollback`` after outputs left their declared range on live data) is reported to the platform
 (``POST .../failures``), its directory removed unless another asset type runs it, and remembered in
 ``<data_dir>/model_sync.json``: it is not pulled again, so only a newer promotion replaces it. Reports the
@@ -109,7 +110,7 @@ class ModelSync:
         self.url = settings.platform_url.rstrip("/")
         self.gateway = settings.gateway_id
         self.poll_s = settings.model_poll_s
-        self.model_dir = settings.model_dir or settings.data_dir / "models"
+        self.model_dir = settings.model_registry_dir
         self.state_path = settings.data_dir / STATE_FILE
         self._headers = {"Authorization": f"Bearer {settings.platform_key}"} if settings.platform_key else {}
         self._given_client = client
@@ -206,12 +207,17 @@ class ModelSync:
             metrics.MODEL_SYNC.labels(task, "unreachable").inc()
             log.warning("model_download_failed", task=task, version=version, error=str(exc) or type(exc).__name__)
             return False
+        except OSError as exc:  # disk full, permissions: this gateway's trouble, not the model's; tried next poll
+            metrics.MODEL_SYNC.labels(task, "install_failed").inc()
+            log.error("model_install_failed", task=task, version=version, error=f"{type(exc).__name__}: {exc}")
+            return False
         try:  # load and probe on a thread (a large model must not stall ingestion), then swap on the loop
             slot = await asyncio.to_thread(diagnoser.load_model, asset_type, task, directory)
             loaded = diagnoser.use_model(asset_type, task, slot)
-        except ModelError as exc:
+        except Exception as exc:  # ModelError, or anything else a bad model makes the swap raise
             metrics.MODEL_SYNC.labels(task, "failed").inc()
-            await self._fail(diagnoser, Failure(asset_type, task, version, f"load failed: {exc}"))
+            reason = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+            await self._fail(diagnoser, Failure(asset_type, task, version, f"load failed: {reason}"))
             return False
         metrics.MODEL_SYNC.labels(task, "swapped").inc()
         log.info("model_swapped", asset_type=asset_type, task=task, version=loaded)
@@ -294,16 +300,20 @@ class ModelSync:
             log.warning("model_sync_state_unreadable", path=str(self.state_path), error=str(exc))
 
     def _save_state(self) -> None:
-        """Write the state file atomically (temporary file, fsync, rename)."""
+        """Write the state file atomically (temporary file, fsync, rename); a failure (disk full) is logged,
+        the state kept in memory and written with the next change."""
         bad = [{"asset_type": a, "task": t, "version": v, "reason": r} for (a, t, v), r in self.bad.items()]
         state = {"bad": bad, "unreported": [asdict(f) for f in self.unreported]}
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            json.dump(state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_suffix(".tmp")
+            with tmp.open("w") as f:
+                json.dump(state, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            log.warning("model_sync_state_not_saved", path=str(self.state_path), error=str(exc))
 
 
 def registry_name_ok(version: str) -> bool:

@@ -1,8 +1,9 @@
 """Scoring on the inference thread: one model's windows in one call, each prediction checked, then a Diagnosis.
 
-A window the runtime refuses gets its reason (``missing_signal``, ``nan``, ...); a model that fails
-(``inference_failed``) or answers outside its declared range (``out_of_range``, see ``model_slots.py``) gets no
-diagnosis: the caller counts it and rolls the model back.
+A window the runtime refuses gets its reason (``missing_signal``, ``nan``, ...); a model that fails in any way
+(``inference_failed``: onnxruntime, or a malformed calibration raising on live data) or answers outside its
+declared range (``out_of_range``, see ``model_slots.py``) gets no diagnosis: the caller counts it and rolls the
+model back.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from edge_agent.baseline import Adapted
 from edge_agent.model_slots import Slot, out_of_range
 from edge_agent.targets import Asset, Target
 from edge_agent.windows import Window
-from models.errors import InferenceError, WindowRejected
+from models.errors import WindowRejected
 from models.runtime import Prediction
 from plant.wire import Diagnosis, DiagnosisSource
 
@@ -52,22 +53,22 @@ def score(group: list[Job]) -> list[Outcome]:
     model = job.adapted.model if job.adapted else job.slot.model
     try:
         predictions = model.predict_batch([j.window.values for j in group]) if len(group) > 1 else None
-    except (WindowRejected, InferenceError):
+    except Exception:  # scored window by window below, which names the window refused or the failure
         predictions = None
     out: list[Outcome] = []
     for i, j in enumerate(group):
         try:
             p = predictions[i] if predictions is not None else model.predict(j.window.values)
+            if j.adapted is not None:
+                p = j.adapted.apply(p)
+            wrong = out_of_range(model, p)
         except WindowRejected as exc:
             out.append(Outcome(j, error=exc.reason))
             continue
-        except InferenceError as exc:
-            log.error("inference_failed", node=j.asset.node, task=j.target.task, error=str(exc))
+        except Exception as exc:  # onnxruntime, or a manifest field raising on live data: rolled back
+            log.error("inference_failed", node=j.asset.node, task=j.target.task, error=f"{type(exc).__name__}: {exc}")
             out.append(Outcome(j, error="inference_failed"))
             continue
-        if j.adapted is not None:
-            p = j.adapted.apply(p)
-        wrong = out_of_range(model, p)
         if wrong:
             log.error("model_output_out_of_range", node=j.asset.node, task=j.target.task, why=wrong)
             out.append(Outcome(j, error="out_of_range"))
@@ -84,8 +85,8 @@ def diagnosis(job: Job, p: Prediction) -> Diagnosis:
         node=job.asset.node,
         task=job.target.task,
         ts=job.window.ts,
-        model=manifest["name"],
-        version=manifest["version"],
+        model=str(manifest["name"]),
+        version=job.slot.version,
         source=DiagnosisSource.EDGE,
         confidence=p.confidence,
         score=p.score,

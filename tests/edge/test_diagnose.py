@@ -235,3 +235,85 @@ def test_out_of_range_output_on_live_data_rolls_back_and_reports(tmp_path: Path)
     shutil.copytree(bad, registry / "rul" / "9.9.9")
     assert make(tmp_path, registry=registry).versions()["turbofan"]["rul"] == RUL
     assert make(tmp_path / "elsewhere", registry=registry).versions()["turbofan"]["rul"] == "9.9.9"
+
+
+def _set_cascade(value: Any) -> Any:
+    return lambda m: m.__setitem__("cascade", {**(m.get("cascade") or {}), "confidence_threshold": value})
+
+
+def _no_lower_bounds(manifest: dict[str, Any]) -> None:
+    for entry in manifest["variants"].values():
+        entry["calibration"]["lower"] = [None] * len(entry["calibration"]["lower"])
+
+
+@pytest.mark.parametrize(
+    ("task", "asset_type", "edit", "match"),
+    [
+        ("rul", "turbofan", lambda m: m["output"].pop("cap"), "output.cap"),
+        ("rul", "turbofan", lambda m: m["output"].__setitem__("cap", "125"), "output.cap"),
+        ("rul", "turbofan", _set_cascade("0,5"), "confidence_threshold"),
+        ("faults", "cnc_mill", _set_cascade(1.5), "confidence_threshold"),
+        ("faults", "cnc_mill", lambda m: m.__setitem__("cascade", [0.5]), "cascade"),
+        ("anomaly", "pump", lambda m: m["baseline"].pop("min_rows"), "min_rows"),
+        ("anomaly", "pump", lambda m: m["baseline"].pop("default"), "KeyError"),
+        ("rul", "turbofan", _no_lower_bounds, "probe window"),  # the probe's band: TypeError in the runtime
+    ],
+)
+def test_a_malformed_manifest_field_is_a_model_error_and_the_old_model_stays(
+    tmp_path: Path, task: str, asset_type: str, edit: Any, match: str
+) -> None:
+    d = make(tmp_path)
+    before = d.versions()[asset_type][task]
+    bad = copy_model(PACKAGE_REGISTRY / task / before, tmp_path / "reg" / task, "9.9.9", edit)
+    with pytest.raises(ModelError, match=match):
+        d.swap_model(asset_type, task, bad)
+    assert d.versions()[asset_type][task] == before
+    # nor does it stop an agent starting with it as the newest in its registry: the next version is used
+    assert make(tmp_path / "restart", registry=tmp_path / "reg").versions()[asset_type][task] == before
+
+
+def _none_in_band(manifest: dict[str, Any]) -> None:
+    """RUL from 60 to 120 cycles has no lower bound: predict raises TypeError on live engine data only (the probe
+    window scores above 120)."""
+    for entry in manifest["variants"].values():
+        entry["calibration"] = {"coverage": 0.8, "edges": [30.0, 60.0, 120.0],
+                                "lower": [-5.0, -9.0, None, -24.0], "upper": [4.0, 11.0, 20.0, 31.0]}  # fmt: skip
+
+
+def test_a_model_raising_any_error_on_live_data_is_rolled_back(tmp_path: Path) -> None:
+    bad = copy_model(PACKAGE_REGISTRY / "rul" / RUL, tmp_path / "download" / "rul", "9.9.9", _none_in_band)
+    reports: list[tuple[str, str, str, str]] = []
+    d = make(tmp_path, registry=tmp_path / "reg")
+    d.on_rollback = lambda *args: reports.append(args)
+    rows = feed_rows(example_site(), "engine-1")
+    run_frames(d, [[frame("engine-1", i, rows[i])] for i in range(20)])
+    assert d.swap_model("turbofan", "rul", bad) == "9.9.9"  # passes the probe
+    out = run_frames(d, [[frame("engine-1", i, rows[i])] for i in range(20, 23)])
+    assert reports == [("turbofan", "rul", "9.9.9", "inference_failed")]
+    assert d.versions()["turbofan"]["rul"] == RUL
+    assert [x.version for x in out] == [RUL, RUL]
+    assert d.skipped["inference_failed"] == 1
+
+
+def test_a_swapped_in_model_keeps_one_predecessor_only(tmp_path: Path) -> None:
+    d = make(tmp_path)
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        d.swap_model("turbofan", "rul", PACKAGE_REGISTRY / "rul" / version)
+    slot = d.models.get(("turbofan", "rul"))
+    assert slot is not None
+    assert slot.previous is not None
+    assert slot.previous.version == "1.1.0"
+    assert slot.previous.previous is None  # the older sessions are freed
+
+
+def test_a_numeric_manifest_version_is_a_string_on_the_wire(tmp_path: Path) -> None:
+    numbered = copy_model(
+        PACKAGE_REGISTRY / "rul" / RUL, tmp_path / "reg" / "rul", "7", lambda m: m.__setitem__("version", 7)
+    )
+    d = make(tmp_path)
+    assert d.swap_model("turbofan", "rul", numbered) == "7"
+    rows = feed_rows(example_site(), "engine-1")
+    out = run_frames(d, [[frame("engine-1", i, rows[i])] for i in range(16)])
+    assert [x.version for x in out] == ["7", "7"]
+    for x in out:  # what the platform validates
+        assert Diagnosis.model_validate_json(x.model_dump_json()) == x

@@ -240,6 +240,33 @@ def test_a_model_the_gateway_cannot_run_is_reported_and_the_old_one_kept(
     assert not (model_dir / "anomaly" / "1.1.0").exists()
 
 
+def test_a_malformed_manifest_is_reported_and_a_failed_install_tried_again_not_a_crash(
+    platform: Platform, site: Site, settings: AgentSettings, model_dir: Path
+) -> None:
+    platform.publish("1.1.0", edit=lambda m: m.__setitem__("cascade", {"confidence_threshold": "0,5"}))
+    in_the_way = model_dir / "anomaly" / "1.2.0"
+    in_the_way.write_text("in the way")  # installing 1.2.0 fails with an OSError, as on a full disk
+
+    async def main() -> None:
+        diagnoser = Diagnoser(site, settings, model_dir)
+        sync = ModelSync(site, settings)
+        assert await sync.sync_once(diagnoser) == []
+        assert ("pump", "anomaly", "1.1.0") in sync.bad  # the model's fault: not pulled again
+        platform.publish("1.2.0")
+        assert await sync.sync_once(diagnoser) == []
+        assert diagnoser.versions() == {"pump": {"anomaly": "1.0.0"}}
+        assert ("pump", "anomaly", "1.2.0") not in sync.bad  # the gateway's trouble, not the model's
+        in_the_way.unlink()  # space freed
+        assert await sync.sync_once(diagnoser) == [("pump", "anomaly", "1.2.0")]
+        await sync.aclose()
+
+    asyncio.run(main())
+    (failure,) = platform.failures("1.1.0")
+    assert failure["reason"].startswith("load failed: ")
+    assert "confidence_threshold" in failure["reason"]
+    assert platform.failures("1.2.0") == []
+
+
 def test_a_rollback_on_live_data_is_reported_and_the_version_not_pulled_again(
     platform: Platform, site: Site, settings: AgentSettings, model_dir: Path
 ) -> None:
@@ -349,6 +376,25 @@ def test_the_agent_syncs_models_when_a_platform_is_set(platform: Platform, model
         await asyncio.wait_for(running, 30)
 
     asyncio.run(main())
+
+
+def test_without_a_model_dir_a_restarted_agent_runs_the_models_it_pulled(platform: Platform, tmp_path: Path) -> None:
+    platform.publish("1.5.0")  # newer than any the package ships
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(site_yaml())
+    settings = {k: v for k, v in gateway(platform, tmp_path / "unused", tmp_path).items() if k != "model_dir"}
+
+    async def run(expected: str, **overrides: Any) -> None:
+        agent = Agent(connectors=lambda _site, _s: [], site_file=site_file, metrics_port=-1, **settings | overrides)
+        running = asyncio.create_task(agent.run())
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        await _until(lambda: agent.diagnoser is not None and agent.diagnoser.versions()["pump"]["anomaly"] == expected)
+        agent.stop()
+        await asyncio.wait_for(running, 30)
+
+    asyncio.run(run("1.5.0"))  # pulled into <data_dir>/models
+    assert (tmp_path / "agent" / "models" / "anomaly" / "1.5.0" / "manifest.json").is_file()
+    asyncio.run(run("1.5.0", platform_url=None, platform_key=None))  # restarted, no platform: loaded from there
 
 
 async def _until(condition: Any, within: float = 20.0) -> None:
