@@ -38,6 +38,7 @@ per 10 % (progress "37%") and ``baseline_ready``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -215,25 +216,33 @@ class BaselineStore:
             raise ModelError(f"{path}: cannot open the baseline store: {exc}") from exc
 
     def load(self, learner: BaselineLearner) -> None:
-        """Fill a fresh learner from what was stored (nothing when its signals changed)."""
-        row = self._db.execute(
-            "SELECT signals, healthy_us, last_ts, ready FROM baseline WHERE node = ? AND task = ?",
-            (learner.node, learner.task),
-        ).fetchone()
-        if row is None:
-            return
-        if tuple(json.loads(row[0])) != learner.signals:
-            log.info("baseline_restarted", node=learner.node, task=learner.task, reason="model reads other signals")
-            self._clear(learner)
-            return
-        learner.healthy_us, learner.last_ts, learner.ready = int(row[1]), int(row[2]), bool(row[3])
-        learner.rows = [
-            json.loads(r)
-            for (r,) in self._db.execute(
-                "SELECT row FROM baseline_row WHERE node = ? AND task = ? ORDER BY ts LIMIT ?",
-                (learner.node, learner.task, learner.max_rows),
-            )
-        ]
+        """Fill a fresh learner from what was stored (nothing when its signals changed).
+
+        Raises ModelError (the learner unchanged) when the store cannot be read or holds malformed rows.
+        """
+        try:
+            row = self._db.execute(
+                "SELECT signals, healthy_us, last_ts, ready FROM baseline WHERE node = ? AND task = ?",
+                (learner.node, learner.task),
+            ).fetchone()
+            if row is None:
+                return
+            if tuple(json.loads(row[0])) != learner.signals:
+                log.info("baseline_restarted", node=learner.node, task=learner.task, reason="model reads other signals")
+                self._clear(learner)
+                return
+            progress = int(row[1]), int(row[2]), bool(row[3])
+            rows = [
+                [float(v) for v in json.loads(r)]
+                for (r,) in self._db.execute(
+                    "SELECT row FROM baseline_row WHERE node = ? AND task = ? ORDER BY ts LIMIT ?",
+                    (learner.node, learner.task, learner.max_rows),
+                )
+            ]
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise ModelError(f"{self.path}: cannot read the baseline of {learner.node}: {exc}") from exc
+        learner.healthy_us, learner.last_ts, learner.ready = progress
+        learner.rows = rows
 
     def save(self, learner: BaselineLearner, rows: list[tuple[int, list[float]]]) -> None:
         """Write new rows and the progress in one transaction."""
@@ -257,13 +266,25 @@ class BaselineStore:
                 ),
             )
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            self._rollback()
             raise ModelError(f"{self.path}: cannot write baseline rows: {exc}") from exc
 
+    def _rollback(self) -> None:
+        """Roll back the transaction, if SQLite has not already (it does itself on a full disk)."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
     def _clear(self, learner: BaselineLearner) -> None:
-        self._db.execute("DELETE FROM baseline WHERE node = ? AND task = ?", (learner.node, learner.task))
-        self._db.execute("DELETE FROM baseline_row WHERE node = ? AND task = ?", (learner.node, learner.task))
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM baseline WHERE node = ? AND task = ?", (learner.node, learner.task))
+            self._db.execute("DELETE FROM baseline_row WHERE node = ? AND task = ?", (learner.node, learner.task))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise ModelError(f"{self.path}: cannot clear the baseline of {learner.node}: {exc}") from exc
 
     def close(self) -> None:
         """Close the file."""

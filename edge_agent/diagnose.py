@@ -322,6 +322,9 @@ class Diagnoser:
                     self._store.save(t.learner, rows)
             except ModelError as exc:
                 log.error("baseline_store_failed", node=t.learner.node, error=str(exc))
+                if rows is not None:  # written with the next cycle's rows
+                    t.learner.pending[:0] = rows
+                    t.learner.saved_ready = False
         for request in to_adapt:
             try:
                 request.result = adapt(
@@ -409,14 +412,17 @@ class Diagnoser:
                 metrics.DIAGNOSIS_LATENCY.observe(time.monotonic() - a.seen)
         if self.outbox is None:
             return
-        batch = self._unsaved + diagnoses
+        # taken out before the await: a cascade answer stored meanwhile must neither write these again nor
+        # have its own overwritten when this write fails
+        batch, self._unsaved = self._unsaved + diagnoses, []
         if not batch:
             return
         try:
             await self.outbox.put(diagnoses=batch)
-            self._unsaved = []
-        except OutboxError as exc:
-            self._unsaved = batch[-_MAX_UNSAVED:]
+        except BaseException as exc:
+            self._unsaved = (batch + self._unsaved)[-_MAX_UNSAVED:]
+            if not isinstance(exc, OutboxError):
+                raise
             log.error("diagnoses_not_stored", error=str(exc), kept=len(self._unsaved))
 
     def _offload(self, items: list[tuple[Job, Diagnosis]]) -> None:

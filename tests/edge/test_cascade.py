@@ -231,3 +231,31 @@ def test_the_platforms_teacher_answers_and_the_twin_records_it(tmp_path: Path) -
         assert diagnosis["payload"]["label"] == answer.label
     finally:
         stack.stop_platform()
+
+
+def test_overlapping_stores_write_each_diagnosis_once(tmp_path: Path) -> None:
+    """The step's and the cascade answers' stores share the diagnoses a failed write left: whichever write
+    runs takes them, the other does not write them again."""
+
+    def diagnosis(i: int) -> Diagnosis:
+        return Diagnosis(node="mill-1", task="faults", ts=T0 + i, model="ai4i-faults", version="1.0.0",
+                         source=DiagnosisSource.EDGE, confidence=0.9, label="none", probability=0.9)  # fmt: skip
+
+    async def main() -> list[int]:
+        outbox = await Outbox.open(tmp_path / "outbox.sqlite")
+        d = Diagnoser(example_site(), AgentSettings(data_dir=tmp_path / "agent"), PACKAGE_REGISTRY, outbox=outbox)
+        try:
+            db = outbox.db._db  # a full disk, as SQLite sees it: no page beyond those in use
+            db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+            await d._store_diagnoses([diagnosis(i) for i in range(500)])  # fails: kept for the next write
+            assert len(d._unsaved) == 500
+            db.execute("PRAGMA max_page_count = 1000000")
+            await asyncio.gather(d._store_diagnoses([diagnosis(500)]), d._store_diagnoses([diagnosis(501)]))
+            assert d._unsaved == []
+            chunks = await outbox.take(10_000)
+        finally:
+            await d.close()
+            await outbox.close()
+        return [item["ts"] - T0 for c in chunks if c.kind == DIAGNOSIS for item in json.loads(b"[" + c.body + b"]")]
+
+    assert sorted(asyncio.run(main())) == list(range(502))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from edge_agent import metrics
-from edge_agent.baseline import Adapted, adapt
+from edge_agent.baseline import Adapted, BaselineLearner, BaselineStore, adapt
+from edge_agent.errors import ModelError
 from factory_twin.simulator.datasets import read_skab
 from factory_twin.simulator.examples import data_dir
 from models import runtime
@@ -123,3 +125,70 @@ def test_the_threshold_never_drops_below_the_calibrated_one() -> None:
     judged = rough.apply(Prediction(confidence=1.0, score=1.5 * calibrated, threshold=calibrated, label="anomaly"))
     assert (judged.label, judged.threshold) == ("normal", 2 * calibrated)
     assert abs(judged.confidence - 0.25) < 1e-9
+
+
+def _fill(learner: BaselineLearner, start: int, n: int) -> list[tuple[int, list[float]]]:
+    """``n`` healthy rows fed to the learner, taken out of its pending rows as the Diagnoser does."""
+    learner.feed([(T0 + i * GRID, [float(i)] * len(learner.signals)) for i in range(start, start + n)], True)
+    rows, learner.pending = learner.pending, []
+    return rows
+
+
+def test_a_full_disk_is_a_model_error(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path / "baselines.sqlite")
+    learner = BaselineLearner("pump-1", "anomaly", ("a", "b", "c"), GRID, 3600 * GRID, 400, 20_000)
+    store.save(learner, _fill(learner, 0, 10))
+    db = store._db  # a full disk, as SQLite sees it: no page beyond those in use (it rolls back by itself)
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(ModelError, match="cannot write baseline rows"):
+        store.save(learner, _fill(learner, 10, 1000))
+    assert not db.in_transaction
+    db.execute("PRAGMA max_page_count = 1000000")
+    store.save(learner, _fill(learner, 1010, 10))  # usable again once there is room
+    store.close()
+
+
+def test_rows_a_full_store_could_not_take_are_written_later(tmp_path: Path) -> None:
+    site = example_site()
+    rows = feed_rows(site, "pump-1", (VALVE,))
+    d = make(tmp_path, site, baseline_hours=HOURS)
+    run_frames(d, [[frame("pump-1", i, rows[i])] for i in range(50)])
+    assert d._store is not None
+    db = d._store._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    with capture_logs() as logs:
+        run_frames(d, [[frame("pump-1", i, rows[i])] for i in range(50, 150)])  # diagnosing goes on
+    assert "baseline_store_failed" in [e["event"] for e in logs]
+    db.execute("PRAGMA max_page_count = 1000000")
+    run_frames(d, [[frame("pump-1", i, rows[i])] for i in range(150, 152)])
+    d.close_store()
+
+    d = make(tmp_path, site, baseline_hours=HOURS)  # restart: the 150 closed rows are all there
+    run_frames(d, [[frame("pump-1", 152, rows[152])]])
+    assert d.baselines() == {"pump-1": "35%"}  # 150 of 420 rows
+    d.close_store()
+
+
+def test_a_damaged_store_is_reported_and_learning_goes_on(tmp_path: Path) -> None:
+    site = example_site()
+    rows = feed_rows(site, "pump-1", (VALVE,))
+    d = make(tmp_path, site, baseline_hours=HOURS)
+    run_frames(d, [[frame("pump-1", i, rows[i])] for i in range(200)])
+    d.close_store()
+    path = tmp_path / "agent" / "baselines.sqlite"
+    data = path.read_bytes()
+    path.write_bytes(data[:4096] + b"\xa5" * (len(data) - 4096))  # the schema page intact, the tables not
+
+    learner = BaselineLearner("pump-1", "anomaly", ("a",), GRID, 3600 * GRID, 400, 20_000)
+    store = BaselineStore(path)
+    with pytest.raises(ModelError, match="cannot read the baseline"):
+        store.load(learner)
+    store.close()
+
+    d = make(tmp_path, site, baseline_hours=HOURS)
+    with capture_logs() as logs:
+        out = run_frames(d, [[frame("pump-1", i, rows[i])] for i in range(200, 240)])
+    assert "baseline_store_failed" in [e["event"] for e in logs]
+    assert out == []  # learning from scratch, in memory
+    assert d.baselines() == {"pump-1": "9%"}
+    d.close_store()
