@@ -51,6 +51,12 @@ _RESTART_ONLY = (
     "metrics_port",
     "outbox_synchronous",
     "chunk_items",
+    # the platform link (cascade client, model sync) is built once at start
+    "platform_url",
+    "platform_key",
+    "cascade_timeout_s",
+    "model_poll_s",
+    "model_dir",
 )
 
 

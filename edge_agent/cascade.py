@@ -12,6 +12,7 @@ an unreachable platform costs no timeout per window; the first request after the
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
@@ -100,9 +101,10 @@ class CascadeClient:
     async def _post(self, body: dict[str, object]) -> tuple[str, Diagnosis | None]:
         if self._client is None:
             self._client = httpx.AsyncClient(headers=self._headers)
-        try:
-            response = await self._client.post(self.url, json=body, timeout=self.timeout_s)
-        except httpx.TimeoutException:
+        try:  # the timeout bounds the whole exchange, not each of httpx's phases
+            async with asyncio.timeout(self.timeout_s):
+                response = await self._client.post(self.url, json=body, timeout=self.timeout_s)
+        except (httpx.TimeoutException, TimeoutError):
             return "timeout", None
         except httpx.HTTPError as exc:
             log.debug("cascade_unreachable", error=str(exc))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import structlog
 
 from edge_agent.agent import Agent
 from edge_agent.errors import ConfigError
@@ -131,6 +132,26 @@ def test_reload_validates_then_swaps(tmp_path: Path, site_file: Path) -> None:
         assert agent.pipeline.stage is not old
         sig = agent.pipeline.stage.normaliser.signals[("pump-1", "temp")]
         assert sig.a * 32 + sig.b == pytest.approx(273.15)
+        agent.stop()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+
+
+def test_a_reload_keeps_settings_that_need_a_restart_and_says_so(tmp_path: Path, site_file: Path) -> None:
+    # The platform link (cascade client, model sync) is built at start: a new key must not look applied.
+    config = tmp_path / "agent.yaml"
+    _write(config, f"site_file: {site_file}\nplatform_key: ft_old\ndiagnose: false\n")
+
+    async def main() -> None:
+        agent = Agent(config_file=config, data_dir=tmp_path / "d", metrics_port=-1, connectors=_no_connectors)
+        task = asyncio.create_task(agent.run())
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        _write(config, f"site_file: {site_file}\nplatform_key: ft_new\ndiagnose: false\n")
+        with structlog.testing.capture_logs() as logs:
+            assert agent.reload() is True
+        assert agent.settings.platform_key == "ft_old"
+        assert any(e["event"] == "reload_needs_restart" and "platform_key" in e["settings"] for e in logs)
         agent.stop()
         await asyncio.wait_for(task, 10)
 

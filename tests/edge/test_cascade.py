@@ -64,8 +64,12 @@ class Platform:
                 self.requests.append((path, headers, body))
                 status, payload = await self._answer(body)
                 head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n"
-                writer.write(head.encode() + b"\r\n" + payload)
-                await writer.drain()
+                writer.write(head.encode() + b"\r\n")
+                for i in range(0, len(payload), 8 if self.mode == "trickle" else len(payload)):
+                    writer.write(payload[i : i + 8] if self.mode == "trickle" else payload[i:])
+                    await writer.drain()
+                    if self.mode == "trickle":  # each read is quick, the whole answer is not
+                        await asyncio.sleep(0.1)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -133,7 +137,7 @@ def test_an_unsure_window_goes_to_the_teacher_which_records_the_answer(tmp_path:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("mode", ["slow", "refuse", "other", "garbage"])
+@pytest.mark.parametrize("mode", ["slow", "trickle", "refuse", "other", "garbage"])
 def test_without_an_answer_in_time_the_students_verdict_stands(tmp_path: Path, mode: str) -> None:
     async def main() -> None:
         async with Platform(mode) as platform:
