@@ -9,16 +9,20 @@ The holder writes through the lock's own connection (``LeaderLock.transaction``)
 has ended, so nothing more can commit through it: a holder that has not noticed yet cannot write next to its
 successor. The lock is also the fence.
 
-SQLite serves one process (the embedded setup), which always leads; the lock is then one within the process,
-so there too a single evaluator of the process leads.
+SQLite serves one process (the embedded setup), which leads; the lock is then one within the process, plus an
+OS file lock (``flock``) on ``<database file>.leader-<role>``, so a second process started on the same file by
+mistake stands by instead of raising every alert a second time. The OS frees the file lock when its holder dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
 
 import structlog
 from sqlalchemy import Connection, Engine, text
@@ -66,6 +70,10 @@ class LeaderLock:
         self._conn: Connection | None = None
         self._held = False
         self._local = (engine.url.render_as_string(hide_password=False), self.key)
+        database = engine.url.database or ""
+        file_db = not self.postgres and database not in ("", ":memory:") and not database.startswith("file:")
+        self._lock_path = Path(f"{database}.leader-{name}") if file_db else None
+        self._lock_file: IO[bytes] | None = None
 
     @property
     def held(self) -> bool:
@@ -81,6 +89,8 @@ class LeaderLock:
         if not self.postgres:
             with _LOCAL_LOCK:
                 self._held = _LOCAL.setdefault(self._local, self) is self
+            if self._held and not self._lock_other_processes():
+                self._drop()
             return self._held
         try:
             conn = self._connection()
@@ -92,6 +102,20 @@ class LeaderLock:
             log.warning("leader lock unavailable", role=self.name, error=_first_line(exc))
             self._drop()
         return self._held
+
+    def _lock_other_processes(self) -> bool:
+        """SQLite: the OS file lock next to the database file; False when another process holds it."""
+        if self._lock_path is None or self._lock_file is not None:
+            return True
+        handle = self._lock_path.open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            log.warning("another process leads on this SQLite database", role=self.name, lock=str(self._lock_path))
+            return False
+        self._lock_file = handle
+        return True
 
     def _connection(self) -> Connection:
         if self._conn is not None and not self._conn.closed and not self._conn.invalidated:
@@ -137,6 +161,9 @@ class LeaderLock:
         with _LOCAL_LOCK:
             if _LOCAL.get(self._local) is self:
                 del _LOCAL[self._local]
+        handle, self._lock_file = self._lock_file, None
+        if handle is not None:
+            handle.close()  # closing the file frees its flock
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(SQLAlchemyError):

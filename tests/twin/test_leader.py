@@ -8,6 +8,8 @@ connection is cut, and what was stored while nobody listened is caught up from t
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -95,6 +97,38 @@ def test_on_sqlite_the_process_leads_and_one_lock_holder_in_it(sqlite_url: str) 
         b.release()
         engine.dispose()
         again.dispose()
+
+
+_HOLD = """
+import sys, time
+from twin.db import make_engine
+from twin.leader import LeaderLock
+lock = LeaderLock(make_engine(sys.argv[1]), "r")
+print(lock.acquire(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_on_sqlite_a_second_process_stands_by_until_the_first_is_gone(sqlite_url: str) -> None:
+    # Two platform processes on one SQLite file by mistake: one leads, or every alert is raised twice.
+    other = subprocess.Popen([sys.executable, "-c", _HOLD, sqlite_url], stdout=subprocess.PIPE, text=True)
+    engine = make_engine(sqlite_url)
+    lock = LeaderLock(engine, "r")
+    try:
+        assert other.stdout is not None
+        assert other.stdout.readline().strip() == "True"
+        assert not lock.acquire()
+        assert not lock.held
+        other.kill()  # the OS frees a dead holder's file lock
+        other.wait(10)
+        wait_until(lock.acquire, 5, "this process leads once the other is gone")
+    finally:
+        other.kill()
+        other.wait(10)
+        if other.stdout is not None:
+            other.stdout.close()
+        lock.release()
+        engine.dispose()
 
 
 @pytest.mark.postgres
