@@ -10,8 +10,10 @@ The live bus says which properties moved (``wanted``): a pass reads only those, 
 follows what changed, not the size of the plant. Everything in history is read, not only the latest state, so
 a value overtaken before the leader reads (a one-batch excursion, a fault diagnosis followed by a healthy one)
 is still judged. A value stored late, older than its property's cursor, is history only, as for the latest
-state (twin/store.py). Catch-up reads the latest state only: what happened while no process led (the seconds
-of a takeover) is judged on where it ended.
+state (twin/store.py). With several ingest workers that includes a batch committed after a newer batch of the
+same property (shared subscriptions give no order across workers; likeliest in an outbox drain): its values
+are in history but not judged. Catch-up reads the latest state only: what happened while no process led (the
+seconds of a takeover) is judged on where it ended.
 """
 
 from __future__ import annotations
