@@ -270,10 +270,16 @@ class Diagnoser:
                 ends = ends[-CATCH_UP:]  # a burst (a source reconnecting): its newest grid points
                 if passed > len(ends):
                     metrics.DIAGNOSES_DEFERRED.labels("healthy" if healthy else "unhealthy").inc(passed - len(ends))
-                t.last_ts = ends[-1]
+                done, t.last_ts = t.last_ts, ends[-1]
                 adapted = t.adapted if t.adapted_for is slot else None
                 for end in ends:
                     w = a.frames.window(t.signals, t.length, t.min_length, end)
+                    if isinstance(w, str) and end > newest - a.closed_us:
+                        # unusable, but its frames may still be revised (a late signal): try this grid point
+                        # again next cycle, and the later ones after it, rather than skip it for good
+                        t.last_ts = done
+                        break
+                    done = end
                     if w is None:
                         continue
                     if isinstance(w, str):
