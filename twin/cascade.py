@@ -32,6 +32,7 @@ from plant.wire import Diagnosis, DiagnosisSource, UplinkBatch, now_us
 from twin import model_registry
 from twin.config import TwinSettings
 from twin.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from twin.queries import diagnosis_of
 from twin.schemas import CascadeRequest
 from twin.store import ApplyResult, TwinStore
 from twin.tables import DiagnosisRecord
@@ -109,8 +110,7 @@ class Cascade:
         row = session.scalars(select(d).where(*key)).one_or_none()
         if row is None:  # cannot be: the store called it a duplicate
             raise Conflict(f"a {diagnosis.task} diagnosis of {diagnosis.node} at {diagnosis.ts} was not stored")
-        return Diagnosis(node=row.node_id, task=row.task, ts=row.ts, model=row.model, version=row.version,
-                         source=row.source, confidence=row.confidence, **(row.payload or {}))  # fmt: skip
+        return diagnosis_of(row)
 
     def teacher(self, session: Session, task: str, version: str) -> runtime.LoadedModel:
         """The teacher for a student's ``task`` and ``version``; Unavailable when the platform has none."""

@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 from sqlalchemy import Row, Select, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from plant.wire import from_us, to_us
+from plant.wire import Diagnosis, from_us, to_us
 from twin.errors import InvalidRequest, NotFound
 from twin.schemas import (
     DiagnosisPublic,
@@ -358,6 +358,12 @@ def decode_cursor(cursor: str, scope: str, order: Order) -> int:
 
 
 # ---- values ------------------------------------------------------------------------------------------------
+
+
+def diagnosis_of(row: DiagnosisRecord) -> Diagnosis:
+    """A stored diagnosis as its wire message; pydantic's ValidationError when the stored payload is not one."""
+    return Diagnosis(node=row.node_id, task=row.task, ts=row.ts, model=row.model, version=row.version,
+                     source=row.source, confidence=row.confidence, **(row.payload or {}))  # fmt: skip
 
 
 def decode_value(dtype: str, num: float | None, text: str | None) -> Scalar | None:

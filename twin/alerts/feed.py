@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from plant.wire import Diagnosis, Scalar
 from twin.alerts.engine import Watched
 from twin.live import LiveEvent
-from twin.queries import decode_value
+from twin.queries import decode_value, diagnosis_of
 from twin.tables import DiagnosisRecord, TwinProperty
 
 log = structlog.get_logger(__name__)
@@ -249,16 +249,7 @@ def _diagnoses_since(session: Session, cursors: list[tuple[str, str, int]], post
 def _diagnoses(rows: Iterable[DiagnosisRecord]) -> Iterator[Diagnosis]:
     for r in rows:
         try:
-            yield Diagnosis(
-                node=r.node_id,
-                task=r.task,
-                ts=r.ts,
-                model=r.model,
-                version=r.version,
-                source=r.source,
-                confidence=r.confidence,
-                **(r.payload or {}),
-            )
+            yield diagnosis_of(r)
         except (ValidationError, TypeError) as exc:
             log.warning(
                 "stored diagnosis unreadable, skipped",
