@@ -74,6 +74,7 @@ class LeaderLock:
         file_db = not self.postgres and database not in ("", ":memory:") and not database.startswith("file:")
         self._lock_path = Path(f"{database}.leader-{name}") if file_db else None
         self._lock_file: IO[bytes] | None = None
+        self._said_standby = False  # a standby retries every few seconds: say it once
 
     @property
     def held(self) -> bool:
@@ -112,9 +113,11 @@ class LeaderLock:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
-            log.warning("another process leads on this SQLite database", role=self.name, lock=str(self._lock_path))
+            if not self._said_standby:
+                log.warning("another process leads on this SQLite database", role=self.name, lock=str(self._lock_path))
+            self._said_standby = True
             return False
-        self._lock_file = handle
+        self._lock_file, self._said_standby = handle, False
         return True
 
     def _connection(self) -> Connection:

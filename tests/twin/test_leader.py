@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
@@ -117,7 +118,10 @@ def test_on_sqlite_a_second_process_stands_by_until_the_first_is_gone(sqlite_url
     try:
         assert other.stdout is not None
         assert other.stdout.readline().strip() == "True"
-        assert not lock.acquire()
+        with structlog.testing.capture_logs() as logs:
+            assert not lock.acquire()
+            assert not lock.acquire()  # a standby retries every few seconds: said once
+        assert [e["event"] for e in logs] == ["another process leads on this SQLite database"]
         assert not lock.held
         other.kill()  # the OS frees a dead holder's file lock
         other.wait(10)
