@@ -23,8 +23,7 @@ def test_ruff_finds_nothing() -> None:
 @pytest.mark.slow
 def test_mypy_finds_nothing() -> None:
     # The packages pyproject's [tool.mypy] names are typed, strictly; tests and benchmarks are not checked.
-    if shutil.which("mypy") is None and not Path(sys.executable).with_name("mypy").exists():
-        pytest.skip("mypy is not installed (pip install -e '.[dev]')")
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install -e '.[dev]')")
     command = [sys.executable, "-m", "mypy", "--no-incremental"]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:]
