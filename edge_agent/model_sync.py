@@ -209,7 +209,13 @@ class ModelSync:
             return False
         except OSError as exc:  # disk full, permissions: this gateway's trouble, not the model's; tried next poll
             metrics.MODEL_SYNC.labels(task, "install_failed").inc()
-            log.error("model_install_failed", task=task, version=version, error=f"{type(exc).__name__}: {exc}")
+            log.error(
+                "model_install_failed",
+                task=task,
+                version=version,
+                error=f"{type(exc).__name__}: {exc}",
+                hint="free space or fix permissions under EDGE_MODEL_DIR; tried again at the next poll",
+            )
             return False
         try:  # load and probe on a thread (a large model must not stall ingestion), then swap on the loop
             slot = await asyncio.to_thread(diagnoser.load_model, asset_type, task, directory)

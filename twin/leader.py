@@ -114,7 +114,8 @@ class LeaderLock:
         except OSError:
             handle.close()
             if not self._said_standby:
-                log.warning("another process leads on this SQLite database", role=self.name, lock=str(self._lock_path))
+                log.warning("another process leads on this SQLite database", role=self.name, lock=str(self._lock_path),
+                            hint="SQLite serves one platform process; run several on PostgreSQL")  # fmt: skip
             self._said_standby = True
             return False
         self._lock_file, self._said_standby = handle, False

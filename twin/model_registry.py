@@ -92,7 +92,7 @@ def unpack(data: bytes, max_bytes: int) -> dict[str, bytes]:
     budget = max_bytes * _UNPACKED_RATIO
     # Streamed, and every decompressed byte counted (tar headers too: tarfile reads a pax header whole), so a
     # small archive cannot make the API hold gigabytes before the file sizes are even looked at.
-    stream = _Bounded(gzip.GzipFile(fileobj=io.BytesIO(data)), budget + _HEADER_SLACK)
+    stream = _Bounded(gzip.GzipFile(fileobj=io.BytesIO(data)), budget)
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             return _read_members(tar, budget)
@@ -101,10 +101,10 @@ def unpack(data: bytes, max_bytes: int) -> dict[str, bytes]:
 
 
 class _Bounded(io.RawIOBase):
-    """A readable stream that refuses to yield more than ``limit`` bytes of ``source``."""
+    """A readable stream that refuses to yield more than ``budget`` bytes of ``source`` (plus tar headers)."""
 
-    def __init__(self, source: gzip.GzipFile, limit: int) -> None:
-        self._source, self._left = source, limit
+    def __init__(self, source: gzip.GzipFile, budget: int) -> None:
+        self._source, self._left, self._budget = source, budget + _HEADER_SLACK, budget
 
     def readable(self) -> bool:
         return True
@@ -113,16 +113,27 @@ class _Bounded(io.RawIOBase):
         n = self._source.readinto(buffer)
         self._left -= n
         if self._left < 0:
-            raise InvalidRequest("archive unpacks to more than a model may hold")
+            raise _too_large(self._budget)
         return n
 
 
+def _too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"archive unpacks to more than a model may hold ({limit} bytes, {_UNPACKED_RATIO} × TWIN_MODEL_MAX_BYTES): "
+        "pack only the model directory's files, or raise TWIN_MODEL_MAX_BYTES for a larger model"
+    )
+
+
 def _read_members(tar: tarfile.TarFile, budget: int) -> dict[str, bytes]:
+    limit = budget  # the budget is spent below; the message names the whole of it
     files: dict[str, bytes] = {}
     folders: set[tuple[str, ...]] = set()
     for count, member in enumerate(tar, 1):
         if count > _MAX_MEMBERS:
-            raise InvalidRequest(f"archive holds more than {_MAX_MEMBERS} entries; a model has a handful")
+            raise InvalidRequest(
+                f"archive holds more than {_MAX_MEMBERS} entries: pack only the model directory's files "
+                "(manifest.json, MODEL_CARD.md and the ONNX files it lists)"
+            )
         path = PurePosixPath(member.name)
         parts = [p for p in path.parts if p != "."]
         if path.is_absolute() or ".." in parts or len(parts) > 2:
@@ -138,7 +149,7 @@ def _read_members(tar: tarfile.TarFile, budget: int) -> dict[str, bytes]:
             raise InvalidRequest("archive holds more than one model directory")
         budget -= member.size
         if budget < 0:
-            raise InvalidRequest("archive unpacks to more than a model may hold")
+            raise _too_large(limit)
         if parts[-1] in files:
             raise InvalidRequest(f"archive holds {parts[-1]!r} twice")
         handle = tar.extractfile(member)
