@@ -65,6 +65,7 @@ class Cascade:
         self._teachers: OrderedDict[_Source, runtime.LoadedModel] = OrderedDict()
         self._lock = threading.Lock()  # guards the two dicts; never held while a teacher loads
         self._loading: dict[_Source, threading.Lock] = {}  # one per teacher being loaded
+        self._on_disk: dict[str, list[tuple[str, Path]]] = {}  # task → versions in model_dir with a teacher
 
     def diagnose(self, session: Session, ask: CascadeRequest, gateway: str) -> Diagnosis:
         """The teacher's diagnosis of one window, stored with source ``platform``."""
@@ -156,7 +157,13 @@ class Cascade:
         return max(candidates, key=lambda c: model_registry.version_key(c[2]))
 
     def _directory_teachers(self, task: str) -> list[tuple[str, Path]]:
-        """Versions under the registry directory whose teacher file is present (large ones are not committed)."""
+        """Versions under the registry directory whose teacher file is present (large ones are not committed).
+
+        Read once per task: the directory is the installation's, and every cascade request asks.
+        """
+        cached = self._on_disk.get(task)
+        if cached is not None:
+            return cached
         found = []
         for directory in sorted((self.model_dir / task).glob("*")):
             try:
@@ -166,6 +173,7 @@ class Cascade:
             entry = manifest["variants"].get(TEACHER)
             if entry is not None and (directory / entry["file"]).is_file():
                 found.append((str(manifest["version"]), directory))
+        self._on_disk[task] = found
         return found
 
     def _load(self, session: Session, source: _Source) -> runtime.LoadedModel:

@@ -53,7 +53,9 @@ class TwinSettings(BaseSettings):
     session_idle_s: float = Field(8 * 3600.0, gt=0, description="a dashboard login ends after this long unused")
     session_max_s: float = Field(7 * 86_400.0, gt=0, description="a dashboard login ends this long after it began")
     model_dir: Path | None = Field(
-        None, description="registry of teacher models for the cascade besides uploaded ones; default: the package's"
+        None,
+        description="registry of teacher models for the cascade besides uploaded ones, read once per task (restart "
+        "after adding one); default: the package's",
     )
     model_max_bytes: int = Field(64 << 20, ge=1 << 16, description="largest model archive an upload may send")
     config: Path | None = Field(None, description="optional YAML config file")
