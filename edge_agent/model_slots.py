@@ -4,8 +4,8 @@ At start each slot takes the newest version under the registry directory (then u
 registry) that loads, fits the asset type and passes a probe window, skipping versions rolled back before.
 ``swap`` puts another version in after the same checks; the one it replaces is kept for a rollback.
 
-Checks: the manifest's task is the slot's; the manifest fields the agent reads later are usable (a baseline's
-``min_rows``, an RUL model's ``output.cap``, ``cascade.confidence_threshold`` in [0, 1]); every model input is a
+Checks: the manifest's task is the slot's (its fields the agent reads later, a baseline's ``min_rows``, an RUL
+model's ``output.cap``, the cascade threshold, are checked on load: ``models.registry``); every model input is a
 property of the asset type and its unit matches the property's (the runtime compares them on the probe); a probe
 window of mid-range values (the property's declared range, else 0; a string signal's first category) scores
 within the declared range. Any error while loading or checking (a malformed manifest field) refuses the model.
@@ -184,14 +184,14 @@ class ModelSlots:
         try:
             model = runtime.load(directory)
             check_model(model, task, atype)
-            threshold = cascade_threshold(model.manifest)
         except ModelError:
             raise
         except RuntimeModelError as exc:
             raise ModelError(str(exc)) from None
         except Exception as exc:  # a malformed manifest field the runtime does not check
             raise ModelError(f"{directory}: unusable model ({type(exc).__name__}: {exc})") from None
-        return Slot(model, directory, self.default_threshold[task] if threshold is None else threshold)
+        threshold = (model.manifest.get("cascade") or {}).get("confidence_threshold")  # checked on load
+        return Slot(model, directory, float(self.default_threshold[task] if threshold is None else threshold))
 
     def _read_rejected(self) -> set[tuple[str, str, str]]:
         try:
@@ -219,48 +219,12 @@ def _version_key(p: Path) -> tuple[int, ...]:
     return tuple(int(x) if x.isdigit() else 0 for x in p.name.split("."))
 
 
-def cascade_threshold(manifest: dict[str, Any]) -> float | None:
-    """The manifest's ``cascade.confidence_threshold`` (None: not given); ModelError unless a number in [0, 1]."""
-    cascade = manifest.get("cascade")
-    if cascade is None:
-        return None
-    if not isinstance(cascade, dict):
-        raise ModelError(f"cascade is a {type(cascade).__name__}, not an object")
-    value = cascade.get("confidence_threshold")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ModelError(f"cascade.confidence_threshold {value!r} is not a number in [0, 1]")
-    return float(value)
-
-
-def _check_manifest(manifest: dict[str, Any], task: str) -> None:
-    """Refuse manifest fields the agent reads after the checks (targets.py, out_of_range, the cascade)."""
-    output = manifest["output"]
-    if not isinstance(output, dict):
-        raise ModelError(f"output is a {type(output).__name__}, not an object")
-    if task == "rul":
-        cap = output.get("cap")
-        if isinstance(cap, bool) or not isinstance(cap, int | float) or not 0.0 < cap < math.inf:
-            raise ModelError(f"output.cap {cap!r} is not a positive number")
-    if "baseline" in manifest:  # a per-machine baseline is learnt from min_rows rows at least (targets.py)
-        baseline = manifest["baseline"]
-        min_rows = baseline.get("min_rows") if isinstance(baseline, dict) else None
-        if isinstance(min_rows, bool) or not isinstance(min_rows, int | float) or not 1 <= min_rows < math.inf:
-            raise ModelError(f"baseline.min_rows {min_rows!r} is not a positive number")
-    cascade_threshold(manifest)
-
-
 def check_model(model: LoadedModel, task: str, atype: AssetType) -> None:
-    """Refuse a model of another task, with unusable manifest fields, reading inputs the asset type lacks, or
-    failing a probe window (any error of the probe, a malformed calibration's too)."""
+    """Refuse a model of another task, reading inputs the asset type lacks, or failing a probe window (any error
+    of the probe, a malformed calibration's too). The manifest's own fields were checked on load."""
     name = f"{model.manifest['name']} {model.manifest['version']}"
     if model.task != task:
         raise ModelError(f"{name} is a {model.task} model, not {task}")
-    try:
-        _check_manifest(model.manifest, task)
-    except ModelError as exc:
-        raise ModelError(f"{name}: {exc}") from None
     spec = model.spec
     missing = [s for s in spec.signals if s not in atype.properties]
     if missing:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,39 @@ def check_manifest(manifest: Any, directory: Path) -> None:
             raise ModelLoadError(f"{directory}: variant {variant} lacks {lacking}")
         if entry.get("graph_input", "features") not in GRAPH_INPUTS:
             raise ModelLoadError(f"{directory}: variant {variant} takes unknown input {entry['graph_input']!r}")
+    try:
+        _check_read_later(manifest)
+    except ValueError as exc:
+        raise ModelLoadError(f"{directory}: {exc}") from None
+
+
+def _check_read_later(manifest: dict[str, Any]) -> None:
+    """Fields read after loading (an RUL model's cap, a baseline's ``min_rows``, the cascade threshold): refused
+    here, so the platform refuses them on upload and an agent on load, not when a window needs them."""
+    output = manifest["output"]
+    if not isinstance(output, dict):
+        raise ValueError(f"output is a {type(output).__name__}, not an object")
+    if manifest["task"] == "rul" and not _positive(output.get("cap")):
+        raise ValueError(f"output.cap {output.get('cap')!r} is not a positive number")
+    if "baseline" in manifest:
+        baseline = manifest["baseline"]
+        min_rows = baseline.get("min_rows") if isinstance(baseline, dict) else None
+        if not _positive(min_rows) or float(min_rows or 0) < 1:
+            raise ValueError(f"baseline.min_rows {min_rows!r} is not a positive number")
+    cascade = manifest.get("cascade")
+    if cascade is not None and not isinstance(cascade, dict):
+        raise ValueError(f"cascade is a {type(cascade).__name__}, not an object")
+    threshold = (cascade or {}).get("confidence_threshold")
+    if threshold is not None and not (_number(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"cascade.confidence_threshold {threshold!r} is not a number in [0, 1]")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
 
 
 def read_variant(directory: Path, manifest: dict[str, Any], variant: str) -> bytes:

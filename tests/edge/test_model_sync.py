@@ -240,10 +240,16 @@ def test_a_model_the_gateway_cannot_run_is_reported_and_the_old_one_kept(
     assert not (model_dir / "anomaly" / "1.1.0").exists()
 
 
+def _no_threshold(manifest: dict[str, Any]) -> None:
+    for entry in manifest["variants"].values():
+        entry["calibration"]["threshold"] = None
+
+
 def test_a_malformed_manifest_is_reported_and_a_failed_install_tried_again_not_a_crash(
     platform: Platform, site: Site, settings: AgentSettings, model_dir: Path
 ) -> None:
-    platform.publish("1.1.0", edit=lambda m: m.__setitem__("cascade", {"confidence_threshold": "0,5"}))
+    # a field the platform's upload check does not read (it loads the variants, it does not score a window)
+    platform.publish("1.1.0", edit=_no_threshold)
     in_the_way = model_dir / "anomaly" / "1.2.0"
     in_the_way.write_text("in the way")  # installing 1.2.0 fails with an OSError, as on a full disk
 
@@ -263,7 +269,7 @@ def test_a_malformed_manifest_is_reported_and_a_failed_install_tried_again_not_a
     asyncio.run(main())
     (failure,) = platform.failures("1.1.0")
     assert failure["reason"].startswith("load failed: ")
-    assert "confidence_threshold" in failure["reason"]
+    assert "TypeError" in failure["reason"]
     assert platform.failures("1.2.0") == []
 
 

@@ -145,6 +145,7 @@ def _bad_archives(light: Path) -> dict[str, tuple[bytes, str]]:
     unknown_task = {**manifest, "task": "weather"}
     bad_version = {**manifest, "version": "../../etc"}
     no_input = {**manifest, "input": {"signals": ["x"]}}
+    comma_threshold = {**manifest, "cascade": {"confidence_threshold": "0,5"}}  # read by agents, after loading
     return {
         "not gzip": (b"PK\x03\x04 a zip file, say", "not a gzip-compressed tar archive"),
         "gzip, not tar": (_gzip(b"hello " * 200), "not a gzip-compressed tar archive"),
@@ -156,6 +157,10 @@ def _bad_archives(light: Path) -> dict[str, tuple[bytes, str]]:
         "manifest of the wrong shape": (
             tar_gz([*no_manifest, ("manifest.json", json.dumps(no_input).encode())]),
             "malformed manifest.json",
+        ),
+        "cascade threshold not a number": (
+            tar_gz([*no_manifest, ("manifest.json", json.dumps(comma_threshold).encode())]),
+            "cascade.confidence_threshold '0,5' is not a number in [0, 1]",
         ),
         "path escapes": (tar_gz([*files, ("../evil.onnx", b"x")]), "outside a model directory"),
         "absolute path": (tar_gz([*files, ("/tmp/evil.onnx", b"x")]), "outside a model directory"),
