@@ -38,6 +38,8 @@ _EVENT_NAMES = {
     "deescalate": "alert.deescalated",
     "flapping": "alert.flapping",
     "stable": "alert.stable",
+    "change": "alert.changed",
+    "comment": "alert.commented",
 }
 
 
@@ -127,6 +129,9 @@ def alert_dict(alert: Alert) -> dict[str, Any]:
         "severity": alert.severity,
         "message": alert.message,
         "value": alert.value,
+        "unit": alert.unit,
+        "limit": alert.limit,
+        "reason": alert.reason,
         "occurrences": alert.occurrences,
         "group_id": alert.group_id,
         "flapping": alert.flapping,
@@ -176,6 +181,7 @@ def _alertmanager(receiver: str, alert: Alert, t: AlertTransition) -> dict[str, 
     }
     annotations = {
         "summary": alert.message or f"{alert.rule} {alert.condition} on {alert.node_id}",
+        "description": alert.reason,
         "state": alert.state,
         "event": t.action,
         "occurrences": str(alert.occurrences),

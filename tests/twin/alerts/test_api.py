@@ -186,7 +186,13 @@ def test_advice_and_maintenance_plan(site: Site, db: Engine, api) -> None:
     assert set(by_rule) == {"process-temperature", "rul-low", "failure-predicted"}
     assert [i["due"] for i in plan["items"]] == sorted(i["due"] for i in plan["items"])
     rul = by_rule["rul-low"]
-    assert "RUL 30 cycle × 1.5 h, less 72 h lead time" in rul["due_reason"]  # due before T0: overdue
+    # 30 cycles × 1.5 h = 45 h, inside the 72 h lead time: due at once (at the activation), and it says so
+    assert rul["due_reason"] == "RUL 30 cycles ≈ 45 h at 1.5 h/cycle; ≈ 45 h left is inside the 72 h lead time: due now"
+    assert rul["overdue"]  # due when it was raised, long ago (T0 is in the past)
+    alert = client.get(f"/api/v1/alerts/{rul['alert_id']}", headers=auth["viewer"]).json()
+    assert rul["due"] == alert["raised_at"]
+    assert alert["reason"] == "RUL 30 cycles, below the 50 cycles horizon"
+    assert (alert["unit"], alert["limit"]) == ("cycles", 50.0)
     assert rul["advice"][0]["cause"].startswith("High-pressure compressor")
     assert rul["evidence"]["rul"] == 30.0
     confidences = [a["confidence"] for a in rul["advice"]]
