@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from plant.wire import from_us
 from twin.alerts.lifecycle import NORMAL, PRIORITIES
 from twin.knowledge.base import KnowledgeBody, body_of
-from twin.tables import Alert, KnowledgeEntry
+from twin.tables import Alert, KnowledgeEntry, WorkOrder, WorkOrderAlert
 
 H = 3_600 * 1_000_000  # µs per hour
 INSPECT_BELOW = 0.5
@@ -67,6 +67,9 @@ class PlanItem:
     overdue: bool
     advice: list[Advice]
     evidence: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    reason: str = ""  # why the alert is active, with its numbers
+    work_orders: list[dict[str, Any]] = field(default_factory=list)  # {id, state, assignee} dealing with it
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict for JSON."""
@@ -227,7 +230,9 @@ def maintenance_plan(
     if subtree:
         stmt = stmt.where(Alert.node_path.contains(f"/{subtree}/", autoescape=True))
     items = []
-    for alert in session.scalars(stmt.order_by(Alert.id).limit(limit)):
+    alerts = list(session.scalars(stmt.order_by(Alert.id).limit(limit)))
+    orders = _work_orders(session, [a.id for a in alerts])
+    for alert in alerts:
         due, why = due_date(session, alert)
         evidence = {
             "value": alert.value,
@@ -250,6 +255,25 @@ def maintenance_plan(
                 due < now,
                 advise(session, alert),
                 evidence,
+                alert.message,
+                alert.reason,
+                orders.get(alert.id, []),
             )
         )
     return sorted(items, key=lambda i: (i.due, PRIORITIES.index(i.priority), i.alert_id))
+
+
+def _work_orders(session: Session, alert_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Alert id → the open or running work orders dealing with it."""
+    if not alert_ids:
+        return {}
+    rows = session.execute(
+        select(WorkOrderAlert.alert_id, WorkOrder.id, WorkOrder.state, WorkOrder.assignee)
+        .join(WorkOrder, WorkOrder.id == WorkOrderAlert.work_order_id)
+        .where(WorkOrderAlert.alert_id.in_(alert_ids), WorkOrder.state.in_(("open", "in_progress")))
+        .order_by(WorkOrder.id)
+    )
+    out: dict[int, list[dict[str, Any]]] = {}
+    for alert_id, wo_id, state, assignee in rows:
+        out.setdefault(alert_id, []).append({"id": wo_id, "state": state, "assignee": assignee})
+    return out
