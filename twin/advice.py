@@ -192,7 +192,7 @@ def rul_due(
 
 
 def _num(x: float) -> str:
-    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def _when(us: int) -> str:

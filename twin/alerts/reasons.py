@@ -77,12 +77,17 @@ def anomaly(score: float, threshold: float, ratio: float, source: str) -> str:
     return f"{who} anomaly score {num(score)} is {over}{alert_at}"
 
 
+def whole(x: float) -> str:
+    """A count as people say it: whole from 10 up (``47``), with a decimal below (``4.7``)."""
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}"
+
+
 def rul(value: float, low: float | None, high: float | None, unit: str, horizon: float) -> str:
     """A remaining useful life below its horizon, with its interval."""
     spread = ""
     if low is not None and high is not None and high >= low:
-        spread = f" ± {num((high - low) / 2)}"
-    return f"RUL {num(value)}{spread} {unit}, below the {qty(horizon, unit)} horizon".replace("  ", " ")
+        spread = f" ± {whole((high - low) / 2)}"
+    return f"RUL {whole(value)}{spread} {unit}, below the {qty(horizon, unit)} horizon".replace("  ", " ")
 
 
 def combined(kind: str, parts: list[str]) -> str:

@@ -155,8 +155,8 @@ def test_bad_quality_rule_with_delay(site: Site, sqlite_db: Engine) -> None:
 
 def test_rate_of_change_and_and_combination(site: Site, sqlite_db: Engine) -> None:
     engine = AlertEngine(site, started=T0)
-    for t in range(0, 20):  # torque jumps 40 → 70 in 2 s on a worn tool
-        torque = 40.0 if t < 5 else 70.0
+    for t in range(0, 20):  # torque jumps 40 → 75 at once on a worn tool (faster than 6 N·m/s over 5 s)
+        torque = 40.0 if t < 5 else 75.0
         step(engine, sqlite_db, mill(t, torque=torque, wear=210.0))
     rules = sorted(a.rule for a in alerts(sqlite_db))
     assert rules == ["overstrain-risk", "spindle-torque", "tool-wear", "torque-rate"]
@@ -219,8 +219,8 @@ def test_a_fault_alert_follows_the_mode_the_model_sees(site: Site, sqlite_db: En
 
 def test_every_kind_of_alert_says_its_value_unit_limit_and_why(site: Site, sqlite_db: Engine) -> None:
     engine = AlertEngine(site, started=T0)
-    for t in range(0, 20):  # torque jumps 40 → 70 on a worn tool
-        step(engine, sqlite_db, mill(t, torque=40.0 if t < 5 else 70.0, wear=210.0))
+    for t in range(0, 20):  # torque jumps 40 → 75 on a worn tool
+        step(engine, sqlite_db, mill(t, torque=40.0 if t < 5 else 75.0, wear=210.0))
     by_rule = {a.rule: a for a in alerts(sqlite_db)}
     rate = by_rule["torque-rate"]
     assert rate.unit == "N·m/s"
@@ -231,6 +231,6 @@ def test_every_kind_of_alert_says_its_value_unit_limit_and_why(site: Site, sqlit
     assert (wear.unit, wear.limit, wear.reason) == ("min", 200.0, "tool_wear 210 min is above its HI limit of 200 min")
     both = by_rule["overstrain-risk"]
     assert both.reason == (
-        "torque 70 N·m is above its HI limit of 65 N·m and tool_wear 210 min is above its HI limit of 200 min"
+        "torque 75 N·m is above its HIHI limit of 72 N·m and tool_wear 210 min is above its HI limit of 200 min"
     )
-    assert (both.unit, both.limit) == ("N·m", 65.0)
+    assert (both.unit, both.limit) == ("N·m", 72.0)
