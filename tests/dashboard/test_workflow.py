@@ -177,3 +177,31 @@ def test_the_plan_is_exported_as_csv_and_calendar(page: Any, plant: Plant, tmp_p
         page.goto(plant.url + "/" + page_hash)
         page.wait_for_selector(ready)
         _fits(page)
+
+
+def test_the_dashboard_follows_the_system_dark_mode_and_the_keyboard(browser: Any, plant: Plant) -> None:
+    context = browser.new_context(viewport={"width": 360, "height": 800}, color_scheme="dark")
+    page = context.new_page()
+    try:
+        page.goto(plant.url + "/")
+        page.wait_for_selector("#login-password")
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(18, 22, 26)", background  # the dark palette, not the light one
+        # signing in from the keyboard alone: tab to the fields, type, press Enter
+        page.keyboard.press("Tab")
+        focused = []
+        for _ in range(8):
+            name = "document.activeElement.getAttribute('name') || document.activeElement.tagName"
+            focused.append(page.evaluate(name))
+            if focused[-1] == "username":
+                break
+            page.keyboard.press("Tab")
+        assert "username" in focused
+        page.keyboard.type("tess")
+        page.keyboard.press("Tab")
+        page.keyboard.type(PASSWORD)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#tree li")
+        _shot(page, "24-dark-360")
+    finally:
+        context.close()

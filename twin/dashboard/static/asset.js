@@ -138,7 +138,7 @@ export async function assetView(view, params, nodeId) {
         if (d.range_low !== null) lines.push({ y: d.range_low, label: "range low", color: "#8a949e", scale: false });
         c.lines = lines;
         // following now, the axis starts where the data does (a machine seen for ten minutes is not a sliver)
-        c.x0 = zoom || !d.ts.length ? t0 : Math.max(t0, Math.min(d.ts[0], t1 - 5 * 60e3));
+        c.x0 = zoom || !d.ts.length ? t0 : Math.max(t0, Math.min(d.ts[0], t1 - 2 * 60e3));
         c.chart.setData([{ name, color: c.color, ...c.data }], lines, c.x0, t1);
       } catch (err) {
         c.title.textContent = `${name}: ${err.message}`;
@@ -183,7 +183,11 @@ export async function assetView(view, params, nodeId) {
     showLearning(learnt);
     for (const c of diagCharts) c.destroy();
     diagCharts = [];
-    diagBox.replaceChildren(...(parts.length ? parts : [h("p", { class: "muted" }, d.error || "No diagnoses for this asset.")]));
+    const models = (atype && atype.models) || [];
+    const none = learnt ? `No verdict yet: the ${learnt.task} model is still learning (see above).`
+      : models.length ? `No diagnoses yet: the ${models.join(" and ")} model${models.length > 1 ? "s judge" : " judges"} a window of data at a time, once enough has come.`
+        : "No diagnoses for this asset.";
+    diagBox.replaceChildren(...(parts.length ? parts : [h("p", { class: "muted" }, d.error || none)]));
     // the charts span the diagnoses found, so an hour of them is not a sliver at the end of a day
     const firstTs = Math.min(...Object.values(d.tasks).map((xs) => (xs.length ? xs[0].ts : t1)));
     const x0 = Math.max(t0, Math.min(firstTs, t1 - 60e3));

@@ -18,7 +18,7 @@ function timeLabel(ms, spanMs) {
   const d = new Date(ms);
   const two = (n) => String(n).padStart(2, "0");
   const hm = `${two(d.getHours())}:${two(d.getMinutes())}`;
-  if (spanMs <= 120e3) return `${hm}:${two(d.getSeconds())}`;
+  if (spanMs <= 900e3) return `${hm}:${two(d.getSeconds())}`;
   if (spanMs <= 86400e3 * 1.5) return hm;
   return `${d.getDate()}/${d.getMonth() + 1} ${hm}`;
 }
