@@ -239,10 +239,11 @@ export async function assetView(view, params, nodeId) {
   async function loadLogbook() {
     try {
       const book = await api(`/logbook?node=${encodeURIComponent(nodeId)}&limit=50`);
-      logBox.replaceChildren(book.items.length ? h("table", { class: "logbook" },
+      logBox.replaceChildren(book.items.length ? h("table", { class: "logbook stack-narrow" },
         h("thead", {}, h("tr", {}, ["When", "What", "Details", "Who"].map((t) => h("th", {}, t)))),
         h("tbody", {}, book.items.map((e) => h("tr", { "data-source": e.source, "data-kind": e.kind },
-          h("td", { class: "nowrap" }, fmtTime(e.at)), h("td", {}, e.title), h("td", {}, e.detail), h("td", {}, e.actor)))))
+          h("td", { class: "nowrap", "data-label": "When" }, fmtTime(e.at)), h("td", { "data-label": "What" }, e.title),
+          h("td", { "data-label": "Details" }, e.detail), h("td", { "data-label": "Who" }, e.actor)))))
         : h("p", { class: "muted" }, "Nothing in the logbook for the last 30 days."));
     } catch (err) {
       logBox.replaceChildren(h("p", { class: "error" }, err.message));
