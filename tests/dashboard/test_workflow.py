@@ -185,7 +185,7 @@ def test_the_dashboard_follows_the_system_dark_mode_and_the_keyboard(browser: An
     try:
         page.goto(plant.url + "/")
         page.wait_for_selector("#login-password")
-        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        background = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
         assert background == "rgb(18, 22, 26)", background  # the dark palette, not the light one
         # signing in from the keyboard alone: tab to the fields, type, press Enter
         page.keyboard.press("Tab")
