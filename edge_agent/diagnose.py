@@ -57,6 +57,7 @@ RollbackHook = Callable[[str, str, str, str], None]  # (asset_type, task, versio
 _FAILURES = ("inference_failed", "out_of_range")
 _MAX_UNSAVED = 10_000
 CATCH_UP = 64  # grid points diagnosed per asset and cycle at most; older ones of a burst are deferred
+LEARNING_EVERY_US = 15_000_000  # while a baseline is learnt, a diagnosis saying so (progress, when ready) this often
 
 
 @dataclass(slots=True)
@@ -122,6 +123,7 @@ class Diagnoser:
         self._cascades: set[asyncio.Task[None]] = set()
         self._asking = 0  # windows waiting for the platform's answer
         self._unsaved: list[Diagnosis] = []
+        self._learning: list[Diagnosis] = []  # "still learning" diagnoses of this cycle
         self.update(site, settings)
 
     # --- configuration ---------------------------------------------------------------------------------------
@@ -195,7 +197,8 @@ class Diagnoser:
         """One cycle: collect due windows, score them on the inference thread, store the verdicts."""
         self.governor.sample(self._backlog() if self._backlog else 0.0)
         jobs, learners, to_adapt = self._collect()
-        if not (jobs or learners or to_adapt or self._unsaved):
+        learning, self._learning = self._learning, []
+        if not (jobs or learners or to_adapt or self._unsaved or learning):
             return
         started = time.perf_counter()
         outcomes = await asyncio.get_running_loop().run_in_executor(self._ex, self._work, jobs, learners, to_adapt)
@@ -207,19 +210,21 @@ class Diagnoser:
         for request in to_adapt:
             self._adapted(request)
         ready, offload = self._judge(outcomes)
-        await self._store_diagnoses(ready)
+        await self._store_diagnoses(ready + learning)
         if offload:
             self._offload(offload)
 
-    def diagnose_pending(self) -> list[Diagnosis]:
-        """Score every due window now, on the calling thread, and return the verdicts (no cascade, no outbox)."""
+    def diagnose_pending(self, learning: bool = False) -> list[Diagnosis]:
+        """Score every due window now, on the calling thread, and return the verdicts (no cascade, no outbox);
+        with ``learning`` also the diagnoses saying a baseline is still being learnt."""
         jobs, learners, to_adapt = self._collect()
+        said, self._learning = self._learning, []
         outcomes = self._work(jobs, learners, to_adapt)
         self._loaded(learners)
         for request in to_adapt:
             self._adapted(request)
         ready, offload = self._judge(outcomes)
-        return ready + [d for _, d in offload]
+        return (said if learning else []) + ready + [d for _, d in offload]
 
     def stop(self) -> None:
         """Finish the cycle in hand (and the frames already observed), then let ``run`` return."""
@@ -286,9 +291,31 @@ class Diagnoser:
                         self._skip(t.task, w)
                     elif t.learner is not None and adapted is None:
                         self._skip(t.task, "baseline_learning")  # the fleet's default would raise false alarms
+                        self._say_learning(a, t, slot, end)
                     else:
                         jobs.append(Job(a, t, slot, adapted, w))
         return jobs, learners, to_adapt
+
+    def _say_learning(self, a: Asset, t: Target, slot: Slot, end: int) -> None:
+        """Now and then a diagnosis that judges nothing but says the model is learning, how far, and when it will
+        judge: so the platform can tell people why the machine has no verdict yet."""
+        learner = t.learner
+        if learner is None or (t.learning_said is not None and end - t.learning_said < LEARNING_EVERY_US):
+            return
+        t.learning_said = end
+        rows, need = len(learner.rows), max(learner.min_rows, 1)
+        self._learning.append(
+            Diagnosis(
+                node=a.node,
+                task=t.task,
+                ts=end,
+                model=str(slot.model.manifest["name"]),
+                version=slot.version,
+                confidence=0.0,
+                learning=round(min(rows / need, 1.0), 4),
+                ready_at=end + max(need - rows, 0) * a.frames.grid_us,
+            )
+        )
 
     def _learn(self, a: Asset, t: Target, slot: Slot, learners: list[_Learning], to_adapt: list[_Adapting]) -> None:
         learner = t.learner

@@ -49,6 +49,7 @@ class Target:
     adapted_rows: int = 0
     adapted_final: bool = False
     adapting: bool = False
+    learning_said: int | None = None  # window end of the last "still learning" diagnosis sent
 
 
 @dataclass(slots=True)

@@ -16,20 +16,24 @@ from typing import Any
 
 import structlog
 import uvicorn
-from sqlalchemy import Engine
+import yaml
+from sqlalchemy import Engine, distinct, func, select
 
 from edge_agent.agent import Agent
+from factory_twin.simulator.datasets import FEEDS
 from factory_twin.simulator.examples import data_dir as example_data_dir
 from factory_twin.simulator.examples import example_site_path
 from factory_twin.simulator.faults import parse_fault
 from factory_twin.simulator.run import Simulator, SimulatorConfig
 from plant.site import OpcUaSource, Site, load_site
+from plant.wire import now_us
 from twin.auth import Role, create_key
 from twin.broker import EmbeddedBroker, free_port
 from twin.config import TwinSettings
 from twin.db import make_engine, make_sessionmaker
 from twin.ingest import Ingestor
 from twin.platform import Platform
+from twin.tables import AlertTransition
 
 log = structlog.get_logger(__name__)
 
@@ -45,8 +49,10 @@ class StackConfig:
         mqtt_url: one broker for plant telemetry and the uplink; an embedded broker on a free port when None.
         http_host: where the REST API listens.
         http_port: REST API port; 0 picks a free one.
-        speed: simulator rows per second per machine.
+        speed: simulator ticks per second (a row per tick, or with ``paced`` the demo's pace times this).
         gateway_id: the agent's gateway id (unique per run when sharing a broker).
+        paced: replay at the demo's pace (simulator/datasets.py ``Feed.demo_row_s``); an asset type whose data
+            set has one row per cycle gets a grid of one row, so its models still see one frame per cycle.
     """
 
     data_dir: Path
@@ -60,6 +66,7 @@ class StackConfig:
     knowledge_dir: Path | None = None
     faults: tuple[str, ...] = ()  # simulator fault scenarios, e.g. "pump-1.current:high@5"
     extra_agent_settings: dict[str, Any] = field(default_factory=dict)
+    paced: bool = False
 
 
 @dataclass
@@ -72,6 +79,9 @@ class StackSummary:
     batches: int
     duplicates: int
     seconds: float
+    alerts_raised: int = 0  # transitions into active during the run: raised, or reactivated while open
+    alerts_flapping: int = 0  # alerts marked flapping during the run
+    first_alert_s: float | None = None  # from the start of the run to the first alert raised
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
@@ -99,6 +109,7 @@ class Stack:
         self.mqtt_url = ""
         self._api_thread: threading.Thread | None = None
         self._site_file: Path | None = None
+        self.started_us = now_us()
 
     # --- platform (threads) -------------------------------------------------------------------------------
 
@@ -106,6 +117,7 @@ class Stack:
         """Broker, migrations, site sync, ingest and the API; returns once all accept work."""
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.started_us = now_us()
         if cfg.mqtt_url is None:
             self.broker = EmbeddedBroker(port=0).start()
             self.mqtt_url = self.broker.url
@@ -165,7 +177,7 @@ class Stack:
         site = self._site()
         faults = tuple(parse_fault(spec) for spec in self.config.faults)
         sim = Simulator(SimulatorConfig(site=site, data_dir=example_data_dir(), mqtt_url=self.mqtt_url,
-                                        speed=self.config.speed, faults=faults))
+                                        speed=self.config.speed, faults=faults, paced=self.config.paced))
         assert self._site_file is not None
         # the agent asks the platform's teachers about unsure windows and follows promoted models
         platform = {"platform_url": self.api_url, "platform_key": self.agent_key} if self.agent_key else {}
@@ -201,9 +213,24 @@ class Stack:
         """Counts from the ingest side: what reached the twin."""
         assert self.ingestor is not None
         s = self.ingestor.stats()
+        raised, flapping, first = self._alert_counts()
         return StackSummary(values_ingested=s.values, nodes_updated=s.nodes_updated,
                             rejected=s.rejected_total, batches=s.batches, duplicates=s.duplicates,
-                            seconds=round(seconds, 1))
+                            seconds=round(seconds, 1), alerts_raised=raised, alerts_flapping=flapping,
+                            first_alert_s=None if first is None else round((first - self.started_us) / 1e6, 1))
+
+    def _alert_counts(self) -> tuple[int, int, int | None]:
+        """Annunciations, alerts marked flapping and the first annunciation (µs) since the run started."""
+        if self.engine is None:
+            return 0, 0, None
+        t = AlertTransition
+        since = t.at >= self.started_us
+        with make_sessionmaker(self.engine)() as session:
+            raised, first = session.execute(
+                select(func.count(), func.min(t.at)).where(since, t.action.in_(("raise", "reactivate")))
+            ).one()
+            flapping = session.scalar(select(func.count(distinct(t.alert_id))).where(since, t.action == "flapping"))
+        return int(raised), int(flapping or 0), first
 
     def _site(self) -> Site:
         """The plant, with its OPC-UA endpoints moved to free ports when the usual ones are taken."""
@@ -214,16 +241,37 @@ class Stack:
     def _prepare_site(self, path: Path) -> Path:
         text = path.read_text(encoding="utf-8")
         site = load_site(path)
-        for source in site.sources.values():
+        data = yaml.safe_load(text)
+        for name, source in site.sources.items():
             if isinstance(source, OpcUaSource):
                 port = _endpoint_port(source.endpoint)
                 if port is not None and not port_free(port):
                     new = source.endpoint.replace(f":{port}", f":{free_port()}", 1)
-                    text = text.replace(source.endpoint, new)
+                    data["sources"][name]["endpoint"] = new
                     log.info("opcua endpoint moved", was=source.endpoint, now=new)
+        if self.config.paced:
+            self._pace_grids(site, data)
         copy = self.config.data_dir / "plant.yaml"
-        copy.write_text(text, encoding="utf-8")
+        header = f"# {path} as this run uses it (OPC-UA ports that were taken moved, grids of paced data sets)\n"
+        copy.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        load_site(copy)  # still a valid site
         return copy
+
+    def _pace_grids(self, site: Site, data: dict[str, Any]) -> None:
+        """At the demo's pace a row of a per-cycle data set lasts several seconds: one frame per row (cycle)."""
+        for type_id, atype in site.asset_types.items():
+            feed = FEEDS.get(type_id)
+            if feed is None or not feed.per_cycle or feed.demo_row_s <= 1:
+                continue
+            grid_ms = max(10, round(feed.demo_row_s * 1000 / self.config.speed))
+            old = atype.alignment
+            data["asset_types"][type_id]["alignment"] = {
+                "grid_ms": grid_ms,
+                "tolerance_ms": max(old.tolerance_ms, 3 * grid_ms),
+                "watermark_ms": old.watermark_ms,
+                **({"hold_ms": old.hold_ms} if old.hold_ms is not None else {}),
+            }
+            log.info("grid follows the replay pace", asset_type=type_id, grid_ms=grid_ms)
 
 
 def _example_knowledge() -> Path | None:

@@ -196,12 +196,21 @@ class AssetType(_Model):
 
     description: str = ""
     properties: dict[Ident, PropertyDef]
+    key_signals: list[Ident] = Field(
+        default_factory=list,
+        description="the properties people look at first (an asset page opens on their trends, limits drawn)",
+    )
     models: list[Literal["rul", "faults", "anomaly"]] = []
     alignment: AlignmentDef = AlignmentDef()
     alerts: list[AlertRuleDef] = []
 
     @model_validator(mode="after")
     def _alert_references(self) -> AssetType:
+        for i, name in enumerate(self.key_signals):
+            if name not in self.properties:
+                raise ValueError(f"key_signals[{i}]: no property {name!r}")
+            if self.properties[name].dtype == DataType.STRING:
+                raise ValueError(f"key_signals[{i}]: {name!r} holds text, it has no trend")
         ids = [r.id for r in self.alerts]
         for i, rule in enumerate(self.alerts):
             if ids.count(rule.id) > 1:

@@ -97,6 +97,10 @@ class Diagnosis(_Wire):
     rul_low: float | None = None
     rul_high: float | None = None
     unit: str = ""
+    # set while the model still learns the asset's baseline and judges nothing: share learnt (0-1) and when it
+    # expects to start judging (µs, if it keeps running normally); a verdict carries neither
+    learning: float | None = Field(None, ge=0.0, le=1.0)
+    ready_at: int | None = None
 
 
 class UplinkBatch(_Wire):

@@ -30,6 +30,25 @@ def test_demo_for_json_summary(tmp_path: Path) -> None:
     assert summary["values_ingested"] > 0
     assert summary["nodes_updated"] == 3
     assert summary["rejected"] == 0
+    assert summary["alerts_flapping"] == 0
+    assert summary["alerts_raised"] >= 0
+    assert "first_alert_s" in summary
+    assert not (tmp_path / ".demo.lock").read_text()  # let go at the end: the next run may take it
+
+
+def test_a_second_demo_refuses_a_data_directory_another_run_holds(tmp_path: Path) -> None:
+    from factory_twin.datadir import DataDirLock
+
+    (tmp_path / "twin.db").write_text("the other run's data")
+    with DataDirLock(tmp_path) as held:
+        held.note(dashboard="http://127.0.0.1:8000/")
+        proc = _run("demo", "--for", "5", "--json", "--fresh", "--port", "0", "--data-dir", str(tmp_path), timeout=60)
+    assert proc.returncode == 1
+    assert (
+        f"{tmp_path} is in use by another demo (pid {os.getpid()}, dashboard http://127.0.0.1:8000/): stop that one, "
+        f"or give this one its own directory: factory-twin demo --data-dir {tmp_path}-2"
+    ) in proc.stderr.replace("\n", " ")
+    assert (tmp_path / "twin.db").read_text() == "the other run's data"  # --fresh deleted nothing
 
 
 def test_serve_refuses_outdated_schema(tmp_path: Path) -> None:

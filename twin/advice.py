@@ -8,8 +8,11 @@ Confidence. Each cause of a matched entry becomes one piece of advice with confi
 behind an alert is not confident (below ``INSPECT_BELOW``) the advice is to inspect, with the entry's
 inspection steps, never a specific repair.
 
-Due date. With a RUL in the evidence: plan before ``diagnosis time + RUL × rul_unit_hours − lead_time_h``;
-otherwise from the priority (critical 4 h, high 24 h, medium 3 d, low 7 d after the alert was raised).
+Due date. With a RUL in the evidence (``rul_due``): the work is due ``lead_time_h`` before the pessimistic end of
+life, ``diagnosis time + lower bound of the RUL interval × rul_unit_hours − lead_time_h``. It is never before the
+alert's activation: when the lower bound is already inside the lead time the work is due at once, and the reason
+says so. Otherwise the due date follows the priority (critical 4 h, high 24 h, medium 3 d, low 7 d after the
+alert was raised). Every reason is a sentence with its numbers; times in it are UTC.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from plant.wire import from_us
 from twin.alerts.lifecycle import NORMAL, PRIORITIES
 from twin.knowledge.base import KnowledgeBody, body_of
-from twin.tables import Alert, KnowledgeEntry
+from twin.tables import Alert, KnowledgeEntry, WorkOrder, WorkOrderAlert
 
 H = 3_600 * 1_000_000  # µs per hour
 INSPECT_BELOW = 0.5
@@ -63,6 +67,9 @@ class PlanItem:
     overdue: bool
     advice: list[Advice]
     evidence: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    reason: str = ""  # why the alert is active, with its numbers
+    work_orders: list[dict[str, Any]] = field(default_factory=list)  # {id, state, assignee} dealing with it
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict for JSON."""
@@ -147,6 +154,51 @@ def _inspect(body: KnowledgeBody | None, source: str, confidence: float) -> Advi
     )
 
 
+@dataclass(frozen=True)
+class Due:
+    """When work is due (µs) and why, in a sentence."""
+
+    at: int
+    reason: str
+    now: bool = False  # due at once: the RUL's lower bound is inside the lead time
+
+
+def rul_due(
+    *,
+    at: int,
+    rul: float,
+    low: float | None,
+    high: float | None,
+    unit: str,
+    hours_per_unit: float,
+    lead_h: float,
+    not_before: int,
+) -> Due:
+    """The due date of work on an asset with remaining useful life ``rul`` (interval ``low``–``high``) seen at
+    ``at`` (µs): ``lead_h`` before the lower bound runs out, never before ``not_before`` (the activation)."""
+    plural = {"cycle": "cycles", "hour": "hours", "": "cycles"}.get(unit, unit)
+    singular = plural[:-1] if plural.endswith("s") else plural
+    bound = max(0.0, low if low is not None and low <= rul else rul)
+    spread = f" ± {_num((high - low) / 2)}" if low is not None and high is not None and high >= low else ""
+    seen = f"RUL {_num(rul)}{spread} {plural} ≈ {_num(rul * hours_per_unit)} h at {_num(hours_per_unit)} h/{singular}"
+    left_h = bound * hours_per_unit
+    lower = f"lower bound {_num(bound)} {plural} ≈ {_num(left_h)} h" if spread else f"≈ {_num(left_h)} h left"
+    due = at + int((left_h - lead_h) * H)
+    if left_h <= lead_h:
+        return Due(not_before, f"{seen}; {lower} is inside the {_num(lead_h)} h lead time: due now", True)
+    if due <= not_before:  # the activation came later than the diagnosis, by more than the time to spare
+        return Due(not_before, f"{seen}; {lower}, less {_num(lead_h)} h lead time, has run out: due now", True)
+    return Due(due, f"{seen}; {lower}, less {_num(lead_h)} h lead time: change before {_when(due)}")
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _when(us: int) -> str:
+    return f"{from_us(us):%a %d %b %H:%M} UTC"
+
+
 def due_date(session: Session, alert: Alert) -> tuple[int, str]:
     """When the work for an alert should be done (µs) and why."""
     ev = alert.evidence or {}
@@ -154,11 +206,20 @@ def due_date(session: Session, alert: Alert) -> tuple[int, str]:
     if isinstance(rul, int | float) and isinstance(ev.get("ts"), int):
         rows = _entries_for(session, alert)
         body = body_of(rows[0][0]) if rows else _NO_ENTRY
-        due = int(ev["ts"] + (rul * body.rul_unit_hours - body.lead_time_h) * H)
-        unit = ev.get("unit") or "units"
-        return due, f"RUL {rul:g} {unit} × {body.rul_unit_hours:g} h, less {body.lead_time_h:g} h lead time"
+        low, high = ev.get("rul_low"), ev.get("rul_high")
+        due = rul_due(
+            at=ev["ts"],
+            rul=float(rul),
+            low=float(low) if isinstance(low, int | float) else None,
+            high=float(high) if isinstance(high, int | float) else None,
+            unit=str(ev.get("unit") or ""),
+            hours_per_unit=body.rul_unit_hours,
+            lead_h=body.lead_time_h,
+            not_before=alert.activated_at,
+        )
+        return due.at, due.reason
     hours = DUE_BY_PRIORITY_H.get(alert.priority, 72.0)
-    return alert.raised_at + int(hours * H), f"{alert.priority} priority: within {hours:g} h"
+    return alert.raised_at + int(hours * H), f"{alert.priority} priority: within {hours:g} h of the raise"
 
 
 def maintenance_plan(
@@ -169,7 +230,9 @@ def maintenance_plan(
     if subtree:
         stmt = stmt.where(Alert.node_path.contains(f"/{subtree}/", autoescape=True))
     items = []
-    for alert in session.scalars(stmt.order_by(Alert.id).limit(limit)):
+    alerts = list(session.scalars(stmt.order_by(Alert.id).limit(limit)))
+    orders = _work_orders(session, [a.id for a in alerts])
+    for alert in alerts:
         due, why = due_date(session, alert)
         evidence = {
             "value": alert.value,
@@ -192,6 +255,25 @@ def maintenance_plan(
                 due < now,
                 advise(session, alert),
                 evidence,
+                alert.message,
+                alert.reason,
+                orders.get(alert.id, []),
             )
         )
     return sorted(items, key=lambda i: (i.due, PRIORITIES.index(i.priority), i.alert_id))
+
+
+def _work_orders(session: Session, alert_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Alert id → the open or running work orders dealing with it."""
+    if not alert_ids:
+        return {}
+    rows = session.execute(
+        select(WorkOrderAlert.alert_id, WorkOrder.id, WorkOrder.state, WorkOrder.assignee)
+        .join(WorkOrder, WorkOrder.id == WorkOrderAlert.work_order_id)
+        .where(WorkOrderAlert.alert_id.in_(alert_ids), WorkOrder.state.in_(("open", "in_progress")))
+        .order_by(WorkOrder.id)
+    )
+    out: dict[int, list[dict[str, Any]]] = {}
+    for alert_id, wo_id, state, assignee in rows:
+        out.setdefault(alert_id, []).append({"id": wo_id, "state": state, "assignee": assignee})
+    return out

@@ -1,5 +1,8 @@
 """Load a site model into the twin: nodes and properties created or updated to match the file, idempotently.
 
+Each asset type's view for people (key signals, alarm limits, models) is kept in ``twin_asset_types`` for the
+dashboard, replaced at every sync.
+
 A node removed from the site file is not deleted: its history and diagnoses stay readable. It is marked
 retired (``retired_at``) and refuses new values (reason ``retired``) until a site file brings it back. The
 same holds for a property removed from its asset type. Diagnosis properties (``diag.<task>.<field>``) are
@@ -15,10 +18,10 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from plant.site import Node, PropertyDef, Site
+from plant.site import AssetType, Node, PropertyDef, Site
 from plant.wire import now_us
 from twin.db import make_sessionmaker
-from twin.tables import TwinNode, TwinProperty
+from twin.tables import AssetTypeRecord, TwinNode, TwinProperty
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +74,7 @@ def sync_site(engine: Engine, site: Site, now: int | None = None) -> SyncReport:
             if retire and prop.retired_at is None and key[0] in seen_nodes:
                 prop.retired_at = stamp
                 counts.props_retired += 1
+        _sync_asset_types(session, site, stamp)
     report = SyncReport(**vars(counts))
     log.info("site synchronised", site=site.site.id, **vars(counts))
     return report
@@ -161,3 +165,38 @@ def _assign(row: Any, wanted: dict[str, Any]) -> bool:
             setattr(row, key, value)
             changed = True
     return changed
+
+
+def asset_type_spec(atype: AssetType) -> dict[str, Any]:
+    """What people look at on an asset of this type: key signals, each property's alarm limits and rate limits."""
+    limits: dict[str, list[dict[str, Any]]] = {}
+    rates: dict[str, list[dict[str, Any]]] = {}
+    for rule in atype.alerts:
+        if rule.property is None or not rule.notify:
+            continue
+        if rule.kind == "limit":
+            for name in ("hihi", "hi", "lo", "lolo"):
+                value = getattr(rule, name)
+                if value is not None:
+                    limits.setdefault(rule.property, []).append(
+                        {"rule": rule.id, "name": name.upper(), "value": value, "severity": str(rule.severity)}
+                    )
+        elif rule.kind == "rate":
+            rates.setdefault(rule.property, []).append(
+                {"rule": rule.id, "max_rate": rule.max_rate, "window_s": rule.window_s, "severity": str(rule.severity)}
+            )
+    key = list(atype.key_signals) or [p for p in limits if p in atype.properties][:2]
+    return {"key_signals": key, "models": list(atype.models), "limits": limits, "rates": rates}
+
+
+def _sync_asset_types(session: Session, site: Site, stamp: int) -> None:
+    rows = {r.id: r for r in session.scalars(select(AssetTypeRecord))}
+    for type_id, atype in site.asset_types.items():
+        spec = asset_type_spec(atype)
+        row = rows.pop(type_id, None)
+        if row is None:
+            session.add(AssetTypeRecord(id=type_id, description=atype.description, spec=spec, updated_at=stamp))
+        elif row.spec != spec or row.description != atype.description:
+            row.spec, row.description, row.updated_at = spec, atype.description, stamp
+    for gone in rows.values():  # a view, not history: an asset type gone from the site goes with it
+        session.delete(gone)

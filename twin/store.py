@@ -263,7 +263,9 @@ class TwinStore:
             prune_rejections(conn)
 
 
-_PAYLOAD_FIELDS = {"score", "threshold", "label", "probability", "rul", "rul_low", "rul_high", "unit"}
+_PAYLOAD_FIELDS = {
+    "score", "threshold", "label", "probability", "rul", "rul_low", "rul_high", "unit", "learning", "ready_at"
+}
 
 
 def prune_rejections(conn: Connection, keep: int = MAX_REJECTIONS_KEPT) -> int:

@@ -190,6 +190,9 @@ class Alert(Base):
     priority: Mapped[str] = mapped_column(String(8))
     message: Mapped[str] = mapped_column(Text, default="")
     value: Mapped[float | None] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(32), default="", server_default="")  # of value and limit
+    limit: Mapped[float | None] = mapped_column("limit_value", Float)  # the limit the value crossed
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")  # a sentence with the numbers
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     occurrences: Mapped[int] = mapped_column(Integer, default=1)
     group_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the first alert of a shared cause
@@ -239,6 +242,73 @@ class AlertFeedback(Base):
     window_start: Mapped[int] = mapped_column(BigInteger)
     window_end: Mapped[int] = mapped_column(BigInteger)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class AssetTypeRecord(Base):
+    """What the site model says about an asset type that people look at: key signals, limits, thresholds.
+
+    Written by the site sync (twin/site_sync.py); read by the dashboard to open an asset on the signals that
+    matter, with the alarm limits drawn.
+    """
+
+    __tablename__ = "twin_asset_types"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # key_signals, limits, models
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class WorkOrder(Base):
+    """A piece of maintenance work on an asset: open → in progress → done or cancelled (twin/workorders.py)."""
+
+    __tablename__ = "work_orders"
+    __table_args__ = (Index("ix_work_orders_state_due", "state", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(64), index=True)
+    node_path: Mapped[str] = mapped_column(String(1024))  # "/site/area/.../node/", for subtrees
+    task: Mapped[str] = mapped_column(String(200))  # what to do, in a line
+    task_source: Mapped[str] = mapped_column(String(256), default="")  # "asset_type/condition@version" of the KB
+    steps: Mapped[list[str]] = mapped_column(JSON, default=list)  # the actions, in order
+    priority: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(16))  # open, in_progress, done, cancelled
+    due_at: Mapped[int | None] = mapped_column(BigInteger)
+    assignee: Mapped[str] = mapped_column(String(128), default="")
+    notes: Mapped[str] = mapped_column(Text, default="")
+    parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # [{part, quantity, number}]
+    time_spent_h: Mapped[float | None] = mapped_column(Float)
+    verdict: Mapped[str | None] = mapped_column(String(16))  # true_fault, false_alarm, cause_found (when done)
+    cause: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class WorkOrderAlert(Base):
+    """An alert a work order deals with; completing the work order acknowledges it and records the verdict."""
+
+    __tablename__ = "work_order_alerts"
+
+    work_order_id: Mapped[int] = mapped_column(ForeignKey("work_orders.id", ondelete="CASCADE"), primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
+class WorkOrderEvent(Base):
+    """One change of a work order (created, assigned, started, noted, done, cancelled), with who, when, why."""
+
+    __tablename__ = "work_order_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    work_order_id: Mapped[int] = mapped_column(ForeignKey("work_orders.id", ondelete="CASCADE"), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
 
 
 class KnowledgeEntry(Base):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,39 +28,50 @@ if TYPE_CHECKING:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="REST API port (0, or a taken port, picks a free one).")
 @click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
-              help="Rows replayed per second per machine.")
+              help="Times the demo's pace: at 1 a milling process every 10 s (a tool lasts some 17 minutes), "
+                   "an engine cycle every 5 s, a pump sample every second.")
 @click.option("--database-url", default=None, help="Use this database instead of the SQLite default.")
 @click.option("--mqtt-url", default=None, help="Use this broker instead of the embedded one.")
 def demo(duration: float | None, as_json: bool, data_dir: Path, fresh: bool, port: int, speed: float,
          database_url: str | None, mqtt_url: str | None) -> None:
     """Run the demo plant: three machines replaying public data sets into a live digital twin."""
+    from factory_twin.datadir import DataDirBusy, DataDirLock
     from factory_twin.stack import Stack, StackConfig, port_free
 
     configure_logging(level="WARNING" if as_json else "INFO")
     logging.getLogger("twin.ingest").setLevel(logging.WARNING)  # a status line every 10 s instead of every batch
-    if fresh and data_dir.exists():
-        shutil.rmtree(data_dir)
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()  # before --fresh: never delete what another run is using
+    except DataDirBusy as exc:
+        raise click.ClickException(str(exc)) from None
+    if fresh:
+        lock.clear()
     if port and not port_free(port):
         port = 0
     stack = Stack(StackConfig(data_dir=data_dir, database_url=database_url, mqtt_url=mqtt_url,
-                              http_port=port, speed=speed))
+                              http_port=port, speed=speed, paced=True))
     started = time.monotonic()
     try:
         stack.start_platform()
+        lock.note(dashboard=f"{stack.api_url}/")
         _banner(stack, quiet=as_json)
         asyncio.run(stack.run_edge(duration, status_every=10.0))
     except KeyboardInterrupt:
         pass
     finally:
         stack.stop_platform()
+        lock.release()
     if stack.ingestor is None:
         sys.exit(1)
     summary = stack.summary(time.monotonic() - started)
     if as_json:
         click.echo(json.dumps(summary.as_dict()))
     else:
+        first = "none" if summary.first_alert_s is None else f"after {summary.first_alert_s} s"
         click.echo(f"\nvalues ingested {summary.values_ingested}, nodes updated {summary.nodes_updated}, "
-                   f"rejected {summary.rejected}, batches {summary.batches} in {summary.seconds} s")
+                   f"rejected {summary.rejected}, batches {summary.batches} in {summary.seconds} s; "
+                   f"alerts raised {summary.alerts_raised} (first {first}), flapping {summary.alerts_flapping}")
     if summary.values_ingested == 0:
         click.echo("no data reached the twin: see the log above for the part that failed", err=True)
         sys.exit(1)

@@ -90,6 +90,10 @@ class Feed:
         reader: reads one file into raw rows.
         columns: property name → column of the raw row.
         units: property name → the unit the data set uses (published as is; bindings declare it).
+        demo_row_s: how long one row lasts at the demo's pace (``factory-twin demo``), seconds at speed 1.
+        per_cycle: one row is one cycle of the machine and its models read one frame per row: at the demo's
+            pace rows are held, not interpolated, and the asset type's grid is the row's duration.
+        counters: properties that count up and reset (stepped, never interpolated downwards).
     """
 
     dataset: str
@@ -97,6 +101,9 @@ class Feed:
     reader: Callable[[Path], list[RawRow]]
     columns: Mapping[str, str]
     units: Mapping[str, str]
+    demo_row_s: float = 1.0
+    per_cycle: bool = False
+    counters: frozenset[str] = frozenset()
 
     def load(self, data_dir: Path) -> list[RawRow]:
         """All rows of the feed's files, in replay order; every mapped column must be present."""
@@ -142,6 +149,9 @@ TURBOFAN = Feed(
         "phi": "pps/psi", "nrf": _RPM, "nrc": _RPM, "bpr": "", "farb": "", "htbleed": "",
         "nf_dmd": _RPM, "pcnfr_dmd": _RPM, "w31": "lbm/s", "w32": "lbm/s",
     },
+    # an engine's life (128 to 362 cycles in the slice) takes 10 to 30 minutes at the demo's pace
+    demo_row_s=5.0,
+    per_cycle=True,
 )  # fmt: skip
 
 CNC_MILL = Feed(
@@ -160,6 +170,10 @@ CNC_MILL = Feed(
         "product_type": "", "air_temperature": "K", "process_temperature": "K",
         "rotational_speed": "rpm", "torque": "N·m", "tool_wear": "min",
     },
+    # one machining process per row, some 2.5 minutes of tool wear each: a tool's life (about 100 processes) takes
+    # some 17 minutes at the demo's pace, the values moving from one process to the next
+    demo_row_s=10.0,
+    counters=frozenset({"tool_wear"}),
 )  # fmt: skip
 
 PUMP = Feed(

@@ -1,16 +1,20 @@
 """Replay: data-set rows one per tick at a chosen speed, looping at the end, stamped by a source's clock.
 
-``Replay`` walks a list of rows and starts again at the first after the last. ``ticks`` paces the walk on an
-absolute schedule (tick n is due at start + n / rate), so a slow tick delays the next one without the rate
-drifting. ``SourceClock`` is the clock of one simulated device: the wall clock, optionally skewed or reset to
-the year 2000 as a PLC's clock is after a power loss.
+``Replay`` walks a list of rows and starts again at the first after the last. ``PacedReplay`` spreads each row
+over several ticks, as the demo does so that wear and degradation unfold at a pace a person can follow: numbers
+move from one row to the next in a straight line (a counter that resets, such as tool wear after a tool change,
+steps), or every row is held for its ticks when one row stands for one cycle of the machine.
+
+``ticks`` paces the walk on an absolute schedule (tick n is due at start + n / rate), so a slow tick delays the
+next one without the rate drifting. ``SourceClock`` is the clock of one simulated device: the wall clock,
+optionally skewed or reset to the year 2000 as a PLC's clock is after a power loss.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -54,6 +58,67 @@ class Replay(Generic[T]):
             self._next = 0
             self.loops += 1
         return row
+
+
+class PacedReplay:
+    """Rows replayed ``ticks_per_row`` ticks each, looping at the end.
+
+    Args:
+        rows: the rows (property → value); at least one.
+        ticks_per_row: ticks each row lasts (≥ 1).
+        start: index of the first row.
+        hold: True: each row's values stay for its ticks; False: floats go in a straight line to the next row's.
+        counters: properties that only step down (a counter reset): held when the next row's value is lower.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[Mapping[str, object]],
+        ticks_per_row: float,
+        start: int = 0,
+        *,
+        hold: bool = False,
+        counters: Collection[str] = (),
+    ) -> None:
+        if not rows:
+            raise ScenarioError("nothing to replay: no rows")
+        if ticks_per_row < 1:
+            raise ScenarioError(f"a paced replay needs at least one tick per row, not {ticks_per_row}")
+        self._rows = rows
+        self.ticks_per_row = ticks_per_row
+        self.hold = hold
+        self.counters = frozenset(counters)
+        self._pos = float(start % len(rows))  # rows, fractional
+        self.loops = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def position(self) -> int:
+        """Index of the row the next call is in."""
+        return int(self._pos)
+
+    def next(self) -> dict[str, object]:
+        """This tick's values: the row's, or on the way to the next row's."""
+        i, frac = int(self._pos), self._pos - int(self._pos)
+        row, after = self._rows[i], self._rows[(i + 1) % len(self._rows)]
+        if self.hold or frac == 0:
+            values = dict(row)
+        else:
+            values = {k: self._between(k, v, after.get(k), frac) for k, v in row.items()}
+        self._pos += 1.0 / self.ticks_per_row
+        if self._pos >= len(self._rows) - 1e-9:
+            self._pos = 0.0
+            self.loops += 1
+        return values
+
+    def _between(self, key: str, a: object, b: object, frac: float) -> object:
+        if type(a) is not float or type(b) is not float:  # text, integers, flags, a missing value: held
+            return a
+        if key in self.counters and b < a:  # a reset happens at the row boundary, not as a slow slide
+            return a
+        return a + (b - a) * frac
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections import defaultdict
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import structlog
 
@@ -22,7 +23,7 @@ from factory_twin.simulator.faults import Fault, apply_fault, check_fault
 from factory_twin.simulator.mqtt_publisher import MqttPublisher
 from factory_twin.simulator.opcua_server import OpcUaSimServer
 from factory_twin.simulator.plan import MachinePlan, MqttMessage, OpcUaSignal, plan_site
-from factory_twin.simulator.replay import Replay, SourceClock, ticks
+from factory_twin.simulator.replay import PacedReplay, Replay, SourceClock, ticks
 from plant.site import MqttSource, OpcUaSource, PropertyDef, Site
 from plant.wire import Scalar
 
@@ -47,6 +48,8 @@ class SimulatorConfig:
         bad_clock: source ids (or ``"*"``) whose timestamps start at 2000-01-01.
         faults: injected faults.
         machines: only these machine node ids; None for every machine that has a feed.
+        paced: replay at the demo's pace: each data set's rows last ``Feed.demo_row_s`` ticks (a milling process
+            10, an engine cycle 5), values moving in a straight line between rows, or held for per-cycle data.
     """
 
     site: Site
@@ -59,6 +62,7 @@ class SimulatorConfig:
     bad_clock: frozenset[str] = frozenset()
     faults: tuple[Fault, ...] = ()
     machines: frozenset[str] | None = None
+    paced: bool = False
 
 
 @dataclass
@@ -82,7 +86,7 @@ class SimulatorStats:
 @dataclass
 class _Machine:
     plan: MachinePlan
-    replay: Replay[dict[str, Scalar]]
+    replay: Replay[dict[str, Scalar]] | PacedReplay
     faults: list[tuple[Fault, PropertyDef]]
 
 
@@ -109,7 +113,7 @@ class Simulator:
             raise ScenarioError(
                 f"site {config.site.site.id!r} has no bound machine the simulator has data for"
             )
-        self._machines = [_Machine(p, Replay(p.rows, p.start), []) for p in plans]
+        self._machines = [_Machine(p, _replay(p, config.paced), []) for p in plans]
         self._attach_faults()
         self._clocks = self._make_clocks()
         self._signals = self._opcua_signals()
@@ -191,7 +195,7 @@ class Simulator:
         return self.stats
 
     def _values(self, machine: _Machine, elapsed: float) -> dict[str, Scalar | None]:
-        values: dict[str, Scalar | None] = dict(machine.replay.next())
+        values = cast(dict[str, Scalar | None], machine.replay.next())
         for fault, pdef in machine.faults:
             value = values[fault.prop]
             if fault.active(elapsed) and value is not None:
@@ -251,6 +255,13 @@ class Simulator:
                 assert isinstance(src, OpcUaSource)  # the site checks binding kinds against sources
                 out.setdefault(source, (cfg.opcua_endpoints.get(source, src.endpoint), []))[1].extend(signals)
         return out
+
+
+def _replay(plan: MachinePlan, paced: bool) -> Replay[dict[str, Scalar]] | PacedReplay:
+    feed = plan.feed
+    if not paced or feed.demo_row_s <= 1:
+        return Replay(plan.rows, plan.start)
+    return PacedReplay(plan.rows, feed.demo_row_s, plan.start, hold=feed.per_cycle, counters=feed.counters)
 
 
 def _present(signals: list[OpcUaSignal], values: dict[str, Scalar | None]) -> dict[str, Scalar]:

@@ -209,7 +209,8 @@ def test_api_key_login_on_a_tablet_and_the_printable_plan(browser: Any, plant: P
         page.wait_for_selector("#reset-zoom", state="detached")
         page.wait_for_selector("#diagnoses canvas")
         titles = page.eval_on_selector_all("#diagnoses .chart-title", "els => els.map(e => e.textContent)")
-        assert titles == ["Anomaly score and threshold", "Remaining useful life [cycles], with its interval"]
+        # edge and platform scores on charts of their own, each with its threshold
+        assert titles == ["Anomaly score, edge model, threshold 1", "Remaining useful life [cycles], with its interval"]
         _shot(page, "10-tablet-stale-asset")
         page.goto(plant.url + "/#/plan")
         page.wait_for_selector("#plan tbody tr")

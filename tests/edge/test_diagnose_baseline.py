@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,29 @@ def test_a_damaged_store_is_reported_and_learning_goes_on(tmp_path: Path) -> Non
     assert out == []  # learning from scratch, in memory
     assert d.baselines() == {"pump-1": "9%"}
     d.close_store()
+
+
+def test_while_learning_it_says_so_with_progress_and_when_it_will_judge(tmp_path: Path) -> None:
+    site = example_site()
+    rows = feed_rows(site, "pump-1", (VALVE,))
+    d = make(tmp_path, site, baseline_hours=HOURS)
+    out: list = []
+    for i in range(420):
+        d.observe([frame("pump-1", i, rows[i])])
+        out += d.diagnose_pending(learning=True)
+    learning = [x for x in out if x.learning is not None]
+    verdicts = [x for x in out if x.learning is None]
+    assert learning, "no diagnosis said the model is learning"
+    assert all(x.task == "anomaly" and x.score is None and x.confidence == 0.0 for x in learning)
+    gaps = {(b.ts - a.ts) // GRID for a, b in itertools.pairwise(learning)}
+    assert gaps == {15}  # one every 15 s of the machine's time, not one per window
+    shares = [x.learning for x in learning]
+    assert shares == sorted(shares)
+    assert 0 < shares[0] < 0.1
+    assert shares[-1] > 0.9
+    # it expects to judge once it has the model's 400 healthy rows, a row per grid step from now
+    first = learning[0]
+    assert first.ready_at is not None
+    assert abs((first.ready_at - first.ts) / GRID - (400 - first.learning * 400)) <= 1
+    assert verdicts
+    assert verdicts[0].ts > learning[-1].ts  # it stops saying so once it judges

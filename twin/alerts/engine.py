@@ -80,6 +80,7 @@ class _Watched:
     state: RuleState
     debounce: dict[str, Debounce]
     levels: dict[str, int] = field(default_factory=dict)
+    shown: dict[str, str] = field(default_factory=dict)  # the condition the open alert of each slot shows
 
 
 @dataclass
@@ -133,7 +134,8 @@ class AlertEngine:
             atype = self.site.asset_types[node.type]
             watched = []
             for rule in evaluation_order(list(atype.alerts)):
-                state = make_state(rule, node.id, self.started)
+                unit = atype.properties[rule.property].unit if rule.property else ""
+                state = make_state(rule, node.id, self.started, unit)
                 deb = {
                     s: Debounce(int(rule.on_delay_s * US), int(rule.off_delay_s * US)) for s in state.slots
                 }
@@ -172,6 +174,7 @@ class AlertEngine:
             self._remember(alert.key, asset.root if asset else alert.node_path, alert.raised_at)
             for w, slot in self._slots_of(alert.node_id, alert.rule):
                 if self.key(alert.node_id, w.rule.id, slot) == alert.key:
+                    w.shown[slot] = alert.condition
                     w.debounce[slot].active = alert.active
                     w.state.latch(slot, alert.active)
                     if alert.active:
@@ -225,15 +228,19 @@ class AlertEngine:
     def _evaluate(self, session: Session, asset: _Asset, now: int) -> int:
         written = 0
         active_rules: dict[str, bool] = {}
+        seen: dict[str, Verdict] = {}  # each rule's first active verdict, for the all/any rules after it
         for w in asset.rules:
             if isinstance(w.state, ComboState):
                 w.state.inputs = {r: active_rules.get(r, False) for r in w.rule.rules}
+                w.state.details = {r: seen[r] for r in w.rule.rules if r in seen}
             suppressed = w.rule.suppress_when is not None and condition_holds(
                 w.rule.suppress_when, asset.values
             )
             for slot, verdict in w.state.verdicts(now).items():
                 written += self._slot(session, asset, w, slot, verdict, now, suppressed)
                 w.state.latch(slot, w.debounce[slot].active)
+                if verdict.active and w.rule.id not in seen:
+                    seen[w.rule.id] = verdict
             active_rules[w.rule.id] = any(d.active for d in w.debounce.values())
         return written
 
@@ -252,13 +259,13 @@ class AlertEngine:
             return 0
         changed = deb.update(v.active, now) if not suppressed else None
         if changed is True:
-            w.levels[slot] = v.level
+            w.levels[slot], w.shown[slot] = v.level, v.condition
             return self._activate(session, asset, w.rule, key, v, now)
         if changed is False:
             return self._return(session, key, now)
-        if deb.active and v.active and w.levels.get(slot) != v.level:
-            w.levels[slot] = v.level
-            return self._relevel(session, asset, key, v, now)
+        if deb.active and v.active and (w.levels.get(slot) != v.level or w.shown.get(slot) != v.condition):
+            w.levels[slot], w.shown[slot] = v.level, v.condition
+            return self._follow(session, asset, key, v, now)
         return 0
 
     def _remember(self, key: str, root: str, raised_at: int) -> None:
@@ -291,9 +298,7 @@ class AlertEngine:
         if alert is not None:
             if alert.active:
                 return 0
-            lifecycle.reactivate(
-                session, alert, at=now, value=v.value, evidence=v.evidence, reason=v.condition
-            )
+            lifecycle.reactivate(session, alert, at=now, seen=_seen(v))
             if not alert.flapping and noise.is_flapping(
                 session, alert, at=now, count=self.noise.flap_count, window_s=self.noise.flap_window_s
             ):
@@ -318,11 +323,14 @@ class AlertEngine:
             severity=rule.severity.value,
             criticality=asset.criticality,
             level=v.level,
-            message=rule.message or _default_message(rule, v),
+            message=rule.message or _default_message(rule),
             value=v.value,
             evidence=v.evidence,
             at=now,
             group_id=group,
+            unit=v.unit,
+            limit=v.limit,
+            reason=v.reason,
         )
         self._remember(key, asset.root, now)
         log.info("alert raised", key=key, condition=v.condition, value=v.value)
@@ -337,11 +345,13 @@ class AlertEngine:
             self._forget(key)
         return 1
 
-    def _relevel(self, session: Session, asset: _Asset, key: str, v: Verdict, now: int) -> int:
+    def _follow(self, session: Session, asset: _Asset, key: str, v: Verdict, now: int) -> int:
+        """The condition of an active alert changed (HI → HIHI, a fault mode OSF → PWF): the alert shows the new
+        one, with its value, evidence and advice, and says so in a transition; the priority follows the level."""
         alert = self._open(session, key)
         if alert is None or alert.condition == v.condition:
             return 0
-        alert.condition, alert.value, alert.evidence = v.condition, v.value, v.evidence
+        lifecycle.change_condition(session, alert, at=now, seen=_seen(v))
         lifecycle.set_level(
             session, alert, criticality=asset.criticality, level=v.level, at=now, reason=f"now {v.condition}"
         )
@@ -408,7 +418,24 @@ def _describe(cond: Any) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _default_message(rule: AlertRuleDef, v: Verdict) -> str:
-    what = rule.property or rule.mode or rule.kind
-    value = f" ({v.value:g})" if isinstance(v.value, float) else ""
-    return f"{what} {v.condition}{value}"
+_KIND_WORDS = {
+    "limit": "outside its limits",
+    "rate": "changing too fast",
+    "stale": "no new data",
+    "quality": "bad quality",
+    "fault": "failure predicted",
+    "anomaly": "anomalous operation",
+    "rul": "end of life approaching",
+    "all": "combined condition",
+    "any": "combined condition",
+}
+
+
+def _default_message(rule: AlertRuleDef) -> str:
+    """A title for a rule the site gives no message: what it watches and what it found, in words."""
+    words = _KIND_WORDS.get(rule.kind, rule.kind)
+    return f"{rule.property}: {words}" if rule.property else words[0].upper() + words[1:]
+
+
+def _seen(v: Verdict) -> lifecycle.Seen:
+    return lifecycle.Seen(v.condition, v.value, v.unit, v.limit, v.reason, v.evidence)

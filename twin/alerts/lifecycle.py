@@ -16,6 +16,7 @@ same session, so they commit (or roll back) together with the change.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -37,6 +38,27 @@ SYSTEM = "system"
 _CRITICALITY_SHIFT = {"high": -1, "medium": 0, "low": 1}
 # while flapping, the raise/return churn is counted and stored but not sent
 _QUIET_WHEN_FLAPPING = {"reactivate", "return"}
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the rule saw at an activation or a change of condition (a rule's ``Verdict``, without its state).
+
+    Args:
+        condition: HI, HIHI, ROC, STALE, a fault label...
+        value: the value judged, in ``unit``.
+        unit: unit of value and limit.
+        limit: the limit it crossed.
+        reason: a sentence with the numbers (twin/alerts/reasons.py).
+        evidence: what it was judged on (the diagnosis, the property's value and limit...).
+    """
+
+    condition: str
+    value: float | None
+    unit: str
+    limit: float | None
+    reason: str
+    evidence: dict[str, Any]
 
 
 def priority_for(severity: str, criticality: str, level: int = 1, steps: int = 0) -> str:
@@ -75,8 +97,8 @@ def record(
 
 
 def _notifiable(alert: Alert, action: str, at: int) -> bool:
-    if action in ("shelve", "unshelve", "suppress", "unsuppress"):
-        return True  # receivers learn that the alert goes quiet, and when it comes back
+    if action in ("shelve", "unshelve", "suppress", "unsuppress", "comment"):
+        return True  # receivers learn that the alert goes quiet, and when it comes back; and what people noted
     if alert.suppressed or (alert.shelved_until is not None and alert.shelved_until > at):
         return False
     return not (alert.flapping and action in _QUIET_WHEN_FLAPPING)
@@ -100,6 +122,9 @@ def raise_alert(
     evidence: dict[str, Any],
     at: int,
     group_id: int | None = None,
+    unit: str = "",
+    limit: float | None = None,
+    reason: str = "",
 ) -> Alert:
     """A new open alert for ``key``, active and unacknowledged."""
     base = priority_for(severity, criticality)
@@ -119,6 +144,9 @@ def raise_alert(
         priority=priority_for(severity, criticality, level),
         message=message,
         value=value,
+        unit=unit,
+        limit=limit,
+        reason=reason,
         evidence=evidence,
         occurrences=1,
         group_id=group_id,
@@ -133,28 +161,46 @@ def raise_alert(
     session.flush()
     if alert.group_id is None:
         alert.group_id = alert.id
-    record(session, alert, "raise", at=at, reason=f"{condition} {message}".strip(), from_state=NORMAL)
+    record(session, alert, "raise", at=at, reason=f"{condition}: {reason or message}", from_state=NORMAL)
     return alert
 
 
-def reactivate(
-    session: Session,
-    alert: Alert,
-    *,
-    at: int,
-    value: float | None,
-    evidence: dict[str, Any],
-    reason: str = "",
-) -> AlertTransition:
-    """The condition came back while the alert was still open: count it, do not raise a second alert."""
+def _show(alert: Alert, seen: Seen) -> str:
+    """Make the alert show what was seen; returns the condition it showed before."""
+    before = alert.condition
+    alert.condition, alert.value, alert.unit, alert.limit = seen.condition[:32], seen.value, seen.unit, seen.limit
+    alert.reason, alert.evidence = seen.reason, seen.evidence
+    return before
+
+
+def reactivate(session: Session, alert: Alert, *, at: int, seen: Seen) -> AlertTransition:
+    """The condition came back while the alert was still open: count it, do not raise a second alert. The alert
+    shows what is seen now (a fault rule may come back with another mode)."""
     before = alert.state
     alert.occurrences += 1
     alert.active = True
     alert.activated_at = at
     alert.returned_at = None
-    alert.value, alert.evidence = value, evidence
+    was = _show(alert, seen)
     alert.state = ACTIVE_UNACK if before in (RETURNED_UNACK, ACTIVE_UNACK) else ACTIVE_ACK
-    return record(session, alert, "reactivate", at=at, reason=reason, from_state=before)
+    mode = f" (was {was})" if was != alert.condition else ""
+    return record(
+        session, alert, "reactivate", at=at, reason=f"{alert.condition}{mode}: {seen.reason}", from_state=before
+    )
+
+
+def change_condition(session: Session, alert: Alert, *, at: int, seen: Seen) -> AlertTransition:
+    """An active alert's condition changed (HI → HIHI, fault mode OSF → PWF): it shows the new one, with its
+    value, evidence and reason, and the change is a transition of its own."""
+    was = _show(alert, seen)
+    return record(session, alert, "change", at=at, reason=f"{was} → {alert.condition}: {seen.reason}")
+
+
+def comment(session: Session, alert_id: int, *, actor: str, text: str, at: int | None = None) -> Alert:
+    """A person's note on an alert, kept in its history (the state does not change)."""
+    alert = get_alert(session, alert_id, lock=True)
+    record(session, alert, "comment", at=at if at is not None else now_us(), actor=actor, reason=text)
+    return alert
 
 
 def return_to_normal(session: Session, alert: Alert, *, at: int, reason: str = "") -> AlertTransition:

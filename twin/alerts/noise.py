@@ -3,9 +3,13 @@
 Deduplication itself is structural: ``alerts.open_key`` allows one open alert per asset and condition, and a
 condition that comes back while its alert is open counts an occurrence on it (lifecycle.reactivate).
 
-The alarm rate follows EEMUA 191: about one alarm per 10 minutes per operator area is manageable, more than
-ten is a flood. ``alarm_rate`` counts annunciations (raises and reactivations) per area over the last 10
-minutes; the engine publishes it as the ``factory_twin_alarm_rate_10min`` gauge.
+The alarm rate is judged after EEMUA 191 (Alarm systems, 3rd edition, 2013), whose guidance for the long-term
+average rate per operator in steady operation is: less than one alarm per 10 minutes is very likely to be
+acceptable, one per 5 minutes manageable, one per 2 minutes likely to be over-demanding, more than one a minute
+very likely to be unacceptable (ISA-18.2 and IEC 62682 take up the same figures). ``alarm_rate`` counts
+annunciations (raises and reactivations) per operator area over the last 10 minutes, ``eemua_band`` names the
+band a rate falls in; the engine publishes the rate as the ``factory_twin_alarm_rate_10min`` gauge and the
+dashboard shows it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from twin.tables import Alert, AlertTransition
 
 US = 1_000_000
 RATE_WINDOW_S = 600.0
-EEMUA_MANAGEABLE_PER_10MIN = 1
+EEMUA_ACCEPTABLE_PER_10MIN = 1  # fewer than this: very likely acceptable
+EEMUA_MANAGEABLE_PER_10MIN = 2  # one per 5 minutes: manageable
+_BANDS = (  # (at most this many per 10 minutes, band), per EEMUA 191
+    (EEMUA_ACCEPTABLE_PER_10MIN - 1, "very likely acceptable"),
+    (EEMUA_MANAGEABLE_PER_10MIN, "manageable"),
+    (5, "likely over-demanding"),
+    (10, "over-demanding"),
+)
 ALARM_RATE = Gauge(
     "factory_twin_alarm_rate_10min", "Alarms annunciated in the last 10 minutes, per area", ["area"]
 )
@@ -81,3 +92,8 @@ def publish_rate(rates: dict[str, int], areas: set[str]) -> None:
     """Set the alarm-rate gauge for every known area (zero where nothing was annunciated)."""
     for area in areas | set(rates):
         ALARM_RATE.labels(area=area).set(rates.get(area, 0))
+
+
+def eemua_band(per_10min: float) -> str:
+    """The EEMUA 191 band of an alarm rate (annunciations per 10 minutes for one operator area)."""
+    return next((band for most, band in _BANDS if per_10min <= most), "very likely unacceptable")

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from plant.site import AlertRuleDef, PropertyCondition
 from plant.wire import Diagnosis, Scalar
+from twin.alerts import reasons
 
 US = 1_000_000
 
@@ -60,13 +61,17 @@ class PropertyChange:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What a rule says about one slot at one time."""
+    """What a rule says about one slot at one time: for an active one, what was seen, in which unit, against
+    which limit, and why in a sentence (twin/alerts/reasons.py)."""
 
     active: bool
     condition: str = ""
     level: int = 0  # 2 for HIHI/LOLO, 1 otherwise
     value: float | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    unit: str = ""
+    limit: float | None = None
+    reason: str = ""
 
 
 NORMAL = Verdict(False)
@@ -138,13 +143,15 @@ class RuleState:
     Args:
         rule: the rule as declared in the site model.
         node: the asset's node id.
+        unit: the unit of the rule's property (site model), for values and reasons.
     """
 
     slots: tuple[str, ...] = ("",)
 
-    def __init__(self, rule: AlertRuleDef, node: str) -> None:
+    def __init__(self, rule: AlertRuleDef, node: str, unit: str = "") -> None:
         self.rule = rule
         self.node = node
+        self.unit = unit
         self.latched: dict[str, bool] = {}
 
     def on_value(self, change: ChangeLike) -> bool:
@@ -170,8 +177,8 @@ class RuleState:
 class LimitState(RuleState):
     """HI/HIHI on the "high" slot and LO/LOLO on the "low" slot, with deadband hysteresis."""
 
-    def __init__(self, rule: AlertRuleDef, node: str) -> None:
-        super().__init__(rule, node)
+    def __init__(self, rule: AlertRuleDef, node: str, unit: str = "") -> None:
+        super().__init__(rule, node, unit)
         self.slots = tuple(
             s
             for s, on in (
@@ -223,16 +230,20 @@ class LimitState(RuleState):
             limit = {"HI": self.rule.hi, "HIHI": self.rule.hihi, "LO": self.rule.lo, "LOLO": self.rule.lolo}[
                 name
             ]
+            assert limit is not None
+            assert self.value is not None
+            assert self.rule.property is not None
             evidence = {"property": self.rule.property, "value": self.value, "limit": limit, "ts": self.ts}
-            out[slot] = Verdict(True, name, lvl, self.value, evidence)
+            why = reasons.limit(self.rule.property, self.value, self.unit, name, limit)
+            out[slot] = Verdict(True, name, lvl, self.value, evidence, self.unit, limit, why)
         return out
 
 
 class RateState(RuleState):
     """Rate of change over a sliding window, either direction."""
 
-    def __init__(self, rule: AlertRuleDef, node: str) -> None:
-        super().__init__(rule, node)
+    def __init__(self, rule: AlertRuleDef, node: str, unit: str = "") -> None:
+        super().__init__(rule, node, unit)
         self.samples: deque[tuple[int, float]] = deque()
 
     def on_value(self, change: ChangeLike) -> bool:
@@ -265,20 +276,26 @@ class RateState(RuleState):
         active = abs(r) > limit if r is not None else latched
         if not active:
             return {"": Verdict(False, value=r)}
+        unit = f"{self.unit}/s" if self.unit else "per s"
         evidence = {
             "property": self.rule.property,
             "rate_per_s": r,
             "max_rate": self.rule.max_rate,
             "window_s": self.rule.window_s,
         }
-        return {"": Verdict(True, "ROC", 1, r, evidence)}
+        if r is None:  # held active since a restart: no rate measured yet
+            why = f"{self.rule.property} was changing faster than {reasons.qty(self.rule.max_rate, unit)}"
+            return {"": Verdict(True, "ROC", 1, None, evidence, unit, self.rule.max_rate, why)}
+        assert self.rule.property is not None
+        why = reasons.rate(self.rule.property, r, unit, self.rule.window_s, self.rule.max_rate)
+        return {"": Verdict(True, "ROC", 1, r, evidence, unit, self.rule.max_rate, why)}
 
 
 class StaleState(RuleState):
     """No good value for ``after_s``; not judged before ``grace_s`` after the rule started watching."""
 
-    def __init__(self, rule: AlertRuleDef, node: str, started: int) -> None:
-        super().__init__(rule, node)
+    def __init__(self, rule: AlertRuleDef, node: str, started: int, unit: str = "") -> None:
+        super().__init__(rule, node, unit)
         self.started = started
         self.last_good: int | None = None
         self.clock = 0  # the latest time judged: an older value's source time does not turn the clock back
@@ -309,42 +326,55 @@ class StaleState(RuleState):
         if age_s <= self.rule.after_s:
             return {"": NORMAL}
         evidence = {"property": self.rule.property, "last_good_ts": self.last_good, "age_s": round(age_s, 3)}
-        return {"": Verdict(True, "STALE", 1, age_s, evidence)}
+        assert self.rule.property is not None
+        why = reasons.stale(self.rule.property, age_s, self.rule.after_s, self.last_good)
+        return {"": Verdict(True, "STALE", 1, round(age_s, 1), evidence, "s", self.rule.after_s, why)}
 
 
 class QualityState(RuleState):
     """The watched property's latest value is bad."""
 
-    def __init__(self, rule: AlertRuleDef, node: str) -> None:
-        super().__init__(rule, node)
+    def __init__(self, rule: AlertRuleDef, node: str, unit: str = "") -> None:
+        super().__init__(rule, node, unit)
         self.quality = "good"
         self.ts = 0
+        self.bad_since: int | None = None
 
     def on_value(self, change: ChangeLike) -> bool:
         """Take the watched property's quality."""
         if change.prop != self.rule.property:
             return False
         self.quality, self.ts = quality_name(change.quality), change.ts
+        if self.quality != "bad":
+            self.bad_since = None
+        elif self.bad_since is None or change.ts < self.bad_since:
+            self.bad_since = change.ts
         return True
 
     def verdicts(self, now: int) -> dict[str, Verdict]:
-        """Active while the latest quality is bad."""
-        if self.quality != "bad":
+        """Active while the latest quality is bad; the value is how long it has been (s)."""
+        if self.quality != "bad" or self.bad_since is None:
             return {"": NORMAL}
-        return {"": Verdict(True, "BAD", 1, None, {"property": self.rule.property, "ts": self.ts})}
+        assert self.rule.property is not None
+        bad_s = max(0.0, (max(now, self.ts) - self.bad_since) / US)
+        why = reasons.bad_quality(self.rule.property, bad_s, self.bad_since)
+        evidence = {"property": self.rule.property, "ts": self.ts, "bad_since": self.bad_since}
+        return {"": Verdict(True, "BAD", 1, round(bad_s, 1), evidence, "s", self.rule.on_delay_s, why)}
 
 
 class DiagnosisState(RuleState):
     """Fault, anomaly and RUL rules: the latest diagnosis of the rule's task decides."""
 
-    def __init__(self, rule: AlertRuleDef, node: str) -> None:
-        super().__init__(rule, node)
+    def __init__(self, rule: AlertRuleDef, node: str, unit: str = "") -> None:
+        super().__init__(rule, node, unit)
         self.task = DIAGNOSIS_TASK[rule.kind]
         self.latest: Diagnosis | None = None
 
     def on_diagnosis(self, diagnosis: Diagnosis) -> bool:
-        """Take a newer diagnosis of the rule's task."""
+        """Take a newer diagnosis of the rule's task (a model still learning its baseline judges nothing)."""
         if diagnosis.task != self.task or (self.latest is not None and diagnosis.ts < self.latest.ts):
+            return False
+        if diagnosis.learning is not None:
             return False
         self.latest = diagnosis
         return True
@@ -357,50 +387,63 @@ class DiagnosisState(RuleState):
         evidence = d.model_dump(mode="json", exclude_none=True)
         if self.rule.kind == "fault":
             label = d.label or "none"
-            hit = label != "none" and self.rule.mode in ("*", label)
-            if (
-                hit
-                and (d.probability if d.probability is not None else d.confidence) >= self.rule.probability
-            ):
-                return {"": Verdict(True, label[:32], 1, d.probability, evidence)}
+            p = d.probability if d.probability is not None else d.confidence
+            if label != "none" and self.rule.mode in ("*", label) and p >= self.rule.probability:
+                why = reasons.fault(label, p, self.rule.probability, d.source)
+                pct, limit = round(p * 100, 1), self.rule.probability * 100
+                return {"": Verdict(True, label[:32], 1, pct, evidence, "%", limit, why)}
         elif self.rule.kind == "anomaly":
             if d.score is not None and d.threshold is not None and d.score > self.rule.ratio * d.threshold:
-                return {"": Verdict(True, "ANOMALY", 1, d.score, evidence)}
+                why = reasons.anomaly(d.score, d.threshold, self.rule.ratio, d.source)
+                limit = self.rule.ratio * d.threshold
+                return {"": Verdict(True, "ANOMALY", 1, d.score, evidence, "", limit, why)}
         elif d.rul is not None and self.rule.horizon is not None and d.rul < self.rule.horizon:
-            return {"": Verdict(True, "RUL", 1, d.rul, evidence)}
+            unit = _rul_unit(d.unit)
+            why = reasons.rul(d.rul, d.rul_low, d.rul_high, unit, self.rule.horizon)
+            return {"": Verdict(True, "RUL", 1, d.rul, evidence, unit, self.rule.horizon, why)}
         return {"": NORMAL}
+
+
+def _rul_unit(unit: str) -> str:
+    """The RUL model's unit as people say it (``cycle`` → ``cycles``)."""
+    return {"cycle": "cycles", "hour": "hours", "h": "h", "": "cycles"}.get(unit, unit)
 
 
 class ComboState(RuleState):
     """AND / OR of the debounced states of other rules on the same asset (set by the engine)."""
 
-    def __init__(self, rule: AlertRuleDef, node: str) -> None:
-        super().__init__(rule, node)
+    def __init__(self, rule: AlertRuleDef, node: str, unit: str = "") -> None:
+        super().__init__(rule, node, unit)
         self.inputs: dict[str, bool] = {r: False for r in rule.rules}
+        self.details: dict[str, Verdict] = {}  # the referenced rules' latest active verdicts (set by the engine)
 
     def verdicts(self, now: int) -> dict[str, Verdict]:
-        """Active when all (or any) referenced rules are active."""
+        """Active when all (or any) referenced rules are active; value, unit and limit of the first of them."""
         states = list(self.inputs.values())
         hit = all(states) if self.rule.kind == "all" else any(states)
         if not hit:
             return {"": NORMAL}
         active = sorted(r for r, on in self.inputs.items() if on)
-        return {"": Verdict(True, self.rule.kind.upper(), 1, None, {"rules": active})}
+        seen = [self.details[r] for r in self.rule.rules if self.inputs.get(r) and r in self.details]
+        why = reasons.combined(self.rule.kind, [v.reason for v in seen if v.reason])
+        first = seen[0] if seen else NORMAL
+        evidence: dict[str, Any] = {"rules": active, **({"reasons": [v.reason for v in seen]} if seen else {})}
+        return {"": Verdict(True, self.rule.kind.upper(), 1, first.value, evidence, first.unit, first.limit, why)}
 
 
-def make_state(rule: AlertRuleDef, node: str, started: int) -> RuleState:
-    """The evaluation state for ``rule`` on asset ``node``."""
+def make_state(rule: AlertRuleDef, node: str, started: int, unit: str = "") -> RuleState:
+    """The evaluation state for ``rule`` on asset ``node``; ``unit`` is the unit of the rule's property."""
     if rule.kind == "limit":
-        return LimitState(rule, node)
+        return LimitState(rule, node, unit)
     if rule.kind == "rate":
-        return RateState(rule, node)
+        return RateState(rule, node, unit)
     if rule.kind == "stale":
-        return StaleState(rule, node, started)
+        return StaleState(rule, node, started, unit)
     if rule.kind == "quality":
-        return QualityState(rule, node)
+        return QualityState(rule, node, unit)
     if rule.kind in ("fault", "anomaly", "rul"):
-        return DiagnosisState(rule, node)
-    return ComboState(rule, node)
+        return DiagnosisState(rule, node, unit)
+    return ComboState(rule, node, unit)
 
 
 def evaluation_order(rules: list[AlertRuleDef]) -> list[AlertRuleDef]:

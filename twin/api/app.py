@@ -19,7 +19,19 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from twin import errors, metrics
-from twin.api.routes import advice, alerts, health, keys, live, models, nodes, webhooks
+from twin.api.routes import (
+    advice,
+    alerts,
+    asset_types,
+    health,
+    keys,
+    live,
+    logbook,
+    models,
+    nodes,
+    webhooks,
+    workorders,
+)
 from twin.cascade import Cascade
 from twin.config import TwinSettings, get_settings
 from twin.dashboard import api as dashboard_api
@@ -34,8 +46,11 @@ API_PREFIX = "/api/v1"
 # Every resource's router; each protects itself with a role dependency (twin/api/deps.py).
 V1_ROUTERS: tuple[APIRouter, ...] = (
     nodes.router,
+    asset_types.router,
     alerts.router,
     advice.router,
+    workorders.router,
+    logbook.router,
     webhooks.router,
     keys.router,
     live.router,

@@ -1,4 +1,5 @@
-"""Webhooks: alert events queued in the database with the alert change, then delivered signed, once, in order.
+"""Webhooks: alert and work-order events queued in the database with the change, then delivered signed, once, in
+order.
 
 Queue. ``enqueue_event`` adds one ``webhook_deliveries`` row per matching subscription in the caller's
 session, so the event commits or rolls back with the alert change: a restart loses nothing.
@@ -20,7 +21,7 @@ honoured instead. Other 4xx answers are final. After ``max_attempts`` tries the 
 Headers sent with every POST::
 
     Content-Type: application/json
-    X-FactoryTwin-Event: alert.raised | alert.acknowledged | ...
+    X-FactoryTwin-Event: alert.raised | alert.acknowledged | ... | workorder.created | workorder.completed | ...
     X-FactoryTwin-Delivery: <delivery row id>           (differs per subscription)
     Idempotency-Key: <event key>                         (the same on every retry and replay: dedupe on it)
     X-FactoryTwin-Timestamp: <unix seconds>

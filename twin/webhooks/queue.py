@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from plant.wire import from_us, now_us
 from twin.errors import ConfigError, NotFound
-from twin.tables import Alert, AlertTransition, WebhookDelivery, WebhookSubscription
+from twin.tables import Alert, AlertTransition, WebhookDelivery, WebhookSubscription, WorkOrder, WorkOrderEvent
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,8 @@ _EVENT_NAMES = {
     "deescalate": "alert.deescalated",
     "flapping": "alert.flapping",
     "stable": "alert.stable",
+    "change": "alert.changed",
+    "comment": "alert.commented",
 }
 
 
@@ -127,6 +129,9 @@ def alert_dict(alert: Alert) -> dict[str, Any]:
         "severity": alert.severity,
         "message": alert.message,
         "value": alert.value,
+        "unit": alert.unit,
+        "limit": alert.limit,
+        "reason": alert.reason,
         "occurrences": alert.occurrences,
         "group_id": alert.group_id,
         "flapping": alert.flapping,
@@ -176,6 +181,7 @@ def _alertmanager(receiver: str, alert: Alert, t: AlertTransition) -> dict[str, 
     }
     annotations = {
         "summary": alert.message or f"{alert.rule} {alert.condition} on {alert.node_id}",
+        "description": alert.reason,
         "state": alert.state,
         "event": t.action,
         "occurrences": str(alert.occurrences),
@@ -204,6 +210,76 @@ def _alertmanager(receiver: str, alert: Alert, t: AlertTransition) -> dict[str, 
     }
 
 
+WORK_ORDER_KIND = "work_order"  # a subscription's ``kinds`` entry for work-order events
+
+
+def work_order_dict(wo: WorkOrder, alert_ids: list[int]) -> dict[str, Any]:
+    """A work order as events show it."""
+    return {
+        "id": wo.id,
+        "node": wo.node_id,
+        "path": wo.node_path,
+        "task": wo.task,
+        "task_source": wo.task_source,
+        "steps": wo.steps,
+        "priority": wo.priority,
+        "state": wo.state,
+        "due": _iso(wo.due_at),
+        "assignee": wo.assignee,
+        "notes": wo.notes,
+        "parts": wo.parts,
+        "time_spent_h": wo.time_spent_h,
+        "verdict": wo.verdict,
+        "cause": wo.cause,
+        "alert_ids": alert_ids,
+        "created_at": _iso(wo.created_at),
+        "created_by": wo.created_by,
+        "started_at": _iso(wo.started_at),
+        "finished_at": _iso(wo.finished_at),
+    }
+
+
+def enqueue_work_order_event(
+    session: Session, wo: WorkOrder, e: WorkOrderEvent, *, linked: list[int]
+) -> list[WebhookDelivery]:
+    """Queue one work-order event (``workorder.created``, ``.started``, ``.completed``...) for every native
+    subscription that takes work orders (``kinds`` empty or naming ``work_order``; priority and subtree as for
+    alerts), in the caller's session. Alertmanager subscriptions carry alerts only."""
+    key = f"ft-wo-{wo.id}-{e.id}"
+    name = f"workorder.{_WORK_ORDER_EVENTS.get(e.action, e.action)}"
+    body = {
+        "id": key,
+        "type": name,
+        "version": 1,
+        "sequence": e.id,
+        "work_order": work_order_dict(wo, linked),
+        "event": {"action": e.action, "actor": e.actor, "from_state": e.from_state, "to_state": e.to_state,
+                  "note": e.note, "at": _iso(e.at)},
+    }
+    text = json.dumps(body, separators=(",", ":"), default=str)
+    now = now_us()
+    rows = [
+        WebhookDelivery(subscription_id=sub.id, event_key=key, event=name, alert_id=None, node_id=wo.node_id,
+                        body=text, status=PENDING, attempts=0, next_attempt_at=now, created_at=now, last_error="")
+        for sub in _subscriptions(session)
+        if sub.format == "native" and _takes_work_orders(sub, wo)
+    ]
+    session.add_all(rows)
+    return rows
+
+
+_WORK_ORDER_EVENTS = {"create": "created", "start": "started", "update": "updated", "note": "noted",
+                      "complete": "completed", "cancel": "cancelled"}
+
+
+def _takes_work_orders(sub: WebhookSubscription, wo: WorkOrder) -> bool:
+    if sub.kinds and WORK_ORDER_KIND not in sub.kinds:
+        return False
+    if sub.priorities and wo.priority not in sub.priorities:
+        return False
+    return not sub.subtree or f"/{sub.subtree}/" in wo.node_path
+
+
 def matches(sub: WebhookSubscription, alert: Alert) -> bool:
     """Whether an alert's events go to this subscription (priority, asset subtree, kind)."""
     if sub.priorities and alert.priority not in sub.priorities:
@@ -213,19 +289,23 @@ def matches(sub: WebhookSubscription, alert: Alert) -> bool:
     return not sub.subtree or f"/{sub.subtree}/" in alert.node_path
 
 
-def enqueue_event(session: Session, alert: Alert, t: AlertTransition) -> list[WebhookDelivery]:
-    """Queue one alert transition for every matching subscription, in the caller's transaction."""
+def _subscriptions(session: Session) -> list[WebhookSubscription]:
+    """The enabled subscriptions, read once per transaction: one ingest batch often carries many events."""
     tx = session.get_transaction()
     cached = session.info.get(_SUBS_CACHE)
     if cached is not None and cached[0] is tx:
-        subs = cached[1]
-    else:  # read once per transaction: one ingest batch often carries many events
-        subs = session.scalars(select(WebhookSubscription).where(WebhookSubscription.enabled.is_(True))).all()
-        session.info[_SUBS_CACHE] = (tx, subs)
+        return list(cached[1])
+    subs = list(session.scalars(select(WebhookSubscription).where(WebhookSubscription.enabled.is_(True))))
+    session.info[_SUBS_CACHE] = (tx, subs)
+    return subs
+
+
+def enqueue_event(session: Session, alert: Alert, t: AlertTransition) -> list[WebhookDelivery]:
+    """Queue one alert transition for every matching subscription, in the caller's transaction."""
     now = now_us()
     key = f"ft-{alert.id}-{t.id}"
     rows = []
-    for sub in subs:
+    for sub in _subscriptions(session):
         if not matches(sub, alert):
             continue
         rows.append(

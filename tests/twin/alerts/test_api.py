@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -186,7 +187,15 @@ def test_advice_and_maintenance_plan(site: Site, db: Engine, api) -> None:
     assert set(by_rule) == {"process-temperature", "rul-low", "failure-predicted"}
     assert [i["due"] for i in plan["items"]] == sorted(i["due"] for i in plan["items"])
     rul = by_rule["rul-low"]
-    assert "RUL 30 cycle × 1.5 h, less 72 h lead time" in rul["due_reason"]  # due before T0: overdue
+    # 30 cycles × 1.5 h = 45 h, less the 24 h lead time: due 21 h after the diagnosis
+    assert rul["due_reason"].startswith(
+        "RUL 30 cycles ≈ 45 h at 1.5 h/cycle; ≈ 45 h left, less 24 h lead time: change before "
+    )
+    assert rul["overdue"]  # T0 is in the past
+    alert = client.get(f"/api/v1/alerts/{rul['alert_id']}", headers=auth["viewer"]).json()
+    assert datetime.fromisoformat(rul["due"]) - datetime.fromisoformat(alert["raised_at"]) == timedelta(hours=21)
+    assert alert["reason"] == "RUL 30 cycles, below the 50 cycles horizon"
+    assert (alert["unit"], alert["limit"]) == ("cycles", 50.0)
     assert rul["advice"][0]["cause"].startswith("High-pressure compressor")
     assert rul["evidence"]["rul"] == 30.0
     confidences = [a["confidence"] for a in rul["advice"]]

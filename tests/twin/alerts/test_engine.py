@@ -111,12 +111,15 @@ def test_hihi_raises_priority_of_the_same_alert(site: Site, sqlite_db: Engine) -
     (alert,) = alerts(sqlite_db)
     assert (alert.rule, alert.condition, alert.occurrences) == ("pump-vibration", "HIHI", 1)
     with Session(sqlite_db) as s:
-        actions = [t.action for t in s.scalars(select(AlertTransition).order_by(AlertTransition.id))]
-    assert actions == ["raise", "escalate", "deescalate", "return"] or actions == [
-        "raise",
-        "escalate",
-        "return",
-    ]
+        trail = [(t.action, t.reason) for t in s.scalars(select(AlertTransition).order_by(AlertTransition.id))]
+    actions = [a for a, _ in trail]
+    assert actions in (
+        ["raise", "change", "escalate", "return"],
+        ["raise", "change", "escalate", "deescalate", "return"],
+    )
+    # the change of condition is a transition of its own, with the numbers that caused it
+    assert trail[1][1] == "HI → HIHI: accelerometer1_rms 0.5 g is above its HIHI limit of 0.45 g"
+    assert (alert.unit, alert.limit) == ("g", 0.45)
 
 
 def test_stale_data_after_grace_and_clears_on_good_value(site: Site, sqlite_db: Engine) -> None:
@@ -152,8 +155,8 @@ def test_bad_quality_rule_with_delay(site: Site, sqlite_db: Engine) -> None:
 
 def test_rate_of_change_and_and_combination(site: Site, sqlite_db: Engine) -> None:
     engine = AlertEngine(site, started=T0)
-    for t in range(0, 20):  # torque jumps 40 → 70 in 2 s on a worn tool
-        torque = 40.0 if t < 5 else 70.0
+    for t in range(0, 20):  # torque jumps 40 → 75 at once on a worn tool (faster than 6 N·m/s over 5 s)
+        torque = 40.0 if t < 5 else 75.0
         step(engine, sqlite_db, mill(t, torque=torque, wear=210.0))
     rules = sorted(a.rule for a in alerts(sqlite_db))
     assert rules == ["overstrain-risk", "spindle-torque", "tool-wear", "torque-rate"]
@@ -193,3 +196,41 @@ def test_restart_takes_up_open_alerts(site: Site, db: Engine) -> None:
     with Session(db) as s:
         n = s.scalar(select(func.count()).select_from(AlertTransition))
     assert n == 2  # raise, return: the restart raised nothing twice
+
+
+def test_a_fault_alert_follows_the_mode_the_model_sees(site: Site, sqlite_db: Engine) -> None:
+    """OSF, then PWF within the off-delay, then quiet, then HDF: one alert whose mode, value and reason follow."""
+    engine = AlertEngine(site, started=T0)
+    # quiet at 20 s, but PWF comes within the 60 s off-delay; quiet from 60 s on: returned at 120 s
+    for t, label, p in ((0, "OSF", 0.9), (20, "none", 0.95), (40, "PWF", 0.8), (60, "none", 0.95),
+                        (130, "none", 0.95), (300, "HDF", 0.7)):
+        step(engine, sqlite_db, mill(t), [fault_diag(t, label, p)], tick=t)
+    (a,) = [a for a in alerts(sqlite_db) if a.rule == "failure-predicted"]
+    assert (a.condition, a.value, a.unit, a.limit) == ("HDF", 70.0, "%", 60.0)
+    assert a.reason == "the fault model predicts HDF with 70% probability (alerts from 60%)"
+    assert a.evidence["label"] == "HDF"
+    with Session(sqlite_db) as s:
+        mine = select(AlertTransition).where(AlertTransition.alert_id == a.id).order_by(AlertTransition.id)
+        trail = [(t.action, t.reason) for t in s.scalars(mine)]
+    assert [t[0] for t in trail] == ["raise", "change", "return", "reactivate"]
+    assert trail[1][1].startswith("OSF → PWF: the fault model predicts PWF with 80% probability")
+    assert trail[3][1].startswith("HDF (was PWF): ")
+
+
+def test_every_kind_of_alert_says_its_value_unit_limit_and_why(site: Site, sqlite_db: Engine) -> None:
+    engine = AlertEngine(site, started=T0)
+    for t in range(0, 20):  # torque jumps 40 → 75 on a worn tool
+        step(engine, sqlite_db, mill(t, torque=40.0 if t < 5 else 75.0, wear=210.0))
+    by_rule = {a.rule: a for a in alerts(sqlite_db)}
+    rate = by_rule["torque-rate"]
+    assert rate.unit == "N·m/s"
+    assert rate.limit is not None
+    assert rate.reason.startswith("torque is rising ")
+    assert "N·m/s over 5 s, faster than the limit of" in rate.reason
+    wear = by_rule["tool-wear"]
+    assert (wear.unit, wear.limit, wear.reason) == ("min", 200.0, "tool_wear 210 min is above its HI limit of 200 min")
+    both = by_rule["overstrain-risk"]
+    assert both.reason == (
+        "torque 75 N·m is above its HIHI limit of 72 N·m and tool_wear 210 min is above its HI limit of 200 min"
+    )
+    assert (both.unit, both.limit) == ("N·m", 72.0)

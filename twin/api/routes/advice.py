@@ -9,12 +9,14 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 from pydantic import Field
 
 from plant.wire import from_us, now_us
 from twin import knowledge
-from twin.advice import maintenance_plan
+from twin.advice import PlanItem, maintenance_plan
 from twin.api.deps import EngineerDep, SessionDep, ViewerDep
+from twin.exports import CalendarEvent, csv_text, filename_stamp, ical_text, iso
 from twin.knowledge.base import KnowledgeBody, entry_dict
 
 router = APIRouter(tags=["advice"])
@@ -96,3 +98,60 @@ def get_maintenance_plan(
         d["advice"] = [asdict(a) for a in item.advice]
         items.append(d)
     return {"generated_at": from_us(now), "items": items, "count": len(items)}
+
+
+Subtree = Annotated[str | None, Query(max_length=64, description="only this node and below")]
+PLAN_COLUMNS = (
+    "due", "overdue", "priority", "asset", "path", "condition", "rule", "why", "due_reason", "task", "actions",
+    "parts", "skills", "duration_h", "alert_id", "state", "work_orders",
+)  # fmt: skip
+
+
+def _plan_row(item: PlanItem) -> list[object]:
+    best = item.advice[0] if item.advice else None
+    parts = "; ".join(f"{p.get('quantity', 1):g} × {p.get('part', '')} {p.get('number', '')}".strip()
+                      for p in (best.parts if best else []))  # fmt: skip
+    orders = "; ".join(f"#{w['id']} {w['state']} {w['assignee']}".strip() for w in item.work_orders)
+    return [
+        iso(item.due), item.overdue, item.priority, item.node, item.path, item.condition, item.rule, item.reason,
+        item.due_reason, best.title if best else "", " / ".join(best.actions) if best else "", parts,
+        ", ".join(best.skills) if best else "", best.duration_h if best and best.duration_h else "",
+        item.alert_id, item.state, orders,
+    ]  # fmt: skip
+
+
+def _attachment(body: str, media: str, name: str) -> Response:
+    return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.get("/maintenance-plan.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+def get_plan_csv(session: SessionDep, _who: ViewerDep, subtree: Subtree = None) -> Response:
+    """The open work as CSV, by due date: what, where, why, by when, how."""
+    now = now_us()
+    rows = [_plan_row(i) for i in maintenance_plan(session, now=now, subtree=subtree)]
+    return _attachment(csv_text(PLAN_COLUMNS, rows), "text/csv; charset=utf-8",
+                       f"maintenance-plan-{filename_stamp(now)}.csv")
+
+
+@router.get("/maintenance-plan.ics", response_class=Response, responses={200: {"content": {"text/calendar": {}}}})
+def get_plan_ical(session: SessionDep, _who: ViewerDep, subtree: Subtree = None) -> Response:
+    """The open work as an iCalendar file: an event per item at its due date (a stable UID per alert, so a
+    calendar that imports it again updates the events instead of doubling them)."""
+    now = now_us()
+    events = []
+    for item in maintenance_plan(session, now=now, subtree=subtree):
+        best = item.advice[0] if item.advice else None
+        steps = "\n".join(f"{n}. {a}" for n, a in enumerate(best.actions if best else [], start=1))
+        description = "\n".join(x for x in (item.reason, f"Due: {item.due_reason}", steps,
+                                             f"Alert #{item.alert_id} ({item.rule} {item.condition})") if x)
+        events.append(CalendarEvent(
+            uid=f"plan-alert-{item.alert_id}@factory-twin",
+            start=item.due,
+            minutes=round((best.duration_h if best and best.duration_h else 1.0) * 60),
+            summary=f"[{item.priority}] {item.node}: {best.title if best else item.message or item.condition}",
+            description=description,
+            location=item.path,
+            priority=item.priority,
+        ))  # fmt: skip
+    body = ical_text(events, stamp=now, name="factory-twin maintenance plan")
+    return _attachment(body, "text/calendar; charset=utf-8", f"maintenance-plan-{filename_stamp(now)}.ics")

@@ -15,14 +15,13 @@ from sqlalchemy import func, select
 
 from plant.wire import from_us, now_us, to_us
 from twin.advice import advise, due_date
-from twin.alerts import lifecycle, noise
+from twin.alerts import feedback, lifecycle, noise
 from twin.api.deps import EngineerDep, SessionDep, TechnicianDep, ViewerDep
 from twin.errors import InvalidRequest
-from twin.tables import Alert, AlertFeedback
+from twin.tables import Alert, AlertFeedback, AlertTransition
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
-FEEDBACK_LOOKBACK_US = 600 * 1_000_000  # the window kept for retraining starts this long before the raise
 StateName = Literal["normal", "active_unack", "active_ack", "returned_unack"]
 PriorityName = Literal["critical", "high", "medium", "low"]
 
@@ -46,13 +45,18 @@ class AlertPublic(_Schema):
     priority: PriorityName
     severity: str
     message: str
-    value: float | None
+    value: float | None = Field(description="what the rule saw, in ``unit``")
+    unit: str
+    limit: float | None = Field(description="the limit the value crossed, in ``unit``")
+    reason: str = Field(description="why it is active, a sentence with the numbers")
     occurrences: int = Field(description="how often the condition came back while the alert was open")
     group_id: int | None = Field(description="the first alert of a shared cause within the machine")
     flapping: bool
     suppressed: bool = Field(description="suppressed by design (e.g. machine stopped)")
     shelved_until: datetime | None
     raised_at: datetime
+    activated_at: datetime = Field(description="start of the current activation")
+    updated_at: datetime = Field(description="the last change of any kind (a page compares it to patch a row)")
     returned_at: datetime | None
     acked_at: datetime | None
     acked_by: str | None
@@ -136,12 +140,17 @@ def public(a: Alert) -> AlertPublic:
         severity=a.severity,
         message=a.message,
         value=a.value,
+        unit=a.unit,
+        limit=a.limit,
+        reason=a.reason,
         occurrences=a.occurrences,
         group_id=a.group_id,
         flapping=a.flapping,
         suppressed=a.suppressed,
         shelved_until=_dt(a.shelved_until),
         raised_at=from_us(a.raised_at),
+        activated_at=from_us(a.activated_at),
+        updated_at=from_us(a.updated_at),
         returned_at=_dt(a.returned_at),
         acked_at=_dt(a.acked_at),
         acked_by=a.acked_by,
@@ -185,11 +194,71 @@ def list_alerts(
     return AlertPage(items=items, count=len(items), total=total)
 
 
-@router.get("/rate")
-def alarm_rate(session: SessionDep, _who: ViewerDep) -> dict[str, Any]:
-    """Alarms annunciated per operator area in the last 10 minutes (EEMUA 191: about 1 is manageable)."""
+class AreaRate(_Schema):
+    """One operator area's alarm rate and its EEMUA 191 band."""
+
+    area: str
+    alarms: int = Field(description="raised or reactivated in the window")
+    band: str = Field(description="very likely acceptable, manageable, likely over-demanding, ...")
+
+
+class AlarmRate(_Schema):
+    """Alarms annunciated per operator area in the last 10 minutes, judged after EEMUA 191."""
+
+    window_s: float
+    acceptable: int = Field(description="fewer than this per window: very likely acceptable")
+    manageable: int = Field(description="at most this many per window (one per 5 minutes): manageable")
+    areas: dict[str, int]
+    bands: list[AreaRate]
+
+
+class AlertSummary(_Schema):
+    """Counts for a badge: what needs a person now, and what is open but quiet."""
+
+    needs_ack: int = Field(description="open, unacknowledged, neither shelved nor suppressed")
+    active: int = Field(description="open and active, neither shelved nor suppressed")
+    open: int = Field(description="not back to normal, shelved and suppressed ones included")
+    shelved: int
+    suppressed: int
+    flapping: int
+    by_priority: dict[str, int] = Field(description="needs_ack by priority")
+
+
+@router.get("/rate", response_model=AlarmRate)
+def alarm_rate(session: SessionDep, _who: ViewerDep) -> AlarmRate:
+    """Alarms annunciated per operator area in the last 10 minutes and their EEMUA 191 band."""
     rates = noise.alarm_rate(session, now=now_us())
-    return {"window_s": noise.RATE_WINDOW_S, "manageable": noise.EEMUA_MANAGEABLE_PER_10MIN, "areas": rates}
+    areas = sorted({*rates, *(noise.area_of(p) for p in session.scalars(select(Alert.node_path).distinct()))})
+    return AlarmRate(
+        window_s=noise.RATE_WINDOW_S,
+        acceptable=noise.EEMUA_ACCEPTABLE_PER_10MIN,
+        manageable=noise.EEMUA_MANAGEABLE_PER_10MIN,
+        areas=rates,
+        bands=[AreaRate(area=a, alarms=rates.get(a, 0), band=noise.eemua_band(rates.get(a, 0))) for a in areas],
+    )
+
+
+@router.get("/summary", response_model=AlertSummary)
+def summary(session: SessionDep, _who: ViewerDep) -> AlertSummary:
+    """What the alert badge counts: open alerts needing acknowledgement (shelved and suppressed ones aside)."""
+    now = now_us()
+    rows = session.execute(
+        select(Alert.state, Alert.active, Alert.priority, Alert.shelved_until, Alert.suppressed, Alert.flapping)
+        .where(Alert.open_key.is_not(None))
+    ).all()
+    out = AlertSummary(needs_ack=0, active=0, open=len(rows), shelved=0, suppressed=0, flapping=0, by_priority={})
+    for state, active, priority, shelved_until, suppressed, flapping in rows:
+        shelved = shelved_until is not None and shelved_until > now
+        out.shelved += shelved
+        out.suppressed += bool(suppressed)
+        out.flapping += bool(flapping)
+        if shelved or suppressed:
+            continue
+        out.active += bool(active)
+        if state in (lifecycle.ACTIVE_UNACK, lifecycle.RETURNED_UNACK):
+            out.needs_ack += 1
+            out.by_priority[priority] = out.by_priority.get(priority, 0) + 1
+    return out
 
 
 @router.get("/feedback", response_model=list[FeedbackPublic])
@@ -217,20 +286,21 @@ def get_alert(session: SessionDep, _who: ViewerDep, alert_id: int) -> AlertPubli
 
 @router.get("/{alert_id}/transitions", response_model=list[TransitionPublic])
 def get_transitions(session: SessionDep, _who: ViewerDep, alert_id: int) -> list[TransitionPublic]:
-    """The alert's audit trail, oldest first."""
-    return [
-        TransitionPublic(
-            id=t.id,
-            at=from_us(t.at),
-            actor=t.actor,
-            action=t.action,
-            from_state=t.from_state,
-            to_state=t.to_state,
-            priority=t.priority,
-            reason=t.reason,
-        )
-        for t in lifecycle.transitions(session, alert_id)
-    ]
+    """The alert's history, oldest first: every transition, change of condition and comment."""
+    return [_transition_public(t) for t in lifecycle.transitions(session, alert_id)]
+
+
+def _transition_public(t: AlertTransition) -> TransitionPublic:
+    return TransitionPublic(
+        id=t.id,
+        at=from_us(t.at),
+        actor=t.actor,
+        action=t.action,
+        from_state=t.from_state,
+        to_state=t.to_state,
+        priority=t.priority,
+        reason=t.reason,
+    )
 
 
 @router.get("/{alert_id}/advice")
@@ -244,6 +314,20 @@ def get_advice(session: SessionDep, _who: ViewerDep, alert_id: int) -> dict[str,
         "due_reason": why,
         "advice": [asdict(a) for a in advise(session, alert)],
     }
+
+
+class CommentCreate(_Schema):
+    """A note on an alert, kept in its history."""
+
+    text: str = Field(min_length=1, max_length=4000)
+
+
+@router.post("/{alert_id}/comments", response_model=TransitionPublic, status_code=201)
+def add_comment(session: SessionDep, who: TechnicianDep, alert_id: int, body: CommentCreate) -> TransitionPublic:
+    """Note something on an alert (technician and up); it shows in the alert's history."""
+    alert = lifecycle.comment(session, alert_id, actor=who.name or who.prefix, text=body.text.strip())
+    session.commit()
+    return _transition_public(lifecycle.transitions(session, alert.id)[-1])
 
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertPublic)
@@ -293,27 +377,9 @@ def add_feedback(
 ) -> FeedbackPublic:
     """Record what was found, with the window and evidence behind the alert, for retraining (technician+)."""
     alert = lifecycle.get_alert(session, alert_id)
-    end = alert.closed_at or alert.returned_at or now_us()
-    fb = AlertFeedback(
-        alert_id=alert.id,
-        at=now_us(),
-        by=who.name or who.prefix,
-        verdict=body.verdict,
-        cause=body.cause,
-        comment=body.comment,
-        node_id=alert.node_id,
-        rule=alert.rule,
-        window_start=alert.raised_at - FEEDBACK_LOOKBACK_US,
-        window_end=max(end, alert.raised_at),
-        evidence={
-            "condition": alert.condition,
-            "value": alert.value,
-            "kind": alert.kind,
-            "occurrences": alert.occurrences,
-            **(alert.evidence or {}),
-        },
+    fb = feedback.record(
+        session, alert, by=who.name or who.prefix, verdict=body.verdict, cause=body.cause, comment=body.comment
     )
-    session.add(fb)
     session.commit()
     return _feedback_public(fb)
 

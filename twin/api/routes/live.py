@@ -5,6 +5,7 @@ Events (``event:`` names, JSON ``data:``):
 - ``hello``: once, on connecting: the server time and the heartbeat interval;
 - ``values``: latest values that moved (each a PropertyPublic: node, name, value, unit, ts, quality);
 - ``alerts``: alerts raised or changed (id, node, state, priority, message, updated);
+- ``workorders``: work orders created or changed (id, node, state, assignee, priority, updated);
 - ``resync``: changes may have been missed: re-read what the page shows;
 - ``heartbeat``: every HEARTBEAT_S with the server time, so a page can tell a quiet plant from a lost link;
 - ``bye``: the stream ends after MAX_STREAM_S; reconnect at once (it is not a lost connection).
@@ -14,7 +15,8 @@ The source is one ``ChangeFeed`` per application, fanning out to every connected
 - the live bus (twin/live.py: LISTEN/NOTIFY across replicas on PostgreSQL, in-process on SQLite) says at once
   which properties moved; the feed reads their latest state and sends it;
 - a poll every POLL_S reads what was committed since the last look (properties by ``stored_ts``, alerts by
-  ``updated_at``). It carries alert changes, which the bus does not, and it keeps values flowing where no
+  ``updated_at``, work orders by ``updated_at``). It carries alert and work-order changes, which the bus does
+  not, and it keeps values flowing where no
   ingest process publishes to the bus. A value seen by both paths is sent once.
 """
 
@@ -39,7 +41,7 @@ from plant.wire import from_us, now_us
 from twin import queries
 from twin.api.deps import ViewerDep
 from twin.live import RESYNC, LiveBus, LiveEvent
-from twin.tables import Alert, TwinProperty
+from twin.tables import Alert, TwinProperty, WorkOrder
 
 log = structlog.get_logger(__name__)
 
@@ -75,9 +77,9 @@ class ChangeFeed:
     _subscribers: set[asyncio.Queue[tuple[str, Any] | None]] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
     _sent_props: dict[int, int] = field(default_factory=dict)
-    _sent_alerts: dict[int, int] = field(default_factory=dict)
+    _sent: dict[str, dict[int, int]] = field(default_factory=dict)  # kind → id → updated_at sent
+    _marks: dict[str, int] = field(default_factory=dict)  # kind → newest updated_at seen
     _prop_mark: int | None = None
-    _alert_mark: int | None = None
     _failing: set[str] = field(default_factory=set)
 
     def subscribe(self) -> asyncio.Queue[tuple[str, Any] | None]:
@@ -168,7 +170,7 @@ class ChangeFeed:
     def poll(self) -> list[tuple[str, Any]]:
         """One look at the database: the events since the previous look (none on the first)."""
         events: list[tuple[str, Any]] = []
-        for name, read in (("values", self._values), ("alerts", self._alerts)):
+        for name, read in (("values", self._values), ("alerts", self._alerts), ("workorders", self._work_orders)):
             try:
                 with self.maker() as session:
                     found = read(session)
@@ -192,25 +194,34 @@ class ChangeFeed:
         return [] if first else [queries.property_public(r).model_dump(mode="json") for r in fresh]
 
     def _alerts(self, session: Session) -> list[dict[str, Any]]:
-        a = Alert
-        first = self._alert_mark is None
-        if self._alert_mark is None:
-            self._alert_mark = session.scalar(select(func.max(a.updated_at))) or now_us()
-        rows = list(session.scalars(select(a).where(a.updated_at >= self._alert_mark - OVERLAP_US)))
-        fresh = [r for r in rows if self._sent_alerts.get(r.id) != r.updated_at]
-        for r in fresh:
-            self._sent_alerts[r.id] = r.updated_at
-            self._alert_mark = max(self._alert_mark, r.updated_at)
-        # only what the next look can see again needs remembering: the map stays small however long it runs
-        horizon = self._alert_mark - OVERLAP_US
-        self._sent_alerts = {k: v for k, v in self._sent_alerts.items() if v >= horizon}
-        if first:
-            return []
         return [
             {"id": r.id, "node": r.node_id, "state": r.state, "priority": r.priority, "message": r.message,
              "condition": r.condition, "updated": from_us(r.updated_at).isoformat()}
-            for r in fresh
+            for r in self._changed(session, Alert, "alerts")
         ]
+
+    def _work_orders(self, session: Session) -> list[dict[str, Any]]:
+        return [
+            {"id": r.id, "node": r.node_id, "state": r.state, "priority": r.priority, "assignee": r.assignee,
+             "updated": from_us(r.updated_at).isoformat()}
+            for r in self._changed(session, WorkOrder, "workorders")
+        ]
+
+    def _changed(self, session: Session, model: type[Any], kind: str) -> list[Any]:
+        """Rows of ``model`` whose ``updated_at`` moved since they were last sent (none on the first look)."""
+        first = kind not in self._marks
+        if first:
+            self._marks[kind] = session.scalar(select(func.max(model.updated_at))) or now_us()
+        sent = self._sent.setdefault(kind, {})
+        rows = list(session.scalars(select(model).where(model.updated_at >= self._marks[kind] - OVERLAP_US)))
+        fresh = [r for r in rows if sent.get(r.id) != r.updated_at]
+        for r in fresh:
+            sent[r.id] = r.updated_at
+            self._marks[kind] = max(self._marks[kind], r.updated_at)
+        # only what the next look can see again needs remembering: the map stays small however long it runs
+        horizon = self._marks[kind] - OVERLAP_US
+        self._sent[kind] = {k: v for k, v in sent.items() if v >= horizon}
+        return [] if first else fresh
 
 
 def feed_of(request: Request) -> ChangeFeed:

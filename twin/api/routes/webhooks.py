@@ -24,7 +24,8 @@ from twin.tables import WebhookDelivery, WebhookSubscription
 router = APIRouter(prefix="/webhooks", tags=["webhooks"], dependencies=[Depends(require_role(Role.ADMIN))])
 
 Priority = Literal["critical", "high", "medium", "low"]
-Kind = Literal["limit", "rate", "stale", "quality", "fault", "anomaly", "rul", "all", "any"]
+# rule kinds of alerts, and work_order for work-order events (native format only)
+Kind = Literal["limit", "rate", "stale", "quality", "fault", "anomaly", "rul", "all", "any", "work_order"]
 
 
 class _Schema(BaseModel):
@@ -53,7 +54,9 @@ class SubscriptionCreate(_Schema):
     format: Literal["native", "alertmanager"] = "native"
     priorities: list[Priority] = Field(default_factory=list, description="empty: every priority")
     subtree: str | None = Field(None, max_length=64, description="a node id; empty: the whole plant")
-    kinds: list[Kind] = Field(default_factory=list, description="rule kinds; empty: every kind")
+    kinds: list[Kind] = Field(
+        default_factory=list, description="rule kinds, and work_order for work-order events; empty: every kind"
+    )
     max_attempts: int = Field(18, ge=1, le=100, description="tries before a delivery is dead-lettered")
     enabled: bool = True
 

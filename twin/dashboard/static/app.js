@@ -1,8 +1,9 @@
-// The dashboard's entry point: login, the hash router (#/, #/asset/<id>, #/alerts, #/plan), the header.
+// The dashboard's entry point: login, the hash router (#/, #/asset/<id>, #/alerts, #/plan, #/work-orders), the header.
 import { alertsView, planView } from "./alerts.js";
 import { assetView } from "./asset.js";
 import { api, h, live, saveToken, session } from "./core.js";
 import { plantView } from "./plant.js";
+import { workOrdersView } from "./workorders.js";
 
 const view = document.getElementById("view");
 let cleanup = null;
@@ -72,6 +73,7 @@ async function route() {
     if (page === "asset" && parts[1]) off = await assetView(view, params, decodeURIComponent(parts[1]));
     else if (page === "alerts") off = await alertsView(view, params);
     else if (page === "plan") off = await planView(view, params);
+    else if (page === "work-orders") off = await workOrdersView(view, params);
     else off = await plantView(view, params);
     if (mine !== rendering) { if (off) off(); return; }
     cleanup = off;
@@ -81,12 +83,16 @@ async function route() {
   }
 }
 
+// The badge counts the open alerts waiting for a person's acknowledgement (active or returned), shelved and
+// suppressed ones aside: the number the alert list shows with "needs acknowledgement".
 async function refreshAlertCount() {
   try {
-    const page = await api("/alerts?open=true&state=active_unack&limit=1");
+    const s = await api("/alerts/summary");
     const badge = document.getElementById("alert-count");
-    badge.hidden = !page.total;
-    badge.textContent = page.total;
+    badge.hidden = !s.needs_ack;
+    badge.textContent = s.needs_ack;
+    badge.title = `${s.needs_ack} to acknowledge · ${s.active} active · ${s.open} open (${s.shelved} shelved, ${s.suppressed} suppressed)`;
+    badge.setAttribute("aria-label", `${s.needs_ack} alerts to acknowledge`);
   } catch { /* the count is a convenience */ }
 }
 

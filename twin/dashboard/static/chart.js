@@ -18,7 +18,7 @@ function timeLabel(ms, spanMs) {
   const d = new Date(ms);
   const two = (n) => String(n).padStart(2, "0");
   const hm = `${two(d.getHours())}:${two(d.getMinutes())}`;
-  if (spanMs <= 120e3) return `${hm}:${two(d.getSeconds())}`;
+  if (spanMs <= 900e3) return `${hm}:${two(d.getSeconds())}`;
   if (spanMs <= 86400e3 * 1.5) return hm;
   return `${d.getDate()}/${d.getMonth() + 1} ${hm}`;
 }
@@ -80,8 +80,12 @@ export class Chart {
         if (b !== null && b > hi) hi = b;
       }
     }
+    const span = isFinite(lo) ? Math.max(hi - lo, Math.abs(hi) * 0.05, 1e-9) : 0;
     for (const l of this.lines) {
       if (l.scale === false) continue;  // drawn when in view, never stretching the axis to itself
+      // "near": an alarm limit stretches the axis to itself when it is within a span of the data, so a value
+      // approaching its limit shows the gap; a far one is named in the title instead of flattening the trend
+      if (l.scale === "near" && isFinite(lo) && (l.y > hi + span || l.y < lo - span)) continue;
       if (l.y < lo) lo = l.y;
       if (l.y > hi) hi = l.y;
     }

@@ -83,6 +83,81 @@ export function actionButton(label, role, onclick, cls = "") {
   }, label);
 }
 
+// A value with its unit, as people write it: "212 min", "0.31 g", "87 %".
+export function qty(value, unit) {
+  if (value === null || value === undefined) return "—";
+  const n = typeof value === "number" ? Number(value.toPrecision(4)).toString() : String(value);
+  return unit ? `${n} ${unit}` : n;
+}
+
+// Whether a person is busy in this part of the page: a field has the focus, or holds what they typed.
+// Live updates leave such a part alone until they are done, so nothing they type is wiped.
+export function busy(el) {
+  if (!el) return false;
+  if (el.contains(document.activeElement) && document.activeElement.matches("input, textarea, select")) return true;
+  for (const f of el.querySelectorAll("form[data-dirty]")) if (f.isConnected) return true;
+  return false;
+}
+
+// Mark a form dirty once something is typed in it (busy() then protects it even after it loses focus).
+export function trackDirty(form) {
+  form.addEventListener("input", () => form.setAttribute("data-dirty", ""));
+  return form;
+}
+
+// Put `items` into `list` as elements made by `render`, keyed by id: an element whose item did not change
+// (same `version`) stays, one that did is replaced, unless a person is busy in it (it is kept and marked stale).
+// Existing elements are never moved out of the way of a busy one, so its focus and typing survive.
+export function patchList(list, items, render, version, empty) {
+  const old = new Map([...list.children].filter((c) => c.dataset.key).map((c) => [c.dataset.key, c]));
+  const next = [];
+  for (const item of items) {
+    const key = String(item.id);
+    let el = old.get(key);
+    old.delete(key);
+    if (el && busy(el)) {
+      if (el.dataset.version !== version(item)) el.dataset.stale = "";
+    } else if (!el || el.dataset.version !== version(item)) {
+      const was = el;
+      el = render(item);
+      el.dataset.key = key;
+      el.dataset.version = version(item);
+      if (was) keepOpen(was, el);
+    }
+    next.push(el);
+  }
+  for (const el of old.values()) if (busy(el)) next.push(el);  // gone from the list, but someone is typing in it
+  if (!next.length && empty) next.push(empty());
+  const keep = new Set(next);
+  for (const c of [...list.children]) if (!keep.has(c)) c.remove();  // first, so what stays need not move
+  let cursor = list.firstChild;
+  for (const el of next) {
+    if (el === cursor) { cursor = cursor.nextSibling; continue; }
+    list.insertBefore(el, cursor);  // a new or replaced element goes in front; those already in place stay
+  }
+}
+
+// A replaced element keeps the disclosures (history...) a person had opened in the old one.
+function keepOpen(was, now) {
+  const opened = [...was.querySelectorAll("details")].map((d) => d.open);
+  [...now.querySelectorAll("details")].forEach((d, i) => { if (opened[i]) d.open = true; });
+}
+
+// Fetch a file from the API with the bearer token and hand it to the browser as a download.
+export async function download(path, fallbackName) {
+  const res = await fetch(`/api/v1${path}`, { headers: { Authorization: `Bearer ${session.token}` } });
+  if (!res.ok) throw new ApiError(res.status, res.statusText);
+  const disposition = res.headers.get("Content-Disposition") || "";
+  const name = (disposition.match(/filename="([^"]+)"/) || [])[1] || fallbackName;
+  const url = URL.createObjectURL(await res.blob());
+  const a = h("a", { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  return name;
+}
+
 // A short confirmation at the bottom of the screen (an action's card is redrawn, so it cannot say it there).
 export function toast(text) {
   let box = document.getElementById("toast");

@@ -1,4 +1,5 @@
 // The plant tree: every node with its health (worst of its subtree), open alerts, and a search box.
+import { alarmRateLine } from "./alerts.js";
 import { api, h, live } from "./core.js";
 
 const ASSET_KINDS = new Set(["machine", "component"]);
@@ -41,7 +42,8 @@ export async function plantView(view, params) {
   });
   const tree = h("ul", { class: "tree", id: "tree" });
   const summary = h("div", { class: "row", id: "summary" });
-  view.replaceChildren(h("h1", {}, "Plant"), h("div", { class: "card" }, h("div", { class: "row" }, search, summary), tree));
+  const rate = h("div", { class: "row", id: "alarm-rate" });
+  view.replaceChildren(h("h1", {}, "Plant"), h("div", { class: "card" }, h("div", { class: "row" }, search, summary), rate, tree));
   let forest = [];
   let health = {};
 
@@ -65,6 +67,7 @@ export async function plantView(view, params) {
     forest = nodes.items;
     health = hl.nodes;
     render();
+    alarmRateLine(rate);
   }
 
   search.addEventListener("input", () => {

@@ -1,0 +1,80 @@
+"""``/api/v1/asset-types``: what the site model says people look at on each kind of asset (viewer and up).
+
+Key signals (the trends an asset page opens on), alarm limits per property (HIHI, HI, LO, LOLO, drawn on the
+charts) and rate limits, as synchronised from the site file (twin/site_sync.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from twin.api.deps import SessionDep, require_role
+from twin.auth import Role
+from twin.errors import NotFound
+from twin.tables import AssetTypeRecord
+
+router = APIRouter(prefix="/asset-types", tags=["nodes"], dependencies=[Depends(require_role(Role.VIEWER))])
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitPublic(_Schema):
+    """One alarm limit of a property."""
+
+    rule: str
+    name: str = Field(description="HIHI, HI, LO or LOLO")
+    value: float
+    severity: str
+
+
+class RateLimitPublic(_Schema):
+    """A rate-of-change limit of a property (units per second over a window)."""
+
+    rule: str
+    max_rate: float
+    window_s: float
+    severity: str
+
+
+class AssetTypePublic(_Schema):
+    """An asset type as people see it."""
+
+    id: str
+    description: str
+    key_signals: list[str]
+    models: list[str]
+    limits: dict[str, list[LimitPublic]]
+    rates: dict[str, list[RateLimitPublic]]
+
+
+def _public(row: AssetTypeRecord) -> AssetTypePublic:
+    spec: dict[str, Any] = row.spec or {}
+    return AssetTypePublic(
+        id=row.id,
+        description=row.description,
+        key_signals=spec.get("key_signals", []),
+        models=spec.get("models", []),
+        limits=spec.get("limits", {}),
+        rates=spec.get("rates", {}),
+    )
+
+
+@router.get("", response_model=list[AssetTypePublic])
+def list_asset_types(session: SessionDep) -> list[AssetTypePublic]:
+    """Every asset type of the site."""
+    return [_public(r) for r in session.scalars(select(AssetTypeRecord).order_by(AssetTypeRecord.id))]
+
+
+@router.get("/{type_id}", response_model=AssetTypePublic)
+def get_asset_type(session: SessionDep, type_id: str) -> AssetTypePublic:
+    """One asset type."""
+    row = session.get(AssetTypeRecord, type_id)
+    if row is None:
+        raise NotFound(f"no asset type {type_id!r}")
+    return _public(row)

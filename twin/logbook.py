@@ -1,0 +1,150 @@
+"""An asset's logbook: what happened to it and what was done, from every source that knows, newest first.
+
+The logbook stores nothing of its own: it is a query over sources, each a function reading its own tables for
+a scope (an asset and everything below it, a time range) and returning ``Entry`` rows::
+
+    work_orders   created, assigned, started, noted, done, cancelled        (work_order_events)
+    alerts        raised, came back, changed condition, returned, acknowledged, commented, shelved
+    models        the model versions that diagnosed the asset, from when    (twin_diagnoses)
+
+A new source (setpoint changes, say) is one function added to ``SOURCES``. ``GET /api/v1/logbook`` serves it,
+``/api/v1/logbook.csv`` exports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from twin.exports import csv_text, iso
+from twin.tables import Alert, AlertTransition, DiagnosisRecord, TwinNode, WorkOrder, WorkOrderEvent
+
+ALERT_ACTIONS = {
+    "raise": "raised",
+    "reactivate": "came back",
+    "change": "changed",
+    "return": "returned to normal",
+    "acknowledge": "acknowledged",
+    "comment": "comment",
+    "shelve": "shelved",
+    "unshelve": "unshelved",
+}
+WORK_ORDER_ACTIONS = {
+    "create": "created",
+    "update": "updated",
+    "start": "started",
+    "note": "note",
+    "complete": "done",
+    "cancel": "cancelled",
+}
+CSV_COLUMNS = ("at", "node", "source", "kind", "title", "detail", "actor", "ref")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which entries: of an asset and everything below it (``path``; the plant when empty), in [start, end).
+
+    Args:
+        path: the node path (``/site/area/machine/``) or "" for the whole plant.
+        start: µs, inclusive.
+        end: µs, exclusive.
+        limit: most entries per source.
+    """
+
+    path: str
+    start: int
+    end: int
+    limit: int = 500
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the logbook."""
+
+    at: int  # µs
+    node: str
+    source: str  # work_orders, alerts, models
+    kind: str  # created, done, raised, returned, comment, version...
+    title: str
+    detail: str
+    actor: str
+    ref: str  # what it is about: "work-order/12", "alert/5", "model/rul@1.2.0"
+
+
+Source = Callable[[Session, Scope], list[Entry]]
+
+
+def _work_orders(session: Session, scope: Scope) -> list[Entry]:
+    e, w = WorkOrderEvent, WorkOrder
+    stmt = (
+        select(e, w.node_id, w.task)
+        .join(w, w.id == e.work_order_id)
+        .where(e.at >= scope.start, e.at < scope.end, w.node_path.startswith(scope.path, autoescape=True))
+        .order_by(e.at.desc(), e.id.desc())
+        .limit(scope.limit)
+    )
+    return [
+        Entry(ev.at, node, "work_orders", WORK_ORDER_ACTIONS.get(ev.action, ev.action),
+              f"Work order #{ev.work_order_id} {WORK_ORDER_ACTIONS.get(ev.action, ev.action)}: {task}",
+              ev.note, ev.actor, f"work-order/{ev.work_order_id}")
+        for ev, node, task in session.execute(stmt)
+    ]  # fmt: skip
+
+
+def _alerts(session: Session, scope: Scope) -> list[Entry]:
+    t, a = AlertTransition, Alert
+    stmt = (
+        select(t, a.node_id, a.rule, a.condition, a.message)
+        .join(a, a.id == t.alert_id)
+        .where(
+            t.at >= scope.start,
+            t.at < scope.end,
+            t.action.in_(ALERT_ACTIONS),
+            a.node_path.startswith(scope.path, autoescape=True),
+        )
+        .order_by(t.at.desc(), t.id.desc())
+        .limit(scope.limit)
+    )
+    return [
+        Entry(tr.at, node, "alerts", ALERT_ACTIONS[tr.action],
+              f"Alert #{tr.alert_id} {ALERT_ACTIONS[tr.action]}: {message or rule} ({condition})",
+              tr.reason, tr.actor, f"alert/{tr.alert_id}")
+        for tr, node, rule, condition, message in session.execute(stmt)
+    ]  # fmt: skip
+
+
+def _models(session: Session, scope: Scope) -> list[Entry]:
+    nodes = select(TwinNode.id).where(TwinNode.path.startswith(scope.path, autoescape=True))
+    d = DiagnosisRecord
+    stmt = (
+        select(d.node_id, d.task, d.model, d.version, func.min(d.ts).label("first"))
+        .where(d.node_id.in_(nodes), d.ts >= scope.start, d.ts < scope.end)
+        .group_by(d.node_id, d.task, d.model, d.version)
+        .order_by(func.min(d.ts).desc())
+        .limit(scope.limit)
+    )
+    return [
+        Entry(first, node, "models", "version", f"{task} model {model} {version} diagnosing",
+              f"first diagnosis by {model} {version} in this range", "system", f"model/{task}@{version}")
+        for node, task, model, version, first in session.execute(stmt)
+    ]  # fmt: skip
+
+
+SOURCES: dict[str, Source] = {"work_orders": _work_orders, "alerts": _alerts, "models": _models}
+
+
+def entries(session: Session, scope: Scope, sources: list[str] | None = None) -> list[Entry]:
+    """The entries of the chosen sources (all by default), newest first, at most ``scope.limit``."""
+    out: list[Entry] = []
+    for name in sources or list(SOURCES):
+        out += SOURCES[name](session, scope)
+    out.sort(key=lambda e: (e.at, e.source, e.ref), reverse=True)
+    return out[: scope.limit]
+
+
+def to_csv(rows: list[Entry]) -> str:
+    """The entries as CSV (header first, times ISO 8601 UTC)."""
+    return csv_text(CSV_COLUMNS, ([iso(e.at) if c == "at" else getattr(e, c) for c in CSV_COLUMNS] for e in rows))
