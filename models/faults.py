@@ -157,7 +157,7 @@ def train(
             "protocol": f"fitted on {where} of the table less a stratified {TEST_SIZE:.0%} (seed {SEED}) held out "
             f"(evaluate --split); {CAL_SIZE:.0%} of the fitting part held out for calibration",
             "distill_temperature": DISTILL_TEMPERATURE,
-            "tool_wear_rule": tool_wear_rule(frame.iloc[train_idx]),
+            "tool_wear_rule": tool_wear_rule(frame),
             **({"feedback": extra.record} if extra is not None else {}),
         },
         description="Failure mode of a milling process step (AI4I 2020 signals): none, HDF, PWF, OSF, RNF. Tool "

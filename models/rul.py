@@ -182,7 +182,7 @@ def train(paths: Sequence[Path], version: str, progress: build.Progress = build.
             "regimes": {"count": k, "silhouette": found.silhouette, "sensors_left_out": found.dropped},
             "validation": validation,
             "protocol": f"train on every window of the training engines, RUL capped at {CAP:.0f}; validation: "
-            f"a {VALIDATION_ENGINES:.0%} fifth of the training engines held out of a same-recipe fit, scored at "
+            f"{VALIDATION_ENGINES:.0%} of the training engines held out of a same-recipe fit, scored at "
             "every cycle; test: the last cycle of each test engine against RUL_FD00x (true RUL as given, and capped)",
         },
         description=f"Remaining useful life (cycles) of a turbofan from its last {spec.window} cycles (C-MAPSS "
