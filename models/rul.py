@@ -43,7 +43,7 @@ _UNITS = {  # as examples/plant.yaml declares them
 }  # fmt: skip
 # FD001's informative sensors: the recipe without regimes (a trained model's spec is ``spec_for`` its data).
 SENSORS = ("t24", "t30", "t50", "p30", "nf", "nc", "ps30", "phi", "nrf", "nrc", "bpr", "htbleed", "w31", "w32")
-WINDOW = 80  # chosen on held-out training engines (40: 11.2/12.9, 60: 10.2/11.5, 80: 9.3/10.7 RMSE FD001/FD002)
+WINDOW = 80  # chosen on held-out training engines (models/README.md: grouped cross-validation, capped RMSE)
 SPEC = FeatureSpec(
     task="rul",
     signals=("cycle", *SENSORS),
