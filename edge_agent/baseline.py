@@ -39,7 +39,6 @@ per 10 % (progress "37%") and ``baseline_ready``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import sqlite3
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ import structlog
 from edge_agent import metrics
 from edge_agent.errors import ModelError
 from models.errors import ModelError as RuntimeModelError
-from models.runtime import LoadedModel, Prediction
+from models.runtime import LoadedModel, Prediction, judged
 
 log = structlog.get_logger(__name__)
 
@@ -167,11 +166,7 @@ class Adapted:
     def apply(self, p: Prediction) -> Prediction:
         """A prediction of ``model`` judged against the machine's threshold (label and confidence as the runtime
         defines them: anomaly above the threshold; confidence the distance from it in threshold units)."""
-        if p.score is None or self.threshold <= 0:
-            return p
-        confidence = min(abs(p.score / self.threshold - 1.0), 1.0)
-        label = "anomaly" if p.score > self.threshold else "normal"
-        return dataclasses.replace(p, threshold=self.threshold, label=label, confidence=confidence)
+        return judged(p, self.threshold)
 
 
 def adapt(model: LoadedModel, rows: list[list[float]], units: dict[str, str], quantile: float) -> Adapted:

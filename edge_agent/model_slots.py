@@ -229,12 +229,11 @@ def check_model(model: LoadedModel, task: str, atype: AssetType) -> None:
     missing = [s for s in spec.signals if s not in atype.properties]
     if missing:
         raise ModelError(f"{name} reads {missing}, not properties of the asset type")
-    probe: dict[str, list[Any]] = {}
+    probe: dict[str, list[Any]] = model.probe_window()  # settings in a regime the model knows, if it has regimes
     for s in spec.signals:
         prop = atype.properties[s]
-        categories = spec.categories.get(s)
-        value = categories[0] if categories else (sum(prop.range) / 2 if prop.range else 0.0)
-        probe[s] = [value] * spec.window
+        if prop.range and s not in spec.categories and spec.regimes is None:
+            probe[s] = [sum(prop.range) / 2] * spec.window
     try:
         p = model.predict(probe, {s: atype.properties[s].unit for s in spec.signals})
         wrong = out_of_range(model, p)

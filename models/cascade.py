@@ -25,9 +25,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models import anomaly, faults, registry, rul, runtime
-from models.datasets import file_names, load_ai4i, load_cmapss, load_skab
+from models.datasets import Rows, file_names, load_cmapss
 from models.errors import DataError, ModelLoadError
-from models.features import sliding_windows
+from models.features import FeatureSpec, sliding_windows
 
 MAX_OFFLOAD = 0.10  # share of windows the platform's teacher may be asked to re-check
 # "Within 0.5 point of the teacher": half a point of F1 (a fraction), half a cycle of RMSE.
@@ -61,51 +61,55 @@ class Outcomes:
         return Outcomes(self.truth[keep], self.student[keep], self.teacher[keep], self.confidence[keep], part)
 
 
-def held_out(task: str, paths: Sequence[Path], truth: Path | None = None, seed: int = 0) -> list[HeldOut]:
-    """The held-out windows of a task's evaluation protocol, with their truth."""
+def held_out(
+    task: str,
+    paths: Sequence[Path],
+    truth: Path | None = None,
+    model: runtime.LoadedModel | None = None,
+    split: bool = False,
+    rows: Rows | None = None,
+) -> list[HeldOut]:
+    """The windows ``evaluate`` scores for a model (every row given, or its held-out split), with their truth."""
     if task == "faults":
-        return [_faults_held_out(paths, seed)]
+        if model is None:
+            raise DataError("the faults windows depend on the model's training rows: give the model")
+        return [_faults_held_out(model, paths, split, rows)]
     if task == "rul":
-        return [_rul_held_out(paths, truth)]
+        if split:
+            raise DataError("rul keeps no internal held-out split: give test files and their RUL files")
+        return [_rul_held_out(paths, truth, model.spec if model is not None else rul.SPEC)]
     if task == "anomaly":
-        return _anomaly_held_out(paths)
+        return _anomaly_held_out(paths, model, split)
     raise DataError(f"unknown task {task!r}")
 
 
-def _faults_held_out(paths: Sequence[Path], seed: int) -> HeldOut:
-    frame = load_ai4i(paths)
-    _, test_idx = faults.split(frame, seed)
-    rows = frame.iloc[test_idx]
-    columns = {name: rows[name].tolist() for name in faults.SPEC.signals}
-    windows = [{name: [columns[name][i]] for name in faults.SPEC.signals} for i in range(len(rows))]
-    return HeldOut(windows, faults.labels_of(frame)[test_idx])
+def _faults_held_out(model: runtime.LoadedModel, paths: Sequence[Path], split: bool, rows: Rows | None) -> HeldOut:
+    frame, index, _ = faults.scored_rows(model, paths, split, rows)
+    part = frame.iloc[index]
+    columns = {name: part[name].tolist() for name in faults.SPEC.signals}
+    windows = [{name: [columns[name][i]] for name in faults.SPEC.signals} for i in range(len(part))]
+    return HeldOut(windows, faults.modes_of(frame)[index])  # compared by name: old models' labels differ
 
 
-def _rul_held_out(paths: Sequence[Path], truth: Path | None) -> HeldOut:
+def _rul_held_out(paths: Sequence[Path], truth: Path | None, spec: FeatureSpec) -> HeldOut:
     data = load_cmapss([*paths, truth] if truth is not None else paths)
     if data.test is None or data.truth is None:
         raise DataError("the cascade needs a C-MAPSS test file and its RUL file")
-    windows, units = rul.test_windows(data.test)
-    missing = [u for u in units if u not in data.truth.index]
-    if missing:
-        raise DataError(f"no true RUL for test engines {missing[:5]}")
-    return HeldOut(_dicts(windows, rul.SPEC.signals), data.truth.loc[units].to_numpy(dtype=np.float64))
+    rul.check_frame(data, "test", spec)
+    windows, units = rul.test_windows(data.test, spec)
+    return HeldOut(_dicts(windows, spec.signals), data.truth.loc[units].to_numpy(dtype=np.float64))
 
 
-def _anomaly_held_out(paths: Sequence[Path]) -> list[HeldOut]:
+def _anomaly_held_out(paths: Sequence[Path], model: runtime.LoadedModel | None, split: bool) -> list[HeldOut]:
     out = []
-    spec = anomaly.SPEC
-    first_scored = anomaly.BASELINE_ROWS - (spec.window - 1)  # the window ending at the first scored row
-    for frame in load_skab(paths):
-        if "anomaly" not in frame.columns:
-            continue
+    spec = anomaly.SPEC if model is None else model.spec
+    for frame in anomaly.scored_frames(paths, model, split):
         rows = frame[list(spec.signals)].to_numpy(dtype=np.float64)
+        first_scored = anomaly.BASELINE_ROWS - (spec.window - 1)  # the window ending at the first scored row
         windows = sliding_windows(rows, spec.window, spec.window)[first_scored:]
         baseline = {s: rows[: anomaly.BASELINE_ROWS, i] for i, s in enumerate(spec.signals)}
         labels = frame["anomaly"].to_numpy()[anomaly.BASELINE_ROWS :] == 1
         out.append(HeldOut(_dicts(windows, spec.signals), labels, baseline))
-    if not out:
-        raise DataError("no labelled SKAB file among the data given")
     return out
 
 
@@ -118,7 +122,8 @@ def _answer(task: str) -> Callable[[runtime.Prediction, runtime.LoadedModel], An
     if task == "rul":
         return lambda p, _m: p.rul
     if task == "faults":
-        return lambda p, m: m.manifest["output"]["labels"].index(p.label)
+        modes = ("none", *faults.MODES)
+        return lambda p, _m: modes.index(p.label)
     return lambda p, _m: p.label == "anomaly"
 
 
@@ -130,10 +135,13 @@ def outcomes(
     truth, s_out, t_out, conf, parts = [], [], [], [], []
     for index, part in enumerate(data):
         s_model, t_model = student, teacher
-        if part.baseline is not None:
-            s_model, t_model = student.with_baseline(part.baseline), teacher.with_baseline(part.baseline)
-        s_pred = s_model.predict_batch(part.windows)
-        t_pred = t_model.predict_batch(part.windows)
+        s_pred, t_pred = None, None
+        if part.baseline is not None:  # each machine against its own baseline and threshold, as the edge adapts it
+            (s_model, s_level), (t_model, t_level) = (anomaly.adapted(m, part.baseline) for m in (student, teacher))
+            s_pred = [runtime.judged(p, s_level) for p in s_model.predict_batch(part.windows)]
+            t_pred = [runtime.judged(p, t_level) for p in t_model.predict_batch(part.windows)]
+        s_pred = s_pred or s_model.predict_batch(part.windows)
+        t_pred = t_pred or t_model.predict_batch(part.windows)
         truth.append(np.asarray(part.truth))
         s_out.append(np.array([answer(p, s_model) for p in s_pred]))
         t_out.append(np.array([answer(p, t_model) for p in t_pred]))
@@ -317,13 +325,14 @@ def run(
     student_variant: str | None = None,
     teacher_dir: Path | None = None,
     max_offload: float = MAX_OFFLOAD,
+    split: bool = False,
+    rows: Rows | None = None,
 ) -> dict[str, Any]:
-    """Measure the cascade of a model directory on a task's held-out data; the manifest section."""
+    """Measure the cascade of a model directory on the data ``evaluate`` scores; the manifest section."""
     student, teacher = load_pair(directory, student_variant, teacher_dir)
     if student.task != task:
         raise DataError(f"{directory} holds a {student.task} model, not {task}")
-    seed = int(student.manifest["training"].get("seed", 0))
-    result = outcomes(task, student, teacher, held_out(task, paths, truth, seed))
+    result = outcomes(task, student, teacher, held_out(task, paths, truth, student, split, rows))
     section = measure(task, result, max_offload)
     files = [*paths, truth] if truth is not None else list(paths)
     return {"student_variant": student.variant, "data": file_names(files), **section}

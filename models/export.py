@@ -232,3 +232,81 @@ def knn_ensemble_onnx(
     ]
     inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, center.shape[0]])]
     return checked_model(nodes, inits, inputs, [("score", [None, 1])], "knn_mahalanobis_ensemble")
+
+
+def hist_boosting_onnx(estimator: Any, n_features: int) -> bytes:
+    """A fitted ``HistGradientBoostingRegressor`` (numeric features, one target) as an ONNX-ML TreeEnsembleRegressor.
+
+    skl2onnx's converter fails on scikit-learn 1.9's histogram trees, so the trees are written here: each node
+    ``x[feature] <= threshold`` goes to its left child (a value the trees never saw missing at fit goes left
+    too: the runtime refuses NaN anyway), leaf values already carry the learning rate, the baseline is the
+    base value. The attributes onnxruntime defaults (hit rates, missing-value tracking) are left out: a third
+    smaller file for the same function.
+    """
+    predictors = [tree for iteration in estimator._predictors for tree in iteration]
+    if any(len(iteration) != 1 for iteration in estimator._predictors):
+        raise TrainingError("only single-target histogram boosting is exported")
+    ints: dict[str, list[int]] = {k: [] for k in ("treeids", "nodeids", "featureids", "truenodeids", "falsenodeids")}
+    values: list[float] = []
+    modes: list[str] = []
+    leaves: dict[str, list[Any]] = {"treeids": [], "nodeids": [], "weights": []}
+    for tree_id, tree in enumerate(predictors):
+        nodes = tree.nodes
+        if nodes["is_categorical"].any():
+            raise TrainingError("categorical splits are not exported")
+        for node_id, node in enumerate(nodes):
+            leaf = bool(node["is_leaf"])
+            ints["treeids"].append(tree_id)
+            ints["nodeids"].append(node_id)
+            ints["featureids"].append(0 if leaf else int(node["feature_idx"]))
+            ints["truenodeids"].append(0 if leaf else int(node["left"]))
+            ints["falsenodeids"].append(0 if leaf else int(node["right"]))
+            values.append(0.0 if leaf else float(node["num_threshold"]))
+            modes.append("LEAF" if leaf else "BRANCH_LEQ")
+            if leaf:
+                leaves["treeids"].append(tree_id)
+                leaves["nodeids"].append(node_id)
+                leaves["weights"].append(float(node["value"]))
+    attributes: dict[str, Any] = {f"nodes_{k}": v for k, v in ints.items()}
+    node = helper.make_node(
+        "TreeEnsembleRegressor",
+        [INPUT_NAME],
+        ["variable"],
+        domain="ai.onnx.ml",
+        name="hist_boosting",
+        n_targets=1,
+        base_values=[float(np.ravel(estimator._baseline_prediction)[0])],
+        post_transform="NONE",
+        aggregate_function="SUM",
+        nodes_modes=modes,
+        nodes_values=_float32_exact(values),
+        target_ids=[0] * len(leaves["nodeids"]),
+        target_weights=leaves["weights"],
+        target_treeids=leaves["treeids"],
+        target_nodeids=leaves["nodeids"],
+        **attributes,
+    )
+    graph = helper.make_graph(
+        [node],
+        "hist_boosting",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])],
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", 3)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def _float32_exact(thresholds: list[float]) -> list[float]:
+    """Thresholds as the float32 ONNX compares with: the largest float32 not above each float64 threshold.
+
+    The input is cast to float32; ``x32 <= t32`` then routes every float32 input as ``x <= t`` would in float64
+    (rounding ``t`` to nearest could send a value just above ``t`` left).
+    """
+    t64 = np.asarray(thresholds, dtype=np.float64)
+    t32 = t64.astype(np.float32)
+    above = t32.astype(np.float64) > t64
+    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
+    return [float(v) for v in t32]

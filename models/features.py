@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from models.errors import WindowRejected
 
 Array = NDArray[np.float64]
 
@@ -23,6 +25,71 @@ AI4I_TYPES = ("L", "M", "H")
 _HDF_DT_K, _HDF_SPEED_RPM = 8.6, 1380.0
 _PWF_LOW_W, _PWF_HIGH_W = 3500.0, 9000.0
 _OSF_LIMIT = np.array([11_000.0, 12_000.0, 13_000.0])  # min·N·m for L, M, H
+
+
+def nearest_regime(settings: Array, centres: Array, scale: Array) -> tuple[NDArray[np.int64], Array]:
+    """The nearest centre of each row of ``settings`` (``(..., n_settings)``) and the distance to it, in ``scale``
+    units."""
+    offsets = (settings[..., None, :] - centres) / scale
+    distances = np.sqrt(np.einsum("...ks,...ks->...k", offsets, offsets))
+    index = distances.argmin(axis=-1)
+    return index, np.take_along_axis(distances, index[..., None], axis=-1)[..., 0]
+
+
+@dataclass(frozen=True, eq=False)
+class Regimes:
+    """Operating regimes of a fleet, so that sensors are compared within the condition they were read in.
+
+    Each row's operating settings put it in the regime of the nearest centre (distances in ``scale`` units);
+    its sensors are then standardised by their mean and spread in that regime. A row farther than ``radius``
+    from every centre is in a regime the model never saw: refused (``WindowRejected("unknown_regime")``).
+
+    Args:
+        settings: how many signals after ``cycle`` are operating settings (the regime is read from them).
+        centres: ``(k, n_settings)`` regime centres, in the settings' own units.
+        scale: ``(n_settings,)`` the unit of distance along each setting.
+        radius: the largest distance from a centre a row may have (in ``scale`` units).
+        mean: ``(k, n_sensors)`` each sensor's mean in each regime.
+        std: ``(k, n_sensors)`` each sensor's spread in each regime (floored, never zero).
+    """
+
+    settings: int
+    centres: Array
+    scale: Array
+    radius: float
+    mean: Array
+    std: Array
+
+    def to_json(self) -> dict[str, Any]:
+        """The regimes as a JSON-ready dict (for the manifest)."""
+        return {
+            "settings": self.settings,
+            "centres": self.centres.tolist(),
+            "scale": self.scale.tolist(),
+            "radius": self.radius,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Regimes:
+        """The regimes back from their manifest dict."""
+        arrays = {k: np.asarray(data[k], dtype=np.float64) for k in ("centres", "scale", "mean", "std")}
+        return cls(settings=int(data["settings"]), radius=float(data["radius"]), **arrays)
+
+    def standardise(self, settings: Array, sensors: Array) -> Array:
+        """Sensors standardised within the regime of their row; refuses a row in no known regime."""
+        index, distance = nearest_regime(settings, self.centres, self.scale)
+        far = distance > self.radius
+        if far.any():
+            row = np.unravel_index(int(np.argmax(distance)), distance.shape)
+            raise WindowRejected(
+                "unknown_regime",
+                f"operating settings {settings[row].tolist()} are {float(distance[row]):.3g} from the nearest "
+                f"known regime (at most {self.radius:.3g}); the model was not trained for this condition",
+            )
+        standardised: Array = (sensors - self.mean[index]) / self.std[index]
+        return standardised
 
 
 @dataclass(frozen=True)
@@ -38,6 +105,7 @@ class FeatureSpec:
             row (the declared imputation policy ``pad_oldest``).
         categories: for string signals, the accepted values in code order.
         ewm_alphas: smoothing factors of the exponentially weighted means (rul).
+        regimes: operating regimes the sensors are standardised in (rul); None: sensors as read.
     """
 
     task: str
@@ -47,11 +115,16 @@ class FeatureSpec:
     min_window: int
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ewm_alphas: tuple[float, ...] = ()
+    regimes: Regimes | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON-ready dict (for the manifest)."""
-        data = asdict(self)
+        data = asdict(replace(self, regimes=None))
         data["categories"] = {k: list(v) for k, v in self.categories.items()}
+        if self.regimes is None:
+            del data["regimes"]
+        else:
+            data["regimes"] = self.regimes.to_json()
         return data
 
     @classmethod
@@ -65,7 +138,18 @@ class FeatureSpec:
             min_window=int(data["min_window"]),
             categories={k: tuple(v) for k, v in data.get("categories", {}).items()},
             ewm_alphas=tuple(float(a) for a in data.get("ewm_alphas", ())),
+            regimes=Regimes.from_json(data["regimes"]) if data.get("regimes") else None,
         )
+
+    def probe(self) -> Array:
+        """One window ``(window, n_signals)`` the spec accepts: settings at the first regime's centre, its sensors
+        at their mean there, every other value 0 (the first category of a categorical signal)."""
+        row = np.zeros(len(self.signals))
+        if self.regimes is not None:
+            n = self.regimes.settings
+            row[1 : 1 + n] = self.regimes.centres[0]
+            row[1 + n :] = self.regimes.mean[0]
+        return np.tile(row, (self.window, 1))
 
 
 def pad_oldest(rows: Array, length: int) -> Array:
@@ -93,8 +177,16 @@ def _ewm_last(windows: Array, alpha: float) -> Array:
 
 
 def rul_features(windows: Array, spec: FeatureSpec) -> Array:
-    """Per sensor: last, mean, std, slope, min, max and EWMs; plus the cycle count (first signal)."""
-    sensors = windows[:, :, 1:]
+    """Per sensor: last, mean, std, slope, min, max and EWMs; plus the cycle count (first signal).
+
+    With ``spec.regimes`` the operating settings (the signals after the cycle) place each row in its regime
+    and the sensors are standardised within it first; the settings themselves are not features.
+    """
+    if spec.regimes is None:
+        sensors = windows[:, :, 1:]
+    else:
+        n = spec.regimes.settings
+        sensors = spec.regimes.standardise(windows[:, :, 1 : 1 + n], windows[:, :, 1 + n :])
     parts = [
         windows[:, -1, :1],
         sensors[:, -1, :],

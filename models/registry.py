@@ -178,6 +178,10 @@ def model_card(manifest: dict[str, Any]) -> str:
         f"Data: {', '.join(training.get('files', []))} "
         f"(sha256 {training.get('data_sha256', '')[:16]}…), seed {training.get('seed')}.",
         manifest["training"].get("protocol", ""),
+        *_training_notes(training),
+        "",
+        "## Evaluation",
+        *_evaluation_text(manifest),
         "",
         "## Variants",
         "| variant | file | bytes | metrics |",
@@ -196,6 +200,47 @@ def model_card(manifest: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _figures(values: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    )
+
+
+def _training_notes(training: dict[str, Any]) -> list[str]:
+    """Operating regimes and validation figures (rul), the tool-wear rule on the training rows (faults)."""
+    lines = []
+    found = training.get("regimes")
+    if isinstance(found, dict):
+        left_out = found.get("sensors_left_out") or {}
+        lines.append(
+            f"Operating regimes found in the settings: {found.get('count')}; sensors left out: "
+            + (", ".join(f"{k} ({v})" for k, v in left_out.items()) or "none")
+            + "."
+        )
+    validation = training.get("validation")
+    if isinstance(validation, dict):
+        parts = [f"{k}: {_figures(v)}" for k, v in validation.items() if isinstance(v, dict)]
+        lines.append(
+            f"Validation ({validation.get('engines')} held-out training engines, every cycle): " + "; ".join(parts)
+        )
+    rule = training.get("tool_wear_rule")
+    if isinstance(rule, dict):
+        lines.append(f"Tool-wear rule on the training rows: {_figures(rule)}.")
+    return ["", *lines] if lines else []
+
+
+def _evaluation_text(manifest: dict[str, Any]) -> list[str]:
+    evaluation = manifest.get("evaluation")
+    if not isinstance(evaluation, dict):
+        return ["No test data was given: the figures below are empty; see the validation figures above."]
+    data = ", ".join(evaluation.get("data", []))
+    lines = [f"Scored: {evaluation.get('protocol', '')} ({data}). The metrics below are these."]
+    rule = evaluation.get("tool_wear_rule")
+    if isinstance(rule, dict):
+        lines.append(f"Tool-wear rule (apart from the model) on the same rows: {_figures(rule)}.")
+    return lines
 
 
 def _window_text(spec: dict[str, Any]) -> str:

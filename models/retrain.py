@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from models import build, cascade, registry, runtime, tasks
+from models import build, cascade, faults, registry, runtime, tasks
 from models.errors import DataError, WindowRejected
 from models.report import HEADLINE
 
@@ -126,6 +126,9 @@ def parse(raws: Sequence[Mapping[str, Any]], task: str) -> Parsed:
         if baseline is not None and not isinstance(baseline, Mapping):
             raise DataError(f"{where}: baseline must map signals to values")
         label = raw.get("label") or (raw.get("evidence") or {}).get("label")
+        if task == "faults" and verdict == "true_fault" and label in faults.MODES and label not in faults.LABELS:
+            out.skip(f"{label}: a rule's mode, not the model's")  # TWF: the tool-wear rule covers it
+            continue
         out.items.append(
             Item(index, str(raw.get("node", "")), task, verdict, window, _us(raw.get("ts"), where), label, baseline)
         )
@@ -169,7 +172,7 @@ def label_of(item: Item, model: runtime.LoadedModel) -> int:
     """The training label of an item's windows (class index for faults; 1 anomalous, 0 normal for anomaly)."""
     if item.task == "anomaly":
         return 1 if item.verdict == "true_fault" else 0
-    labels = list(model.manifest["output"]["labels"])
+    labels = list(faults.LABELS)  # the classes the new version is trained on (the old one's may differ)
     if item.verdict == "false_alarm":
         return labels.index("none")
     if item.label not in labels or item.label == "none":
@@ -201,7 +204,7 @@ def examples(
         feats.append(scorer.feature_matrix(windows[keep]).astype(np.float64))
         labels.append(np.full(int(keep.sum()), label, dtype=np.int64))
         counts["items"] += 1
-        name = str(model.manifest["output"]["labels"][label]) if model.task == "faults" else item.verdict
+        name = faults.LABELS[label] if model.task == "faults" else item.verdict
         counts["windows"][name] = counts["windows"].get(name, 0) + int(keep.sum())
     if not feats:
         raise DataError("no feedback window left to train on (none given, or all of them in the held-out data)")
@@ -210,12 +213,17 @@ def examples(
 
 def held_out_rows(model: runtime.LoadedModel, paths: Sequence[Path], truth: Path | None) -> set[bytes]:
     """Every row of the held-out windows, as the runtime validates it: what feedback must not repeat."""
-    seed = int(model.manifest["training"].get("seed", 0))
     rows: set[bytes] = set()
-    for part in cascade.held_out(model.task, paths, truth, seed):
+    for part in cascade.held_out(model.task, paths, truth, model, split=_split(model.task)):
         for w in part.windows:
             rows.update(r.tobytes() for r in model.window_array(w))
     return rows
+
+
+def _split(task: str) -> bool:
+    """Whether the held-out data is the task's internal split of the data (faults) or the data itself (anomaly):
+    what ``tasks.train`` scores a version on when no test data is given."""
+    return task == "faults"
 
 
 def next_version(version: str, out_task_dir: Path) -> str:
@@ -237,7 +245,7 @@ def scores_of(task: str, directory: Path, paths: Sequence[Path], truth: Path | N
     for variant, entry in manifest["variants"].items():
         if not (directory / entry["file"]).is_file():
             continue
-        found = tasks.evaluate(task, directory, paths, truth, variant)
+        found = tasks.evaluate(task, directory, paths, truth, variant, split=_split(task))
         out[variant] = {m: float(found[m]) for m in HEADLINE[task] if m in found}
     return out
 
@@ -286,7 +294,7 @@ def retrain(
             if v in old_scores
         },
         "cascade": {
-            "old": cascade.run(task, old, paths, truth)["cascade"],
+            "old": cascade.run(task, old, paths, truth, split=_split(task))["cascade"],
             "new": new_manifest["cascade"]["cascade"],
             "metric": new_manifest["cascade"]["metric"],
         },

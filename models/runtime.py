@@ -17,7 +17,7 @@ are then nodes of the graph, built at training from the same ``FeatureSpec`` (on
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,15 @@ class LoadedModel:
     def task(self) -> str:
         """``rul``, ``faults`` or ``anomaly``."""
         return str(self.manifest["task"])
+
+    def probe_window(self) -> dict[str, list[Any]]:
+        """A window this model accepts (``FeatureSpec.probe``), signal → values: to check a model works."""
+        rows = self.spec.probe()
+        window: dict[str, list[Any]] = {}
+        for i, name in enumerate(self.spec.signals):
+            categories = self.spec.categories.get(name)
+            window[name] = [categories[0]] * len(rows) if categories else rows[:, i].tolist()
+        return window
 
     def predict(self, window: Mapping[str, Column], units: Mapping[str, str] | None = None) -> Prediction:
         """Score one window (signal name → values, oldest first); units default to the declared ones."""
@@ -254,6 +263,17 @@ class LoadedModel:
         return Prediction(confidence=confidence, score=score, threshold=threshold, label=label)
 
 
+def judged(p: Prediction, threshold: float) -> Prediction:
+    """An anomaly prediction judged against another threshold (a machine's own): the label and the confidence
+    as ``LoadedModel`` defines them (anomaly above the threshold; confidence the distance from it in threshold
+    units)."""
+    if p.score is None or threshold <= 0:
+        return p
+    confidence = min(abs(p.score / threshold - 1.0), 1.0)
+    label = "anomaly" if p.score > threshold else "normal"
+    return replace(p, threshold=threshold, label=label, confidence=confidence)
+
+
 def _bound_run(session: ort.InferenceSession) -> Any:
     """``session.run`` without its per-call feed re-validation (the schema is checked once, at load).
 
@@ -381,10 +401,9 @@ def _check_schema(directory: Path, manifest: dict[str, Any], variant: str, sessi
     spec = FeatureSpec.from_json(manifest["input"])
     if len(spec.signals) != len(spec.units):
         raise ModelLoadError(f"{directory}: {len(spec.signals)} signals but {len(spec.units)} units")
-    probe = np.zeros((1, spec.window, len(spec.signals)))
     try:
-        width = features(probe, spec).shape[1]
-    except (ValueError, IndexError, KeyError) as exc:
+        width = features(spec.probe()[None], spec).shape[1]
+    except (ValueError, IndexError, KeyError, WindowRejected) as exc:
         raise ModelLoadError(f"{directory}: input schema does not fit the {spec.task} features ({exc})") from None
     takes = entry.get("graph_input", "features")
     expected = {"features": [[width]], "window": [[spec.window, len(spec.signals)], [width], [width]]}[takes]

@@ -80,10 +80,15 @@ def files_of(directory: Path) -> list[tuple[str, bytes]]:
 
 def pump_twin(url: str) -> Iterator[Engine]:
     """A fresh twin schema at ``url`` holding one machine, p1, of asset type pump; disposed after."""
+    yield from machine_twin(url, "p1", "pump")
+
+
+def machine_twin(url: str, node: str, asset_type: str) -> Iterator[Engine]:
+    """A fresh twin schema at ``url`` holding one machine of an asset type; disposed after."""
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     with make_sessionmaker(engine)() as s:
-        s.add(TwinNode(id="p1", parent_id=None, path="/p1/", kind="machine", name="Pump 1", type="pump"))
+        s.add(TwinNode(id=node, parent_id=None, path=f"/{node}/", kind="machine", name=node, type=asset_type))
         s.commit()
     yield engine
     engine.dispose()

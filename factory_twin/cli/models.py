@@ -49,14 +49,47 @@ def models(log_level: str) -> None:
     configure_logging(level=log_level)  # stdout stays for results (one JSON object with --json)
 
 
+def _rows(text: str | None) -> Any:
+    from models.datasets import parse_rows
+    from models.errors import DataError
+
+    if text is None:
+        return None
+    try:
+        return parse_rows(text)
+    except DataError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_ROWS_HELP = "data rows FIRST-LAST of the AI4I table (faults), e.g. 1-7000"
+
+
 @models.command()
 @click.argument("task", type=click.Choice(TASKS))
 @click.argument("extra", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path), help="data file or folder")
+@click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path), help="training data")
+@click.option(
+    "--test", multiple=True, type=click.Path(exists=True, path_type=Path), help="test data: scored, never fitted on"
+)
+@click.option("--rows", "rows_text", default=None, help="train on these " + _ROWS_HELP)
+@click.option("--test-rows", "test_rows_text", default=None, help="score these " + _ROWS_HELP)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REGISTRY, show_default=True)
 @click.option("--version", "version", default=None, help="default: the task's current version")
-def train(task: str, extra: tuple[Path, ...], data: tuple[Path, ...], out: Path, version: str | None) -> None:
-    """Build TASK's teacher and students from data in its own format into OUT/TASK/VERSION."""
+def train(
+    task: str,
+    extra: tuple[Path, ...],
+    data: tuple[Path, ...],
+    test: tuple[Path, ...],
+    rows_text: str | None,
+    test_rows_text: str | None,
+    out: Path,
+    version: str | None,
+) -> None:
+    """Build TASK's teacher and students from training data in its own format into OUT/TASK/VERSION.
+
+    Only the training data is fitted and tuned on. Test data (--test; for rul, test and RUL files among the data
+    are recognised by name) is scored for the model card; without it each task reports on its own held-out part.
+    """
     from models import tasks
     from models.errors import ModelError
 
@@ -67,6 +100,9 @@ def train(task: str, extra: tuple[Path, ...], data: tuple[Path, ...], out: Path,
             out,
             version or tasks.version_of(task),
             progress=lambda m: click.echo(m, err=True),
+            test=test,
+            rows=_rows(rows_text),
+            test_rows=_rows(test_rows_text),
         )
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
@@ -85,6 +121,13 @@ def _scoring_options(variant_help: str) -> Callable[[Callable[..., None]], Calla
             click.option("--data", multiple=True, type=existing, help="data file or folder"),
             click.option("--truth", type=existing, default=None, help="RUL_FD00x file"),
             click.option("--variant", type=click.Choice(VARIANTS), default=None, help=variant_help),
+            click.option(
+                "--split",
+                is_flag=True,
+                help="score only the task's internal held-out part (faults: the model's held-out rows; anomaly: "
+                "the files it was not trained on); default: every row given",
+            ),
+            click.option("--rows", "rows_text", default=None, help="score these " + _ROWS_HELP),
         ]
         for option in reversed(options):
             command = option(command)
@@ -103,20 +146,27 @@ def evaluate(
     data: tuple[Path, ...],
     truth: Path | None,
     variant: str | None,
+    split: bool,
+    rows_text: str | None,
     as_json: bool,
 ) -> None:
-    """Score one variant of a TASK model on data in the data set's own format."""
+    """Score one variant of a TASK model on data in the data set's own format: every row, unless --split."""
     from models import tasks
     from models.errors import ModelError
 
     try:
-        result = tasks.evaluate(task, _model_dir(task, model), _paths(data, extra), truth, variant)
+        result = tasks.evaluate(
+            task, _model_dir(task, model), _paths(data, extra), truth, variant, split=split, rows=_rows(rows_text)
+        )
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(_jsonable(result), sort_keys=True))
         return
+    click.echo(f"scored: {result.get('protocol', '?')}")
     for key, value in _jsonable(result).items():
+        if key == "protocol":
+            continue
         click.echo(f"{key:>24}  {value:.4f}" if isinstance(value, float) else f"{key:>24}  {value}")
 
 
@@ -137,7 +187,9 @@ def report(root: Path, data_root: Path | None, only: tuple[str, ...], plots: Pat
     for task in only or TASKS:
         try:
             directory = reg.latest(root, task)
-            rows = rep.measure(task, directory, rep.default_data(task, data_root), keep_plot=plots is not None)
+            rows = rep.measure(
+                task, directory, rep.default_data(task, data_root), plots is not None, rep.DEFAULT_ROWS.get(task)
+            )
         except ModelError as exc:
             raise click.ClickException(f"{task}: {exc}") from None
         checks = rep.targets(task, rows)
@@ -175,18 +227,22 @@ def cascade_command(
     data: tuple[Path, ...],
     truth: Path | None,
     variant: str | None,
+    split: bool,
+    rows_text: str | None,
     teacher_dir: Path | None,
     max_offload: float,
     write: bool,
     as_json: bool,
 ) -> None:
-    """Student, teacher and cascade on TASK's held-out data; the confidence threshold offloading ≤ MAX_OFFLOAD."""
+    """Student, teacher and cascade on TASK's data (every row, or --split); the threshold offloading ≤ MAX_OFFLOAD."""
     from models import cascade
     from models.errors import ModelError
 
     try:
         directory = _model_dir(task, model)
-        result = cascade.run(task, directory, _paths(data, extra), truth, variant, teacher_dir, max_offload)
+        result = cascade.run(
+            task, directory, _paths(data, extra), truth, variant, teacher_dir, max_offload, split, _rows(rows_text)
+        )
         if write:
             cascade.write(directory, result)
     except ModelError as exc:

@@ -14,7 +14,7 @@ import yaml
 from edge_agent.agent import Agent
 from edge_agent.outbox import DIAGNOSIS, FRAME, OutboxDB
 from tests.edge.test_agent import _get
-from tests.edge.test_diagnose import site_of
+from tests.edge.test_diagnose import FAULTS, site_of
 
 FIELDS = {"product_type": "type", "air_temperature": "air_temp_k", "process_temperature": "process_temp_k",
           "rotational_speed": "speed_rpm", "torque": "torque_nm", "tool_wear": "tool_wear_min"}  # fmt: skip
@@ -46,7 +46,7 @@ def test_the_agent_stores_a_diagnosis_per_grid_point(
         task = asyncio.create_task(agent.run())
         await asyncio.wait_for(agent.ready.wait(), 10)
         assert agent.diagnoser is not None
-        assert agent.diagnoser.versions() == {"cnc_mill": {"faults": "1.0.0"}}
+        assert agent.diagnoser.versions() == {"cnc_mill": {"faults": FAULTS}}
         await asyncio.sleep(1.0)  # the connector subscribes
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         pub.connect(host, port)
@@ -83,5 +83,5 @@ def test_the_agent_stores_a_diagnosis_per_grid_point(
     assert sorted(d["ts"] for d in diagnoses) == sorted(frames)  # one per grid point, none lost at the stop
     assert all(d["node"] == "mill-1" and d["task"] == "faults" and d["label"] == "none" for d in diagnoses)
     assert 'ft_agent_diagnoses_total{source="edge",task="faults"}' in text
-    assert 'ft_agent_model_info{asset_type="cnc_mill",task="faults",version="1.0.0"} 1.0' in text
+    assert f'ft_agent_model_info{{asset_type="cnc_mill",task="faults",version="{FAULTS}"}} 1.0' in text
     assert "ft_agent_diagnosis_stretch" in text

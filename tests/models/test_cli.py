@@ -15,16 +15,14 @@ pytestmark = pytest.mark.datasets
 
 
 def _data(task: str, root: Path) -> list[str]:
+    """The test data of the committed models: what they were scored on, never fitted or tuned on."""
     if task == "rul":
-        return [
-            "--data",
-            str(root / "cmapss" / "test_FD001.txt"),
-            "--truth",
-            str(root / "cmapss" / "RUL_FD001.txt"),
-        ]
+        cmapss = root / "cmapss"
+        files = ("test_FD001.txt", "RUL_FD001.txt", "test_FD002.txt.gz", "RUL_FD002.txt.gz")
+        return [arg for name in files for arg in ("--data", str(cmapss / name))]
     if task == "faults":
-        return ["--data", str(root / "ai4i2020" / "ai4i2020.csv")]
-    return ["--data", str(root / "skab" / "valve1"), "--data", str(root / "skab" / "valve2")]
+        return ["--data", str(root / "ai4i2020" / "ai4i2020.csv"), "--rows", "7001-10000"]
+    return ["--data", str(root / "skab" / "valve2")]  # the group of experiments it was not trained on
 
 
 @pytest.mark.parametrize("task", ["rul", "faults", "anomaly"])
@@ -100,7 +98,51 @@ def test_committed_int8_students_reproduce_and_meet_the_quality_targets(datasets
         assert scores[task]["model_bytes"] <= 0.1 * variants["teacher"]["bytes"]
         metric = "rmse" if task == "rul" else "f1"
         assert scores[task][metric] == pytest.approx(variants["student-int8"]["metrics"][metric], rel=1e-6)
-    teacher_rmse = registry.read_manifest(registry.latest(registry_root, "rul"))["variants"]["teacher"]["metrics"]
-    assert scores["rul"]["rmse"] <= 13.0
-    assert scores["rul"]["rmse"] - teacher_rmse["rmse"] <= 0.5
-    assert scores["anomaly"]["f1"] > 0.78  # MSET, the best classical method on SKAB's leaderboard
+    teacher = registry.read_manifest(registry.latest(registry_root, "rul"))["variants"]["teacher"]["metrics"]
+    assert scores["rul"]["FD001_rmse"] <= 12.6  # DCNN's 12.61, true RUL as given
+    # FD002 true RUL as given cannot reach 17 (docs/models.md: 57 test engines hold more than the 125-cycle cap);
+    # against the capped truth, as the papers score it:
+    assert scores["rul"]["FD002_rmse_capped"] <= 17.0
+    assert scores["rul"]["FD001_rmse"] - teacher["FD001_rmse"] <= 0.5
+    # On the group of SKAB experiments it was neither trained nor tuned on (Conv-AE: 0.78 at 13.6 %):
+    assert scores["anomaly"]["f1"] > 0.78
+    assert scores["anomaly"]["far"] <= 15.0
+
+
+def test_evaluate_scores_every_row_unless_asked_for_the_split(datasets: Path, registry_root: Path) -> None:
+    csv = str(datasets / "ai4i2020" / "ai4i2020.csv")
+    base = ["models", "evaluate", "faults", "--model", str(registry_root), "--data", csv]
+    every = CliRunner().invoke(cli, [*base, "--json"])
+    assert every.exit_code == 0, every.output
+    assert json.loads(every.stdout)["n_rows"] == 10_000
+    split = CliRunner().invoke(cli, [*base, "--split"])
+    assert split.exit_code == 0, split.output
+    # The committed model trained on rows 1-7,000 and held a stratified 20 % of them out: those are its split.
+    assert "scored: the held-out 20% split of rows 1-7000 of ai4i2020/ai4i2020.csv (1400 rows)" in split.stdout
+    wrong = CliRunner().invoke(cli, [*base, "--split", "--rows", "7001-10000"])
+    assert wrong.exit_code == 1
+    assert "not rows [7001, 10000]" in wrong.output
+    rul = CliRunner().invoke(
+        cli, ["models", "evaluate", "rul", "--model", str(registry_root), *_data("rul", datasets), "--split"]
+    )
+    assert rul.exit_code == 1
+    assert "rul keeps no internal held-out split" in rul.output
+
+
+@pytest.mark.slow
+def test_training_needs_only_training_data(datasets: Path, tmp_path: Path) -> None:
+    source = (datasets / "cmapss" / "train_FD001.txt").read_text().splitlines(keepends=True)
+    train = tmp_path / "train_FD001.txt"
+    train.write_text("".join(line for line in source if int(line.split()[0]) <= 10))
+    result = CliRunner().invoke(cli, ["models", "train", "rul", "--data", str(train), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert "no test data given" in result.output
+    manifest = registry.read_manifest(Path(result.stdout.strip().splitlines()[-1]))
+    assert "evaluation" not in manifest
+    assert "cascade" not in manifest
+    assert set(manifest["training"]["validation"]) >= {"FD001", "engines"}
+    card = (tmp_path / "m" / "rul" / manifest["version"] / "MODEL_CARD.md").read_text()
+    assert "No test data was given" in card
+    rows = CliRunner().invoke(cli, ["models", "train", "rul", "--data", str(train), "--rows", "1-10", "--out", "x"])
+    assert rows.exit_code == 1
+    assert "faults only" in rows.output

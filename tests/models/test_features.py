@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from models import anomaly, faults, rul
-from models.features import features, pad_oldest, series_features, sliding_windows
+from models.errors import WindowRejected
+from models.features import FeatureSpec, Regimes, features, pad_oldest, series_features, sliding_windows
 
 
 def test_sliding_windows_match_padded_last_windows() -> None:
@@ -99,3 +100,39 @@ def test_window_feature_graph_of_a_known_window_and_other_recipes_refused() -> N
     assert np.allclose(_graph_features(window, spec), features(window, spec), rtol=1e-12)
     with pytest.raises(TrainingError, match="no ONNX form"):
         window_features_nodes(rul.SPEC)
+
+
+def _regime_spec() -> FeatureSpec:
+    """Two operating regimes of one setting (0 and 10), two sensors reading 100/200 and 300/600 in them."""
+    regimes = Regimes(
+        settings=1,
+        centres=np.array([[0.0], [10.0]]),
+        scale=np.array([1.0]),
+        radius=0.5,
+        mean=np.array([[100.0, 300.0], [200.0, 600.0]]),
+        std=np.array([[1.0, 3.0], [2.0, 6.0]]),
+    )
+    signals, units = ("cycle", "setting", "a", "b"), ("cycle", "", "", "")
+    return FeatureSpec("rul", signals, units, window=4, min_window=2, ewm_alphas=(0.5,), regimes=regimes)
+
+
+def test_sensors_are_standardised_within_the_regime_of_their_row() -> None:
+    spec = _regime_spec()
+    cycles = np.arange(1.0, 5.0)
+    settings = np.array([0.0, 10.0, 0.1, 9.8])  # the regime changes from row to row, as in C-MAPSS FD002
+    sensors = np.array([[101.0, 303.0], [202.0, 606.0], [101.0, 303.0], [202.0, 606.0]])
+    window = np.column_stack([cycles, settings, sensors])[None]
+    feats = features(window, spec)[0]
+    assert feats[0] == 4.0  # the cycle count
+    assert np.allclose(feats[1:3], 1.0)  # last row: (202 - 200) / 2 and (606 - 600) / 6, in its own regime
+    assert np.allclose(feats[3:5], 1.0)  # mean over rows in two regimes: one spread above the mean in each
+    again = FeatureSpec.from_json(spec.to_json())
+    assert again.regimes is not None
+    assert np.array_equal(features(window, again), features(window, spec))
+    assert np.allclose(series_features(np.ascontiguousarray(window[0].T), spec), feats)
+    # A condition the model never saw: refused, not standardised against the nearest one.
+    window[0, 2, 1] = 5.0
+    with pytest.raises(WindowRejected, match=r"unknown_regime: operating settings \[5.0\]"):
+        features(window, spec)
+    assert spec.probe().shape == (4, 4)
+    assert np.isfinite(features(spec.probe()[None], spec)).all()

@@ -15,18 +15,24 @@ from models.errors import ModelLoadError, WindowRejected
 
 
 def _window(model: runtime.LoadedModel, length: int | None = None) -> dict[str, list[object]]:
-    """A plausible window: each signal at the middle of a typical range, with a little variation."""
+    """A plausible window: each signal about its probe value (1 without one), varying by 1 %; operating settings
+    exactly at a regime the model knows."""
     spec = model.spec
     n = length or spec.window
     rng = np.random.default_rng(0)
+    probe = model.probe_window()
+    settings = spec.signals[1 : 1 + spec.regimes.settings] if spec.regimes is not None else ()
     window: dict[str, list[object]] = {}
     for name in spec.signals:
         if name in spec.categories:
             window[name] = [spec.categories[name][0]] * n
         elif name == "cycle":
             window[name] = [float(i + 1) for i in range(n)]
+        elif name in settings:
+            window[name] = [probe[name][0]] * n
         else:
-            window[name] = (1.0 + 0.01 * rng.standard_normal(n)).tolist()
+            level = float(probe[name][0]) or 1.0  # type: ignore[arg-type]
+            window[name] = (level * (1.0 + 0.01 * rng.standard_normal(n))).tolist()
     return window
 
 

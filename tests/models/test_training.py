@@ -100,8 +100,10 @@ def test_rul_pipeline_on_a_few_engines(datasets: Path, tmp_path: Path) -> None:
     assert 0 < variants["student-int8"]["metrics"]["rmse"] < 60
     frame = load_cmapss([train]).train
     assert frame is not None
-    feats = rul.training_set(frame)[0].astype(np.float32)
     model = runtime.load(directory, "student")
+    assert model.spec.regimes is not None
+    assert len(model.spec.regimes.centres) == 1  # FD001 flies one operating condition
+    feats = rul.training_set(frame, model.spec)[0].astype(np.float32)
     onnx_out = model.raw_outputs(feats).reshape(-1)
     # Tree thresholds are float32 in ONNX: a row on a split boundary may take the other branch.
     close = np.abs(onnx_out - build.load_estimator(directory, "student").predict(feats)) < 1e-2
