@@ -13,6 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests judge what happens, not how fast: a loaded CI machine must not fail them on time (speed is
+# measured by benchmarks/).
+settings.register_profile("factory-twin", deadline=None)
+settings.load_profile("factory-twin")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("FACTORY_TWIN_DATASETS", ROOT.parent / "shared" / "datasets"))
