@@ -145,7 +145,7 @@ def rul_test(paths: Sequence[Path], test: Sequence[Path], cap: float, tail: bool
         predicted = with_tail(predicted, cap, mean_residual_life(lives, Xt[:, 0]))
     truth = data.truth.loc[units].to_numpy(dtype=np.float64)
     subsets = np.array([u.split("/")[0] for u in units])
-    return {s: rul.metrics(truth[subsets == s], predicted[subsets == s]) for s in sorted(set(subsets))}
+    return {str(s): rul.metrics(truth[subsets == s], predicted[subsets == s]) for s in sorted(set(subsets))}
 
 
 # ---- Anomaly: window, alarm rate and threshold rule, leave one file out -------------------------------------
