@@ -227,7 +227,7 @@ def _training_notes(training: dict[str, Any]) -> list[str]:
         )
     study = training.get("selection")
     if isinstance(study, dict):
-        scores = ", ".join(f"{k} {v:.3g}" for k, v in study.get("validation", {}).items())
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in study.get("validation", {}).items())
         lines.append(
             f"Options chosen on validation from the training data ({study.get('protocol')}): {scores}; chosen "
             f"{study.get('chosen')}, then scored on the test data: {_figures(study.get('test', {}))}. "

@@ -89,3 +89,13 @@ def test_the_anomaly_student_is_quantized_per_column(registry_root: Path) -> Non
     graph = onnx.load(str(directory / "student-int8.onnx")).graph
     scales = [list(i.dims) for i in graph.initializer if i.name.endswith("_scale") and i.dims]
     assert scales, "no per-column weight scale in the int8 student"
+
+
+@pytest.mark.parametrize("task", ["rul", "anomaly"])
+def test_the_cards_state_the_option_study_and_its_decision(registry_root: Path, task: str) -> None:
+    directory = registry.latest(registry_root, task)
+    manifest = registry.read_manifest(directory)
+    card = (directory / registry.MODEL_CARD).read_text()
+    assert "Options chosen on validation from the training data" in card
+    assert "Options chosen on validation from the training data" in registry.model_card(manifest)
+    assert "Not adopted" in manifest["training"]["selection"]["decision"]
