@@ -178,13 +178,16 @@ def machines(paths: Sequence[Path], spec: FeatureSpec) -> list[anomaly.Segment]:
     return anomaly.segments(load_skab(paths), spec)
 
 
-def score(fitted: Sequence[anomaly.Segment], scored: Sequence[anomaly.Segment], rule: Rule) -> tuple[Array, Array]:
+def score(
+    fitted: Sequence[anomaly.Segment], scored: Sequence[anomaly.Segment], rule: Rule
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """Labels and alarms of ``scored`` by a detector fitted on the baselines of ``fitted`` (the unlabelled ones
     also set the calibrated threshold)."""
     detector = MahalanobisDetector().fit(np.concatenate([m.baseline for m in fitted]))
     normal = np.concatenate([m.scored for m in fitted if m.labels is None])
     calibrated = float(np.quantile(detector.distance(normal), 1 - rule.alarm_rate))
-    labels, alarms = [], []
+    labels: list[NDArray[np.bool_]] = []
+    alarms: list[NDArray[np.bool_]] = []
     for m in scored:
         assert m.labels is not None
         labels.append(m.labels)
@@ -194,7 +197,7 @@ def score(fitted: Sequence[anomaly.Segment], scored: Sequence[anomaly.Segment], 
 
 def anomaly_recipe(paths: Sequence[Path], progress: build.Progress = build.quiet) -> dict[str, Any]:
     """Leave-one-file-out figures of every (window, rule) inside the training data, and the choice."""
-    table = []
+    table: list[dict[str, Any]] = []
     for window in WINDOWS:
         progress(f"selection: window {window}, leave one file out")
         spec = replace(anomaly.SPEC, window=window, min_window=window)
