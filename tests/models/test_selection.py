@@ -48,7 +48,9 @@ def test_rul_selection_needs_training_engines(datasets: Path) -> None:
 
 @pytest.mark.datasets
 @pytest.mark.slow
-def test_rul_cap_on_a_few_engines(datasets: Path, tmp_path: Path) -> None:
+def test_rul_cap_on_a_few_engines(datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(selection, "CAPS", (125.0, 175.0))  # the protocol, not the study: two caps, two folds
+    monkeypatch.setattr(selection, "FOLDS", 2)
     source = (datasets / "cmapss" / "train_FD001.txt").read_text().splitlines(keepends=True)
     train = tmp_path / "train_FD001.txt"
     train.write_text("".join(line for line in source if int(line.split()[0]) <= 10))
