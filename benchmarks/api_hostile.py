@@ -113,10 +113,13 @@ async def _raw(host: str, port: int, head: bytes, body: bytes, *, trickle: float
     except OSError:
         return 0
     async def dribble() -> None:
-        for byte in body:
-            writer.write(bytes([byte]))
-            await writer.drain()
-            await asyncio.sleep(trickle)
+        try:
+            for byte in body:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(trickle)
+        except OSError:  # the server gave up on us
+            return
 
     sender = None
     try:
