@@ -125,10 +125,11 @@ class Throttle:
         BadCredentials (or one of ``guesses``) counts as a failure and is re-raised; success forgives.
         """
         keys = [(Scope.ADDRESS, address)] + ([(Scope.NAME, name.casefold())] if name is not None else [])
+        counted: tuple[type[Exception], ...] = (BadCredentials, *guesses)
         self._begin(keys)
         try:
             yield
-        except (BadCredentials, *guesses):
+        except counted:
             self._fail(kind, keys, address)
             raise
         except BaseException:
