@@ -5,7 +5,8 @@ Every password check (``POST /api/v1/session``) and every API key check goes thr
 - An address may fail ``address_failures`` times (default 20) within a window of ``window_s`` (a minute);
   a user name ``name_failures`` times (default 5). The next failure locks the address or name out for
   ``lockout_s`` (a minute); each further lock-out of the same address or name doubles it, up to
-  ``lockout_max_s`` (15 minutes). A lock-out is forgotten once it has been quiet for ``lockout_max_s``.
+  ``lockout_max_s`` (15 minutes). An address or name quiet for ``lockout_max_s`` after its last attempt and
+  the end of its last lock-out starts afresh.
 - While locked, a check is refused at once with :class:`~twin.errors.TooManyAttempts` (HTTP 429 with
   ``Retry-After``), before any password hash is computed or the database is asked.
 - An attempt counts as a failure *when it starts* and is forgiven when it succeeds (or fails for a reason that
@@ -204,8 +205,8 @@ class Throttle:
     def _record(self, scope: Scope, key: str, now: float) -> _Record:
         table = self._tables[scope]
         record = table.get(key)
-        if record is not None and record.locked_until <= now and now - record.seen > self.policy.lockout_max_s:
-            record = None  # quiet long enough: its strikes are forgotten
+        if record is not None and now - max(record.seen, record.locked_until) > self.policy.lockout_max_s:
+            record = None  # quiet long enough since its last attempt and lock-out: its strikes are forgotten
         if record is None:
             record = _Record(window_start=now)
             table[key] = record
