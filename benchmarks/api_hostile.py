@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import multiprocessing as mp
 import os
 import socket
@@ -32,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+import structlog
 
 TARGET = 100.0
 USER, PASSWORD = "operator", "a long and right password"
@@ -213,6 +215,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a shorter flood and guessing run (under a minute)")
     args = parser.parse_args()
+    logging.disable(logging.WARNING)  # stdout carries the one JSON line
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     idle_s, flood_s, guess_s, workers = (3.0, 12.0, 5.0, 6) if args.quick else (10.0, 60.0, 60.0, 12)
     with tempfile.TemporaryDirectory(prefix="api-hostile-") as tmp:
         proc, url = start_api(Path(tmp))

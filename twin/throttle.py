@@ -54,6 +54,9 @@ class Kind(StrEnum):
     KEY = "key"
 
 
+_WHOSE = {Scope.ADDRESS: "from this address", Scope.NAME: "for this user name"}
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Failures allowed per window before a lock-out, and how long lock-outs last."""
@@ -158,7 +161,7 @@ class Throttle:
                 if wait > 0:
                     self._stats.refused[scope] += 1
                     raise TooManyAttempts(
-                        f"too many failed attempts from this {scope.value}: try again in {math.ceil(wait)} s",
+                        f"too many failed sign-ins {_WHOSE[scope]}: try again in {math.ceil(wait)} s",
                         retry_after=wait,
                     )
             for _scope, record in records:
