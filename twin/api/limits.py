@@ -8,8 +8,8 @@ An ASGI middleware reads each request's body in full before the application sees
   ``TWIN_API_BODY_LIMIT`` (1 MiB) for the others.
 - A body that has not arrived within ``TWIN_API_BODY_TIMEOUT_S`` (plus a second per 64 KiB it declares) is
   refused with 408: a client trickling a byte at a time holds no worker and no connection for long.
-- Model archives (``POST /api/v1/models``) are streamed to their route, which authenticates the uploader
-  first and counts the bytes against ``TWIN_MODEL_MAX_BYTES``; only their declared length is checked here.
+- Model archives (``POST /api/v1/models``) with a key are streamed to their route, which authenticates the
+  uploader before it reads a byte and counts them against ``TWIN_MODEL_MAX_BYTES`` (422 past it).
 
 Refusals are small problem documents (RFC 9457) and close the connection, whose unread rest is not wanted.
 """
@@ -35,8 +35,7 @@ class BodyLimits:
 
     Args:
         app: the wrapped application.
-        settings: the limits (``api_body_limit``, ``api_public_body_limit``, ``api_body_timeout_s``,
-            ``model_max_bytes``).
+        settings: the limits (``api_body_limit``, ``api_public_body_limit``, ``api_body_timeout_s``).
     """
 
     def __init__(self, app: ASGIApp, settings: TwinSettings) -> None:
@@ -44,7 +43,6 @@ class BodyLimits:
         self.limit = settings.api_body_limit
         self.public_limit = settings.api_public_body_limit
         self.timeout_s = settings.api_body_timeout_s
-        self.streamed_limit = settings.model_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,10 +56,7 @@ class BodyLimits:
             return
         size = int(declared) if declared is not None and declared.isdigit() else None
         if (scope["method"], scope["path"].rstrip("/")) in STREAMED and b"authorization" in headers:
-            if size is not None and size > self.streamed_limit:
-                await _refuse(send, 413, f"request body over the limit of {self.streamed_limit} bytes")
-                return
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send)  # the route checks the key, then counts against its own limit
             return
         limit = self.limit_for(scope["path"], b"authorization" in headers)
         if size is not None and size > limit:
