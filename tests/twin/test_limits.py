@@ -90,6 +90,20 @@ def test_a_request_with_a_key_may_send_more_but_not_without_bound(engine: Engine
         assert client.post("/api/v1/keys", json={"name": "x" * 5000}, headers=admin).status_code == 413
 
 
+def test_a_body_over_the_public_limit_is_not_read_until_its_key_is_checked(
+    engine: Engine, tmp_path: Path
+) -> None:
+    junk = b"{" * (100 << 10)  # parsed, this would be a 422 (malformed JSON) before the key is looked at
+    made_up = {"Authorization": "Bearer ftk_0123456789ab_made-up", "Content-Type": "application/json"}
+    with _client(engine, tmp_path, auth_address_failures=3) as client:
+        answers = [client.post("/api/v1/keys", content=junk, headers=made_up) for _ in range(4)]
+        small = client.post("/api/v1/keys", content=b"{" * 100, headers=made_up)  # within the public limit
+    assert [r.status_code for r in answers] == [401, 401, 401, 429]
+    assert answers[0].headers["WWW-Authenticate"] == "Bearer"
+    assert int(answers[3].headers["Retry-After"]) >= 1
+    assert small.status_code in (422, 429)  # small bodies are parsed as before: FastAPI reads them first
+
+
 def test_validation_errors_are_cut_to_a_few_kib_saying_field_and_why(engine: Engine, tmp_path: Path) -> None:
     body = {"username": "a", "password": "b", **{f"junk{i}": i for i in range(1000)}}  # 15 KiB: under the limit
     with _client(engine, tmp_path) as client:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from twin.auth import Role, SessionLimits, authenticate
+from twin.auth import Principal, Role, SessionLimits, authenticate
 from twin.errors import AuthError, Forbidden, TooManyAttempts, Unauthenticated
 from twin.throttle import Kind
 
@@ -65,25 +65,36 @@ class Exposure:
         if access == "key":
             try:
                 await run_in_threadpool(self._check, scope)
-            except AuthError as exc:
-                await _refuse(send, exc)
-                return
-            except SQLAlchemyError:
-                await _answer(send, 503, "Service Unavailable", "the database is unavailable", {})
+            except (AuthError, SQLAlchemyError) as exc:
+                await refuse_unauthorised(send, exc)
                 return
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope) -> None:
         """Raise unless the request carries a key of at least the viewer role."""
-        app = scope["app"]
-        scheme, _, key = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated("this needs an API key of the viewer role or above: 'Authorization: Bearer <key>'")
-        address = scope["client"][0] if scope.get("client") else "unknown"
-        with app.state.throttle.attempt(Kind.KEY, address), app.state.sessionmaker() as session:
-            principal = authenticate(session, key.strip(), self.limits)
-            session.commit()
-        principal.require(Role.VIEWER)
+        check_bearer(scope, self.limits).require(Role.VIEWER)
+
+
+def check_bearer(scope: Scope, limits: SessionLimits) -> Principal:
+    """The principal behind the request's bearer key, checked (and counted, twin/throttle.py) before routing;
+    raises AuthError. Blocking: call it in a thread."""
+    app = scope["app"]
+    scheme, _, key = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthenticated("this needs an API key: 'Authorization: Bearer <key>'")
+    address = scope["client"][0] if scope.get("client") else "unknown"
+    with app.state.throttle.attempt(Kind.KEY, address), app.state.sessionmaker() as session:
+        principal = authenticate(session, key.strip(), limits)
+        session.commit()
+    return principal
+
+
+async def refuse_unauthorised(send: Send, exc: Exception) -> None:
+    """Answer a failed check_bearer: 401, 403 or 429 (with Retry-After), or 503 when the database failed."""
+    if isinstance(exc, AuthError):
+        await _refuse(send, exc)
+    else:
+        await _answer(send, 503, "Service Unavailable", "the database is unavailable", {})
 
 
 async def _refuse(send: Send, exc: AuthError) -> None:

@@ -8,6 +8,8 @@ An ASGI middleware reads each request's body in full before the application sees
   ``TWIN_API_BODY_LIMIT`` (1 MiB) for the others.
 - A body that has not arrived within ``TWIN_API_BODY_TIMEOUT_S`` (plus a second per 64 KiB it declares) is
   refused with 408: a client trickling a byte at a time holds no worker and no connection for long.
+- A body larger than the public limit is read only after its key has been checked (401, or 429 for an
+  address that keeps sending unknown keys): junk sent with a made-up key is never parsed.
 - Model archives (``POST /api/v1/models``) with a key are streamed to their route, which authenticates the
   uploader before it reads a byte and counts them against ``TWIN_MODEL_MAX_BYTES`` (422 past it).
 
@@ -19,6 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from twin.api.exposure import check_bearer, refuse_unauthorised
+from twin.auth import SessionLimits
+from twin.errors import AuthError
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,6 +52,7 @@ class BodyLimits:
         self.limit = settings.api_body_limit
         self.public_limit = settings.api_public_body_limit
         self.timeout_s = settings.api_body_timeout_s
+        self.sessions = SessionLimits(settings.session_idle_s, settings.session_max_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,6 +72,13 @@ class BodyLimits:
         if size is not None and size > limit:
             await _refuse(send, 413, _too_large(limit))
             return
+        if limit > self.public_limit and (size is None or size > self.public_limit):
+            # more than anyone may send: only a real key may, so check it before reading (and parsing) a byte
+            try:
+                await run_in_threadpool(check_bearer, scope, self.sessions)
+            except (AuthError, SQLAlchemyError) as exc:
+                await refuse_unauthorised(send, exc)
+                return
         body = await self._read(receive, send, limit, size or 0)
         if body is None:
             return
