@@ -130,3 +130,13 @@ def test_the_older_metrics_switch_still_turns_them_off(engine: Engine, tmp_path:
                                                        keys: dict[Role, dict[str, str]]) -> None:
     with _client(engine, tmp_path, api_metrics=False) as client:
         assert client.get("/metrics", headers=keys[Role.ADMIN]).status_code == 404
+
+
+def test_the_demo_opens_the_docs_on_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from factory_twin.stack import _demo_docs_access
+
+    monkeypatch.delenv("TWIN_DOCS_ACCESS", raising=False)
+    assert _demo_docs_access("127.0.0.1") == "open"
+    assert _demo_docs_access("0.0.0.0") == "key"
+    monkeypatch.setenv("TWIN_DOCS_ACCESS", "off")
+    assert _demo_docs_access("127.0.0.1") == "off"

@@ -98,7 +98,14 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
         lifespan=lifespan,
         version="1",
         summary="Digital twin of a plant: hierarchy, latest state, history, diagnoses.",
-        responses={401: {"model": Problem}, 403: {"model": Problem}, 422: {"model": Problem}},
+        responses={
+            401: {"model": Problem},
+            403: {"model": Problem},
+            408: {"model": Problem, "description": "the request body arrived too slowly"},
+            413: {"model": Problem, "description": "the request body is over the limit"},
+            422: {"model": Problem},
+            429: {"model": Problem, "description": "too many failed credential checks: see Retry-After"},
+        },
     )
     app.state.settings = settings
     app.state.engine = engine
