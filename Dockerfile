@@ -9,14 +9,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# dependencies first, so a code change does not reinstall them
-COPY pyproject.toml README.md ./
-RUN mkdir -p plant twin edge_agent models factory_twin migrations \
-    && python - <<'PY'
-import subprocess, sys, tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-subprocess.check_call([sys.executable, "-m", "pip", "install", *deps])
-PY
+# dependencies first, so a code change does not reinstall them: exactly the files requirements.lock names,
+# each checked against its SHA-256 (scripts/lock makes the lock; docs/security.md)
+COPY pyproject.toml README.md requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 COPY plant plant
 COPY twin twin
 COPY edge_agent edge_agent
@@ -24,7 +20,8 @@ COPY models models
 COPY factory_twin factory_twin
 COPY migrations migrations
 COPY examples examples
-RUN pip install --no-deps . && python -m compileall -q /opt/venv/lib
+# the project itself, built with the locked setuptools: nothing fetched unpinned
+RUN pip install --no-deps --no-build-isolation . && pip check && python -m compileall -q /opt/venv/lib
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 factory-twin \

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import uvicorn
@@ -29,7 +30,7 @@ from plant.site import OpcUaSource, Site, load_site
 from plant.wire import now_us
 from twin.auth import Role, create_key
 from twin.broker import EmbeddedBroker, free_port
-from twin.config import TwinSettings
+from twin.config import Access, TwinSettings
 from twin.db import make_engine, make_sessionmaker
 from twin.ingest import Ingestor
 from twin.platform import Platform
@@ -125,7 +126,8 @@ class Stack:
             self.mqtt_url = cfg.mqtt_url
         settings = TwinSettings(data_dir=cfg.data_dir, database_url=cfg.database_url, mqtt_url=self.mqtt_url,
                                 mqtt_client_id=f"ft-ingest-{cfg.gateway_id}", metrics_port=-1,
-                                knowledge_dir=cfg.knowledge_dir or _example_knowledge())
+                                knowledge_dir=cfg.knowledge_dir or _example_knowledge(),
+                                docs_access=_demo_docs_access(cfg.http_host))
         from migrations import run as migrations
 
         migrations.upgrade(settings.db_url)
@@ -293,3 +295,12 @@ def port_free(port: int) -> bool:
         s.bind(("127.0.0.1", port))
         return True
     return False
+
+
+def _demo_docs_access(host: str) -> Access:
+    """The API's documentation is open to a browser on this machine when the API listens on loopback only
+    (the demo's default), behind a key otherwise; TWIN_DOCS_ACCESS decides when set."""
+    chosen = os.environ.get("TWIN_DOCS_ACCESS")
+    if chosen in ("open", "key", "off"):
+        return cast(Access, chosen)
+    return "open" if host in ("127.0.0.1", "localhost", "::1") else "key"

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from plant.wire import now_us
-from twin.errors import Forbidden, NotFound, StoreError, Unauthenticated
+from twin.errors import BadCredentials, Forbidden, NotFound, StoreError, Unauthenticated
 from twin.tables import ApiKey
 
 log = structlog.get_logger(__name__)
@@ -37,6 +37,7 @@ _SECRET_BYTES = 32
 LAST_USED_RESOLUTION_US = 60_000_000
 # A dashboard login is an API key named ``session:<username>``; unlike a standing key it expires.
 SESSION_PREFIX = "session:"
+_NO_HASH = "0" * 64  # compared against when no key has the prefix: no SHA-256 is all zeros in practice
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +156,16 @@ def create_key(session: Session, role: Role | str, name: str = "") -> str:
 
 
 def authenticate(session: Session, key: str | None, limits: SessionLimits | None = None) -> Principal:
-    """The principal behind ``key``; Unauthenticated if it is missing, malformed, unknown, revoked or expired."""
+    """The principal behind ``key``; Unauthenticated if it is missing, revoked or expired, BadCredentials (a
+    guess, counted by twin/throttle.py) if it is malformed or unknown."""
     if not key:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
     prefix = _split(key)
     row = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none() if prefix else None
     # The prefix is public, so finding the row by it leaks nothing; the hash is compared in constant time.
-    if row is None or not hmac.compare_digest(row.hash, hash_key(key)):
-        raise Unauthenticated("invalid API key")
+    # A malformed or unknown key is hashed all the same, so the answer takes as long as for a wrong secret.
+    if not hmac.compare_digest(row.hash if row is not None else _NO_HASH, hash_key(key)) or row is None:
+        raise BadCredentials("invalid API key")
     if row.revoked:
         raise Unauthenticated(f"API key {row.prefix} has been revoked")
     if row.name.startswith(SESSION_PREFIX) and _expired(row, limits or SessionLimits()):

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+# Who may read GET /metrics and the API's documentation (/docs, /redoc, /openapi.json): anyone, holders of a
+# key of at least the viewer role, or nobody (404).
+Access = Literal["open", "key", "off"]
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "admin", "xxx"}
 
@@ -41,7 +45,20 @@ class TwinSettings(BaseSettings):
     log_json: bool | None = Field(None, description="JSON logs; default: JSON when stderr is not a terminal")
     metrics_host: str = Field("127.0.0.1", description="where an ingest process serves Prometheus metrics")
     metrics_port: int = Field(-1, ge=-1, le=65535, description="ingest metrics port; -1: none")
-    api_metrics: bool = Field(True, description="serve Prometheus metrics at GET /metrics of the API, without a key")
+    api_metrics: bool = Field(True, description="deprecated: false is metrics_access=off")
+    metrics_access: Access = Field("key", description="GET /metrics of the API: open, key (viewer and up) or off")
+    docs_access: Access = Field("key", description="/docs, /redoc, /openapi.json: open, key (viewer and up) or off")
+    api_body_limit: int = Field(1 << 20, ge=1 << 10, description="largest request body with a key, bytes")
+    api_public_body_limit: int = Field(16 << 10, ge=1 << 10, description="largest body without a key (login), bytes")
+    api_body_timeout_s: float = Field(
+        10.0, gt=0, description="a request body must arrive within this (plus 1 s per 64 KiB declared), else 408"
+    )
+    auth_name_failures: int = Field(5, ge=1, description="failed logins per user name within a minute, then lock-out")
+    auth_address_failures: int = Field(
+        20, ge=1, description="failed logins and unknown keys per client address within a minute, then lock-out"
+    )
+    auth_lockout_s: float = Field(60.0, gt=0, description="first lock-out; each next one for the same name doubles")
+    auth_lockout_max_s: float = Field(900.0, gt=0, description="longest lock-out")
     alert_tick_s: float = Field(2.0, gt=0, description="alert clock: stale data, delays, shelves, escalation")
     alert_sweep_s: float = Field(30.0, gt=0, description="the alert leader re-reads every watched property this often")
     alert_leader_retry_s: float = Field(2.0, gt=0, description="a standby tries to become the alert leader this often")
@@ -68,6 +85,12 @@ class TwinSettings(BaseSettings):
             if password.lower() in _PLACEHOLDERS:
                 raise ValueError("database_url uses a placeholder password; set a real one")
         return v
+
+    @model_validator(mode="after")
+    def _metrics_off(self) -> TwinSettings:
+        if not self.api_metrics:  # the older switch, still honoured
+            self.metrics_access = "off"
+        return self
 
     @property
     def db_url(self) -> str:

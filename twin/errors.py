@@ -12,7 +12,9 @@
     ├── Unavailable          what the request needs is not there now: no teacher model for the cascade (503)
     └── AuthError
         ├── Unauthenticated  no key, or an unknown or revoked one (401)
-        └── Forbidden        the key's role is too low (403)
+        │   └── BadCredentials  a key or password that matches nothing: a guess, counted (twin/throttle.py)
+        ├── Forbidden        the key's role is too low (403)
+        └── TooManyAttempts  too many failed credential checks: try again after ``retry_after`` s (429)
 """
 
 
@@ -56,8 +58,21 @@ class Unauthenticated(AuthError):
     """No valid API key."""
 
 
+class BadCredentials(Unauthenticated):
+    """A key or password that matches nothing (unknown, malformed or wrong), as opposed to a revoked or expired
+    key: the failures a guesser makes, which twin/throttle.py counts."""
+
+
 class Forbidden(AuthError):
     """The key's role is too low for this action."""
+
+
+class TooManyAttempts(AuthError):
+    """Too many failed credential checks from this address or for this name; retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InvalidRequest(TwinError):

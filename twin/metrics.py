@@ -2,9 +2,10 @@
 
 - An ingest process (``serve --role ingest``) serves them on TWIN_METRICS_HOST:TWIN_METRICS_PORT: ingest
   counters, the rollup lag, and whether it is the alert leader (with the evaluation lag).
-- The API (``serve --role api`` or ``all``) serves ``GET /metrics`` while TWIN_API_METRICS is on (the default),
-  without a key, as Prometheus expects: requests by route and status, their durations, open live streams; with
-  ``--role all`` the ingest and alert metrics too. Keep it off a public network, or turn it off there.
+- The API (``serve --role api`` or ``all``) serves ``GET /metrics`` unless TWIN_METRICS_ACCESS is ``off``;
+  by default (``key``) only to a key of the viewer role or above (Prometheus sends it from a credentials
+  file; ``open`` needs none): requests by route and status, their durations, open live streams, failed
+  credential checks and lock-outs; with ``--role all`` the ingest and alert metrics too.
 
 The parts' counters are read at scrape time (custom collectors), so the hot path pays nothing; the request
 counters are the exception, one increment per request.
@@ -226,9 +227,39 @@ def get_metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
 
 
+class AuthCollector(Collector):
+    """Failed credential checks and lock-outs of one API app (twin/throttle.py).
+
+    Args:
+        app: the API application (its ``state.throttle``).
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        """The metrics, read now."""
+        s = self.app.state.throttle.stats()
+        failures = CounterMetricFamily("twin_auth_failures", "passwords and keys that matched nothing", labels=["kind"])
+        for kind, n in s.failures.items():
+            failures.add_metric([kind.value], n)
+        yield failures
+        refused = CounterMetricFamily(
+            "twin_auth_refused", "credential checks refused with 429 (locked out or out of attempts)", labels=["scope"]
+        )
+        lockouts = CounterMetricFamily("twin_auth_lockouts", "lock-outs begun", labels=["scope"])
+        locked = GaugeMetricFamily("twin_auth_locked", "addresses and user names locked out now", labels=["scope"])
+        for scope in s.refused:
+            refused.add_metric([scope.value], s.refused[scope])
+            lockouts.add_metric([scope.value], s.lockouts[scope])
+            locked.add_metric([scope.value], s.locked[scope])
+        yield from (refused, lockouts, locked)
+
+
 def instrument(app: FastAPI, settings: TwinSettings) -> None:
-    """Give the app its registry (``app.state.metrics``) and, when TWIN_API_METRICS is on, GET /metrics."""
-    app.state.metrics = registry_of([LiveCollector(app)])
-    if settings.api_metrics:
+    """Give the app its registry (``app.state.metrics``) and, unless TWIN_METRICS_ACCESS is off, GET /metrics
+    (who may read it: twin/api/exposure.py)."""
+    app.state.metrics = registry_of([LiveCollector(app), AuthCollector(app)])
+    if settings.metrics_access != "off":
         app.add_middleware(RequestMetrics, registry=app.state.metrics)
         app.include_router(router)

@@ -5,6 +5,7 @@ Screenshots of every step land in test-artifacts/dashboard/ (kept by CI as artif
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,8 @@ def page(browser: Any, plant: Plant) -> Iterator[Any]:
     p.set_default_timeout(15_000)
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
+    # the page's Content-Security-Policy refuses inline script and style: anything it blocks is a bug
+    p.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     p.errors = errors
     yield p
     context.close()
@@ -222,3 +225,15 @@ def test_api_key_login_on_a_tablet_and_the_printable_plan(browser: Any, plant: P
         _shot(page, "12-plan-print")
     finally:
         context.close()
+
+
+def test_a_guessed_name_is_locked_out_and_the_form_says_for_how_long(page: Any, plant: Plant) -> None:
+    page.goto(plant.url + "/")
+    for i in range(6):
+        page.fill("#login-password input[name=username]", "mallory")
+        page.fill("#login-password input[name=password]", f"guess number {i}")
+        page.click("#login-password button")
+        expected = "unknown user or wrong password" if i < 5 else "too many failed sign-ins for this user name"
+        _wait_until(lambda e=expected: e in (page.text_content("#login-error") or ""), 10, expected)
+    assert re.search(r"try again in \d+ s", page.text_content("#login-error") or "")
+    _shot(page, "login-locked-out")

@@ -153,6 +153,31 @@ def test_prometheus_scrapes_the_platform_and_the_agent(compose: dict[str, Any]) 
         assert compose["services"][svc]["environment"]["TWIN_METRICS_PORT"] == "9465"
 
 
+def test_prometheus_scrapes_the_api_with_a_key_from_a_mounted_secret(compose: dict[str, Any]) -> None:
+    """GET /metrics of the API needs a viewer key by default (TWIN_METRICS_ACCESS=key)."""
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    (api,) = [job for job in prom["scrape_configs"] if any("api:8000" in c["targets"] for c in job["static_configs"])]
+    key_file = Path(api["authorization"]["credentials_file"])
+    assert api["authorization"].get("type", "Bearer") == "Bearer"
+    mounts = [v.split(":") for v in compose["services"]["prometheus"]["volumes"]]
+    (source,) = [src for src, target, *_ in mounts if key_file.is_relative_to(target)]
+    assert (ROOT / source).is_dir()  # a directory that exists: docker would make a missing file a directory
+    ignored = (ROOT / source / ".gitignore").read_text().split()
+    assert "*" in ignored  # the key itself is never committed
+    assert any(line.rstrip("/").endswith(source.removeprefix("./")) for line in
+               (ROOT / ".dockerignore").read_text().split())
+
+
+def test_the_image_installs_exactly_the_locked_files() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "COPY pyproject.toml README.md requirements.lock" in text
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in text
+    assert "pip install --no-deps --no-build-isolation ." in text
+    installs = re.findall(r"pip\"?,? \"?install[^\n]*", text)
+    assert installs
+    assert all("--no-deps" in line for line in installs)  # nothing resolved at build time
+
+
 def test_every_ingest_service_stands_for_alert_evaluation(compose: dict[str, Any]) -> None:
     """One leads, the other takes over: both need the site's alert rules."""
     sites = {compose["services"][svc]["environment"].get("TWIN_SITE_FILE") for svc in ("ingest-1", "ingest-2")}

@@ -13,8 +13,9 @@ from sqlalchemy import Engine
 
 from migrations import run
 from twin.api import create_app
+from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.db import make_engine
+from twin.db import make_engine, make_sessionmaker
 from twin.errors import ConfigError
 from twin.metrics import platform_collectors, registry_of, serve_metrics
 from twin.platform import Platform, PlatformParts
@@ -38,15 +39,22 @@ def _values(body: str) -> dict[str, float]:
     }
 
 
-def test_api_serves_request_metrics_by_route_template_without_a_key(engine: Engine, tmp_path: Path) -> None:
+def _viewer_key(engine: Engine) -> dict[str, str]:
+    with make_sessionmaker(engine)() as s:
+        return {"Authorization": f"Bearer {create_key(s, Role.VIEWER, 'prometheus')}"}
+
+
+def test_api_serves_request_metrics_by_route_template_to_a_key(engine: Engine, tmp_path: Path) -> None:
     settings = TwinSettings(data_dir=tmp_path)
+    scraper = _viewer_key(engine)
     with TestClient(create_app(settings, engine)) as client:
         assert client.get("/api/v1/nodes/p1").status_code == 401
         assert client.get("/api/v1/nodes/p2").status_code == 401
         assert client.get("/no/such/page").status_code == 404
         for junk in ("FOO", "BAR1", "X-PROBE"):  # a client may send any token as its method
             client.request(junk, "/no/such/page")
-        response = client.get("/metrics")
+        assert client.get("/metrics").status_code == 401  # TWIN_METRICS_ACCESS=key by default
+        response = client.get("/metrics", headers=scraper)
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         got = _values(response.text)
@@ -76,7 +84,7 @@ def test_role_all_shows_the_platforms_alert_leadership_on_the_api(engine: Engine
         for collector in platform_collectors(platform):  # as `serve --role all` does
             app.state.metrics.register(collector)
         with TestClient(app) as client:
-            got = _values(client.get("/metrics").text)
+            got = _values(client.get("/metrics", headers=_viewer_key(engine)).text)
         assert got["twin_alert_leader"] == 1.0  # SQLite: the only process leads
         assert got["twin_alert_leader_terms_total"] == 1.0
         assert got["twin_alert_evaluation_lag_seconds"] >= 0.0

@@ -49,7 +49,8 @@ def test_serve_roles_as_processes(pg_url: str, mqtt_broker: tuple[str, int], top
                   serve_env(pg_url, host, port, topic_prefix, cid, TWIN_METRICS_PORT=str(metrics_port)),
                   tmp_path / "ingest.log")
     api = Proc(["serve", "--role", "api", "--host", "127.0.0.1", "--port", str(api_port)],
-               serve_env(pg_url, host, port, topic_prefix, cid + "-api"), tmp_path / "api.log")
+               serve_env(pg_url, host, port, topic_prefix, cid + "-api", TWIN_METRICS_ACCESS="open"),
+               tmp_path / "api.log")
     sender = None
     try:
         ingest.wait_for("ingest started")
@@ -66,7 +67,7 @@ def test_serve_roles_as_processes(pg_url: str, mqtt_broker: tuple[str, int], top
         assert "twin_ingest_workers 2.0" in metrics
         # the API process reads what the ingest process stored (it needs a key: 401 proves it is the API)
         assert httpx.get(f"http://127.0.0.1:{api_port}/api/v1/nodes", timeout=5).status_code == 401
-        # and it has metrics of its own, at GET /metrics
+        # and it has metrics of its own, at GET /metrics (open to all in this test's settings)
         api_metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics", timeout=5).text
         assert 'twin_api_requests_total{method="GET",route="/api/v1/nodes",status="401"} 1.0' in api_metrics
     finally:

@@ -6,6 +6,7 @@ Forbidden and never build an error response themselves. Bodies follow RFC 9457 (
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -19,6 +20,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from twin import errors, metrics
+from twin.api.exposure import Exposure
+from twin.api.headers import SecurityHeaders
+from twin.api.limits import BodyLimits
 from twin.api.routes import (
     advice,
     alerts,
@@ -39,6 +43,7 @@ from twin.dashboard import router as dashboard_router
 from twin.db import make_engine, make_sessionmaker
 from twin.live import live_bus_for
 from twin.schemas import Problem
+from twin.throttle import Throttle, policy_of
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +72,7 @@ _STATUS: tuple[tuple[type[errors.TwinError], int], ...] = (
     (errors.InvalidRequest, 422),
     (errors.Unauthenticated, 401),
     (errors.Forbidden, 403),
+    (errors.TooManyAttempts, 429),
     (errors.Unavailable, 503),
     (errors.SchemaOutdated, 503),
     (errors.StoreError, 503),
@@ -92,7 +98,14 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
         lifespan=lifespan,
         version="1",
         summary="Digital twin of a plant: hierarchy, latest state, history, diagnoses.",
-        responses={401: {"model": Problem}, 403: {"model": Problem}, 422: {"model": Problem}},
+        responses={
+            401: {"model": Problem},
+            403: {"model": Problem},
+            408: {"model": Problem, "description": "the request body arrived too slowly"},
+            413: {"model": Problem, "description": "the request body is over the limit"},
+            422: {"model": Problem},
+            429: {"model": Problem, "description": "too many failed credential checks: see Retry-After"},
+        },
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -107,7 +120,14 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(dashboard_router)  # the dashboard's pages at /, its files at /static
-    metrics.instrument(app, settings)  # GET /metrics (TWIN_API_METRICS)
+    app.state.throttle = Throttle(policy_of(settings))  # failed logins and key checks (twin/throttle.py)
+
+    # Middleware, innermost first: who may see /metrics and /docs; bodies bounded and read before routing
+    # (so before any database session); requests counted, refusals included; security headers on everything.
+    app.add_middleware(Exposure, settings=settings)
+    app.add_middleware(BodyLimits, settings=settings)
+    metrics.instrument(app, settings)  # GET /metrics (TWIN_METRICS_ACCESS)
+    app.add_middleware(SecurityHeaders)
 
     app.add_exception_handler(errors.TwinError, _twin_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -129,21 +149,41 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None, **e
 async def _twin_error(_request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, errors.TooManyAttempts):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     if status >= 500:
         log.error("request failed", error=str(exc), kind=type(exc).__name__)
     return problem(status, str(exc) or type(exc).__name__, headers)
 
 
+# A validation error answers with at most this many of its errors, each cut to a length: the reply stays a
+# few KiB however much junk the request held.
+MAX_ERRORS = 10
+_MAX_LOC_PARTS = 6
+_MAX_TEXT = 160
+
+
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    found = list(exc.errors())
-    messages = [
-        "{}: {}".format(".".join(str(p) for p in e.get("loc", ())), e.get("msg", "invalid")) for e in found
-    ]
-    errors_out = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in found
-    ]
-    return problem(422, "; ".join(messages) or "invalid request", errors=errors_out)
+    found = exc.errors()
+    shown = [_brief_error(e) for e in found[:MAX_ERRORS]]
+    messages = [f"{'.'.join(e['loc']) or 'request'}: {e['msg']}" for e in shown]
+    if len(found) > MAX_ERRORS:
+        messages.append(f"and {len(found) - MAX_ERRORS} more errors")
+    return problem(422, "; ".join(messages) or "invalid request", errors=shown)
+
+
+def _brief_error(error: Any) -> dict[str, Any]:
+    """One validation error as field path, reason and kind, each cut short (the input is never echoed)."""
+    loc = [_cut(str(p), 64) for p in error.get("loc", ())]
+    if len(loc) > _MAX_LOC_PARTS:
+        loc = [*loc[: _MAX_LOC_PARTS - 1], "…", loc[-1]]
+    return {"loc": loc, "msg": _cut(str(error.get("msg", "invalid")), _MAX_TEXT),
+            "type": _cut(str(error.get("type", "")), 64)}
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _database_error(_request: Request, exc: Exception) -> JSONResponse:

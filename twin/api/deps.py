@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from twin.auth import Principal, Role, SessionLimits, authenticate
 from twin.config import TwinSettings
 from twin.errors import Unauthenticated
+from twin.throttle import Kind, Throttle
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -33,6 +34,17 @@ def get_app_settings(request: Request) -> TwinSettings:
     return settings
 
 
+def get_throttle(request: Request) -> Throttle:
+    """The app's counters of failed credential checks (twin/throttle.py)."""
+    throttle: Throttle = request.app.state.throttle
+    return throttle
+
+
+def client_address(request: Request) -> str:
+    """The client's address as the server saw it (a trusted proxy's X-Forwarded-For applied by uvicorn)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[TwinSettings, Depends(get_app_settings)]
 
@@ -41,15 +53,19 @@ _bearer = HTTPBearer(auto_error=False, description="an API key: `factory-twin ke
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def require_role(role: Role, *, or_agent: bool = False) -> Callable[[SessionDep, SettingsDep, BearerDep], Principal]:
+def require_role(
+    role: Role, *, or_agent: bool = False
+) -> Callable[[Request, SessionDep, SettingsDep, BearerDep], Principal]:
     """A dependency authenticating the request's key, requiring at least ``role`` (or, with ``or_agent``, an
-    edge gateway's agent key); returns the principal."""
+    edge gateway's agent key); returns the principal. Unknown keys count against the client's address
+    (twin/throttle.py): past the limit the answer is 429 without a look at the database."""
 
-    def dependency(session: SessionDep, settings: SettingsDep, credentials: BearerDep) -> Principal:
+    def dependency(request: Request, session: SessionDep, settings: SettingsDep, credentials: BearerDep) -> Principal:
         if credentials is None:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
         limits = SessionLimits(settings.session_idle_s, settings.session_max_s)
-        principal = authenticate(session, credentials.credentials, limits)
+        with get_throttle(request).attempt(Kind.KEY, client_address(request)):
+            principal = authenticate(session, credentials.credentials, limits)
         principal.require(role, or_agent=or_agent)
         # End the authentication's transaction now: its connection goes back to the pool instead of staying
         # "idle in transaction" for as long as the route runs (a live stream: minutes).

@@ -7,19 +7,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from plant.wire import from_us, now_us, to_us
 from twin import auth, queries
-from twin.api.deps import SessionDep, SettingsDep, ViewerDep
+from twin.api.deps import SessionDep, SettingsDep, ViewerDep, client_address, get_throttle
 from twin.auth import SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.dashboard.health import plant_health
 from twin.downsample import MAX_BUCKETS, downsample
-from twin.errors import InvalidRequest
+from twin.errors import InvalidRequest, Unauthenticated
 from twin.tables import QUALITY_NAMES, ApiKey, DiagnosisRecord
+from twin.throttle import Kind
 
 session_router = APIRouter(prefix="/session", tags=["session"])
 router = APIRouter(prefix="/dashboard", tags=["dashboard"])
@@ -62,20 +63,24 @@ class SessionCreated(SessionPublic):
 
 
 @session_router.post("", response_model=SessionCreated, status_code=201)
-def log_in(session: SessionDep, settings: SettingsDep, body: LoginRequest) -> SessionCreated:
+def log_in(request: Request, session: SessionDep, settings: SettingsDep, body: LoginRequest) -> SessionCreated:
     """Log in with a username and password (a new session token) or check an API key (used as the token).
 
     A session token given as the key is checked against the configured session lifetimes like any request,
-    so an expired session cannot be revived by "logging in" with it.
+    so an expired session cannot be revived by "logging in" with it. Failures count per client address and
+    per user name; past the limits the answer is 429 with ``Retry-After`` (docs/security.md).
     """
+    throttle, address = get_throttle(request), client_address(request)
     if body.api_key is not None:
         limits = auth.SessionLimits(settings.session_idle_s, settings.session_max_s)
-        who = auth.authenticate(session, body.api_key.strip(), limits)
+        with throttle.attempt(Kind.KEY, address):
+            who = auth.authenticate(session, body.api_key.strip(), limits)
         return SessionCreated(token=body.api_key.strip(), name=who.name, role=who.role, prefix=who.prefix,
                               session=False)
     assert body.username is not None
     assert body.password is not None
-    token, user = users.login(session, body.username, body.password)
+    with throttle.attempt(Kind.PASSWORD, address, body.username, guesses=(Unauthenticated,)):
+        token, user = users.login(session, body.username, body.password)
     return SessionCreated(token=token, name=user.username, role=Role(user.role), prefix=token[:16],
                           session=True)
 
