@@ -1,7 +1,8 @@
 """``/api/v1/webhooks``: subscriptions, their deliveries, and replay (admin only).
 
 A subscription's secret is shown once, when it is created; the signature and headers are documented in
-twin/webhooks.py. Target URLs are checked against the ``webhook_allowlist`` setting.
+twin/webhooks/__init__.py. Target URLs are checked by the target policy (twin/webhooks/target.py): the form,
+the host allowlist (``webhook_allowlist``) and literal addresses here, every resolved address at delivery.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from plant.wire import from_us, now_us
 from twin import webhooks
 from twin.api.deps import SessionDep, SettingsDep, require_role
 from twin.auth import Role
+from twin.config import TwinSettings
 from twin.errors import ConfigError, InvalidRequest, NotFound
 from twin.tables import WebhookDelivery, WebhookSubscription
+from twin.webhooks.target import TargetPolicy
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"], dependencies=[Depends(require_role(Role.ADMIN))])
 
@@ -140,9 +143,9 @@ def _delivery(d: WebhookDelivery) -> DeliveryPublic:
     )
 
 
-def _check_url(url: str, allowlist: list[str]) -> None:
+def _check_url(url: str, settings: TwinSettings) -> None:
     try:
-        webhooks.validate_url(url, allowlist)
+        TargetPolicy.from_settings(settings).check_url(url)
     except ConfigError as exc:
         raise InvalidRequest(str(exc)) from None
 
@@ -165,7 +168,7 @@ def create_subscription(
     session: SessionDep, settings: SettingsDep, body: SubscriptionCreate
 ) -> SubscriptionCreated:
     """Subscribe a URL to alert events; the secret is in this answer only."""
-    _check_url(body.url, settings.webhook_allowlist)
+    _check_url(body.url, settings)
     secret = body.secret or secrets.token_urlsafe(32)
     sub = WebhookSubscription(
         name=body.name,
@@ -200,7 +203,7 @@ def update_subscription(
     if "url" in changes:
         if changes["url"] is None:
             raise InvalidRequest("url cannot be empty")
-        _check_url(changes["url"], settings.webhook_allowlist)
+        _check_url(changes["url"], settings)
     for name, value in changes.items():
         if value is None and name not in ("subtree",):
             raise InvalidRequest(f"{name} cannot be null")
