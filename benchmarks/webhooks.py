@@ -126,7 +126,9 @@ class WorkerThread:
 
     def __init__(self, db: Engine) -> None:
         self.worker = DeliveryWorker(
-            db, policy=TargetPolicy(allow_private=("127.0.0.1",)), config=WorkerConfig(batch=64, concurrency=2, timeout_s=5.0, lease_s=300.0, idle_poll_s=0.2)
+            db,
+            policy=TargetPolicy(allow_private=("127.0.0.1",)),  # the sink is on loopback
+            config=WorkerConfig(batch=64, concurrency=2, timeout_s=5.0, lease_s=300.0, idle_poll_s=0.2),
         )
         self.stop: asyncio.Event | None = None
         self.loop = asyncio.new_event_loop()

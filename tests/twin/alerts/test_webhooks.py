@@ -18,7 +18,6 @@ from tests.twin.alerts.conftest import fleet_site
 from tests.twin.alerts.receiver import Receiver
 from twin.alerts import AlertEngine, PropertyChange
 from twin.db import make_engine
-from twin.errors import ConfigError
 from twin.tables import WebhookDelivery, WebhookSubscription
 from twin.webhooks import DeliveryWorker, TargetPolicy, WorkerConfig, replay, verify
 
@@ -120,7 +119,8 @@ def test_failures_retried_nothing_lost_nothing_repeated(db: Engine) -> None:
     with Receiver(plan) as rx:
         subscribe(db, rx.url)
         keys = churn(db, site, rounds=3, assets=4)
-        drain(DeliveryWorker(db, policy=LOCAL, config=FAST), db, until=lambda: statuses(db).get("delivered") == len(keys))
+        worker = DeliveryWorker(db, policy=LOCAL, config=FAST)
+        drain(worker, db, until=lambda: statuses(db).get("delivered") == len(keys))
     assert statuses(db) == {"delivered": len(keys)}
     assert_order_per_asset(rx, keys)
     # the only key seen twice with success is the slow one: the receiver answered after our timeout
@@ -209,7 +209,9 @@ def test_two_workers_on_postgres_deliver_each_event_once(pg_url: str, pg_db: Eng
         subscribe(pg_db, rx.url)
         keys = churn(pg_db, site, rounds=3, assets=20)
         engines = [make_engine(pg_url), make_engine(pg_url)]
-        workers = [DeliveryWorker(e, policy=LOCAL, config=FAST, worker_id=f"replica-{i}") for i, e in enumerate(engines)]
+        workers = [
+            DeliveryWorker(e, policy=LOCAL, config=FAST, worker_id=f"replica-{i}") for i, e in enumerate(engines)
+        ]
 
         async def both() -> None:
             stop = asyncio.Event()
