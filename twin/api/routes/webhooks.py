@@ -21,6 +21,7 @@ from twin.api.deps import SessionDep, SettingsDep, require_role
 from twin.auth import Role
 from twin.config import TwinSettings
 from twin.errors import ConfigError, InvalidRequest, NotFound
+from twin.fields import Key, Name, Offset, RowId, UrlText
 from twin.tables import WebhookDelivery, WebhookSubscription
 from twin.webhooks.target import TargetPolicy
 
@@ -38,12 +39,12 @@ class _Schema(BaseModel):
 class SubscriptionUpdate(_Schema):
     """Fields of a subscription that can change."""
 
-    name: str | None = Field(None, min_length=1, max_length=128)
-    url: str | None = Field(None, max_length=2048)
+    name: Annotated[Name, Field(min_length=1, max_length=128)] | None = None
+    url: UrlText | None = None
     format: Literal["native", "alertmanager"] | None = None
-    priorities: list[Priority] | None = None
-    subtree: str | None = Field(None, max_length=64)
-    kinds: list[Kind] | None = None
+    priorities: list[Priority] | None = Field(None, max_length=4)
+    subtree: Key | None = None
+    kinds: list[Kind] | None = Field(None, max_length=10)
     max_attempts: int | None = Field(None, ge=1, le=100)
     enabled: bool | None = None
 
@@ -51,14 +52,16 @@ class SubscriptionUpdate(_Schema):
 class SubscriptionCreate(_Schema):
     """A new subscription; a secret is generated when none is given."""
 
-    name: str = Field(min_length=1, max_length=128)
-    url: str = Field(max_length=2048)
-    secret: str | None = Field(None, min_length=16, max_length=128)
+    name: Annotated[Name, Field(min_length=1, max_length=128)]
+    url: UrlText
+    secret: Annotated[Name, Field(min_length=16, max_length=128)] | None = None
     format: Literal["native", "alertmanager"] = "native"
-    priorities: list[Priority] = Field(default_factory=list, description="empty: every priority")
-    subtree: str | None = Field(None, max_length=64, description="a node id; empty: the whole plant")
+    priorities: list[Priority] = Field(default_factory=list, max_length=4, description="empty: every priority")
+    subtree: Annotated[Key | None, Field(description="a node id; empty: the whole plant")] = None
     kinds: list[Kind] = Field(
-        default_factory=list, description="rule kinds, and work_order for work-order events; empty: every kind"
+        default_factory=list,
+        max_length=10,
+        description="rule kinds, and work_order for work-order events; empty: every kind",
     )
     max_attempts: int = Field(18, ge=1, le=100, description="tries before a delivery is dead-lettered")
     enabled: bool = True
@@ -106,8 +109,22 @@ class DeliveryPublic(_Schema):
 class ReplayRequest(_Schema):
     """Replay given deliveries, or every delivery of the subscription in ``status``."""
 
-    delivery_ids: list[int] | None = None
+    delivery_ids: list[RowId] | None = Field(None, max_length=1000)
     status: Literal["dead", "delivered"] = "dead"
+
+
+class DeliveryPage(_Schema):
+    """A page of a subscription's deliveries, newest first."""
+
+    items: list[DeliveryPublic]
+    count: int
+    total: int
+
+
+class Replayed(_Schema):
+    """How many deliveries were queued again."""
+
+    replayed: int
 
 
 def _public(s: WebhookSubscription) -> SubscriptionPublic:
@@ -150,7 +167,7 @@ def _check_url(url: str, settings: TwinSettings) -> None:
         raise InvalidRequest(str(exc)) from None
 
 
-def _get(session: SessionDep, sub_id: int) -> WebhookSubscription:
+def _get(session: SessionDep, sub_id: RowId) -> WebhookSubscription:
     sub = session.get(WebhookSubscription, sub_id)
     if sub is None:
         raise NotFound(f"webhook subscription {sub_id} does not exist")
@@ -188,14 +205,14 @@ def create_subscription(
 
 
 @router.get("/{sub_id}", response_model=SubscriptionPublic)
-def get_subscription(session: SessionDep, sub_id: int) -> SubscriptionPublic:
+def get_subscription(session: SessionDep, sub_id: RowId) -> SubscriptionPublic:
     """One subscription."""
     return _public(_get(session, sub_id))
 
 
 @router.patch("/{sub_id}", response_model=SubscriptionPublic)
 def update_subscription(
-    session: SessionDep, settings: SettingsDep, sub_id: int, body: SubscriptionUpdate
+    session: SessionDep, settings: SettingsDep, sub_id: RowId, body: SubscriptionUpdate
 ) -> SubscriptionPublic:
     """Change a subscription; queued events keep the body rendered when they were queued."""
     sub = _get(session, sub_id)
@@ -213,7 +230,7 @@ def update_subscription(
 
 
 @router.delete("/{sub_id}", status_code=204)
-def delete_subscription(session: SessionDep, sub_id: int) -> None:
+def delete_subscription(session: SessionDep, sub_id: RowId) -> None:
     """Remove a subscription and its queued deliveries."""
     sub = _get(session, sub_id)
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.subscription_id == sub_id))
@@ -221,14 +238,14 @@ def delete_subscription(session: SessionDep, sub_id: int) -> None:
     session.commit()
 
 
-@router.get("/{sub_id}/deliveries")
+@router.get("/{sub_id}/deliveries", response_model=DeliveryPage)
 def list_deliveries(
     session: SessionDep,
-    sub_id: int,
+    sub_id: RowId,
     status: Annotated[Literal["pending", "sending", "delivered", "dead"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> dict[str, object]:
+    offset: Annotated[Offset, Query()] = 0,
+) -> DeliveryPage:
     """A subscription's deliveries, newest first, optionally by status."""
     _get(session, sub_id)
     conds = [WebhookDelivery.subscription_id == sub_id]
@@ -239,11 +256,11 @@ def list_deliveries(
         select(WebhookDelivery).where(*conds).order_by(WebhookDelivery.id.desc()).limit(limit).offset(offset)
     )
     items = [_delivery(d) for d in rows]
-    return {"items": items, "count": len(items), "total": total}
+    return DeliveryPage(items=items, count=len(items), total=total)
 
 
-@router.post("/{sub_id}/replay")
-def replay(session: SessionDep, sub_id: int, body: ReplayRequest | None = None) -> dict[str, int]:
+@router.post("/{sub_id}/replay", response_model=Replayed)
+def replay(session: SessionDep, sub_id: RowId, body: ReplayRequest | None = None) -> Replayed:
     """Queue deliveries again with their original Idempotency-Key (dead-lettered ones by default)."""
     _get(session, sub_id)
     body = body or ReplayRequest()
@@ -262,4 +279,4 @@ def replay(session: SessionDep, sub_id: int, body: ReplayRequest | None = None) 
     else:
         n = webhooks.replay(session, subscription_id=sub_id, status=body.status)
     session.commit()
-    return {"replayed": n}
+    return Replayed(replayed=n)
