@@ -126,3 +126,45 @@ def test_non_finite_numbers_in_stored_json_are_422(admin) -> None:
     body = '{"asset_type": "pump", "condition": "x", "title": "t", "causes": [{"cause": "c"}], "duration_h": NaN}'
     r = client.post("/api/v1/knowledge", content=body, headers=headers | {"Content-Type": "application/json"})
     refused(r, "duration_h", "finite")
+
+
+def _unbounded(schema: dict[str, Any], where: str, components: dict[str, Any], seen: frozenset[str]) -> list[str]:
+    """Where a request schema lets a value grow without limit: strings, integers, arrays, open objects."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return [] if name in seen else _unbounded(components[name], f"{where}<{name}>", components, seen | {name})
+    alternatives = [s for k in ("anyOf", "oneOf", "allOf") for s in schema.get(k, [])]
+    found = [x for s in alternatives for x in _unbounded(s, where, components, seen)]
+    kind, enum = schema.get("type"), "enum" in schema or "const" in schema
+    free_text = schema.get("format") not in ("date-time", "binary")
+    if kind == "string" and not enum and free_text and "maxLength" not in schema:
+        found.append(f"string {where}")
+    if kind == "integer" and not enum and ("minimum" not in schema or "maximum" not in schema):
+        found.append(f"integer {where}")
+    if kind == "array":
+        items = schema.get("items", {})
+        if "maxItems" not in schema and "enum" not in items:
+            found.append(f"array {where}")
+        found += _unbounded(items, f"{where}[]", components, seen)
+    nested = {**schema.get("properties", {}), **{f"~{k}": v for k, v in schema.get("patternProperties", {}).items()}}
+    if isinstance(schema.get("additionalProperties"), dict):
+        nested["*"] = schema["additionalProperties"]
+    if ("*" in nested or schema.get("patternProperties")) and "maxProperties" not in schema:
+        found.append(f"object {where}")
+    for name, sub in nested.items():
+        found += _unbounded(sub, f"{where}.{name}", components, seen)
+    return found
+
+
+def test_every_parameter_and_request_field_is_bounded(tmp_path: Path) -> None:
+    spec = create_app(TwinSettings(data_dir=tmp_path)).openapi()
+    components = spec["components"]["schemas"]
+    found = []
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            for p in op.get("parameters", []):
+                found += _unbounded(p["schema"], f"{method.upper()} {path} {p['name']}", components, frozenset())
+            for content in op.get("requestBody", {}).get("content", {}).values():
+                if "schema" in content:
+                    found += _unbounded(content["schema"], f"{method.upper()} {path} body", components, frozenset())
+    assert found == []
