@@ -24,12 +24,17 @@ from schemathesis.engine import Status, events, from_schema
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from tests.twin.test_api import seed
+from plant.site import load_site
+from tests.twin.alerts.test_api import raise_process_temperature
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.db import make_engine
+from twin.knowledge import load_dir, sync_files
+from twin.site_sync import sync_site
 from twin.tables import Base
+
+ROOT = Path(__file__).resolve().parents[2]
 
 EXAMPLES = 25  # random cases per operation and phase: about a minute per database on a busy 2-core machine
 CHECKS = ["not_a_server_error", "response_schema_conformance"]
@@ -86,9 +91,14 @@ def _tally(run: Run, recorder: Any) -> None:
 
 @pytest.fixture
 def seeded(db_url: str) -> Iterator[Engine]:
+    """The example plant with its knowledge base and one open alert (id 1, which boundary cases reach)."""
     engine = make_engine(db_url)
     Base.metadata.create_all(engine)
-    seed(engine)
+    site = load_site(ROOT / "examples" / "plant.yaml")
+    sync_site(engine, site)
+    with Session(engine) as s, s.begin():
+        sync_files(s, load_dir(ROOT / "examples" / "knowledge"))
+    raise_process_temperature(site, engine)
     yield engine
     engine.dispose()
 
