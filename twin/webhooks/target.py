@@ -154,10 +154,7 @@ class TargetPolicy:
         target = _parse(url)
         if self.hosts and not _host_allowed(target.host, target.port, self.hosts):
             raise TargetRefused(f"webhook host {target.host!r} is not in the webhook allowlist")
-        try:
-            literal: IPAddress | None = ipaddress.ip_address(target.host)
-        except ValueError:
-            literal = None
+        literal = _literal_address(target.host)
         if literal is not None:
             self._check_address(target.host, literal)
         elif _is_local_name(target.host) and target.host not in self._names:
@@ -173,9 +170,10 @@ class TargetPolicy:
         OSError when the host does not resolve (worth retrying); TargetRefused when the policy forbids it.
         """
         target = self.check_url(url)
-        try:
-            addresses = [ipaddress.ip_address(target.host)]
-        except ValueError:
+        literal = _literal_address(target.host)
+        if literal is not None:
+            addresses = [literal]
+        else:
             found = self.resolver(target.host, target.port)
             if not found:
                 raise OSError(f"{target.host} resolves to no address") from None
@@ -213,10 +211,29 @@ def _parse(url: str) -> Target:
     except ValueError as exc:
         raise TargetRefused(f"webhook URL has an invalid port: {exc}") from None
     host = parts.hostname.lower().rstrip(".")
-    if not host or any(c.isspace() or ord(c) < 0x20 for c in host):
+    try:  # an international name as DNS and the Host header carry it
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        raise TargetRefused("webhook URL has an invalid host name") from None
+    if not host or any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in host):
         raise TargetRefused("webhook URL has an invalid host")
     port = port if port is not None else (443 if parts.scheme == "https" else 80)
     return Target(url, parts.scheme, host, port)
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    """The address a host names without DNS: an IP literal, or a legacy IPv4 form resolvers accept (2130706433,
+    0x7f.1, 017700000001)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host.replace(".", "").isalnum() and host[0].isdigit():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def _is_local_name(host: str) -> bool:

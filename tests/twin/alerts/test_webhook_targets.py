@@ -92,12 +92,23 @@ def test_public_addresses_pass(address: str) -> None:
         "http://LOCALHOST./",
         "http://db.localhost/",
         "http://ip6-localhost/",
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://017700000001:8080/",
+        "http://[fe80::1%25eth0]/",
     ],
 )
 def test_forbidden_urls_are_refused_before_any_lookup(url: str) -> None:
     policy = TargetPolicy(resolver=names({}))
     with pytest.raises(TargetRefused):
         policy.check_url(url)
+
+
+def test_international_names_are_sent_as_dns_spells_them() -> None:
+    policy = TargetPolicy(resolver=names({"xn--bcher-kva.example": ["93.184.216.34"]}))
+    target = policy.resolve("https://bücher.example/hook")
+    assert (target.host, target.host_header(), target.ip) == ("xn--bcher-kva.example", "xn--bcher-kva.example",
+                                                              "93.184.216.34")  # fmt: skip
 
 
 def test_the_allowlist_opens_the_plants_own_receivers_but_never_metadata() -> None:
