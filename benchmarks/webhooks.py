@@ -39,7 +39,7 @@ from plant.wire import now_us
 from twin.alerts import AlertEngine, PropertyChange
 from twin.db import make_engine
 from twin.tables import Base, WebhookSubscription
-from twin.webhooks import DeliveryWorker, WorkerConfig
+from twin.webhooks import DeliveryWorker, TargetPolicy, WorkerConfig
 
 TARGET = 0.5
 PG_ADMIN = os.environ.get("FACTORY_TWIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -126,7 +126,9 @@ class WorkerThread:
 
     def __init__(self, db: Engine) -> None:
         self.worker = DeliveryWorker(
-            db, config=WorkerConfig(batch=64, concurrency=2, timeout_s=5.0, lease_s=300.0, idle_poll_s=0.2)
+            db,
+            policy=TargetPolicy(allow_private=("127.0.0.1",)),  # the sink is on loopback
+            config=WorkerConfig(batch=64, concurrency=2, timeout_s=5.0, lease_s=300.0, idle_poll_s=0.2),
         )
         self.stop: asyncio.Event | None = None
         self.loop = asyncio.new_event_loop()

@@ -92,9 +92,11 @@ def test_mosquitto_and_postgresql(tmp_path: Path, pg_url: str, mqtt_broker: tupl
     _check(*_run(config, seconds=12))
 
 
-def test_a_fault_raises_one_alert_and_its_webhook(tmp_path: Path) -> None:
+def test_a_fault_raises_one_alert_and_its_webhook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A simulated motor-current fault on the pump → the site's rule → one alert → one signed webhook."""
     from tests.twin.alerts.receiver import Receiver
+
+    monkeypatch.setenv("TWIN_WEBHOOK_ALLOW_PRIVATE", '["127.0.0.1"]')  # the receiver is the plant's own, on loopback
 
     config = StackConfig(data_dir=tmp_path, http_port=0, speed=2.0, gateway_id=f"e2e-{uuid.uuid4().hex[:8]}",
                          faults=("pump-1.current:high@0",))

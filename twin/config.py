@@ -40,7 +40,14 @@ class TwinSettings(BaseSettings):
     http_port: int = 8000
     max_future_s: float = Field(600.0, description="reject values stamped further in the future than this")
     min_valid_year: int = Field(2000, description="reject values stamped before this year (PLC clock resets)")
-    webhook_allowlist: list[str] = Field(default_factory=list, description="host patterns webhooks may go to")
+    webhook_allowlist: list[str] = Field(
+        default_factory=list, description="host patterns webhooks may go to (optionally :port); empty: any host"
+    )
+    webhook_allow_private: list[str] = Field(
+        default_factory=list,
+        description="CIDRs and host names of the plant's own webhook receivers, which may be loopback, private or "
+        "link-local addresses (refused otherwise; cloud metadata addresses always)",
+    )
     knowledge_dir: Path | None = Field(None, description="knowledge-base YAML files loaded at start")
     log_json: bool | None = Field(None, description="JSON logs; default: JSON when stderr is not a terminal")
     metrics_host: str = Field("127.0.0.1", description="where an ingest process serves Prometheus metrics")

@@ -32,6 +32,7 @@ from twin.history import HistoryJob
 from twin.ingest import Ingestor
 from twin.live import live_bus_for
 from twin.store import ApplyResult, TwinStore
+from twin.webhooks.target import TargetPolicy
 from twin.webhooks.worker import DeliveryWorker
 
 log = structlog.get_logger(__name__)
@@ -96,7 +97,7 @@ class Platform:
         if self.parts.alerts and self.site is not None:
             self.evaluator = AlertEvaluator(self.engine, self.site, self.settings, self._deliver_now.set).start()
         if self.parts.webhooks:
-            self.delivery = DeliveryWorker(self.engine, allowlist=self.settings.webhook_allowlist)
+            self.delivery = DeliveryWorker(self.engine, policy=TargetPolicy.from_settings(self.settings))
             self._spawn("webhook-delivery", self._delivery_loop)
         if self.parts.ingest:
             self._start_ingest()

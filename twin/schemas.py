@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from twin.auth import Role
+from twin.fields import EpochUs, Key, Name, Text
 
 Scalar = float | int | bool | str
 QualityName = Literal["good", "uncertain", "bad"]
@@ -170,7 +171,7 @@ class ApiKeyCreate(_Schema):
     """A request for a new key."""
 
     role: Role
-    name: str = Field("", max_length=128)
+    name: Annotated[Name, Field(max_length=128)] = ""
 
 
 class ApiKeyCreated(ApiKeyPublic):
@@ -262,20 +263,101 @@ class PromotedModel(_Schema):
 class ModelFailureReport(_Schema):
     """A gateway could not run a version: it failed to load, or its outputs left their declared range."""
 
-    gateway: str = Field(min_length=1, max_length=64)
-    asset_type: str = Field(min_length=1, max_length=64)
-    reason: str = Field(min_length=1, max_length=4000)
+    gateway: Key
+    asset_type: Key
+    reason: Annotated[Text, Field(min_length=1)]
+
+
+class FailureRecorded(_Schema):
+    """A failure report was stored."""
+
+    status: Literal["recorded"] = "recorded"
 
 
 class CascadeRequest(_Schema):
     """A window the edge student was unsure about, for the platform's teacher."""
 
-    node: str = Field(min_length=1, max_length=64)
+    node: Key
     task: Literal["rul", "faults", "anomaly"]
-    ts: int = Field(description="window end, µs since the epoch")
-    model: str = Field(max_length=128, description="the student's model name")
-    version: str = Field(max_length=64, description="the student's registry version")
-    window: dict[str, Annotated[list[float | str | None], Field(max_length=100_000)]] = Field(
+    ts: EpochUs = Field(description="window end, µs since the epoch")
+    model: Annotated[Name, Field(max_length=128, description="the student's model name")]
+    version: Annotated[Key, Field(description="the student's registry version")]
+    window: dict[Key, Annotated[list[float | Name | None], Field(max_length=100_000)]] = Field(
         max_length=256, description="signal → values, oldest first"
     )
-    units: dict[str, str] = Field({}, max_length=256, description="signal → unit; default: the declared ones")
+    units: dict[Key, Annotated[Name, Field(max_length=32)]] = Field(
+        {}, max_length=256, description="signal → unit; default: the declared ones"
+    )
+
+
+class KnowledgeEntryPublic(_Schema):
+    """One stored version of a knowledge-base entry."""
+
+    asset_type: str
+    condition: str = Field(description="a fault label, alert rule id or rule kind")
+    version: int
+    current: bool = Field(description="the newest version, which advice uses")
+    deleted: bool = Field(description="retired: kept for the record, no longer advised")
+    source: str = Field(description="the file it came from, or api")
+    created_at: int = Field(description="µs since the epoch")
+    created_by: str
+    body: dict[str, Any] = Field(description="title, causes, actions, parts, skills, safety... (KnowledgeBody)")
+
+
+class KnowledgeEntries(_Schema):
+    """A counted list of knowledge-base entries or versions."""
+
+    items: list[KnowledgeEntryPublic]
+    count: int
+
+
+class AdvicePublic(_Schema):
+    """One recommendation for an alert: repair a probable cause, or inspect when the diagnosis is unsure."""
+
+    kind: Literal["repair", "inspect"]
+    title: str
+    cause: str
+    confidence: float
+    actions: list[str]
+    parts: list[dict[str, Any]] = Field(description="part, quantity, number")
+    skills: list[str]
+    duration_h: float | None
+    safety: list[str]
+    source: str = Field(description="the knowledge-base entry: asset_type/condition@version")
+
+
+class AlertAdvice(_Schema):
+    """Ranked advice for an alert, with its due date and why."""
+
+    alert_id: int
+    due: datetime
+    due_reason: str
+    advice: list[AdvicePublic]
+
+
+class PlanItemPublic(_Schema):
+    """One piece of open work: an alert, its advice, when it is due and why, and the work orders on it."""
+
+    alert_id: int
+    node: str
+    path: str
+    rule: str
+    condition: str
+    state: str
+    priority: str
+    due: datetime
+    due_reason: str
+    overdue: bool
+    advice: list[AdvicePublic]
+    evidence: dict[str, Any]
+    message: str
+    reason: str = Field(description="why the alert is active, with its numbers")
+    work_orders: list[dict[str, Any]] = Field(description="id, state and assignee of each dealing with it")
+
+
+class MaintenancePlan(_Schema):
+    """The open work across the plant, most urgent first."""
+
+    generated_at: datetime
+    items: list[PlanItemPublic]
+    count: int

@@ -5,10 +5,10 @@ health, downsampled trends, diagnoses over time). Everything else the pages show
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from plant.wire import from_us, now_us, to_us
@@ -17,8 +17,10 @@ from twin.api.deps import SessionDep, SettingsDep, ViewerDep, client_address, ge
 from twin.auth import SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.dashboard.health import plant_health
+from twin.dashboard.schemas import Diagnoses, PlantHealth, Trend
 from twin.downsample import MAX_BUCKETS, downsample
 from twin.errors import InvalidRequest, Unauthenticated
+from twin.fields import Key, Name, Timestamp, Token
 from twin.tables import QUALITY_NAMES, ApiKey, DiagnosisRecord
 from twin.throttle import Kind
 
@@ -36,9 +38,9 @@ class _Schema(BaseModel):
 class LoginRequest(_Schema):
     """Either ``username`` and ``password``, or ``api_key``."""
 
-    username: str | None = Field(None, max_length=64)
+    username: Annotated[Name, Field(max_length=64)] | None = None
     password: str | None = Field(None, max_length=1024)
-    api_key: str | None = Field(None, max_length=256)
+    api_key: Annotated[Token, Field(max_length=256)] | None = None
 
     @model_validator(mode="after")
     def _one_way(self) -> LoginRequest:
@@ -104,36 +106,37 @@ def log_out(session: SessionDep, who: ViewerDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/health")
-def health(session: SessionDep, _who: ViewerDep) -> dict[str, Any]:
+@router.get("/health", response_model=PlantHealth)
+def health(session: SessionDep, _who: ViewerDep) -> PlantHealth:
     """Each node's health (own and of its subtree) from open alerts and latest diagnoses."""
-    return {
+    return PlantHealth.model_validate({
         "generated_at": from_us(now_us()),
         "nodes": {node_id: h.as_dict() for node_id, h in plant_health(session).items()},
-    }
+    })  # fmt: skip
 
 
-Start = Annotated[AwareDatetime | None, Query(description="inclusive; default: an hour before end")]
-End = Annotated[AwareDatetime | None, Query(description="exclusive; default: now")]
+Start = Annotated[Timestamp | None, Query(description="inclusive; default: an hour before end")]
+End = Annotated[Timestamp | None, Query(description="exclusive; default: now")]
+NodeId = Annotated[Key, Path(description="a node id from the site model")]
 
 
-@router.get("/nodes/{node_id}/trend")
+@router.get("/nodes/{node_id}/trend", response_model=Trend)
 def trend(
     session: SessionDep,
     _who: ViewerDep,
-    node_id: str,
-    prop: Annotated[str, Query(max_length=128, description="property name")],
+    node_id: NodeId,
+    prop: Annotated[Name, Query(min_length=1, max_length=128, description="property name")],
     start: Start = None,
     end: End = None,
     points: Annotated[int, Query(ge=10, le=MAX_BUCKETS, description="most buckets returned")] = 800,
-) -> dict[str, Any]:
+) -> Trend:
     """A property's history over a range, downsampled on the server to at most ``points`` min/max buckets."""
     begin, finish = _range(start, end)
     p = queries.get_property(session, node_id, prop)
     if p.dtype == "string":
         raise InvalidRequest(f"{node_id}.{prop} holds text: it has no trend")
     buckets, width, raw = downsample(session, p, to_us(begin), to_us(finish), points)
-    return {
+    return Trend.model_validate({
         "node_id": node_id,
         "property": prop,
         "unit": p.unit or "",
@@ -152,18 +155,18 @@ def trend(
         # the worst quality in each bucket; null where it came from rollups, which keep none
         "quality": [None if b.worst_quality is None else QUALITY_NAMES.get(b.worst_quality, "bad")
                     for b in buckets],
-    }
+    })
 
 
-@router.get("/nodes/{node_id}/diagnoses")
+@router.get("/nodes/{node_id}/diagnoses", response_model=Diagnoses)
 def diagnoses(
     session: SessionDep,
     _who: ViewerDep,
-    node_id: str,
+    node_id: NodeId,
     start: Start = None,
     end: End = None,
-    task: Annotated[str | None, Query(max_length=16)] = None,
-) -> dict[str, Any]:
+    task: Annotated[Key | None, Query(max_length=16)] = None,
+) -> Diagnoses:
     """A node's diagnoses over a range (the newest MAX_DIAGNOSES), oldest first, grouped by task."""
     begin, finish = _range(start, end)
     queries.get_node(session, node_id)
@@ -174,12 +177,11 @@ def diagnoses(
     if task:
         stmt = stmt.where(d.task == task)
     rows = list(session.execute(stmt.order_by(d.ts.desc()).limit(MAX_DIAGNOSES)))
-    tasks: dict[str, list[dict[str, Any]]] = {}
+    tasks: dict[str, list[dict[str, object]]] = {}
     for t, ts, source, confidence, payload in reversed(rows):
         tasks.setdefault(t, []).append({"ts": ts // 1000, "source": source, "confidence": confidence,
                                         **(payload or {})})
-    return {"node_id": node_id, "start": begin, "end": finish, "tasks": tasks,
-            "truncated": len(rows) == MAX_DIAGNOSES}
+    return Diagnoses(node_id=node_id, start=begin, end=finish, tasks=tasks, truncated=len(rows) == MAX_DIAGNOSES)
 
 
 def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:

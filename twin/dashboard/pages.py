@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from twin.errors import NotFound
+from twin.fields import Key
 
 router = APIRouter(include_in_schema=False)
 
@@ -53,7 +54,7 @@ def dashboard_alias() -> RedirectResponse:
 
 
 @router.get("/static/{name}")
-def static(name: str) -> Response:
+def static(name: Key) -> Response:
     """One asset of the dashboard; 404 for anything not shipped in ``static/``."""
     path = STATIC / name
     media = _TYPES.get(path.suffix)

@@ -24,7 +24,7 @@ current, older ones stay for the record.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,62 +33,67 @@ from sqlalchemy.orm import Session
 
 from plant.wire import now_us
 from twin.errors import Conflict, InvalidRequest, NotFound
+from twin.fields import Key, Name, Reason, Text
 from twin.tables import KnowledgeEntry
 
 
 class _Kb(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+MAX_ITEMS = 50  # causes, actions, parts, skills... of one entry
+Hours = Annotated[float, Field(ge=0, le=100_000)]
 
 
 class Action(_Kb):
     """One recommended action."""
 
-    action: str = Field(min_length=1)
-    duration_h: float | None = Field(None, ge=0)
+    action: Annotated[Reason, Field(min_length=1)]
+    duration_h: Hours | None = None
 
 
 class Cause(_Kb):
     """A probable cause with its prior likelihood and, optionally, the actions specific to it."""
 
-    cause: str = Field(min_length=1)
+    cause: Annotated[Reason, Field(min_length=1)]
     likelihood: float = Field(0.5, gt=0, le=1)
-    actions: list[Action] = []
+    actions: list[Action] = Field([], max_length=MAX_ITEMS)
 
 
 class Part(_Kb):
     """A spare part the work needs."""
 
-    part: str = Field(min_length=1)
-    quantity: float = Field(1, gt=0)
-    number: str = ""
+    part: Annotated[Name, Field(min_length=1)]
+    quantity: float = Field(1, gt=0, le=1e6)
+    number: Annotated[Name, Field(max_length=100)] = ""
 
 
 class KnowledgeBody(_Kb):
     """What the base knows about one condition on one asset type."""
 
-    title: str = Field(min_length=1)
-    description: str = ""
-    causes: list[Cause] = Field(min_length=1)
-    actions: list[Action] = []
-    parts: list[Part] = []
-    skills: list[str] = []
-    duration_h: float | None = Field(None, ge=0)
-    lead_time_h: float = Field(8.0, ge=0)
-    rul_unit_hours: float = Field(1.0, gt=0)
-    safety: list[str] = []
-    inspect: list[str] = []
+    title: Annotated[Name, Field(min_length=1)]
+    description: Text = ""
+    causes: list[Cause] = Field(min_length=1, max_length=MAX_ITEMS)
+    actions: list[Action] = Field([], max_length=MAX_ITEMS)
+    parts: list[Part] = Field([], max_length=MAX_ITEMS)
+    skills: list[Name] = Field([], max_length=MAX_ITEMS)
+    duration_h: Hours | None = None
+    lead_time_h: Hours = 8.0
+    rul_unit_hours: float = Field(1.0, gt=0, le=1e6)
+    safety: list[Reason] = Field([], max_length=MAX_ITEMS)
+    inspect: list[Reason] = Field([], max_length=MAX_ITEMS)
 
 
 class KnowledgeItem(KnowledgeBody):
     """An entry as written in a file: its condition and body."""
 
-    condition: str = Field(min_length=1, max_length=64)
+    condition: Key
 
 
 class KnowledgeFile(_Kb):
     """One knowledge file: an asset type and its entries."""
 
-    asset_type: str = Field(min_length=1, max_length=64)
+    asset_type: Key
     entries: list[KnowledgeItem]
 
 

@@ -29,7 +29,8 @@ Headers sent with every POST::
 
 Receivers should recompute the signature over the raw body and reject timestamps older than a few minutes.
 
-    queue.py    target checks, signatures, event bodies (native, Alertmanager v4), enqueue, replay
+    target.py   TargetPolicy: where deliveries may go, checked on the resolved address of each send (SSRF)
+    queue.py    signatures, event bodies (native, Alertmanager v4), enqueue, replay
     worker.py   DeliveryWorker: claim, send, record, backoff, dead letters
 """
 
@@ -45,9 +46,9 @@ from twin.webhooks.queue import (
     render,
     replay,
     sign,
-    validate_url,
     verify,
 )
+from twin.webhooks.target import TargetPolicy, TargetRefused, forbidden_reason
 from twin.webhooks.worker import DeliveryWorker, WorkerConfig, backoff_s, retry_after_s
 
 __all__ = [
@@ -57,15 +58,17 @@ __all__ = [
     "PENDING",
     "SENDING",
     "DeliveryWorker",
+    "TargetPolicy",
+    "TargetRefused",
     "WorkerConfig",
     "alert_dict",
     "backoff_s",
     "enqueue_event",
+    "forbidden_reason",
     "matches",
     "render",
     "replay",
     "retry_after_s",
     "sign",
-    "validate_url",
     "verify",
 ]

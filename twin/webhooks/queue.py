@@ -1,22 +1,19 @@
-"""The delivery queue: target checks, signatures, event bodies (native, Alertmanager v4), enqueue, replay."""
+"""The delivery queue: signatures, event bodies (native, Alertmanager v4), enqueue, replay."""
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import hmac
-import ipaddress
 import json
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from plant.wire import from_us, now_us
-from twin.errors import ConfigError, NotFound
+from twin.errors import NotFound
 from twin.tables import Alert, AlertTransition, WebhookDelivery, WebhookSubscription, WorkOrder, WorkOrderEvent
 
 log = structlog.get_logger(__name__)
@@ -41,56 +38,6 @@ _EVENT_NAMES = {
     "change": "alert.changed",
     "comment": "alert.commented",
 }
-
-
-def validate_url(url: str, allowlist: list[str] | tuple[str, ...] = ()) -> str:
-    """Check a target URL (http(s), a host, no credentials or fragment, host allowed); ConfigError if not.
-
-    An allowlist entry is a host pattern (``hooks.example.com``, ``*.example.com``), optionally with a port
-    (``127.0.0.1:9000``, ``127.0.0.1:*``); without one, any port. An empty allowlist allows any host: set
-    one in production.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"webhook URL must be http or https, not {parts.scheme or 'missing'!r}")
-    if not parts.hostname:
-        raise ConfigError("webhook URL has no host")
-    if parts.username or parts.password:
-        raise ConfigError("webhook URL must not carry credentials; the signature authenticates")
-    if parts.fragment:
-        raise ConfigError("webhook URL must not have a fragment")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"webhook URL has an invalid port: {exc}") from None
-    host = parts.hostname.lower()
-    port = port if port is not None else (443 if parts.scheme == "https" else 80)
-    if allowlist and not _allowed(host, port, allowlist):
-        raise ConfigError(f"webhook host {host!r} is not in the webhook allowlist")
-    return url
-
-
-def _allowed(host: str, port: int | None, allowlist: list[str] | tuple[str, ...]) -> bool:
-    for pattern in allowlist:
-        pat_host, _, pat_port = (
-            pattern.lower().rpartition(":") if _has_port(pattern) else (pattern.lower(), "", "")
-        )
-        if pat_port and pat_port != "*" and str(port) != pat_port:
-            continue
-        if fnmatch.fnmatchcase(host, pat_host):
-            return True
-    return False
-
-
-def _has_port(pattern: str) -> bool:
-    head, sep, tail = pattern.rpartition(":")
-    if not sep or not (tail.isdigit() or tail == "*"):
-        return False
-    try:  # a bare IPv6 address is not "host:port"
-        ipaddress.ip_address(pattern)
-    except ValueError:
-        return bool(head)
-    return False
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

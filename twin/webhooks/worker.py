@@ -22,7 +22,8 @@ from sqlalchemy.orm import aliased
 from plant.wire import now_us
 from twin.errors import ConfigError, StoreError
 from twin.tables import WebhookDelivery, WebhookSubscription
-from twin.webhooks.queue import DEAD, DELIVERED, PENDING, SENDING, US, sign, validate_url
+from twin.webhooks.queue import DEAD, DELIVERED, PENDING, SENDING, US, sign
+from twin.webhooks.target import Target, TargetPolicy, TargetRefused
 
 log = structlog.get_logger(__name__)
 
@@ -183,7 +184,8 @@ class DeliveryWorker:
 
     Args:
         engine: the platform's database engine.
-        allowlist: host patterns webhooks may go to (settings ``webhook_allowlist``), checked again on send.
+        policy: where deliveries may go (twin/webhooks/target.py), checked on the address each send
+            connects to; by default public addresses only.
         config: timeouts, batch size, concurrency and backoff.
         worker_id: a name for claims and logs; random when not given.
         transport: an httpx transport, for tests of the worker's own network errors.
@@ -193,17 +195,18 @@ class DeliveryWorker:
         self,
         engine: Engine,
         *,
-        allowlist: list[str] | tuple[str, ...] = (),
+        policy: TargetPolicy | None = None,
         config: WorkerConfig | None = None,
         worker_id: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.engine = engine
-        self.allowlist = tuple(allowlist)
+        self.policy = policy or TargetPolicy()
         self.config = config or WorkerConfig()
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
         self._transport = transport
-        self._client: httpx.Client | None = None
+        self._clients: dict[str, httpx.Client] = {}  # per host name: a pooled TLS connection has one SNI
+        self._clients_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._wake = threading.Event()
         self._claim_stmt, self._fetch_stmt = _claim_statements(
@@ -235,9 +238,10 @@ class DeliveryWorker:
 
     def close(self) -> None:
         """Close the HTTP client and the sending threads."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._clients_lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -252,13 +256,6 @@ class DeliveryWorker:
         jobs = self._claim(token)
         if not jobs:
             return 0
-        if self._client is None:
-            self._client = httpx.Client(
-                transport=self._transport,
-                timeout=self.config.timeout_s,
-                limits=httpx.Limits(max_connections=self.config.concurrency),
-                follow_redirects=False,
-            )
         if self.config.concurrency > 1 and len(jobs) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="webhook")
@@ -280,11 +277,32 @@ class DeliveryWorker:
             raise StoreError(f"claiming webhook deliveries failed: {exc.__class__.__name__}") from exc
         return [_Job(*r) for r in rows]
 
+    def _client_for(self, host: str) -> httpx.Client:
+        with self._clients_lock:
+            client = self._clients.get(host)
+            if client is None:
+                # no redirects (a 3xx is a failed delivery), no proxy from the environment: the connection
+                # goes to the address the policy checked
+                client = httpx.Client(
+                    transport=self._transport,
+                    timeout=self.config.timeout_s,
+                    limits=httpx.Limits(max_connections=self.config.concurrency),
+                    follow_redirects=False,
+                    trust_env=False,
+                )
+                self._clients[host] = client
+            return client
+
     def _send(self, job: _Job) -> _Outcome:
         try:
-            validate_url(job.url, self.allowlist)
-        except ConfigError as exc:
+            target = self.policy.resolve(job.url)
+        except TargetRefused as exc:
             return _Outcome(job.id, False, error=str(exc))
+        except OSError as exc:  # the name does not resolve now: DNS may be back later
+            return self._retry(job, None, f"cannot resolve the host: {exc}"[:500])
+        return self._post(job, target)
+
+    def _post(self, job: _Job, target: Target) -> _Outcome:
         body = job.body.encode()
         ts = str(int(time.time()))
         headers = {
@@ -295,10 +313,14 @@ class DeliveryWorker:
             "Idempotency-Key": job.event_key,
             "X-FactoryTwin-Timestamp": ts,
             "X-FactoryTwin-Signature": sign(job.secret, ts, body),
+            "Host": target.host_header(),
         }
-        assert self._client is not None
+        # TLS: SNI and certificate checked against the name, while the socket goes to the checked address
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            resp = self._client.post(job.url, content=body, headers=headers)
+            resp = self._client_for(target.host).post(
+                target.pinned_url(), content=body, headers=headers, extensions=extensions
+            )
         except httpx.TimeoutException as exc:
             return self._retry(job, None, f"timeout: {exc.__class__.__name__}")
         except httpx.HTTPError as exc:
@@ -310,6 +332,11 @@ class DeliveryWorker:
             if resp.status_code in (429, 503):
                 after = retry_after_s(resp.headers.get("Retry-After"), self.config.retry_after_cap_s)
             return self._retry(job, resp.status_code, f"HTTP {resp.status_code}", after)
+        if resp.is_redirect:
+            where = resp.headers.get("Location", "")[:200]
+            return _Outcome(job.id, False, resp.status_code,
+                            f"HTTP {resp.status_code}: redirects are not followed (to {where!r}); "
+                            "point the subscription at the final URL")  # fmt: skip
         return _Outcome(job.id, False, resp.status_code, f"HTTP {resp.status_code}: refused")
 
     def _retry(self, job: _Job, status: int | None, error: str, after: float | None = None) -> _Outcome:

@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture
 def api(db: Engine, tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, dict[str, str]]]]:
-    settings = TwinSettings(data_dir=tmp_path, webhook_allowlist=["127.0.0.1:*", "hooks.example.com"])
+    settings = TwinSettings(
+        data_dir=tmp_path, webhook_allowlist=["127.0.0.1:*", "hooks.example.com"], webhook_allow_private=["127.0.0.1"]
+    )
     app = create_app(settings, db)
     mounted = {getattr(r, "path", "") for r in app.routes}
     for router, probe in (

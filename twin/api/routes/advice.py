@@ -6,7 +6,7 @@ Viewers read; engineers create, edit (each edit adds a version) and retire entri
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
@@ -17,7 +17,10 @@ from twin import knowledge
 from twin.advice import PlanItem, maintenance_plan
 from twin.api.deps import EngineerDep, SessionDep, ViewerDep
 from twin.exports import CalendarEvent, csv_text, filename_stamp, ical_text, iso
+from twin.fields import Key
 from twin.knowledge.base import KnowledgeBody, entry_dict
+from twin.schemas import KnowledgeEntries, KnowledgeEntryPublic, MaintenancePlan
+from twin.tables import KnowledgeEntry
 
 router = APIRouter(tags=["advice"])
 
@@ -25,70 +28,69 @@ router = APIRouter(tags=["advice"])
 class KnowledgeCreate(KnowledgeBody):
     """A new entry: the asset type and condition it is about, and what is known."""
 
-    asset_type: str = Field(min_length=1, max_length=64)
-    condition: str = Field(
-        min_length=1, max_length=64, description="a fault label, alert rule id or rule kind"
-    )
+    asset_type: Key
+    condition: Annotated[Key, Field(description="a fault label, alert rule id or rule kind")]
 
 
-@router.get("/knowledge")
+@router.get("/knowledge", response_model=KnowledgeEntries)
 def list_knowledge(
-    session: SessionDep, _who: ViewerDep, asset_type: Annotated[str | None, Query()] = None
-) -> dict[str, Any]:
+    session: SessionDep, _who: ViewerDep, asset_type: Annotated[Key | None, Query()] = None
+) -> KnowledgeEntries:
     """The current entries of the knowledge base."""
-    items = [entry_dict(r) for r in knowledge.current(session, asset_type)]
-    return {"items": items, "count": len(items)}
+    items = [_entry(r) for r in knowledge.current(session, asset_type)]
+    return KnowledgeEntries(items=items, count=len(items))
 
 
-@router.get("/knowledge/{asset_type}/{condition}")
-def get_knowledge(session: SessionDep, _who: ViewerDep, asset_type: str, condition: str) -> dict[str, Any]:
+def _entry(row: KnowledgeEntry) -> KnowledgeEntryPublic:
+    return KnowledgeEntryPublic.model_validate(entry_dict(row))
+
+
+@router.get("/knowledge/{asset_type}/{condition}", response_model=KnowledgeEntryPublic)
+def get_knowledge(session: SessionDep, _who: ViewerDep, asset_type: Key, condition: Key) -> KnowledgeEntryPublic:
     """The current version of one entry."""
-    return entry_dict(knowledge.get_current(session, asset_type, condition))
+    return _entry(knowledge.get_current(session, asset_type, condition))
 
 
-@router.get("/knowledge/{asset_type}/{condition}/versions")
-def knowledge_versions(
-    session: SessionDep, _who: ViewerDep, asset_type: str, condition: str
-) -> dict[str, Any]:
+@router.get("/knowledge/{asset_type}/{condition}/versions", response_model=KnowledgeEntries)
+def knowledge_versions(session: SessionDep, _who: ViewerDep, asset_type: Key, condition: Key) -> KnowledgeEntries:
     """Every version of one entry, oldest first."""
-    items = [entry_dict(r) for r in knowledge.versions(session, asset_type, condition)]
-    return {"items": items, "count": len(items)}
+    items = [_entry(r) for r in knowledge.versions(session, asset_type, condition)]
+    return KnowledgeEntries(items=items, count=len(items))
 
 
-@router.post("/knowledge", status_code=201)
-def create_knowledge(session: SessionDep, who: EngineerDep, body: KnowledgeCreate) -> dict[str, Any]:
+@router.post("/knowledge", status_code=201, response_model=KnowledgeEntryPublic)
+def create_knowledge(session: SessionDep, who: EngineerDep, body: KnowledgeCreate) -> KnowledgeEntryPublic:
     """Add an entry (engineer and up); 409 if one exists for this asset type and condition."""
     content = KnowledgeBody.model_validate(body.model_dump(exclude={"asset_type", "condition"}))
     row, _ = knowledge.put(
         session, body.asset_type, body.condition, content, by=who.name or who.prefix, create_only=True
     )
     session.commit()
-    return entry_dict(row)
+    return _entry(row)
 
 
-@router.put("/knowledge/{asset_type}/{condition}")
+@router.put("/knowledge/{asset_type}/{condition}", response_model=KnowledgeEntryPublic)
 def update_knowledge(
-    session: SessionDep, who: EngineerDep, asset_type: str, condition: str, body: KnowledgeBody
-) -> dict[str, Any]:
+    session: SessionDep, who: EngineerDep, asset_type: Key, condition: Key, body: KnowledgeBody
+) -> KnowledgeEntryPublic:
     """Replace an entry's content: a new version when it differs (engineer and up)."""
     row, _ = knowledge.put(session, asset_type, condition, body, by=who.name or who.prefix)
     session.commit()
-    return entry_dict(row)
+    return _entry(row)
 
 
 @router.delete("/knowledge/{asset_type}/{condition}", status_code=204)
-def delete_knowledge(session: SessionDep, who: EngineerDep, asset_type: str, condition: str) -> None:
+def delete_knowledge(session: SessionDep, who: EngineerDep, asset_type: Key, condition: Key) -> None:
     """Retire an entry; its versions stay readable (engineer and up)."""
     knowledge.delete(session, asset_type, condition, by=who.name or who.prefix)
     session.commit()
 
 
-@router.get("/maintenance-plan")
-def get_maintenance_plan(
-    session: SessionDep,
-    _who: ViewerDep,
-    subtree: Annotated[str | None, Query(description="only this node and below")] = None,
-) -> dict[str, Any]:
+Subtree = Annotated[Key | None, Query(description="only this node and below")]
+
+
+@router.get("/maintenance-plan", response_model=MaintenancePlan)
+def get_maintenance_plan(session: SessionDep, _who: ViewerDep, subtree: Subtree = None) -> MaintenancePlan:
     """The open work across the plant, most urgent first, each with its advice and evidence."""
     now = now_us()
     items = []
@@ -97,10 +99,9 @@ def get_maintenance_plan(
         d["due"] = from_us(item.due)
         d["advice"] = [asdict(a) for a in item.advice]
         items.append(d)
-    return {"generated_at": from_us(now), "items": items, "count": len(items)}
+    return MaintenancePlan.model_validate({"generated_at": from_us(now), "items": items, "count": len(items)})
 
 
-Subtree = Annotated[str | None, Query(max_length=64, description="only this node and below")]
 PLAN_COLUMNS = (
     "due", "overdue", "priority", "asset", "path", "condition", "rule", "why", "due_reason", "task", "actions",
     "parts", "skills", "duration_h", "alert_id", "state", "work_orders",

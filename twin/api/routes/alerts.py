@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from plant.wire import from_us, now_us, to_us
@@ -18,6 +18,8 @@ from twin.advice import advise, due_date
 from twin.alerts import feedback, lifecycle, noise
 from twin.api.deps import EngineerDep, SessionDep, TechnicianDep, ViewerDep
 from twin.errors import InvalidRequest
+from twin.fields import Key, Offset, Reason, RowId, Text, Timestamp
+from twin.schemas import AlertAdvice
 from twin.tables import Alert, AlertFeedback, AlertTransition
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -88,22 +90,22 @@ class TransitionPublic(_Schema):
 class ActionRequest(_Schema):
     """Why an action is taken (stored with the transition)."""
 
-    reason: str = Field("", max_length=2000)
+    reason: Reason = ""
 
 
 class ShelveRequest(_Schema):
     """Shelve for ``minutes`` (at most a day): hidden from notifications, back by itself afterwards."""
 
     minutes: float = Field(gt=0, le=1440)
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: Annotated[Reason, Field(min_length=1)]
 
 
 class FeedbackCreate(_Schema):
     """What was found: a true fault, a false alarm, or the cause."""
 
     verdict: Literal["true_fault", "false_alarm", "cause_found"]
-    cause: str = Field("", max_length=2000)
-    comment: str = Field("", max_length=4000)
+    cause: Reason = ""
+    comment: Text = ""
 
 
 class FeedbackPublic(FeedbackCreate):
@@ -165,12 +167,12 @@ def list_alerts(
     _who: ViewerDep,
     state: Annotated[list[StateName] | None, Query(description="any of these states")] = None,
     priority: Annotated[list[PriorityName] | None, Query(description="any of these priorities")] = None,
-    subtree: Annotated[str | None, Query(description="only alerts of this node and below")] = None,
-    start: Annotated[AwareDatetime | None, Query(description="raised at or after")] = None,
-    end: Annotated[AwareDatetime | None, Query(description="raised before")] = None,
+    subtree: Annotated[Key | None, Query(description="only alerts of this node and below")] = None,
+    start: Annotated[Timestamp | None, Query(description="raised at or after")] = None,
+    end: Annotated[Timestamp | None, Query(description="raised before")] = None,
     open_only: Annotated[bool, Query(alias="open", description="only alerts not back to normal")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[Offset, Query()] = 0,
 ) -> AlertPage:
     """Alerts filtered by state, priority, asset subtree and time range, newest first."""
     if start and end and end <= start:
@@ -265,7 +267,7 @@ def summary(session: SessionDep, _who: ViewerDep) -> AlertSummary:
 def export_feedback(
     session: SessionDep,
     _who: EngineerDep,
-    since: Annotated[AwareDatetime | None, Query(description="recorded at or after")] = None,
+    since: Annotated[Timestamp | None, Query(description="recorded at or after")] = None,
     verdict: Annotated[Literal["true_fault", "false_alarm", "cause_found"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[FeedbackPublic]:
@@ -279,13 +281,13 @@ def export_feedback(
 
 
 @router.get("/{alert_id}", response_model=AlertPublic)
-def get_alert(session: SessionDep, _who: ViewerDep, alert_id: int) -> AlertPublic:
+def get_alert(session: SessionDep, _who: ViewerDep, alert_id: RowId) -> AlertPublic:
     """One alert."""
     return public(lifecycle.get_alert(session, alert_id))
 
 
 @router.get("/{alert_id}/transitions", response_model=list[TransitionPublic])
-def get_transitions(session: SessionDep, _who: ViewerDep, alert_id: int) -> list[TransitionPublic]:
+def get_transitions(session: SessionDep, _who: ViewerDep, alert_id: RowId) -> list[TransitionPublic]:
     """The alert's history, oldest first: every transition, change of condition and comment."""
     return [_transition_public(t) for t in lifecycle.transitions(session, alert_id)]
 
@@ -303,27 +305,27 @@ def _transition_public(t: AlertTransition) -> TransitionPublic:
     )
 
 
-@router.get("/{alert_id}/advice")
-def get_advice(session: SessionDep, _who: ViewerDep, alert_id: int) -> dict[str, Any]:
+@router.get("/{alert_id}/advice", response_model=AlertAdvice)
+def get_advice(session: SessionDep, _who: ViewerDep, alert_id: RowId) -> AlertAdvice:
     """Ranked maintenance advice for the alert, with its due date."""
     alert = lifecycle.get_alert(session, alert_id)
     due, why = due_date(session, alert)
-    return {
+    return AlertAdvice.model_validate({
         "alert_id": alert.id,
         "due": from_us(due),
         "due_reason": why,
         "advice": [asdict(a) for a in advise(session, alert)],
-    }
+    })  # fmt: skip
 
 
 class CommentCreate(_Schema):
     """A note on an alert, kept in its history."""
 
-    text: str = Field(min_length=1, max_length=4000)
+    text: Annotated[Text, Field(min_length=1)]
 
 
 @router.post("/{alert_id}/comments", response_model=TransitionPublic, status_code=201)
-def add_comment(session: SessionDep, who: TechnicianDep, alert_id: int, body: CommentCreate) -> TransitionPublic:
+def add_comment(session: SessionDep, who: TechnicianDep, alert_id: RowId, body: CommentCreate) -> TransitionPublic:
     """Note something on an alert (technician and up); it shows in the alert's history."""
     alert = lifecycle.comment(session, alert_id, actor=who.name or who.prefix, text=body.text.strip())
     session.commit()
@@ -332,7 +334,7 @@ def add_comment(session: SessionDep, who: TechnicianDep, alert_id: int, body: Co
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertPublic)
 def acknowledge(
-    session: SessionDep, who: TechnicianDep, alert_id: int, body: ActionRequest | None = None
+    session: SessionDep, who: TechnicianDep, alert_id: RowId, body: ActionRequest | None = None
 ) -> AlertPublic:
     """Acknowledge: active alerts stay active, returned ones close (technician and up)."""
     alert = lifecycle.acknowledge(
@@ -343,7 +345,7 @@ def acknowledge(
 
 
 @router.post("/{alert_id}/shelve", response_model=AlertPublic)
-def shelve(session: SessionDep, who: EngineerDep, alert_id: int, body: ShelveRequest) -> AlertPublic:
+def shelve(session: SessionDep, who: EngineerDep, alert_id: RowId, body: ShelveRequest) -> AlertPublic:
     """Shelve for a while, with a reason (engineer and up)."""
     now = now_us()
     alert = lifecycle.shelve(
@@ -360,7 +362,7 @@ def shelve(session: SessionDep, who: EngineerDep, alert_id: int, body: ShelveReq
 
 @router.post("/{alert_id}/unshelve", response_model=AlertPublic)
 def unshelve(
-    session: SessionDep, who: EngineerDep, alert_id: int, body: ActionRequest | None = None
+    session: SessionDep, who: EngineerDep, alert_id: RowId, body: ActionRequest | None = None
 ) -> AlertPublic:
     """End a shelf early (engineer and up)."""
     alert = lifecycle.get_alert(session, alert_id, lock=True)
@@ -373,7 +375,7 @@ def unshelve(
 
 @router.post("/{alert_id}/feedback", response_model=FeedbackPublic, status_code=201)
 def add_feedback(
-    session: SessionDep, who: TechnicianDep, alert_id: int, body: FeedbackCreate
+    session: SessionDep, who: TechnicianDep, alert_id: RowId, body: FeedbackCreate
 ) -> FeedbackPublic:
     """Record what was found, with the window and evidence behind the alert, for retraining (technician+)."""
     alert = lifecycle.get_alert(session, alert_id)
@@ -385,7 +387,7 @@ def add_feedback(
 
 
 @router.get("/{alert_id}/feedback", response_model=list[FeedbackPublic])
-def list_feedback(session: SessionDep, _who: ViewerDep, alert_id: int) -> list[FeedbackPublic]:
+def list_feedback(session: SessionDep, _who: ViewerDep, alert_id: RowId) -> list[FeedbackPublic]:
     """The feedback recorded on an alert."""
     lifecycle.get_alert(session, alert_id)
     rows = session.scalars(

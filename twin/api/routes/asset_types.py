@@ -15,6 +15,7 @@ from sqlalchemy import select
 from twin.api.deps import SessionDep, require_role
 from twin.auth import Role
 from twin.errors import NotFound
+from twin.fields import Key
 from twin.tables import AssetTypeRecord
 
 router = APIRouter(prefix="/asset-types", tags=["nodes"], dependencies=[Depends(require_role(Role.VIEWER))])
@@ -72,7 +73,7 @@ def list_asset_types(session: SessionDep) -> list[AssetTypePublic]:
 
 
 @router.get("/{type_id}", response_model=AssetTypePublic)
-def get_asset_type(session: SessionDep, type_id: str) -> AssetTypePublic:
+def get_asset_type(session: SessionDep, type_id: Key) -> AssetTypePublic:
     """One asset type."""
     row = session.get(AssetTypeRecord, type_id)
     if row is None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, status
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, status
 
 from plant.wire import from_us
 from twin import auth
 from twin.api.deps import SessionDep, require_role
 from twin.auth import Role
+from twin.fields import Token
 from twin.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeysPublic
 from twin.tables import ApiKey
 
@@ -41,6 +44,6 @@ def create_key(session: SessionDep, body: ApiKeyCreate) -> ApiKeyCreated:
 
 
 @router.delete("/{prefix}", response_model=ApiKeyPublic)
-def revoke_key(session: SessionDep, prefix: str) -> ApiKeyPublic:
+def revoke_key(session: SessionDep, prefix: Annotated[Token, Path(min_length=1, max_length=64)]) -> ApiKeyPublic:
     """Revoke a key: requests with it get 401 from now on."""
     return _public(auth.revoke_key(session, prefix))

@@ -10,13 +10,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict
 
 from plant.wire import from_us, now_us, to_us
 from twin import logbook, queries
 from twin.api.deps import SessionDep, ViewerDep
 from twin.errors import InvalidRequest
 from twin.exports import filename_stamp
+from twin.fields import Key, Timestamp
 
 router = APIRouter(tags=["logbook"])
 
@@ -51,9 +52,9 @@ class Logbook(_Schema):
     count: int
 
 
-Node = Annotated[str | None, Query(max_length=64, description="this asset and everything below it; none: the plant")]
-Start = Annotated[AwareDatetime | None, Query(description="inclusive; default: 30 days before end")]
-End = Annotated[AwareDatetime | None, Query(description="exclusive; default: now")]
+Node = Annotated[Key | None, Query(description="this asset and everything below it; none: the plant")]
+Start = Annotated[Timestamp | None, Query(description="inclusive; default: 30 days before end")]
+End = Annotated[Timestamp | None, Query(description="exclusive; default: now")]
 Sources = Annotated[list[SourceName] | None, Query(alias="source", description="only these sources")]
 Limit = Annotated[int, Query(ge=1, le=5000)]
 

@@ -16,8 +16,10 @@ from twin import model_registry
 from twin.api.deps import AgentOrEngineerDep, AgentOrViewerDep, EngineerDep, SessionDep, SettingsDep
 from twin.cascade import Cascade
 from twin.errors import InvalidRequest
+from twin.fields import Key
 from twin.schemas import (
     CascadeRequest,
+    FailureRecorded,
     ModelCreated,
     ModelFailureReport,
     ModelPromote,
@@ -91,7 +93,7 @@ def promoted_models(session: SessionDep, _who: AgentOrViewerDep) -> dict[str, An
 
 
 @router.post("/{task}/{version}/promote", response_model=ModelCreated)
-def promote_model(session: SessionDep, who: EngineerDep, task: str, version: str, body: ModelPromote) -> dict[str, Any]:
+def promote_model(session: SessionDep, who: EngineerDep, task: Key, version: Key, body: ModelPromote) -> dict[str, Any]:
     """Have the agents of an asset type run this version (engineer and up); promoting an older one rolls back."""
     row = model_registry.promote(session, task, version, body.asset_type, who.name or who.prefix)
     return {"task": row.task, "name": row.name, "version": row.version, "sha256": row.sha256}
@@ -102,7 +104,7 @@ def promote_model(session: SessionDep, who: EngineerDep, task: str, version: str
     response_class=Response,
     responses={200: {"content": {ARCHIVE_TYPE: {}}, "headers": {SHA256_HEADER: {"description": "of the body"}}}},
 )
-def download_model(session: SessionDep, _who: AgentOrViewerDep, task: str, version: str) -> Response:
+def download_model(session: SessionDep, _who: AgentOrViewerDep, task: Key, version: Key) -> Response:
     """The version's tar.gz; the X-Model-Sha256 header is the sha256 of the body, to check before use."""
     data, sha256 = model_registry.archive(session, task, version)
     headers = {
@@ -113,13 +115,13 @@ def download_model(session: SessionDep, _who: AgentOrViewerDep, task: str, versi
     return Response(content=data, media_type=ARCHIVE_TYPE, headers=headers)
 
 
-@router.post("/{task}/{version}/failures", status_code=201)
+@router.post("/{task}/{version}/failures", status_code=201, response_model=FailureRecorded)
 def report_failure(
-    session: SessionDep, _who: AgentOrEngineerDep, task: str, version: str, body: ModelFailureReport
-) -> dict[str, str]:
+    session: SessionDep, _who: AgentOrEngineerDep, task: Key, version: Key, body: ModelFailureReport
+) -> FailureRecorded:
     """A gateway could not run this version for an asset type (agent keys, engineer and up); shown in the list."""
     model_registry.report_failure(session, task, version, body.gateway, body.asset_type, body.reason)
-    return {"status": "recorded"}
+    return FailureRecorded()
 
 
 @cascade_router.post("/cascade", response_model=Diagnosis)

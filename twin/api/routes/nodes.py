@@ -4,24 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime
+from fastapi import APIRouter, Depends, Path, Query
 
 from twin import queries
 from twin.api.deps import SessionDep, require_role
 from twin.auth import Role
+from twin.fields import Key, Name, Timestamp, Token
 from twin.queries import DEFAULT_LIMIT, MAX_LIMIT, Window
 from twin.schemas import FramesPage, HistoryPage, NodeForest, NodeState, Order, PropertyPublic, Resolution
 
 router = APIRouter(prefix="/nodes", tags=["nodes"], dependencies=[Depends(require_role(Role.VIEWER))])
 
 Start = Annotated[
-    AwareDatetime | None,
+    Timestamp | None,
     Query(description="ISO 8601 with timezone; inclusive", examples=["2024-05-01T00:00:00Z"]),
 ]
-End = Annotated[AwareDatetime | None, Query(description="ISO 8601 with timezone; exclusive")]
+End = Annotated[Timestamp | None, Query(description="ISO 8601 with timezone; exclusive")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="most items on one page")]
-Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")]
+Cursor = Annotated[Token | None, Query(description="next_cursor of the previous page")]
+NodeId = Annotated[Key, Path(description="a node id from the site model")]
+PropName = Annotated[Name, Path(min_length=1, max_length=128, description="a property name")]
 OrderQ = Annotated[Order, Query(description="asc: oldest first; desc: newest first")]
 ResolutionQ = Annotated[
     Resolution,
@@ -33,7 +35,7 @@ ResolutionQ = Annotated[
 @router.get("", response_model=NodeForest)
 def list_nodes(
     session: SessionDep,
-    root: Annotated[str | None, Query(description="only this node's subtree")] = None,
+    root: Annotated[Key | None, Query(description="only this node's subtree")] = None,
     include_retired: Annotated[bool, Query(description="also nodes that left the site file")] = False,
 ) -> NodeForest:
     """The node tree (site → area → line → machine → component), or one node's subtree."""
@@ -41,13 +43,13 @@ def list_nodes(
 
 
 @router.get("/{node_id}", response_model=NodeState)
-def get_node(session: SessionDep, node_id: str) -> NodeState:
+def get_node(session: SessionDep, node_id: NodeId) -> NodeState:
     """One node's latest state: its properties' latest values and its latest diagnoses."""
     return queries.node_state(session, node_id)
 
 
 @router.get("/{node_id}/properties/{prop}", response_model=PropertyPublic)
-def get_property(session: SessionDep, node_id: str, prop: str) -> PropertyPublic:
+def get_property(session: SessionDep, node_id: NodeId, prop: PropName) -> PropertyPublic:
     """One property's latest value."""
     return queries.property_public(queries.get_property(session, node_id, prop))
 
@@ -55,8 +57,8 @@ def get_property(session: SessionDep, node_id: str, prop: str) -> PropertyPublic
 @router.get("/{node_id}/properties/{prop}/history", response_model=HistoryPage)
 def get_history(
     session: SessionDep,
-    node_id: str,
-    prop: str,
+    node_id: NodeId,
+    prop: PropName,
     start: Start = None,
     end: End = None,
     limit: Limit = DEFAULT_LIMIT,
@@ -72,7 +74,7 @@ def get_history(
 @router.get("/{node_id}/frames", response_model=FramesPage)
 def get_frames(
     session: SessionDep,
-    node_id: str,
+    node_id: NodeId,
     start: Start = None,
     end: End = None,
     limit: Limit = DEFAULT_LIMIT,

@@ -1,7 +1,8 @@
 """``/api/v1/webhooks``: subscriptions, their deliveries, and replay (admin only).
 
 A subscription's secret is shown once, when it is created; the signature and headers are documented in
-twin/webhooks.py. Target URLs are checked against the ``webhook_allowlist`` setting.
+twin/webhooks/__init__.py. Target URLs are checked by the target policy (twin/webhooks/target.py): the form,
+the host allowlist (``webhook_allowlist``) and literal addresses here, every resolved address at delivery.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from plant.wire import from_us, now_us
 from twin import webhooks
 from twin.api.deps import SessionDep, SettingsDep, require_role
 from twin.auth import Role
+from twin.config import TwinSettings
 from twin.errors import ConfigError, InvalidRequest, NotFound
+from twin.fields import Key, Name, Offset, RowId, UrlText
 from twin.tables import WebhookDelivery, WebhookSubscription
+from twin.webhooks.target import TargetPolicy
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"], dependencies=[Depends(require_role(Role.ADMIN))])
 
@@ -35,12 +39,12 @@ class _Schema(BaseModel):
 class SubscriptionUpdate(_Schema):
     """Fields of a subscription that can change."""
 
-    name: str | None = Field(None, min_length=1, max_length=128)
-    url: str | None = Field(None, max_length=2048)
+    name: Annotated[Name, Field(min_length=1, max_length=128)] | None = None
+    url: UrlText | None = None
     format: Literal["native", "alertmanager"] | None = None
-    priorities: list[Priority] | None = None
-    subtree: str | None = Field(None, max_length=64)
-    kinds: list[Kind] | None = None
+    priorities: list[Priority] | None = Field(None, max_length=4)
+    subtree: Key | None = None
+    kinds: list[Kind] | None = Field(None, max_length=10)
     max_attempts: int | None = Field(None, ge=1, le=100)
     enabled: bool | None = None
 
@@ -48,14 +52,16 @@ class SubscriptionUpdate(_Schema):
 class SubscriptionCreate(_Schema):
     """A new subscription; a secret is generated when none is given."""
 
-    name: str = Field(min_length=1, max_length=128)
-    url: str = Field(max_length=2048)
-    secret: str | None = Field(None, min_length=16, max_length=128)
+    name: Annotated[Name, Field(min_length=1, max_length=128)]
+    url: UrlText
+    secret: Annotated[Name, Field(min_length=16, max_length=128)] | None = None
     format: Literal["native", "alertmanager"] = "native"
-    priorities: list[Priority] = Field(default_factory=list, description="empty: every priority")
-    subtree: str | None = Field(None, max_length=64, description="a node id; empty: the whole plant")
+    priorities: list[Priority] = Field(default_factory=list, max_length=4, description="empty: every priority")
+    subtree: Annotated[Key | None, Field(description="a node id; empty: the whole plant")] = None
     kinds: list[Kind] = Field(
-        default_factory=list, description="rule kinds, and work_order for work-order events; empty: every kind"
+        default_factory=list,
+        max_length=10,
+        description="rule kinds, and work_order for work-order events; empty: every kind",
     )
     max_attempts: int = Field(18, ge=1, le=100, description="tries before a delivery is dead-lettered")
     enabled: bool = True
@@ -103,8 +109,22 @@ class DeliveryPublic(_Schema):
 class ReplayRequest(_Schema):
     """Replay given deliveries, or every delivery of the subscription in ``status``."""
 
-    delivery_ids: list[int] | None = None
+    delivery_ids: list[RowId] | None = Field(None, max_length=1000)
     status: Literal["dead", "delivered"] = "dead"
+
+
+class DeliveryPage(_Schema):
+    """A page of a subscription's deliveries, newest first."""
+
+    items: list[DeliveryPublic]
+    count: int
+    total: int
+
+
+class Replayed(_Schema):
+    """How many deliveries were queued again."""
+
+    replayed: int
 
 
 def _public(s: WebhookSubscription) -> SubscriptionPublic:
@@ -140,14 +160,14 @@ def _delivery(d: WebhookDelivery) -> DeliveryPublic:
     )
 
 
-def _check_url(url: str, allowlist: list[str]) -> None:
+def _check_url(url: str, settings: TwinSettings) -> None:
     try:
-        webhooks.validate_url(url, allowlist)
+        TargetPolicy.from_settings(settings).check_url(url)
     except ConfigError as exc:
         raise InvalidRequest(str(exc)) from None
 
 
-def _get(session: SessionDep, sub_id: int) -> WebhookSubscription:
+def _get(session: SessionDep, sub_id: RowId) -> WebhookSubscription:
     sub = session.get(WebhookSubscription, sub_id)
     if sub is None:
         raise NotFound(f"webhook subscription {sub_id} does not exist")
@@ -165,7 +185,7 @@ def create_subscription(
     session: SessionDep, settings: SettingsDep, body: SubscriptionCreate
 ) -> SubscriptionCreated:
     """Subscribe a URL to alert events; the secret is in this answer only."""
-    _check_url(body.url, settings.webhook_allowlist)
+    _check_url(body.url, settings)
     secret = body.secret or secrets.token_urlsafe(32)
     sub = WebhookSubscription(
         name=body.name,
@@ -185,14 +205,14 @@ def create_subscription(
 
 
 @router.get("/{sub_id}", response_model=SubscriptionPublic)
-def get_subscription(session: SessionDep, sub_id: int) -> SubscriptionPublic:
+def get_subscription(session: SessionDep, sub_id: RowId) -> SubscriptionPublic:
     """One subscription."""
     return _public(_get(session, sub_id))
 
 
 @router.patch("/{sub_id}", response_model=SubscriptionPublic)
 def update_subscription(
-    session: SessionDep, settings: SettingsDep, sub_id: int, body: SubscriptionUpdate
+    session: SessionDep, settings: SettingsDep, sub_id: RowId, body: SubscriptionUpdate
 ) -> SubscriptionPublic:
     """Change a subscription; queued events keep the body rendered when they were queued."""
     sub = _get(session, sub_id)
@@ -200,7 +220,7 @@ def update_subscription(
     if "url" in changes:
         if changes["url"] is None:
             raise InvalidRequest("url cannot be empty")
-        _check_url(changes["url"], settings.webhook_allowlist)
+        _check_url(changes["url"], settings)
     for name, value in changes.items():
         if value is None and name not in ("subtree",):
             raise InvalidRequest(f"{name} cannot be null")
@@ -210,7 +230,7 @@ def update_subscription(
 
 
 @router.delete("/{sub_id}", status_code=204)
-def delete_subscription(session: SessionDep, sub_id: int) -> None:
+def delete_subscription(session: SessionDep, sub_id: RowId) -> None:
     """Remove a subscription and its queued deliveries."""
     sub = _get(session, sub_id)
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.subscription_id == sub_id))
@@ -218,14 +238,14 @@ def delete_subscription(session: SessionDep, sub_id: int) -> None:
     session.commit()
 
 
-@router.get("/{sub_id}/deliveries")
+@router.get("/{sub_id}/deliveries", response_model=DeliveryPage)
 def list_deliveries(
     session: SessionDep,
-    sub_id: int,
+    sub_id: RowId,
     status: Annotated[Literal["pending", "sending", "delivered", "dead"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> dict[str, object]:
+    offset: Annotated[Offset, Query()] = 0,
+) -> DeliveryPage:
     """A subscription's deliveries, newest first, optionally by status."""
     _get(session, sub_id)
     conds = [WebhookDelivery.subscription_id == sub_id]
@@ -236,11 +256,11 @@ def list_deliveries(
         select(WebhookDelivery).where(*conds).order_by(WebhookDelivery.id.desc()).limit(limit).offset(offset)
     )
     items = [_delivery(d) for d in rows]
-    return {"items": items, "count": len(items), "total": total}
+    return DeliveryPage(items=items, count=len(items), total=total)
 
 
-@router.post("/{sub_id}/replay")
-def replay(session: SessionDep, sub_id: int, body: ReplayRequest | None = None) -> dict[str, int]:
+@router.post("/{sub_id}/replay", response_model=Replayed)
+def replay(session: SessionDep, sub_id: RowId, body: ReplayRequest | None = None) -> Replayed:
     """Queue deliveries again with their original Idempotency-Key (dead-lettered ones by default)."""
     _get(session, sub_id)
     body = body or ReplayRequest()
@@ -259,4 +279,4 @@ def replay(session: SessionDep, sub_id: int, body: ReplayRequest | None = None) 
     else:
         n = webhooks.replay(session, subscription_id=sub_id, status=body.status)
     session.commit()
-    return {"replayed": n}
+    return Replayed(replayed=n)

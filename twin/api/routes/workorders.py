@@ -11,11 +11,12 @@ from datetime import datetime
 from typing import Annotated, Literal, cast
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from plant.wire import from_us, now_us, to_us
 from twin import workorders
 from twin.api.deps import SessionDep, TechnicianDep, ViewerDep
+from twin.fields import Key, Name, Offset, Reason, RowId, Text, Timestamp
 from twin.tables import WorkOrder, WorkOrderEvent
 
 router = APIRouter(prefix="/work-orders", tags=["work orders"])
@@ -32,9 +33,9 @@ class _Schema(BaseModel):
 class Part(_Schema):
     """A spare part: what, how many, its number."""
 
-    part: str = Field(min_length=1, max_length=200)
+    part: Annotated[Name, Field(min_length=1)]
     quantity: float = Field(1, gt=0, le=1e6)
-    number: str = Field("", max_length=100)
+    number: Annotated[Name, Field(max_length=100)] = ""
 
 
 class WorkOrderDraft(_Schema):
@@ -54,43 +55,43 @@ class WorkOrderDraft(_Schema):
 class WorkOrderCreate(_Schema):
     """A new work order: the asset, what to do, how urgent, by when, by whom, and the alerts it deals with."""
 
-    node: str = Field(min_length=1, max_length=64)
-    task: str = Field(min_length=1, max_length=200)
-    task_source: str = Field("", max_length=256, description="the knowledge-base entry it came from")
-    steps: list[str] = Field(default_factory=list, max_length=50)
+    node: Key
+    task: Annotated[Name, Field(min_length=1)]
+    task_source: Annotated[Name, Field(max_length=256, description="the knowledge-base entry it came from")] = ""
+    steps: list[Reason] = Field(default_factory=list, max_length=50)
     parts: list[Part] = Field(default_factory=list, max_length=50)
     priority: PriorityName = "medium"
-    due: AwareDatetime | None = None
-    assignee: str = Field("", max_length=128)
-    alert_ids: list[int] = Field(default_factory=list, max_length=100)
+    due: Timestamp | None = None
+    assignee: Annotated[Name, Field(max_length=128)] = ""
+    alert_ids: list[RowId] = Field(default_factory=list, max_length=100)
 
 
 class WorkOrderUpdate(_Schema):
     """Who does it, how urgent, by when (fields left out stay; ``due: null`` removes the due date)."""
 
-    assignee: str | None = Field(None, max_length=128)
+    assignee: Annotated[Name, Field(max_length=128)] | None = None
     priority: PriorityName | None = None
-    due: AwareDatetime | None = None
+    due: Timestamp | None = None
 
 
 class NoteRequest(_Schema):
     """A note, or why (for start and cancel)."""
 
-    text: str = Field("", max_length=4000)
+    text: Text = ""
 
 
 class CancelRequest(_Schema):
     """Why the work is not done."""
 
-    reason: str = Field(min_length=1, max_length=4000)
+    reason: Annotated[Text, Field(min_length=1)]
 
 
 class CompleteRequest(_Schema):
     """What was done; ``verdict`` (needed when alerts are linked) becomes model feedback on each of them."""
 
     verdict: Verdict | None = None
-    cause: str = Field("", max_length=2000)
-    notes: str = Field("", max_length=4000)
+    cause: Reason = ""
+    notes: Text = ""
     parts: list[Part] | None = Field(None, max_length=50, description="parts used; left out: as planned")
     time_spent_h: float | None = Field(None, ge=0, le=10_000)
 
@@ -184,10 +185,10 @@ def list_work_orders(
     session: SessionDep,
     _who: ViewerDep,
     state: Annotated[list[StateName] | None, Query(description="any of these states")] = None,
-    subtree: Annotated[str | None, Query(max_length=64, description="only this node and below")] = None,
-    assignee: Annotated[str | None, Query(max_length=128)] = None,
+    subtree: Annotated[Key | None, Query(description="only this node and below")] = None,
+    assignee: Annotated[Name | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[Offset, Query()] = 0,
 ) -> WorkOrderPage:
     """Work orders filtered by state, asset subtree and assignee."""
     rows, total = workorders.listing(
@@ -199,7 +200,7 @@ def list_work_orders(
 
 
 @router.get("/draft", response_model=WorkOrderDraft)
-def draft(session: SessionDep, _who: ViewerDep, alert_id: Annotated[int, Query()]) -> WorkOrderDraft:
+def draft(session: SessionDep, _who: ViewerDep, alert_id: Annotated[RowId, Query()]) -> WorkOrderDraft:
     """What the knowledge base would put in a work order for this alert."""
     d = workorders.draft(session, alert_id)
     return WorkOrderDraft(
@@ -235,19 +236,19 @@ def create(session: SessionDep, who: TechnicianDep, body: WorkOrderCreate) -> Wo
 
 
 @router.get("/{wo_id}", response_model=WorkOrderPublic)
-def get_work_order(session: SessionDep, _who: ViewerDep, wo_id: int) -> WorkOrderPublic:
+def get_work_order(session: SessionDep, _who: ViewerDep, wo_id: RowId) -> WorkOrderPublic:
     """One work order."""
     return _one(session, workorders.get(session, wo_id))
 
 
 @router.get("/{wo_id}/events", response_model=list[WorkOrderEventPublic])
-def get_events(session: SessionDep, _who: ViewerDep, wo_id: int) -> list[WorkOrderEventPublic]:
+def get_events(session: SessionDep, _who: ViewerDep, wo_id: RowId) -> list[WorkOrderEventPublic]:
     """A work order's history, oldest first."""
     return [_event_public(e) for e in workorders.events(session, wo_id)]
 
 
 @router.patch("/{wo_id}", response_model=WorkOrderPublic)
-def update(session: SessionDep, who: TechnicianDep, wo_id: int, body: WorkOrderUpdate) -> WorkOrderPublic:
+def update(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: WorkOrderUpdate) -> WorkOrderPublic:
     """Assign, re-prioritise or re-date an open or running work order (technician and up)."""
     clear_due = "due" in body.model_fields_set and body.due is None
     wo = workorders.update(
@@ -264,7 +265,7 @@ def update(session: SessionDep, who: TechnicianDep, wo_id: int, body: WorkOrderU
 
 
 @router.post("/{wo_id}/start", response_model=WorkOrderPublic)
-def start(session: SessionDep, who: TechnicianDep, wo_id: int, body: NoteRequest | None = None) -> WorkOrderPublic:
+def start(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: NoteRequest | None = None) -> WorkOrderPublic:
     """Work begins (technician and up): open → in progress."""
     wo = workorders.start(session, wo_id, by=who.name or who.prefix, note_text=body.text if body else "")
     session.commit()
@@ -272,7 +273,7 @@ def start(session: SessionDep, who: TechnicianDep, wo_id: int, body: NoteRequest
 
 
 @router.post("/{wo_id}/notes", response_model=WorkOrderPublic)
-def add_note(session: SessionDep, who: TechnicianDep, wo_id: int, body: NoteRequest) -> WorkOrderPublic:
+def add_note(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: NoteRequest) -> WorkOrderPublic:
     """Add a note (technician and up)."""
     wo = workorders.note(session, wo_id, by=who.name or who.prefix, text=body.text.strip() or "-")
     session.commit()
@@ -280,7 +281,7 @@ def add_note(session: SessionDep, who: TechnicianDep, wo_id: int, body: NoteRequ
 
 
 @router.post("/{wo_id}/complete", response_model=WorkOrderPublic)
-def complete(session: SessionDep, who: TechnicianDep, wo_id: int, body: CompleteRequest) -> WorkOrderPublic:
+def complete(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: CompleteRequest) -> WorkOrderPublic:
     """Done (technician and up): the verdict goes to each linked alert as feedback, which is acknowledged."""
     c = workorders.Completion(
         verdict=body.verdict,
@@ -295,7 +296,7 @@ def complete(session: SessionDep, who: TechnicianDep, wo_id: int, body: Complete
 
 
 @router.post("/{wo_id}/cancel", response_model=WorkOrderPublic)
-def cancel(session: SessionDep, who: TechnicianDep, wo_id: int, body: CancelRequest) -> WorkOrderPublic:
+def cancel(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: CancelRequest) -> WorkOrderPublic:
     """Not done, and why (technician and up)."""
     wo = workorders.cancel(session, wo_id, by=who.name or who.prefix, reason=body.reason.strip())
     session.commit()
