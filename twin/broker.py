@@ -92,7 +92,7 @@ class BrokerAccess:
         return hashes
 
 
-class GatewayAuthPlugin(BaseAuthPlugin):
+class GatewayAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt has no type hints
     """amqtt authentication by ``BrokerAccess``."""
 
     @dataclass
@@ -103,14 +103,14 @@ class GatewayAuthPlugin(BaseAuthPlugin):
 
     async def authenticate(self, *, session: Session) -> bool | None:
         """Gateways by their credential, the platform by this broker's, anonymous clients outside the root."""
-        access: BrokerAccess = self.context.config.access  # type: ignore[union-attr]
+        access: BrokerAccess = self.context.config.access
         ok = access.authenticate(session.username, session.password)
         if not ok:
             log.warning("mqtt login refused", user=session.username, client_id=session.client_id)
         return ok
 
 
-class GatewayTopicPlugin(BaseTopicPlugin):
+class GatewayTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
     """amqtt topic ACL by ``BrokerAccess``."""
 
     @dataclass
@@ -123,7 +123,7 @@ class GatewayTopicPlugin(BaseTopicPlugin):
         self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
     ) -> bool | None:
         """Publish needs write access to the topic, subscribe and receive read access."""
-        access: BrokerAccess = self.context.config.access  # type: ignore[union-attr]
+        access: BrokerAccess = self.context.config.access
         if session is None or topic is None:
             return False
         wanted = Access.WRITE if action == Action.PUBLISH else Access.READ

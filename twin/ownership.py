@@ -13,14 +13,15 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from sqlalchemy import Engine, select
 
-from plant.wire import NOT_OWNER, Rejection, UplinkBatch
+from plant.wire import NOT_OWNER, Diagnosis, Frame, Rejection, UplinkBatch, Value
 from twin.store import ApplyResult
 from twin.tables import TwinNode
 
-_KINDS = ("value", "frame", "diagnosis")
+_KINDS: tuple[Literal["value", "frame", "diagnosis"], ...] = ("value", "frame", "diagnosis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class Split:
         """The store's result for the cut batch, with indices of the original batch and the refusals."""
         if self.kept is None:
             return result
-        moved = tuple(replace(r, index=self.kept[_KINDS.index(r.kind)][r.index]) for r in result.rejected)
+        moved = tuple(r.model_copy(update={"index": self.kept[_KINDS.index(r.kind)][r.index]}) for r in result.rejected)
         rejected = tuple(sorted((*moved, *self.refused), key=lambda r: (_KINDS.index(r.kind), r.index)))
         return replace(result, rejected=rejected)
 
@@ -81,13 +82,13 @@ class Ownership:
         owners = self.owners()
         if not owners:
             return Split(batch)
-        groups = (batch.values, batch.frames, batch.diagnoses)
+        groups: tuple[Sequence[Value | Frame | Diagnosis], ...] = (batch.values, batch.frames, batch.diagnoses)
         foreign = [[i for i, item in enumerate(items) if owners.get(item.node, gateway) != gateway]
                    for items in groups]
         if not any(foreign):
             return Split(batch)
-        refused = tuple(
-            Rejection(kind=kind, index=i, reason=NOT_OWNER,  # type: ignore[arg-type]
+        refused: tuple[Rejection, ...] = tuple(
+            Rejection(kind=kind, index=i, reason=NOT_OWNER,
                       detail=f"node {groups[k][i].node} belongs to gateway {owners[groups[k][i].node]}")
             for k, kind in enumerate(_KINDS) for i in foreign[k]
         )

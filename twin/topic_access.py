@@ -134,7 +134,8 @@ class TopicRules:
         lines += [f"topic {g.access} {g.pattern}" for g in platform_grants(self.root)]
         lines.append("topic read $SYS/#")
         if plant_user:
-            lines += ["", "# the plant's own devices publish telemetry for the agents' MQTT sources", f"user {plant_user}"]
+            lines += ["", "# the plant's own devices publish telemetry for the agents' MQTT sources",
+                      f"user {plant_user}"]
             lines += [f"topic readwrite {t}" for t in plant_topics]
         for name in sorted(gateways):
             lines += ["", f"user {name}"]

@@ -37,8 +37,9 @@ _DATABASE_URL = click.option("--database-url", envvar="TWIN_DATABASE_URL", defau
 
 
 def _db_url(data_dir: Path | None, database_url: str | None) -> str:
-    settings = TwinSettings(**({"data_dir": data_dir} if data_dir is not None else {}), database_url=database_url)
-    return settings.db_url
+    if data_dir is None:
+        return TwinSettings(database_url=database_url).db_url
+    return TwinSettings(data_dir=data_dir, database_url=database_url).db_url
 
 
 @contextmanager

@@ -114,8 +114,10 @@ def test_over_budget_batches_are_refused_whole_and_others_still_land(
         assert (first.stored, first.accepted) == (True, 10)
         over = flood.send(batch(*(value(v=1.0, ts=NOW + 100 + i) for i in range(5)), name="f2", gateway="flood"))
         assert (over.batch, over.stored, over.code, over.accepted) == ("f2", False, "over_budget", 0)
-        assert over.retry_after is not None and 0.5 < over.retry_after <= 1.0
-        assert over.error and "budget" in over.error
+        assert over.retry_after is not None
+        assert 0.5 < over.retry_after <= 1.0
+        assert over.error
+        assert "budget" in over.error
         ok = calm.send(batch(value("p2", v=3.0, ts=NOW), name="c1", gateway="calm"))
         assert (ok.stored, ok.accepted) == (True, 1)
         assert history_count(store.engine) == 11  # nothing of f2

@@ -178,7 +178,8 @@ def test_forged_batches_of_another_gateway_are_not_stored(plant: Plant, broker: 
     b = Gateway(broker, "gw-b", plant.credentials["gw-b"], listen=ack_topic("gw-b"))
     spy = Gateway(broker, "gw-b", plant.credentials["gw-b"])
     try:
-        assert a.ok and b.ok
+        assert a.ok
+        assert b.ok
         # gw-b may not even listen to gw-a's acks (Mosquitto grants the subscription and delivers nothing)
         spy.client.subscribe(ack_topic("gw-a"), qos=1)
         spy.subscribed.get(timeout=5)

@@ -130,19 +130,23 @@ def test_cli_add_prints_the_credential_once_and_files_hold_its_hash(
     added = runner.invoke(cli, ["gateways", "add", "line-1", "--database-url", db])
     assert added.exit_code == 0, added.output
     credential = added.stdout.strip()
-    assert "\n" not in credential and len(credential) >= 32
+    assert "\n" not in credential
+    assert len(credential) >= 32
     assert runner.invoke(cli, ["gateways", "add", "line-2", "--database-url", db]).exit_code == 0
     assert runner.invoke(cli, ["gateways", "revoke", "line-2", "--database-url", db]).exit_code == 0
     listed = runner.invoke(cli, ["gateways", "list", "--database-url", db])
-    assert "line-1" in listed.stdout and "revoked" in listed.stdout.splitlines()[1]
+    assert "line-1" in listed.stdout
+    assert "revoked" in listed.stdout.splitlines()[1]
     assert credential not in listed.output
     again = runner.invoke(cli, ["gateways", "add", "line-1", "--database-url", db])
-    assert again.exit_code != 0 and "revoke it first" in again.output
+    assert again.exit_code != 0
+    assert "revoke it first" in again.output
 
     out = tmp_path / "auth"
     no_platform = runner.invoke(cli, ["gateways", "files", "--out", str(out), "--database-url", db],
                                 env={"MQTT_PLATFORM_PASSWORD": ""})
-    assert no_platform.exit_code != 0 and "MQTT_PLATFORM_PASSWORD" in no_platform.output
+    assert no_platform.exit_code != 0
+    assert "MQTT_PLATFORM_PASSWORD" in no_platform.output
     monkeypatch.setenv("MQTT_PLATFORM_PASSWORD", "platform-password-1")
     monkeypatch.setenv("MQTT_PLANT_PASSWORD", "plant-password-1")
     monkeypatch.setenv("AGENT_PW", "provisioned-agent-password")
