@@ -38,6 +38,7 @@ class GatewayBudget:
         self.clock = clock
         self.refused: Counter[str] = Counter()  # batches refused per gateway
         self._buckets: dict[str, _Bucket] = {}
+        self._reported: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @property
@@ -69,6 +70,17 @@ class GatewayBudget:
         full = [g for g, b in self._buckets.items() if b.tokens + (now - b.at) * self.rate >= self.burst]
         for g in full:
             del self._buckets[g]
+
+    def should_report(self, gateway: str, every_s: float = 10.0) -> bool:
+        """Whether to log a refusal of ``gateway`` now: once per ``every_s`` at most."""
+        now = self.clock()
+        with self._lock:
+            if now - self._reported.get(gateway, float("-inf")) < every_s:
+                return False
+            if len(self._reported) >= MAX_GATEWAYS:
+                self._reported.clear()
+            self._reported[gateway] = now
+            return True
 
     def refused_batches(self) -> dict[str, int]:
         """Batches refused so far, per gateway."""

@@ -239,8 +239,8 @@ class Ingestor:
         wait = self.budget.take(sender, len(batch))
         if wait is not None:
             return self._over_budget(batch, wait)
-        split = self.ownership.split(sender, batch)
         try:
+            split = self.ownership.split(sender, batch)
             result = split.merge(self.store.apply(split.batch))
         except StoreError as exc:
             with self._lock:
@@ -259,7 +259,9 @@ class Ingestor:
     def _over_budget(self, batch: UplinkBatch, wait: float) -> Ack:
         """Refuse the whole batch before any database work: the gateway sends it again after ``wait``."""
         retry = round(wait, 3)
-        log.warning("batch over budget", gateway=batch.gateway, batch=batch.batch, items=len(batch), retry_after=retry)
+        if self.budget.should_report(batch.gateway):  # a flood must not flood the log as well
+            log.warning("batches over budget", gateway=batch.gateway, batch=batch.batch, items=len(batch),
+                        retry_after=retry, refused_so_far=self.budget.refused_batches().get(batch.gateway, 0))
         return Ack(gateway=batch.gateway, batch=batch.batch, stored=False, code=OVER_BUDGET, retry_after=retry,
                    error=f"over budget of {self.budget.rate:g} values/s: send again in {retry:g} s")
 

@@ -15,11 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import structlog
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from plant.wire import NOT_OWNER, Diagnosis, Frame, Rejection, UplinkBatch, Value
+from twin.errors import StoreError
 from twin.store import ApplyResult
 from twin.tables import TwinNode
+
+log = structlog.get_logger(__name__)
 
 _KINDS: tuple[Literal["value", "frame", "diagnosis"], ...] = ("value", "frame", "diagnosis")
 
@@ -66,11 +71,19 @@ class Ownership:
         """Node id → owning gateway, for the nodes that have one."""
         with self._lock:
             if time.monotonic() - self._read_at > self.refresh_s:
-                with self.engine.connect() as conn:
-                    rows = conn.execute(select(TwinNode.id, TwinNode.gateway).where(TwinNode.gateway.is_not(None)))
-                    self._owners = {r.id: r.gateway for r in rows}
-                self._read_at = time.monotonic()
+                self._read()
             return self._owners
+
+    def _read(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(TwinNode.id, TwinNode.gateway).where(TwinNode.gateway.is_not(None)))
+                self._owners = {r.id: r.gateway for r in rows}
+        except SQLAlchemyError as exc:
+            if self._read_at == float("-inf"):  # never read: no batch can be checked, so none is stored
+                raise StoreError(f"cannot read the nodes' owners: {str(exc).splitlines()[0]}") from exc
+            log.warning("cannot read the nodes' owners, keeping the last read", error=str(exc).splitlines()[0])
+        self._read_at = time.monotonic()
 
     def invalidate(self) -> None:
         """Read the owners again at the next batch (after a site sync)."""

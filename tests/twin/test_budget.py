@@ -139,3 +139,13 @@ def test_settings_give_every_ingestor_a_budget(store: TwinStore) -> None:
     settings = TwinSettings(mqtt_url="mqtt://127.0.0.1:1", ingest_gateway_budget=123, ingest_gateway_burst=456)
     ingest = Ingestor.from_settings(store, settings)
     assert (ingest.budget.rate, ingest.budget.burst) == (123, 456)
+
+
+def test_refusals_are_logged_once_per_interval_per_gateway() -> None:
+    clock = Clock()
+    budget = GatewayBudget(1, 1, clock)
+    assert budget.should_report("a")
+    assert not budget.should_report("a")
+    assert budget.should_report("b")
+    clock.t += 10
+    assert budget.should_report("a")
