@@ -21,6 +21,9 @@ from sqlalchemy.orm import Session
 from plant.wire import GATEWAY_ID_PATTERN, now_us
 from twin.errors import Conflict, InvalidRequest, NotFound
 from twin.tables import TwinGateway
+from twin.topic_access import PLANT_USER, PLATFORM_USER
+
+RESERVED_USERS = {PLATFORM_USER: "platform's ingest", PLANT_USER: "plant's devices"}
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +65,8 @@ def check_name(name: str) -> str:
     """``name`` if it is a valid gateway id; InvalidRequest saying why otherwise."""
     if not _GATEWAY_ID.fullmatch(name):
         raise InvalidRequest(f"gateway id {name!r} must be 1-64 letters, digits, '-', '_' or '.'")
+    if name in RESERVED_USERS:
+        raise InvalidRequest(f"{name!r} is the broker user of the {RESERVED_USERS[name]}: name the gateway otherwise")
     return name
 
 

@@ -74,7 +74,7 @@ def test_add_list_revoke_and_add_again(db: str) -> None:
     engine.dispose()
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "+", "#", "gw 1", "x" * 65, "gw\x00", "é"])
+@pytest.mark.parametrize("name", ["", "a/b", "+", "#", "gw 1", "x" * 65, "gw\x00", "é", "platform", "plant"])
 def test_gateway_ids_are_one_safe_topic_segment(db: str, name: str) -> None:
     engine = make_engine(db)
     with Session(engine) as session, pytest.raises(InvalidRequest):
