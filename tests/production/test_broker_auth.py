@@ -19,9 +19,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from plant.wire import uplink_topic
+from plant.wire import ack_topic, decode_ack, uplink_topic
+from tests.twin.store_helpers import NOW, batch, value
 
-from .helpers import ROOT, free_port
+from .helpers import ROOT, Proc, free_port, prepare
 
 pytestmark = pytest.mark.slow
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -81,9 +82,10 @@ def broker(tmp_path: Path) -> Iterator[tuple[int, int, Path, str]]:
         log.close()
 
 
-def _client(port: int, user: str, password: str, ca: Path | None = None) -> tuple[mqtt.Client, bool]:
+def _client(port: int, user: str | None, password: str | None, ca: Path | None = None) -> tuple[mqtt.Client, bool]:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{user}-{os.urandom(3).hex()}")
-    c.username_pw_set(user, password)
+    if user is not None:
+        c.username_pw_set(user, password)
     if ca is not None:
         c.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
     result: queue.Queue[bool] = queue.Queue()
@@ -117,3 +119,42 @@ def test_a_gateway_writes_its_own_uplink_over_tls_and_nothing_else(broker: tuple
     for c in (platform, gateway, provisioned):
         c.disconnect()
         c.loop_stop()
+
+
+def test_serve_on_the_embedded_broker_enforces_logins_once_a_gateway_is_registered(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'twin.db'}"
+    prepare(url)
+    credential = _factory_twin(["gateways", "add", "gw1", "--database-url", url], {}).strip()
+    port = free_port()
+    serve = Proc(["serve", "--role", "ingest"],
+                 {"TWIN_DATABASE_URL": url, "TWIN_EMBEDDED_MQTT_PORT": str(port)}, tmp_path / "serve.log")
+    clients: list[mqtt.Client] = []
+    try:
+        serve.wait_for("ingest started")
+        gateway, ok = _client(port, "gw1", credential)
+        clients.append(gateway)
+        assert ok
+        acks: queue.Queue[bytes] = queue.Queue()
+        gateway.on_message = lambda _c, _u, m: acks.put(m.payload)
+        subscribed: queue.Queue[list[int]] = queue.Queue()
+        gateway.on_subscribe = lambda _c, _u, _m, codes, _p: subscribed.put([c.value for c in codes])
+        gateway.subscribe(ack_topic("gw1"), qos=1)
+        assert subscribed.get(timeout=5) == [1]
+        rogue, ok = _client(port, None, None)  # anonymous: admitted, to the plant's topics only
+        clients.append(rogue)
+        assert ok
+        rogue.publish(uplink_topic("gw1"), batch(value(v=99.0, ts=NOW), name="forged", gateway="gw1")
+                      .model_dump_json(), qos=1)
+        gateway.publish(uplink_topic("gw1"), batch(value(v=20.0, ts=NOW + 1), name="real", gateway="gw1")
+                        .model_dump_json(), qos=1)
+        ack = decode_ack(acks.get(timeout=10))
+        assert (ack.batch, ack.stored, ack.accepted) == ("real", True, 1)
+        time.sleep(0.5)
+        assert acks.empty()  # nothing of the forged batch reached the platform
+        _, ok = _client(port, "gw1", "not-the-credential")
+        assert not ok
+    finally:
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+        serve.stop()
