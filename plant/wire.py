@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from plant.errors import WireError
 
@@ -145,6 +145,15 @@ class Ack(_Wire):
     error: str | None = None
     code: str | None = Field(None, description="why nothing was stored, as a stable code, e.g. 'over_budget'")
     retry_after: float | None = Field(None, ge=0, description="send this batch again after so many seconds")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_codes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # an agent of an earlier version refuses keys it does not know: send them only when they say something
+        data: dict[str, Any] = handler(self)
+        for key in ("code", "retry_after"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 def uplink_topic(gateway: str, root: str = TOPIC_ROOT) -> str:

@@ -49,14 +49,15 @@ class BrokerAccess:
         credentials: gateway id → ``$7$`` hash of its credential, read again at most every ``refresh_s``
             (so a revoked gateway cannot log in again).
         refresh_s: how long a read of ``credentials`` is trusted.
+        platform_password: the platform's ingest login to this broker (a new random one by default).
     """
 
     rules: TopicRules
     credentials: Callable[[], dict[str, str]]
     refresh_s: float = 2.0
     platform_password: str = field(default_factory=new_credential)
-    _cache: tuple[float, dict[str, str]] = (float("-inf"), {})
-    _verified: dict[tuple[str, str], str] = field(default_factory=dict)
+    _cache: tuple[float, dict[str, str]] = field(init=False, default=(float("-inf"), {}))
+    _verified: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
 
     def authenticate(self, user: str | None, password: str | None) -> bool:
         """Whether this login may connect; anonymous clients may, to topics outside the root only."""
