@@ -238,7 +238,7 @@ class Ingestor:
         sender = _gateway_of(topic, self.topic_root)  # the broker's ACL ties the topic to the gateway's login
         wait = self.budget.take(sender, len(batch))
         if wait is not None:
-            return self._over_budget(batch, wait)
+            return self._over_budget(sender, batch, wait)
         try:
             split = self.ownership.split(sender, batch)
             result = split.merge(self.store.apply(split.batch))
@@ -256,12 +256,12 @@ class Ingestor:
                 log.exception("ingest listener failed", listener=repr(listener))
         return result.ack(batch)
 
-    def _over_budget(self, batch: UplinkBatch, wait: float) -> Ack:
+    def _over_budget(self, sender: str, batch: UplinkBatch, wait: float) -> Ack:
         """Refuse the whole batch before any database work: the gateway sends it again after ``wait``."""
         retry = round(wait, 3)
-        if self.budget.should_report(batch.gateway):  # a flood must not flood the log as well
-            log.warning("batches over budget", gateway=batch.gateway, batch=batch.batch, items=len(batch),
-                        retry_after=retry, refused_so_far=self.budget.refused_batches().get(batch.gateway, 0))
+        if self.budget.should_report(sender):  # a flood must not flood the log as well
+            log.warning("batches over budget", gateway=sender, batch=batch.batch, items=len(batch),
+                        retry_after=retry, refused_so_far=self.budget.refused_batches().get(sender, 0))
         return Ack(gateway=batch.gateway, batch=batch.batch, stored=False, code=OVER_BUDGET, retry_after=retry,
                    error=f"over budget of {self.budget.rate:g} values/s: send again in {retry:g} s")
 
