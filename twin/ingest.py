@@ -39,6 +39,7 @@ from plant.wire import (
 from twin.budget import GatewayBudget
 from twin.config import TwinSettings
 from twin.errors import BrokerError, ConfigError, StoreError
+from twin.lanes import Lanes
 from twin.ownership import Ownership
 from twin.store import ApplyResult, TwinStore, record_rejection
 
@@ -291,6 +292,13 @@ class Ingestor:
                 "rejected": s.rejected_total, "failed": s.failed}
 
 
+def _lane_of(msg: mqtt.MQTTMessage) -> str:
+    try:
+        return msg.topic
+    except UnicodeDecodeError:  # not a topic any broker should pass on: one lane for all such
+        return ""
+
+
 def _gateway_of(topic: str, root: str) -> str:
     rest = topic[len(root) + 1 :] if topic.startswith(root + "/") else topic
     return rest.split("/", 1)[0][:64]
@@ -305,7 +313,7 @@ class _Worker:
         self.keepalive = keepalive
         self.subscribed = threading.Event()
         self.error: str | None = None
-        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.inbox: Lanes[mqtt.MQTTMessage] = Lanes(_lane_of)  # a lane per gateway (uplink topic)
         self.client_id = client_id
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
                                   protocol=mqtt.MQTTv311, manual_ack=True)
