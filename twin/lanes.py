@@ -58,6 +58,10 @@ class Lanes(Generic[T]):
             self._size -= 1
             return item
 
+    def get_nowait(self) -> T:
+        """The oldest item of the next lane; ``queue.Empty`` at once when there is none."""
+        return self.get(0)
+
     def qsize(self) -> int:
         """Items waiting in every lane."""
         with self._ready:

@@ -40,6 +40,8 @@ def test_get_waits_then_times_out() -> None:
     lanes = _lanes()
     with pytest.raises(queue.Empty):
         lanes.get(0.05)
+    with pytest.raises(queue.Empty):
+        lanes.get_nowait()
     threading.Timer(0.05, lambda: lanes.put(("a", 1))).start()
     started = time.monotonic()
     assert lanes.get(5) == ("a", 1)
