@@ -26,7 +26,7 @@ RUN pip install --no-deps --no-build-isolation . && pip check && python -m compi
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 factory-twin \
     && useradd --system --uid 10001 --gid factory-twin --home-dir /var/lib/factory-twin --shell /usr/sbin/nologin factory-twin \
-    && mkdir -p /var/lib/factory-twin/agent \
+    && mkdir -p /var/lib/factory-twin/agent /var/lib/factory-twin/mqtt-auth \
     && chown -R factory-twin:factory-twin /var/lib/factory-twin
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

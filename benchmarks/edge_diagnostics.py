@@ -232,7 +232,7 @@ async def _drive(stack: Any, site_file: Path, seconds: float, writes: list[tuple
         for p, b in node.bindings.items()
     ]
     agent = Agent(site_file=site_file, gateway_id="bench-latency", data_dir=stack.config.data_dir / "agent",
-                  broker_url=stack.mqtt_url, metrics_port=-1)  # fmt: skip
+                  broker_url=stack.agent_mqtt_url, metrics_port=-1)  # fmt: skip
     async with OpcUaSimServer(source.endpoint, signals) as server:  # type: ignore[union-attr]
         task = asyncio.create_task(agent.run())
         await asyncio.wait_for(agent.ready.wait(), 30)

@@ -4,7 +4,9 @@ Up to ``max_inflight`` batches are out at once. Each batch takes the oldest chun
 ``live_share`` of its room to the newest ones, so a drain after an outage never starves live data. A batch is
 sent again when its ack does not come within ``ack_timeout`` or the ack says ``stored: false``; items the
 platform rejected are logged and counted, and not sent again. A resent batch gets a new batch id; its items
-keep their keys, so the platform stores each once.
+keep their keys, so the platform stores each once. An ack refusing a batch as ``over_budget`` (the gateway sent
+more values per second than the platform allows it) holds that batch and every new one for the ``retry_after``
+seconds it names: flow control, not a failure, so the backoff of failures does not grow.
 
 The batch JSON is assembled from the stored chunk bodies without parsing them again.
 """
@@ -25,7 +27,7 @@ from edge_agent.errors import ConnectorError, OutboxError
 from edge_agent.outbox import KINDS, Chunk, Outbox
 from edge_agent.platform_link import PlatformLink
 from plant.errors import WireError
-from plant.wire import WIRE_VERSION, decode_ack, uplink_topic
+from plant.wire import OVER_BUDGET, WIRE_VERSION, Ack, decode_ack, uplink_topic
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +52,7 @@ class UplinkStats:
     items_acked: int = 0
     items_rejected: int = 0
     refused: int = 0
+    over_budget: int = 0
     timeouts: int = 0
     per_kind: list[int] = field(default_factory=lambda: [0, 0, 0])
 
@@ -114,6 +117,7 @@ class Uplink:
         self.live_share = live_share
         self.retry_delay_s = retry_delay_s
         self._refusals = 0
+        self._paused_until = 0.0  # monotonic: no new batch before this (the platform's over_budget ack)
         self.topic = uplink_topic(gateway)
         self.stats = UplinkStats()
         self._inflight: dict[str, _Inflight] = {}
@@ -131,6 +135,10 @@ class Uplink:
     async def _send_loop(self) -> None:
         while True:
             await self.link.connected.wait()
+            pause = self._paused_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+                continue
             if len(self._inflight) >= self.max_inflight:
                 self._slot.clear()
                 await self._slot.wait()
@@ -186,6 +194,9 @@ class Uplink:
         if f is None or f.done:
             log.debug("uplink_unknown_ack", batch=ack.batch)  # a late or repeated ack: its batch was resent
             return
+        if not ack.stored and ack.code == OVER_BUDGET:
+            self._over_budget(ack, f)
+            return
         if not ack.stored:
             if f.refused:
                 return
@@ -211,6 +222,17 @@ class Uplink:
         task = asyncio.get_running_loop().create_task(self._acked(ack.batch, f))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _over_budget(self, ack: Ack, f: _Inflight) -> None:
+        """Hold this batch and send nothing new until the platform's ``retry_after`` has passed."""
+        wait = min(max(ack.retry_after or self.retry_delay_s, 0.05), 60.0)
+        until = time.monotonic() + wait
+        f.refused = True
+        f.deadline = until
+        self._paused_until = max(self._paused_until, until)
+        self.stats.over_budget += 1
+        metrics.UPLINK_BATCHES.labels("over_budget").inc()
+        log.info("uplink_over_budget", batch=ack.batch, retry_in_s=round(wait, 2))
 
     async def _acked(self, batch: str, f: _Inflight) -> None:
         try:

@@ -29,12 +29,14 @@ from factory_twin.simulator.run import Simulator, SimulatorConfig
 from plant.site import OpcUaSource, Site, load_site
 from plant.wire import now_us
 from twin.auth import Role, create_key
-from twin.broker import EmbeddedBroker, free_port
+from twin.broker import BrokerAccess, EmbeddedBroker, free_port
 from twin.config import Access, TwinSettings
 from twin.db import make_engine, make_sessionmaker
+from twin.gateways import active_credentials, new_credential, set_credential
 from twin.ingest import Ingestor
 from twin.platform import Platform
 from twin.tables import AlertTransition
+from twin.topic_access import TopicRules
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +109,8 @@ class Stack:
         self.admin_key = ""
         self.agent_key = ""
         self.api_url = ""
-        self.mqtt_url = ""
+        self.mqtt_url = ""  # the broker, for the plant's devices (anonymous on the embedded broker)
+        self.agent_mqtt_url = ""  # the broker with the gateway's login
         self._api_thread: threading.Thread | None = None
         self._site_file: Path | None = None
         self.started_us = now_us()
@@ -119,12 +122,7 @@ class Stack:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.started_us = now_us()
-        if cfg.mqtt_url is None:
-            self.broker = EmbeddedBroker(port=0).start()
-            self.mqtt_url = self.broker.url
-        else:
-            self.mqtt_url = cfg.mqtt_url
-        settings = TwinSettings(data_dir=cfg.data_dir, database_url=cfg.database_url, mqtt_url=self.mqtt_url,
+        settings = TwinSettings(data_dir=cfg.data_dir, database_url=cfg.database_url, mqtt_url=cfg.mqtt_url,
                                 mqtt_client_id=f"ft-ingest-{cfg.gateway_id}", metrics_port=-1,
                                 knowledge_dir=cfg.knowledge_dir or _example_knowledge(),
                                 docs_access=_demo_docs_access(cfg.http_host))
@@ -132,13 +130,35 @@ class Stack:
 
         migrations.upgrade(settings.db_url)
         self.engine = make_engine(settings.db_url)
+        platform_url = self._start_broker(settings)
         site = self._site()
-        self.platform = Platform(settings, self.engine, site, self.mqtt_url).start()
+        self.platform = Platform(settings, self.engine, site, platform_url).start()
         self.ingestor = self.platform.ingestor
         with make_sessionmaker(self.engine)() as session:  # create_key commits each key
             self.admin_key = create_key(session, Role.ADMIN, "demo admin")
             self.agent_key = create_key(session, Role.AGENT, f"gateway {cfg.gateway_id}")
         self._start_api(settings)
+
+    def _start_broker(self, settings: TwinSettings) -> str:
+        """The embedded broker (unless a broker is given), enforcing gateway logins; returns ingest's URL.
+
+        The demo's gateway gets a new credential each run; the simulator, standing for the plant's devices,
+        stays anonymous and so can use the plant topics only.
+        """
+        cfg = self.config
+        if cfg.mqtt_url is not None:
+            self.mqtt_url = self.agent_mqtt_url = cfg.mqtt_url
+            return cfg.mqtt_url
+        engine = self.engine
+        assert engine is not None
+        access = BrokerAccess(TopicRules(settings.mqtt_topic_root), lambda: active_credentials(engine))
+        self.broker = EmbeddedBroker(port=0, access=access).start()
+        credential = new_credential()
+        with make_sessionmaker(engine)() as session:
+            set_credential(session, cfg.gateway_id, credential)
+        self.mqtt_url = self.broker.url
+        self.agent_mqtt_url = self.broker.url_for(cfg.gateway_id, credential)
+        return self.broker.platform_url
 
     def _start_api(self, settings: TwinSettings) -> None:
         from twin.api.app import create_app
@@ -184,8 +204,8 @@ class Stack:
         # the agent asks the platform's teachers about unsure windows and follows promoted models
         platform = {"platform_url": self.api_url, "platform_key": self.agent_key} if self.agent_key else {}
         self.agent = Agent(site_file=self._site_file, gateway_id=self.config.gateway_id,
-                           data_dir=self.config.data_dir / "agent", broker_url=self.mqtt_url,
-                           mqtt_url=self.mqtt_url, metrics_port=0,
+                           data_dir=self.config.data_dir / "agent", broker_url=self.agent_mqtt_url,
+                           mqtt_url=self.agent_mqtt_url, metrics_port=0,
                            **(platform | self.config.extra_agent_settings))
         async with sim, asyncio.TaskGroup() as tg:
             sim_task = tg.create_task(sim.run(), name="simulator")

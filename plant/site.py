@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from plant.errors import SiteError
+from plant.wire import GATEWAY_ID_PATTERN
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Ident = Annotated[str, Field(pattern=_ID)]
@@ -359,6 +360,11 @@ class Node(_Model):
     criticality: Criticality = Criticality.MEDIUM
     attributes: dict[str, str | int | float | bool] = {}
     bindings: dict[Ident, Binding] = {}
+    gateway: str | None = Field(
+        None,
+        pattern=GATEWAY_ID_PATTERN,
+        description="the gateway that owns this node and its subtree: only its uplink may write their values",
+    )
     children: list[Node] = []
 
     @property
@@ -437,6 +443,13 @@ class Site(_Model):
             if n.id == node_id:
                 return n
         raise KeyError(node_id)
+
+    def owners(self) -> dict[str, str | None]:
+        """Each node's owning gateway: its own ``gateway``, else its nearest ancestor's; None for no owner."""
+        owner: dict[str, str | None] = {}
+        for node, parent in self.walk():
+            owner[node.id] = node.gateway or (owner[parent.id] if parent is not None else None)
+        return owner
 
     def assets(self) -> Iterator[Node]:
         """Nodes that have an asset type (machines and typed components)."""

@@ -13,14 +13,20 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from plant.errors import WireError
 
 WIRE_VERSION = 1
 TOPIC_ROOT = "factory-twin/v1"
+# a gateway id: letters, digits and ``-_.``, 1 to 64 characters (it is a topic segment and a broker user name)
+GATEWAY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+# why the platform refused an item or a whole batch (``Rejection.reason``, ``Ack.code``)
+NOT_OWNER = "not_owner"  # the item's node belongs to another gateway (plant/site.py ``gateway``)
+OVER_BUDGET = "over_budget"  # the gateway sent more values than its budget: nothing stored, retry later
 
 Scalar = float | int | bool | str
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -137,6 +143,17 @@ class Ack(_Wire):
     duplicates: int = 0
     rejected: list[Rejection] = []
     error: str | None = None
+    code: str | None = Field(None, description="why nothing was stored, as a stable code, e.g. 'over_budget'")
+    retry_after: float | None = Field(None, ge=0, description="send this batch again after so many seconds")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_codes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # an agent of an earlier version refuses keys it does not know: send them only when they say something
+        data: dict[str, Any] = handler(self)
+        for key in ("code", "retry_after"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 def uplink_topic(gateway: str, root: str = TOPIC_ROOT) -> str:

@@ -2,19 +2,33 @@
 
 It runs on its own thread and event loop so that paho clients in the same process (ingest, simulator, agent)
 talk to it over real TCP exactly as they would to Mosquitto: the same code paths as production.
+
+Given a ``BrokerAccess`` it enforces what Mosquitto's password and ACL files do in production: a gateway logs
+in with its own credential (twin/gateways.py) and publishes and reads only its own topics
+(twin/topic_access.py); the platform's ingest logs in with a credential made for this broker's lifetime.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import structlog
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
 
 from twin.errors import ConfigError
+from twin.gateways import new_credential, verify_password
+from twin.topic_access import Access, TopicRules
 
 log = structlog.get_logger(__name__)
 
@@ -26,17 +40,113 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class BrokerAccess:
+    """Who may log in to the embedded broker and what each may do.
+
+    Args:
+        rules: the topic rules.
+        credentials: gateway id → ``$7$`` hash of its credential, read again at most every ``refresh_s``
+            (so a revoked gateway cannot log in again).
+        refresh_s: how long a read of ``credentials`` is trusted.
+        platform_password: the platform's ingest login to this broker (a new random one by default).
+    """
+
+    rules: TopicRules
+    credentials: Callable[[], dict[str, str]]
+    refresh_s: float = 2.0
+    platform_password: str = field(default_factory=new_credential)
+    _cache: tuple[float, dict[str, str]] = field(init=False, default=(float("-inf"), {}))
+    _verified: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
+
+    def authenticate(self, user: str | None, password: str | None) -> bool:
+        """Whether this login may connect; anonymous clients may, to topics outside the root only."""
+        if user is None:
+            return password is None
+        if user == self.rules.platform_user:
+            return password == self.platform_password
+        hashed = self._hashes().get(user)
+        if hashed is None or password is None:
+            return False
+        key = (user, hashlib.sha256(password.encode()).hexdigest())
+        if self._verified.get(key) == hashed:  # reconnects do not pay PBKDF2 again
+            return True
+        if not verify_password(password, hashed):
+            return False
+        self._verified[key] = hashed
+        return True
+
+    def allowed(self, user: str | None, access: Access, topic: str) -> bool:
+        """Whether a logged-in ``user`` may still ``access`` ``topic`` (a revoked gateway may not)."""
+        if user is not None and user != self.rules.platform_user and user not in self._hashes():
+            return False
+        return self.rules.allowed(user, access, topic)
+
+    def _hashes(self) -> dict[str, str]:
+        at, hashes = self._cache
+        if time.monotonic() - at > self.refresh_s:
+            try:
+                hashes = self.credentials()
+            except Exception as exc:  # the database is away: keep what we knew
+                log.warning("broker cannot read gateway credentials", error=str(exc).splitlines()[0])
+            self._cache = (time.monotonic(), hashes)
+        return hashes
+
+
+class GatewayAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt has no type hints
+    """amqtt authentication by ``BrokerAccess``."""
+
+    @dataclass
+    class Config:
+        """The access rules (an object, not a file)."""
+
+        access: Any = None
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        """Gateways by their credential, the platform by this broker's, anonymous clients outside the root."""
+        access: BrokerAccess = self.context.config.access
+        ok = access.authenticate(session.username, session.password)
+        if not ok:
+            log.warning("mqtt login refused", user=session.username, client_id=session.client_id)
+        return ok
+
+
+class GatewayTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
+    """amqtt topic ACL by ``BrokerAccess``."""
+
+    @dataclass
+    class Config:
+        """The access rules (an object, not a file)."""
+
+        access: Any = None
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool | None:
+        """Publish needs write access to the topic, subscribe and receive read access."""
+        access: BrokerAccess = self.context.config.access
+        if session is None or topic is None:
+            return False
+        wanted = Access.WRITE if action == Action.PUBLISH else Access.READ
+        ok = access.allowed(session.username, wanted, topic)
+        if not ok and action != Action.RECEIVE:
+            log.warning("mqtt topic refused", user=session.username, action=str(action), topic=topic[:200])
+        return ok
+
+
 class EmbeddedBroker:
     """An MQTT 3.1.1 broker on ``host:port`` for as long as the object is started.
 
     Args:
         host: address to listen on (loopback by default: the embedded broker is for one machine).
         port: TCP port; 0 picks a free one.
+        access: logins and topic rules to enforce; None lets every client do everything.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, access: BrokerAccess | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.access = access
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._broker: Any = None
@@ -48,6 +158,17 @@ class EmbeddedBroker:
         """The broker's URL for clients."""
         return f"mqtt://{self.host}:{self.port}"
 
+    def url_for(self, user: str, password: str) -> str:
+        """The broker's URL with a login."""
+        return f"mqtt://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.port}"
+
+    @property
+    def platform_url(self) -> str:
+        """The URL the platform's ingest uses: with this broker's platform login when access is enforced."""
+        if self.access is None:
+            return self.url
+        return self.url_for(self.access.rules.platform_user, self.access.platform_password)
+
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:
         """Start the broker thread; returns once it accepts connections."""
         logging.getLogger("amqtt").setLevel(logging.WARNING)
@@ -58,7 +179,7 @@ class EmbeddedBroker:
             raise ConfigError(f"embedded MQTT broker did not start on {self.host}:{self.port} in {timeout}s")
         if self._error is not None:
             raise ConfigError(f"embedded MQTT broker failed on {self.host}:{self.port}: {self._error}")
-        log.info("embedded mqtt broker started", url=self.url)
+        log.info("embedded mqtt broker started", url=self.url, gateway_logins=self.access is not None)
         return self
 
     def _run(self) -> None:
@@ -97,6 +218,9 @@ class EmbeddedBroker:
             },
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
+        if self.access is not None:
+            config["plugins"] = {f"{__name__}.GatewayAuthPlugin": {"access": self.access},
+                                 f"{__name__}.GatewayTopicPlugin": {"access": self.access}}
         self._broker = Broker(config)
         await self._broker.start()
 

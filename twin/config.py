@@ -34,6 +34,12 @@ class TwinSettings(BaseSettings):
     ingest_workers: int = Field(1, ge=1, le=64)
     ingest_share_group: str = "ingest"
     ingest_leave_on_stop: bool = Field(False, description="end the broker sessions on stop (scale-down)")
+    ingest_gateway_budget: float = Field(
+        20_000, ge=0, description="values (items) per second each gateway may send; 0: no limit"
+    )
+    ingest_gateway_burst: float = Field(
+        100_000, ge=0, description="values a gateway may send at once after a quiet spell (flood control)"
+    )
     mqtt_topic_root: str = Field("factory-twin/v1", description="root of the uplink and ack topics")
     site_file: Path | None = Field(None, description="site model YAML; loaded into the twin at start")
     http_host: str = "127.0.0.1"

@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from plant.errors import WireError
 from plant.wire import (
+    OVER_BUDGET,
     TOPIC_ROOT,
     Ack,
     UplinkBatch,
@@ -35,8 +36,11 @@ from plant.wire import (
     decode_batch,
     uplink_topic,
 )
+from twin.budget import GatewayBudget
 from twin.config import TwinSettings
 from twin.errors import BrokerError, ConfigError, StoreError
+from twin.lanes import Lanes
+from twin.ownership import Ownership
 from twin.store import ApplyResult, TwinStore, record_rejection
 
 log = structlog.get_logger(__name__)
@@ -116,6 +120,7 @@ class Ingestor:
         topic_root: topic root of the uplink and ack topics.
         gateway: subscribe to this gateway only (``+`` for every gateway).
         keepalive: MQTT keepalive, seconds.
+        budget: values per second each gateway may send (twin/budget.py); None: no limit.
     """
 
     def __init__(
@@ -129,8 +134,11 @@ class Ingestor:
         topic_root: str = TOPIC_ROOT,
         gateway: str = "+",
         keepalive: int = 30,
+        budget: GatewayBudget | None = None,
     ) -> None:
         self.store = store
+        self.budget = budget or GatewayBudget(0, 0)
+        self.ownership = Ownership(store.engine)
         self.broker = broker or BrokerAddress()
         self.topic_root = topic_root
         self._listeners: list[Listener] = []
@@ -155,7 +163,8 @@ class Ingestor:
             raise ConfigError("no MQTT broker URL: set TWIN_MQTT_URL or start the embedded broker first")
         return cls(store, BrokerAddress.from_url(url), client_id=settings.mqtt_client_id,
                    workers=settings.ingest_workers, share_group=settings.ingest_share_group,
-                   topic_root=settings.mqtt_topic_root)
+                   topic_root=settings.mqtt_topic_root,
+                   budget=GatewayBudget(settings.ingest_gateway_budget, settings.ingest_gateway_burst))
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(batch, result)`` after each stored batch (on the worker thread; keep it quick)."""
@@ -227,8 +236,13 @@ class Ingestor:
         except WireError as exc:
             self._undecodable(topic, str(exc))
             return None
+        sender = _gateway_of(topic, self.topic_root)  # the broker's ACL ties the topic to the gateway's login
+        wait = self.budget.take(sender, len(batch))
+        if wait is not None:
+            return self._over_budget(sender, batch, wait)
         try:
-            result = self.store.apply(batch)
+            split = self.ownership.split(sender, batch)
+            result = split.merge(self.store.apply(split.batch))
         except StoreError as exc:
             with self._lock:
                 self._stats.failed += 1
@@ -238,10 +252,19 @@ class Ingestor:
                  duplicates=result.duplicates, rejected=len(result.rejected), changes=len(result.changes))
         for listener in self._listeners:
             try:
-                listener(batch, result)
+                listener(split.batch, result)
             except Exception:
                 log.exception("ingest listener failed", listener=repr(listener))
         return result.ack(batch)
+
+    def _over_budget(self, sender: str, batch: UplinkBatch, wait: float) -> Ack:
+        """Refuse the whole batch before any database work: the gateway sends it again after ``wait``."""
+        retry = round(wait, 3)
+        if self.budget.should_report(sender):  # a flood must not flood the log as well
+            log.warning("batches over budget", gateway=sender, batch=batch.batch, items=len(batch),
+                        retry_after=retry, refused_so_far=self.budget.refused_batches().get(sender, 0))
+        return Ack(gateway=batch.gateway, batch=batch.batch, stored=False, code=OVER_BUDGET, retry_after=retry,
+                   error=f"over budget of {self.budget.rate:g} values/s: send again in {retry:g} s")
 
     def _count(self, result: ApplyResult) -> None:
         with self._lock:
@@ -269,6 +292,13 @@ class Ingestor:
                 "rejected": s.rejected_total, "failed": s.failed}
 
 
+def _lane_of(msg: mqtt.MQTTMessage) -> str:
+    try:
+        return msg.topic
+    except UnicodeDecodeError:  # not a topic any broker should pass on: one lane for all such
+        return ""
+
+
 def _gateway_of(topic: str, root: str) -> str:
     rest = topic[len(root) + 1 :] if topic.startswith(root + "/") else topic
     return rest.split("/", 1)[0][:64]
@@ -283,7 +313,7 @@ class _Worker:
         self.keepalive = keepalive
         self.subscribed = threading.Event()
         self.error: str | None = None
-        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.inbox: Lanes[mqtt.MQTTMessage] = Lanes(_lane_of)  # a lane per gateway (uplink topic)
         self.client_id = client_id
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
                                   protocol=mqtt.MQTTv311, manual_ack=True)

@@ -70,6 +70,11 @@ class IngestCollector(Collector):
         for reason, n in sorted(s.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        over = CounterMetricFamily("twin_ingest_over_budget", "batches refused over the gateway's budget, by gateway",
+                                   labels=["gateway"])
+        for gateway, n in sorted(self.ingestor.budget.refused_batches().items()):
+            over.add_metric([gateway], n)
+        yield over
         yield GaugeMetricFamily(
             "twin_ingest_workers", "ingest workers (MQTT clients) in this process", value=self.ingestor.workers
         )

@@ -88,6 +88,7 @@ class _Counts:
 
 def _sync_nodes(session: Session, site: Site, rows: dict[str, TwinNode], counts: _Counts) -> set[str]:
     seen: set[str] = set()
+    owners = site.owners()
     paths: dict[str, str] = {}
     positions: dict[str | None, int] = {}
     existing: list[tuple[TwinNode, dict[str, Any]]] = []
@@ -97,7 +98,7 @@ def _sync_nodes(session: Session, site: Site, rows: dict[str, TwinNode], counts:
         paths[node.id] = path
         position = positions.get(parent_id, 0)
         positions[parent_id] = position + 1
-        wanted = _node_fields(node, parent_id, path, position)
+        wanted = _node_fields(node, parent_id, path, position) | {"gateway": owners[node.id]}
         row = rows.get(node.id)
         if row is None:
             row = TwinNode(id=node.id, **wanted)

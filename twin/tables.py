@@ -60,6 +60,19 @@ class TwinNode(Base):
     position: Mapped[int] = mapped_column(Integer, default=0)  # order among siblings, as in the site file
     # set when the node left the site file: kept with its history, no longer accepts values
     retired_at: Mapped[int | None] = mapped_column(BigInteger)
+    # the gateway that owns the node (its own or inherited from the site file); None: any gateway may write it
+    gateway: Mapped[str | None] = mapped_column(String(64))
+
+
+class TwinGateway(Base):
+    """An edge gateway allowed on the broker: its credential's hash, in Mosquitto's ``$7$`` PBKDF2 format."""
+
+    __tablename__ = "twin_gateways"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class TwinProperty(Base):

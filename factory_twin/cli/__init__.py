@@ -18,6 +18,8 @@ _COMMANDS = {
     "db": ("factory_twin.cli.db", "db", "Database migrations."),
     "models": ("factory_twin.cli.models", "models", "Train, evaluate, upload and promote diagnostic models."),
     "keys": ("factory_twin.cli.keys", "keys", "Create, list and revoke API keys."),
+    "gateways": ("factory_twin.cli.gateways", "gateways",
+                 "Edge gateways' broker credentials, and Mosquitto's password and ACL files."),
 }
 
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
 
 from factory_twin.logs import configure_logging
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from twin.broker import BrokerAccess
+    from twin.config import TwinSettings
 
 
 @click.command()
@@ -64,8 +70,9 @@ def _serve(settings: object, role: str) -> None:
         if role in ("all", "ingest"):
             mqtt_url = settings.mqtt_url
             if mqtt_url is None:
-                broker = EmbeddedBroker(settings.embedded_mqtt_host, settings.embedded_mqtt_port).start()
-                mqtt_url = broker.url
+                broker = EmbeddedBroker(settings.embedded_mqtt_host, settings.embedded_mqtt_port,
+                                        access=_broker_access(settings, engine)).start()
+                mqtt_url = broker.platform_url
             site = load_site(settings.site_file) if settings.site_file is not None else None
             platform = Platform(settings, engine, site, mqtt_url).start()
             if settings.metrics_port >= 0:
@@ -92,6 +99,22 @@ def _serve(settings: object, role: str) -> None:
         if broker is not None:
             broker.stop()
         engine.dispose()
+
+
+def _broker_access(settings: TwinSettings, engine: Engine) -> BrokerAccess | None:
+    """Gateway logins and topic rules for the embedded broker once a gateway is registered; else none."""
+    import structlog
+
+    from twin.broker import BrokerAccess
+    from twin.gateways import active_credentials
+    from twin.topic_access import TopicRules
+
+    if not active_credentials(engine):
+        structlog.get_logger("factory_twin.serve").warning(
+            "no gateways registered: the embedded broker lets any client publish any uplink; "
+            "`factory-twin gateways add NAME` gives each gateway its login (restart to enforce)")
+        return None
+    return BrokerAccess(TopicRules(settings.mqtt_topic_root), lambda: active_credentials(engine))
 
 
 def _wait_for_signal() -> None:

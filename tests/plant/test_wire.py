@@ -69,3 +69,17 @@ def test_topics() -> None:
     assert uplink_topic("gw") == "factory-twin/v1/gw/uplink"
     assert ack_topic("gw") == "factory-twin/v1/gw/ack"
     assert shared_uplink_filter() == "$share/ingest/factory-twin/v1/+/uplink"
+
+
+def test_acks_name_a_code_and_retry_time_only_when_they_have_one() -> None:
+    """An agent of an earlier version refuses unknown keys: a plain ack must not carry the new ones."""
+    import json
+
+    from plant.wire import OVER_BUDGET, Ack, decode_ack
+
+    plain = json.loads(Ack(gateway="g", batch="b", stored=True, accepted=3).model_dump_json())
+    assert "code" not in plain
+    assert "retry_after" not in plain
+    refused = Ack(gateway="g", batch="b", stored=False, code=OVER_BUDGET, retry_after=1.5, error="over budget")
+    again = decode_ack(refused.model_dump_json())
+    assert (again.code, again.retry_after) == ("over_budget", 1.5)

@@ -26,10 +26,12 @@ from plant.wire import decode_batch, uplink_topic
 from .helpers import ROOT, Proc, free_port
 
 COMPOSE = ROOT / "compose.yaml"
-SERVICES = {"mosquitto", "postgres", "migrate", "api", "ingest-1", "ingest-2", "agent", "simulator",
+SERVICES = {"mosquitto", "mqtt-auth", "postgres", "migrate", "api", "ingest-1", "ingest-2", "agent", "simulator",
             "prometheus"}
+ONE_SHOT = {"migrate", "mqtt-auth"}
 # the subcommands the services run, each started as a process by a test of this folder
-STARTED_AS_PROCESS = {("db", "upgrade"), ("serve",), ("agent", "run"), ("simulate",)}
+# (test_broker_auth.py: gateways files)
+STARTED_AS_PROCESS = {("db", "upgrade"), ("serve",), ("agent", "run"), ("simulate",), ("gateways", "files")}
 SECRET_KEYS = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
 
 
@@ -46,7 +48,7 @@ def test_compose_names_every_service_with_health_checks(compose: dict[str, Any])
     docs = (ROOT / "docs" / "production.md").read_text()
     for name in SERVICES:
         assert f"`{name}`" in docs, f"docs/production.md does not describe the service {name}"
-        if name != "migrate":  # a one-shot job
+        if name not in ONE_SHOT:
             assert "test" in services[name]["healthcheck"], name
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["simulator"]["network_mode"] == "service:agent"
@@ -54,7 +56,7 @@ def test_compose_names_every_service_with_health_checks(compose: dict[str, Any])
 
 def test_compose_uses_named_volumes(compose: dict[str, Any]) -> None:
     named = set(compose["volumes"])
-    assert {"mosquitto-data", "postgres-data", "agent-data", "prometheus-data"} <= named
+    assert {"mosquitto-data", "mqtt-auth", "postgres-data", "agent-data", "prometheus-data"} <= named
     for name, svc in compose["services"].items():
         for vol in svc.get("volumes", []):
             source = vol.split(":", 1)[0]
@@ -114,7 +116,7 @@ def test_platform_services_run_factory_twin_subcommands(compose: dict[str, Any])
         assert command[0] == "factory-twin", name
         argv = [re.sub(r"\$\{[^}]+\}", "x", a) for a in command[1:]]
         seen.add(_resolve(argv))
-    assert seen == {("db", "upgrade"), ("serve",), ("agent", "run"), ("simulate",)}
+    assert seen == {("db", "upgrade"), ("serve",), ("agent", "run"), ("simulate",), ("gateways", "files")}
     assert seen <= STARTED_AS_PROCESS
 
 
@@ -143,6 +145,47 @@ def test_mosquitto_conf_persists_authenticates_and_queues_enough() -> None:
     # stock: 1,000 queued per client, then QoS 1 dropped to a slow consumer
     assert int(conf["max_queued_messages"]) >= 100_000
     assert int(conf["max_inflight_messages"]) >= 100
+
+
+def test_broker_files_come_from_the_gateways_command_before_the_broker_starts(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    auth = services["mqtt-auth"]
+    assert auth["command"][:3] == ["factory-twin", "gateways", "files"]
+    out = auth["command"][auth["command"].index("--out") + 1]
+    assert f"mqtt-auth:{out}" in auth["volumes"]
+    assert auth["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    assert auth["restart"] == "no"
+    # the bundled agent's login is the one mqtt-auth registers
+    ensure = auth["command"][auth["command"].index("--ensure") + 1]
+    gateway, var = ensure.split("=")
+    agent = services["agent"]
+    assert agent["command"][agent["command"].index("--gateway") + 1] == gateway
+    assert f"//{gateway}:${{{var}" in agent["environment"]["EDGE_BROKER_URL"]
+    for needed in ("MQTT_PLATFORM_PASSWORD", "MQTT_PLANT_PASSWORD", var):
+        assert needed in auth["environment"], needed
+    broker = services["mosquitto"]
+    assert broker["depends_on"]["mqtt-auth"]["condition"] == "service_completed_successfully"
+    assert "mqtt-auth:/mosquitto/auth:ro" in broker["volumes"]
+    assert "./deploy/certs:/mosquitto/certs:ro" in broker["volumes"]
+    assert "${MQTT_TLS_PORT:-8883}:8883" in broker["ports"]
+    entry = broker["command"][0]
+    assert "cp /mosquitto/auth/passwd /mosquitto/auth/acl /mosquitto/data/" in entry
+    assert "mosquitto_passwd" not in entry  # no password is written from the environment any more
+
+
+def test_mosquitto_conf_has_a_tls_listener_and_the_generated_files() -> None:
+    lines = [line.split(None, 1) for line in (ROOT / "deploy" / "mosquitto.conf").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    conf: dict[str, list[str]] = {}
+    for key, value in lines:
+        conf.setdefault(key, []).append(value)
+    assert conf["listener"] == ["1883", "8883"]
+    assert conf["certfile"] == ["/mosquitto/certs/server.crt"]
+    assert conf["keyfile"] == ["/mosquitto/certs/server.key"]
+    assert conf["password_file"] == ["/mosquitto/data/passwd"]
+    assert conf["acl_file"] == ["/mosquitto/data/acl"]
+    assert "per_listener_settings" not in conf  # one set of logins and ACL for both listeners
+    assert (ROOT / "deploy" / "certs" / ".gitignore").read_text().split()[0] == "*"  # no key is committed
 
 
 def test_prometheus_scrapes_the_platform_and_the_agent(compose: dict[str, Any]) -> None:
