@@ -12,13 +12,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from sqlalchemy import select
 
 from plant.wire import from_us, now_us, to_us
-from twin import auth, queries
-from twin.api.deps import SessionDep, SettingsDep, ViewerDep
+from twin import audit, auth, queries
+from twin.api.deps import AddressDep, SessionDep, SettingsDep, ViewerDep
 from twin.auth import SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.dashboard.health import plant_health
 from twin.downsample import MAX_BUCKETS, downsample
-from twin.errors import InvalidRequest
+from twin.errors import InvalidRequest, Unauthenticated
 from twin.tables import QUALITY_NAMES, ApiKey, DiagnosisRecord
 
 session_router = APIRouter(prefix="/session", tags=["session"])
@@ -62,7 +62,7 @@ class SessionCreated(SessionPublic):
 
 
 @session_router.post("", response_model=SessionCreated, status_code=201)
-def log_in(session: SessionDep, settings: SettingsDep, body: LoginRequest) -> SessionCreated:
+def log_in(session: SessionDep, settings: SettingsDep, address: AddressDep, body: LoginRequest) -> SessionCreated:
     """Log in with a username and password (a new session token) or check an API key (used as the token).
 
     A session token given as the key is checked against the configured session lifetimes like any request,
@@ -75,7 +75,17 @@ def log_in(session: SessionDep, settings: SettingsDep, body: LoginRequest) -> Se
                               session=False)
     assert body.username is not None
     assert body.password is not None
-    token, user = users.login(session, body.username, body.password)
+    try:
+        token, user = users.login(session, body.username, body.password, commit=False)
+    except Unauthenticated as exc:
+        session.rollback()
+        audit.record(session, body.username, "session.login_failed", f"user:{body.username}",
+                     after={"reason": str(exc)}, address=address)
+        session.commit()
+        raise
+    audit.record(session, user.username, "session.login", f"user:{user.username}", after={"session": token[:16]},
+                 address=address)
+    session.commit()
     return SessionCreated(token=token, name=user.username, role=Role(user.role), prefix=token[:16],
                           session=True)
 
@@ -95,6 +105,7 @@ def log_out(session: SessionDep, who: ViewerDep) -> Response:
         row = session.get(ApiKey, who.key_id)
         if row is not None and not row.revoked:
             row.revoked = True
+            audit.record(session, who, "session.logout", f"user:{who.owner}", after={"session": who.prefix})
             session.commit()
     return Response(status_code=204)
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, select
 
 from plant.wire import from_us, now_us
-from twin import webhooks
-from twin.api.deps import SessionDep, SettingsDep, require_role
+from twin import audit, webhooks
+from twin.api.deps import AdminDep, SessionDep, SettingsDep, require_role
 from twin.auth import Role
 from twin.errors import ConfigError, InvalidRequest, NotFound
 from twin.tables import WebhookDelivery, WebhookSubscription
@@ -147,6 +147,11 @@ def _check_url(url: str, allowlist: list[str]) -> None:
         raise InvalidRequest(str(exc)) from None
 
 
+def _snapshot(sub: WebhookSubscription) -> dict[str, Any]:
+    """A subscription as the audit trail records it (never its secret)."""
+    return _public(sub).model_dump(mode="json")
+
+
 def _get(session: SessionDep, sub_id: int) -> WebhookSubscription:
     sub = session.get(WebhookSubscription, sub_id)
     if sub is None:
@@ -162,7 +167,7 @@ def list_subscriptions(session: SessionDep) -> list[SubscriptionPublic]:
 
 @router.post("", response_model=SubscriptionCreated, status_code=201)
 def create_subscription(
-    session: SessionDep, settings: SettingsDep, body: SubscriptionCreate
+    session: SessionDep, settings: SettingsDep, who: AdminDep, body: SubscriptionCreate
 ) -> SubscriptionCreated:
     """Subscribe a URL to alert events; the secret is in this answer only."""
     _check_url(body.url, settings.webhook_allowlist)
@@ -180,6 +185,8 @@ def create_subscription(
         created_at=now_us(),
     )
     session.add(sub)
+    session.flush()
+    audit.record(session, who, "webhook.create", f"webhook:{sub.id}", after=_snapshot(sub))
     session.commit()
     return SubscriptionCreated(**_public(sub).model_dump(), secret=secret)
 
@@ -192,10 +199,11 @@ def get_subscription(session: SessionDep, sub_id: int) -> SubscriptionPublic:
 
 @router.patch("/{sub_id}", response_model=SubscriptionPublic)
 def update_subscription(
-    session: SessionDep, settings: SettingsDep, sub_id: int, body: SubscriptionUpdate
+    session: SessionDep, settings: SettingsDep, who: AdminDep, sub_id: int, body: SubscriptionUpdate
 ) -> SubscriptionPublic:
     """Change a subscription; queued events keep the body rendered when they were queued."""
     sub = _get(session, sub_id)
+    before = _snapshot(sub)
     changes = body.model_dump(exclude_unset=True)
     if "url" in changes:
         if changes["url"] is None:
@@ -205,14 +213,16 @@ def update_subscription(
         if value is None and name not in ("subtree",):
             raise InvalidRequest(f"{name} cannot be null")
         setattr(sub, name, value)
+    audit.record(session, who, "webhook.update", f"webhook:{sub.id}", before=before, after=_snapshot(sub))
     session.commit()
     return _public(sub)
 
 
 @router.delete("/{sub_id}", status_code=204)
-def delete_subscription(session: SessionDep, sub_id: int) -> None:
+def delete_subscription(session: SessionDep, who: AdminDep, sub_id: int) -> None:
     """Remove a subscription and its queued deliveries."""
     sub = _get(session, sub_id)
+    audit.record(session, who, "webhook.delete", f"webhook:{sub.id}", before=_snapshot(sub))
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.subscription_id == sub_id))
     session.delete(sub)
     session.commit()
@@ -240,7 +250,7 @@ def list_deliveries(
 
 
 @router.post("/{sub_id}/replay")
-def replay(session: SessionDep, sub_id: int, body: ReplayRequest | None = None) -> dict[str, int]:
+def replay(session: SessionDep, who: AdminDep, sub_id: int, body: ReplayRequest | None = None) -> dict[str, int]:
     """Queue deliveries again with their original Idempotency-Key (dead-lettered ones by default)."""
     _get(session, sub_id)
     body = body or ReplayRequest()
@@ -258,5 +268,6 @@ def replay(session: SessionDep, sub_id: int, body: ReplayRequest | None = None) 
         n = webhooks.replay(session, delivery_ids=sorted(owned))
     else:
         n = webhooks.replay(session, subscription_id=sub_id, status=body.status)
+    audit.record(session, who, "webhook.replay", f"webhook:{sub_id}", after={"replayed": n})
     session.commit()
     return {"replayed": n}
