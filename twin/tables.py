@@ -530,8 +530,8 @@ BEGIN
             RETURN OLD;
         END IF;
     END IF;
-    RAISE EXCEPTION 'twin_audit is append-only: % refused (retention purge only)', TG_OP
-        USING ERRCODE = 'insufficient_privilege';
+    RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+        MESSAGE = 'twin_audit is append-only: ' || TG_OP || ' refused (retention purge only)';
 END $$""",
         "CREATE TRIGGER twin_audit_append_only BEFORE UPDATE OR DELETE ON twin_audit "
         "FOR EACH ROW EXECUTE FUNCTION twin_audit_append_only()",
