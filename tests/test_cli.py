@@ -18,7 +18,7 @@ def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) ->
 
 def test_help_lists_every_group() -> None:
     out = _run("--help").stdout
-    for group in ("demo", "serve", "agent", "simulate", "db", "models", "keys"):
+    for group in ("demo", "serve", "agent", "simulate", "db", "models", "keys", "users"):
         assert group in out
 
 
