@@ -4,17 +4,19 @@ password and sessions. Every change is in the audit trail, in the transaction th
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from plant.wire import from_us
 from twin import audit
 from twin.api.deps import AdminDep, SessionDep, ViewerDep
-from twin.auth import PERSON_ROLES, Role
+from twin.auth import PERSON_ROLES, SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.errors import Forbidden, NotFound
 from twin.tables import ApiKey, User
@@ -87,13 +89,9 @@ class SessionInfo(_Schema):
     current: bool = Field(False, description="the session making this request")
 
 
-def _public(session: SessionDep, user: User) -> UserPublic:
-    owned = session.execute(
-        select(ApiKey.name.startswith("session:"), func.count())
-        .where(ApiKey.owner == user.username, ApiKey.revoked.is_(False))
-        .group_by(ApiKey.name.startswith("session:"))
-    ).all()
-    counts = {bool(is_session): n for is_session, n in owned}
+def _public(session: Session, user: User) -> UserPublic:
+    names = session.scalars(select(ApiKey.name).where(ApiKey.owner == user.username, ApiKey.revoked.is_(False)))
+    counts = Counter(name.startswith(SESSION_PREFIX) for name in names)
     return UserPublic(
         username=user.username, role=Role(user.role), disabled=user.disabled, created_at=from_us(user.created_at),
         password_changed_at=None if user.password_changed_at is None else from_us(user.password_changed_at),
@@ -101,7 +99,7 @@ def _public(session: SessionDep, user: User) -> UserPublic:
     )
 
 
-def _sessions(session: SessionDep, username: str, current: int | None = None) -> list[SessionInfo]:
+def _sessions(session: Session, username: str, current: int | None = None) -> list[SessionInfo]:
     return [
         SessionInfo(prefix=row.prefix, created_at=from_us(row.created_at),
                     last_used_at=None if row.last_used_at is None else from_us(row.last_used_at),
@@ -195,7 +193,7 @@ def end_session(session: SessionDep, who: AdminDep, username: Username, prefix: 
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _end_one(session: SessionDep, username: str, prefix: str) -> None:
+def _end_one(session: Session, username: str, prefix: str) -> None:
     row = next((r for r in users.live_sessions(session, username) if r.prefix == prefix), None)
     if row is None:
         raise NotFound(f"{username} has no live session {prefix}")
