@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session
 
 from plant.wire import now_us
@@ -128,7 +128,8 @@ def purge(session: Session, retention_days: float, now: int | None = None) -> in
         return 0
     session.add(AuditPurge(before=cutoff))
     session.flush()
-    deleted = session.execute(delete(AuditRecord).where(AuditRecord.at < cutoff)).rowcount
+    result = cast("CursorResult[Any]", session.execute(delete(AuditRecord).where(AuditRecord.at < cutoff)))
+    deleted = result.rowcount
     session.execute(delete(AuditPurge))
     session.commit()
     log.info("audit records purged", deleted=deleted, retention_days=retention_days)

@@ -17,6 +17,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 import structlog
 from sqlalchemy import or_, select, update
@@ -288,7 +289,7 @@ def rotate_key(session: Session, prefix: str, grace_s: float) -> tuple[str, ApiK
     return key, new, old
 
 
-def key_state(row: ApiKey, now: int | None = None) -> str:
+def key_state(row: ApiKey, now: int | None = None) -> Literal["active", "revoked", "expired"]:
     """``active``, ``revoked`` or ``expired``."""
     if row.revoked:
         return "revoked"

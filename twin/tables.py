@@ -541,4 +541,4 @@ END $$""",
 }
 for _dialect, _statements in AUDIT_TRIGGERS.items():
     for _sql in _statements:
-        event.listen(AuditRecord.__table__, "after_create", DDL(_sql).execute_if(dialect=_dialect))
+        event.listen(AuditRecord.__table__, "after_create", DDL(_sql).execute_if(dialect=_dialect))  # type: ignore[no-untyped-call]

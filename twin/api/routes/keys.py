@@ -32,7 +32,7 @@ def public(row: ApiKey) -> ApiKeyPublic:
         expires_at=None if row.expires_at is None else from_us(row.expires_at),
         owner=row.owner,
         rotated_to=row.rotated_to,
-        state=auth.key_state(row),  # type: ignore[arg-type]
+        state=auth.key_state(row),
     )
 
 
