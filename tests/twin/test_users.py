@@ -385,3 +385,42 @@ def test_the_demo_makes_its_admin_key_once_per_data_directory(tmp_path: Path) ->
             assert len(admins) == 2
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(pg_url: str) -> None:
+    import threading
+
+    from twin.dashboard import users
+    from twin.errors import Conflict
+
+    engine = make_engine(pg_url)
+    Base.metadata.create_all(engine)
+    maker = make_sessionmaker(engine)
+    try:
+        with maker() as s:
+            create_user(s, "ada", PASSWORD, Role.ADMIN)
+            create_user(s, "bob", PASSWORD, Role.ADMIN)
+        first = maker()
+        users.set_role(first, "ada", Role.VIEWER)  # checked, not yet committed: holds the check's lock
+        outcome: dict[str, str] = {}
+
+        def second() -> None:
+            with maker() as s:
+                try:
+                    users.set_role(s, "bob", Role.VIEWER)
+                    s.commit()
+                    outcome["bob"] = "demoted"
+                except Conflict:
+                    outcome["bob"] = "refused"
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # waits for the first check's transaction
+        first.commit()
+        first.close()
+        thread.join(10)
+        assert outcome == {"bob": "refused"}
+    finally:
+        engine.dispose()

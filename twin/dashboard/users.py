@@ -21,7 +21,7 @@ import secrets
 from typing import Any
 
 import structlog
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,7 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 # scrypt cost: 2^14 × 8 × 128 B = 16 MiB and ~50 ms per check; slow for guessing, fine for a login.
 _N, _R, _P = 2**14, 8, 1
 _SALT_BYTES = 16
+_ADMIN_LOCK = 0x46545F41444D494E  # "FT_ADMIN": serialises the last-admin checks on PostgreSQL
 _DUMMY_HASH: str | None = None  # checked against when the user is unknown, so timing does not tell
 
 
@@ -210,8 +211,14 @@ def change_password(session: Session, username: str, current: str, new: str, *, 
 
 def keep_an_admin(session: Session, refusal: str) -> None:
     """Conflict unless, with the pending changes, someone can still administer: an enabled admin user or a
-    live standing admin key (one not belonging to a disabled user)."""
+    live standing admin key (one not belonging to a disabled user).
+
+    On PostgreSQL the check holds a transaction lock first, so two admins demoting each other at once cannot both
+    pass: the second counts after the first has committed. (SQLite serialises the writes themselves.)
+    """
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADMIN_LOCK})
     users = session.scalar(select(func.count()).select_from(User).where(User.role == Role.ADMIN.value,
                                                                          User.disabled.is_(False)))
     if users:
