@@ -379,3 +379,23 @@ def test_housekeeping_runs_the_purge(migrated: Engine, tmp_path: Path) -> None:
 def test_a_bad_retention_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="audit_retention_days"):
         TwinSettings(audit_retention_days=-1)
+
+
+def test_a_site_change_is_recorded_once(sqlite_url: str) -> None:
+    from factory_twin.simulator.examples import example_site_path
+    from plant.site import load_site
+    from twin.site_sync import sync_site
+
+    engine = make_engine(sqlite_url)
+    Base.metadata.create_all(engine)
+    try:
+        site = load_site(example_site_path())
+        sync_site(engine, site)
+        sync_site(engine, site)  # nothing changed: nothing recorded
+        with make_sessionmaker(engine)() as s:
+            rows = list(s.scalars(select(AuditRecord)))
+        assert [(r.action, r.target, r.actor) for r in rows] == [("site.reload", f"site:{site.site.id}", "site file")]
+        assert rows[0].after is not None
+        assert rows[0].after["nodes_created"] > 0
+    finally:
+        engine.dispose()
