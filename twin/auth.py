@@ -194,7 +194,9 @@ def authenticate(session: Session, key: str | None, limits: SessionLimits | None
     prefix = _split(key)
     found = (
         session.execute(
-            select(ApiKey, User.disabled).outerjoin(User, User.username == ApiKey.owner).where(ApiKey.prefix == prefix)
+            select(ApiKey, User.disabled, User.role)
+            .outerjoin(User, User.username == ApiKey.owner)
+            .where(ApiKey.prefix == prefix)
         ).one_or_none()
         if prefix
         else None
@@ -202,7 +204,7 @@ def authenticate(session: Session, key: str | None, limits: SessionLimits | None
     # The prefix is public, so finding the row by it leaks nothing; the hash is compared in constant time.
     if found is None or not hmac.compare_digest(found[0].hash, hash_key(key)):
         raise Unauthenticated("invalid API key")
-    row, owner_disabled = found
+    row, owner_disabled, owner_role = found
     if row.revoked:
         raise Unauthenticated(f"API key {row.prefix} has been revoked")
     if row.expires_at is not None and row.expires_at <= now_us():
@@ -212,7 +214,10 @@ def authenticate(session: Session, key: str | None, limits: SessionLimits | None
         raise Unauthenticated(f"API key {row.prefix} belongs to the disabled user {row.owner}")
     if row.name.startswith(SESSION_PREFIX) and _expired(row, limits or SessionLimits()):
         raise Unauthenticated("your session has expired: log in again")
-    principal = Principal(key_id=row.id, prefix=row.prefix, name=row.name, role=Role(row.role), owner=row.owner)
+    role = Role(row.role)
+    if owner_role is not None and Role(owner_role) < role:  # a key does no more than the person it belongs to
+        role = Role(owner_role)
+    principal = Principal(key_id=row.id, prefix=row.prefix, name=row.name, role=role, owner=row.owner)
     _touch(session, row)
     return principal
 

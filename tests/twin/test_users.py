@@ -424,3 +424,12 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(pg_url: str) -> 
         assert outcome == {"bob": "refused"}
     finally:
         engine.dispose()
+
+
+def test_a_key_does_no_more_than_the_person_it_belongs_to(api: Api) -> None:
+    ada = api.token("ada")
+    admin_key_of_tess = api.key(Role.ADMIN, owner="tess")
+    assert api.call("GET", "/session", admin_key_of_tess).json()["role"] == "technician"
+    assert api.call("GET", "/keys", admin_key_of_tess).status_code == 403
+    api.call("PATCH", "/users/tess", ada, json={"role": "admin"})
+    assert api.call("GET", "/keys", admin_key_of_tess).status_code == 200

@@ -211,7 +211,7 @@ def change_password(session: Session, username: str, current: str, new: str, *, 
 
 def keep_an_admin(session: Session, refusal: str) -> None:
     """Conflict unless, with the pending changes, someone can still administer: an enabled admin user or a
-    live standing admin key (one not belonging to a disabled user).
+    live standing admin key (one belonging to nobody, or to an enabled admin: a key does no more than its owner).
 
     On PostgreSQL the check holds a transaction lock first, so two admins demoting each other at once cannot both
     pass: the second counts after the first has committed. (SQLite serialises the writes themselves.)
@@ -233,7 +233,7 @@ def keep_an_admin(session: Session, refusal: str) -> None:
             ApiKey.revoked.is_(False),
             ~ApiKey.name.startswith(SESSION_PREFIX),
             or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
-            or_(User.id.is_(None), User.disabled.is_(False)),
+            or_(User.id.is_(None), (User.disabled.is_(False)) & (User.role == Role.ADMIN.value)),
         )
     )
     if not keys:

@@ -29,9 +29,10 @@ function revealKey(box, key, what) {
 }
 
 function userRow(u, reload, msg) {
-  const act = async (fn, done) => {
+  const act = async (fn, done) => {  // a refused change (409: the last admin) is shown, and the row redrawn as it is
     msg.textContent = "";
-    try { await fn(); toast(done); await reload(); } catch (err) { msg.textContent = `${u.username}: ${explain(err)}`; }
+    try { await fn(); toast(done); } catch (err) { msg.textContent = `${u.username}: ${explain(err)}`; }
+    await reload().catch(() => {});
   };
   const role = roleSelect("role", u.role);
   role.addEventListener("change", () => act(() => api(`/users/${encodeURIComponent(u.username)}`, { method: "PATCH", body: { role: role.value } }), `${u.username} is now ${role.value}`));
