@@ -11,6 +11,7 @@ Actions are ``<thing>.<verb>`` (``alert.acknowledge``, ``user.disable``, ``key.r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -28,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 MAX_LIMIT = 10_000
 _TEXT_LIMITS = {"actor": 160, "address": 64, "action": 64, "target": 256}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def record(
@@ -46,15 +48,20 @@ def record(
         actor = actor.actor
     row = AuditRecord(
         at=now_us(),
-        actor=actor[: _TEXT_LIMITS["actor"]],
-        address=(address or "")[: _TEXT_LIMITS["address"]],
-        action=action[: _TEXT_LIMITS["action"]],
-        target=target[: _TEXT_LIMITS["target"]],
+        actor=_text(actor, "actor"),
+        address=_text(address or "", "address"),
+        action=_text(action, "action"),
+        target=_text(target, "target"),
         before=before,
         after=after,
     )
     session.add(row)
     return row
+
+
+def _text(value: str, column: str) -> str:
+    """``value`` cut to the column's size, control characters (a failed login's typed name) made visible."""
+    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", value)[: _TEXT_LIMITS[column]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,7 +176,8 @@ class ApiKeyCreate(_Schema):
     role: Role
     name: str = Field("", max_length=128)
     expires_in_days: float | None = Field(None, gt=0, le=3650, description="none: never expires")
-    owner: str | None = Field(None, max_length=64, description="a user the key belongs to")
+    owner: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$",
+                              description="a user the key belongs to (it stops while they are disabled)")
 
 
 class ApiKeyCreated(ApiKeyPublic):

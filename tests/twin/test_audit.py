@@ -233,6 +233,14 @@ def test_a_refused_change_leaves_no_record(api: Api) -> None:
     assert len(api.records()) == before
 
 
+def test_a_typed_name_with_control_characters_is_recorded_readably(api: Api) -> None:
+    with make_sessionmaker(api.engine)() as s:
+        audit.record(s, "ada", "session.login_failed", "user:bad\x00name\x1b[31m")
+        s.commit()
+    assert api.records()[-1].target == "user:bad\ufffdname\ufffd[31m"
+    assert api.login("bad\x00name").status_code == 422
+
+
 def test_the_record_says_who_with_a_person_or_a_key(api: Api) -> None:
     token = _session_of(api, "ada")
     api.call("PATCH", "/users/tess", token=token, json={"role": "viewer"})
@@ -281,6 +289,8 @@ def test_filters_pages_and_csv(api: Api) -> None:
         {"before_id": 2**63},
         {"action": "DROP TABLE"},
         {"actor": "x" * 161},
+        {"actor": "ada\x00"},
+        {"target": "user:\x01"},
         {"since": "yesterday"},
         {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"},
         {"since": "2026-01-01T00:00:00"},  # no time zone

@@ -35,7 +35,7 @@ class _Schema(BaseModel):
 class LoginRequest(_Schema):
     """Either ``username`` and ``password``, or ``api_key``."""
 
-    username: str | None = Field(None, max_length=64)
+    username: str | None = Field(None, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
     password: str | None = Field(None, max_length=1024)
     api_key: str | None = Field(None, max_length=256)
 

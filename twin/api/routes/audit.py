@@ -17,10 +17,13 @@ from twin.tables import AuditRecord
 
 router = APIRouter(tags=["audit"])
 
-Actor = Annotated[str | None, Query(max_length=160, description="exactly this actor (a username, or 'key ftk_…')")]
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no NUL or control characters
+Actor = Annotated[str | None, Query(max_length=160, pattern=_PRINTABLE,
+                                    description="exactly this actor (a username, or 'key ftk_…')")]
 Action = Annotated[str | None, Query(max_length=64, pattern=r"^[a-z_]+(\.[a-z_]*)?$",
                                      description="an action (user.disable), or a thing's every action (user.)")]
-Target = Annotated[str | None, Query(max_length=256, description="exactly this target (alert:42, user:alice)")]
+Target = Annotated[str | None, Query(max_length=256, pattern=_PRINTABLE,
+                                     description="exactly this target (alert:42, user:alice)")]
 Since = Annotated[AwareDatetime | None, Query(description="at or after")]
 Until = Annotated[AwareDatetime | None, Query(description="before")]
 BeforeId = Annotated[int | None, Query(ge=1, le=2**62, description="older than this record (the next page)")]
