@@ -21,6 +21,7 @@ import yaml
 from sqlalchemy import Engine, distinct, func, select
 
 from edge_agent.agent import Agent
+from factory_twin.credentials import DemoCredentials, demo_credentials
 from factory_twin.simulator.datasets import FEEDS
 from factory_twin.simulator.examples import data_dir as example_data_dir
 from factory_twin.simulator.examples import example_site_path
@@ -28,7 +29,6 @@ from factory_twin.simulator.faults import parse_fault
 from factory_twin.simulator.run import Simulator, SimulatorConfig
 from plant.site import OpcUaSource, Site, load_site
 from plant.wire import now_us
-from twin.auth import Role, create_key
 from twin.broker import BrokerAccess, EmbeddedBroker, free_port
 from twin.config import Access, TwinSettings
 from twin.db import make_engine, make_sessionmaker
@@ -108,6 +108,7 @@ class Stack:
         self.agent: Agent | None = None
         self.admin_key = ""
         self.agent_key = ""
+        self.credentials: DemoCredentials | None = None
         self.api_url = ""
         self.mqtt_url = ""  # the broker, for the plant's devices (anonymous on the embedded broker)
         self.agent_mqtt_url = ""  # the broker with the gateway's login
@@ -134,9 +135,9 @@ class Stack:
         site = self._site()
         self.platform = Platform(settings, self.engine, site, platform_url).start()
         self.ingestor = self.platform.ingestor
-        with make_sessionmaker(self.engine)() as session:  # create_key commits each key
-            self.admin_key = create_key(session, Role.ADMIN, "demo admin")
-            self.agent_key = create_key(session, Role.AGENT, f"gateway {cfg.gateway_id}")
+        with make_sessionmaker(self.engine)() as session:  # once per data directory, reused on restart
+            self.credentials = demo_credentials(session, cfg.data_dir, cfg.gateway_id)
+        self.admin_key, self.agent_key = self.credentials.admin_key, self.credentials.agent_key
         self._start_api(settings)
 
     def _start_broker(self, settings: TwinSettings) -> str:

@@ -18,7 +18,7 @@ def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) ->
 
 def test_help_lists_every_group() -> None:
     out = _run("--help").stdout
-    for group in ("demo", "serve", "agent", "simulate", "db", "models", "keys"):
+    for group in ("demo", "serve", "agent", "simulate", "db", "models", "keys", "users"):
         assert group in out
 
 
@@ -56,3 +56,30 @@ def test_serve_refuses_outdated_schema(tmp_path: Path) -> None:
                 timeout=60)
     assert proc.returncode == 2
     assert "factory-twin db upgrade" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_demo_shows_one_admin_key_per_data_directory_in_a_banner_not_in_the_log(tmp_path: Path) -> None:
+    import re
+    import stat
+
+    def run() -> tuple[str, str]:
+        proc = _run("demo", "--for", "3", "--port", "0", "--data-dir", str(tmp_path), timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found = re.search(r"admin key\s+(ftk_[0-9a-f]{12}_\S+)", proc.stderr)
+        assert found, proc.stderr[-2000:]
+        return found.group(1), proc.stderr
+
+    key, stderr = run()
+    logged = [line for line in stderr.splitlines() if line.startswith("{")]
+    assert logged  # the log is JSON off a terminal...
+    assert not [line for line in logged if key in line or key[17:] in line]  # ...and never carries the key
+    assert f"factory-twin users create alice --role technician --data-dir {tmp_path}" in stderr
+    credentials = tmp_path / "demo-credentials.json"
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+    again, stderr = run()
+    assert again == key  # a restart shows the same key: no new admin key per run
+    assert "the same as last run" in stderr
+    listed = _run("keys", "list", "--json", "--data-dir", str(tmp_path))
+    admins = [k for k in map(json.loads, listed.stdout.splitlines()) if k["role"] == "admin"]
+    assert [k["prefix"] for k in admins] == [key[:16]]

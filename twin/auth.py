@@ -17,6 +17,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 import structlog
 from sqlalchemy import or_, select, update
@@ -24,8 +25,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from plant.wire import now_us
-from twin.errors import BadCredentials, Forbidden, NotFound, StoreError, Unauthenticated
-from twin.tables import ApiKey
+from twin.errors import BadCredentials, Conflict, Forbidden, NotFound, StoreError, Unauthenticated
+from twin.tables import ApiKey, User
 
 log = structlog.get_logger(__name__)
 
@@ -88,12 +89,28 @@ class Principal:
         prefix: The key's public prefix (``ftk_`` and 12 hex characters).
         name: What the key's creator called it.
         role: The key's role.
+        owner: The user the key belongs to (a login session's user), if any.
+        address: The client address of the request, for the audit trail.
     """
 
     key_id: int
     prefix: str
     name: str
     role: Role
+    owner: str | None = None
+    address: str = ""
+
+    @property
+    def is_session(self) -> bool:
+        """Whether this is a dashboard login (revoked on logout) rather than a standing key."""
+        return self.name.startswith(SESSION_PREFIX)
+
+    @property
+    def actor(self) -> str:
+        """Who this is, as the audit trail names them: the person, else the key."""
+        if self.owner:
+            return self.owner if self.is_session else f"{self.owner} (key {self.prefix})"
+        return f"key {self.prefix}" + (f" ({self.name})" if self.name else "")
 
     def require(self, role: Role, *, or_agent: bool = False) -> None:
         """Raise Forbidden unless this principal has at least ``role`` (or, with ``or_agent``, is an agent)."""
@@ -136,15 +153,30 @@ def normalise_prefix(text: str) -> str:
     return text if text.startswith(KEY_MARK) else KEY_MARK + text
 
 
-def create_key(session: Session, role: Role | str, name: str = "") -> str:
-    """Create and commit a key with ``role``; returns the key itself, which is never stored or shown again."""
+def create_key(
+    session: Session,
+    role: Role | str,
+    name: str = "",
+    *,
+    owner: str | None = None,
+    expires_at: int | None = None,
+    commit: bool = True,
+) -> str:
+    """Create a key with ``role``; returns the key itself, which is never stored or shown again.
+
+    With ``commit`` off the key is only flushed, so the caller commits it together with its audit record.
+    """
     role = Role(role)
     for _attempt in range(3):
         prefix = KEY_MARK + secrets.token_hex(_PREFIX_HEX // 2)
         key = f"{prefix}_{secrets.token_urlsafe(_SECRET_BYTES)}"
         session.add(
-            ApiKey(prefix=prefix, hash=hash_key(key), role=role.value, name=name, created_at=now_us())
+            ApiKey(prefix=prefix, hash=hash_key(key), role=role.value, name=name, created_at=now_us(),
+                   owner=owner, expires_at=expires_at)
         )
+        if not commit:
+            session.flush()
+            return key
         try:
             session.commit()
         except IntegrityError:  # prefix collision, about one in 10^14 per pair
@@ -156,21 +188,38 @@ def create_key(session: Session, role: Role | str, name: str = "") -> str:
 
 
 def authenticate(session: Session, key: str | None, limits: SessionLimits | None = None) -> Principal:
-    """The principal behind ``key``; Unauthenticated if it is missing, revoked or expired, BadCredentials (a
-    guess, counted by twin/throttle.py) if it is malformed or unknown."""
+    """The principal behind ``key``; Unauthenticated if it is missing, revoked, expired or belongs to a disabled
+    user, BadCredentials (a guess, counted by twin/throttle.py) if it is malformed or unknown."""
     if not key:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
     prefix = _split(key)
-    row = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none() if prefix else None
+    found = (
+        session.execute(
+            select(ApiKey, User.disabled, User.role)
+            .outerjoin(User, User.username == ApiKey.owner)
+            .where(ApiKey.prefix == prefix)
+        ).one_or_none()
+        if prefix
+        else None
+    )
     # The prefix is public, so finding the row by it leaks nothing; the hash is compared in constant time.
     # A malformed or unknown key is hashed all the same, so the answer takes as long as for a wrong secret.
-    if not hmac.compare_digest(row.hash if row is not None else _NO_HASH, hash_key(key)) or row is None:
+    if not hmac.compare_digest(found[0].hash if found is not None else _NO_HASH, hash_key(key)) or found is None:
         raise BadCredentials("invalid API key")
+    row, owner_disabled, owner_role = found
     if row.revoked:
         raise Unauthenticated(f"API key {row.prefix} has been revoked")
+    if row.expires_at is not None and row.expires_at <= now_us():
+        rotated = f"; it was replaced by {row.rotated_to}" if row.rotated_to else ""
+        raise Unauthenticated(f"API key {row.prefix} has expired{rotated}")
+    if owner_disabled:
+        raise Unauthenticated(f"API key {row.prefix} belongs to the disabled user {row.owner}")
     if row.name.startswith(SESSION_PREFIX) and _expired(row, limits or SessionLimits()):
         raise Unauthenticated("your session has expired: log in again")
-    principal = Principal(key_id=row.id, prefix=row.prefix, name=row.name, role=Role(row.role))
+    role = Role(row.role)
+    if owner_role is not None and Role(owner_role) < role:  # a key does no more than the person it belongs to
+        role = Role(owner_role)
+    principal = Principal(key_id=row.id, prefix=row.prefix, name=row.name, role=role, owner=row.owner)
     _touch(session, row)
     return principal
 
@@ -216,11 +265,41 @@ def get_key(session: Session, prefix: str) -> ApiKey:
     return row
 
 
-def revoke_key(session: Session, prefix: str) -> ApiKey:
-    """Revoke the key with ``prefix`` (idempotent) and commit; NotFound if there is none."""
+def revoke_key(session: Session, prefix: str, *, commit: bool = True) -> ApiKey:
+    """Revoke the key with ``prefix`` (idempotent); NotFound if there is none."""
     row = get_key(session, prefix)
     if not row.revoked:
         row.revoked = True
-        session.commit()
+        if commit:
+            session.commit()
         log.info("api key revoked", prefix=row.prefix)
     return row
+
+
+def rotate_key(session: Session, prefix: str, grace_s: float) -> tuple[str, ApiKey, ApiKey]:
+    """Replace a key by a new one with the same role, name, owner and expiry; the old one keeps working for
+    ``grace_s`` seconds (0: stops now). Returns the new key, its row and the old row; the caller commits."""
+    old = get_key(session, prefix)
+    if old.revoked:
+        raise Conflict(f"API key {old.prefix} is revoked: create a new one instead")
+    now = now_us()
+    if old.expires_at is not None and old.expires_at <= now:
+        raise Conflict(f"API key {old.prefix} has expired: create a new one instead")
+    if old.name.startswith(SESSION_PREFIX):
+        raise Conflict(f"{old.prefix} is a login session: log in again instead")
+    key = create_key(session, Role(old.role), old.name, owner=old.owner, expires_at=old.expires_at, commit=False)
+    new = get_key(session, key)
+    grace_end = now + int(grace_s * 1e6)
+    old.expires_at = grace_end if old.expires_at is None else min(old.expires_at, grace_end)
+    old.rotated_to = new.prefix
+    log.info("api key rotated", old=old.prefix, new=new.prefix, grace_s=grace_s)
+    return key, new, old
+
+
+def key_state(row: ApiKey, now: int | None = None) -> Literal["active", "revoked", "expired"]:
+    """``active``, ``revoked`` or ``expired``."""
+    if row.revoked:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= (now or now_us()):
+        return "expired"
+    return "active"

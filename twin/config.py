@@ -82,6 +82,10 @@ class TwinSettings(BaseSettings):
     history_maintenance_s: float = Field(60.0, gt=0, description="partition and rollup job interval (ingest)")
     session_idle_s: float = Field(8 * 3600.0, gt=0, description="a dashboard login ends after this long unused")
     session_max_s: float = Field(7 * 86_400.0, gt=0, description="a dashboard login ends this long after it began")
+    audit_retention_days: float = Field(0, ge=0, description="audit records kept, days; 0 keeps all")
+    key_rotation_grace_s: float = Field(
+        86_400.0, ge=0, le=90 * 86_400.0, description="a rotated API key keeps working this long by default"
+    )
     model_dir: Path | None = Field(
         None,
         description="registry of teacher models for the cascade besides uploaded ones, read once per task (restart "

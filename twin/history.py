@@ -31,8 +31,10 @@ from typing import Any, Literal, NamedTuple
 import structlog
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from plant.wire import UplinkBatch, now_us
+from twin import audit
 from twin.config import TwinSettings
 from twin.store import ApplyResult
 
@@ -392,6 +394,9 @@ class HistoryJob:
                 report = self.run_once()
                 if report is not None and (report.created or report.dropped or report.deleted):
                     log.info("history maintained", **_fields(report))
+                if self.settings.audit_retention_days > 0:  # the audit trail's retention, in the same housekeeping
+                    with Session(self.engine) as session:
+                        audit.purge(session, self.settings.audit_retention_days)
             except SQLAlchemyError as exc:  # the database may be away: try again next interval
                 log.warning("history maintenance failed", error=str(exc).splitlines()[0])
             self._stop.wait(self.settings.history_maintenance_s)

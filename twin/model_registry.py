@@ -30,6 +30,8 @@ from sqlalchemy.orm import Session, defer
 from models import registry, runtime
 from models.errors import ModelError
 from plant.wire import from_us, now_us
+from twin import audit
+from twin.auth import Principal
 from twin.errors import Conflict, InvalidRequest, NotFound
 from twin.tables import ModelFailure, ModelPromotion, ModelVersion, TwinNode
 
@@ -220,10 +222,13 @@ def write_files(directory: Path, files: dict[str, bytes]) -> Path:
     return directory
 
 
-def upload(session: Session, data: bytes, by: str, max_bytes: int) -> tuple[ModelVersion, bool]:
+def upload(
+    session: Session, data: bytes, by: str, max_bytes: int, actor: Principal | None = None
+) -> tuple[ModelVersion, bool]:
     """Check and store an archive; returns the row and whether it is new (an identical one is kept).
 
     Conflict if the task and version exist with other content: a version, once uploaded, never changes.
+    A new version is recorded in the audit trail as ``actor``'s, in the transaction that stores it.
     """
     checked = check_archive(data, max_bytes)
     manifest = checked.manifest
@@ -243,6 +248,9 @@ def upload(session: Session, data: bytes, by: str, max_bytes: int) -> tuple[Mode
             uploaded_by=by,
         )
         session.add(row)
+        if actor is not None:
+            audit.record(session, actor, "model.upload", f"model:{task}/{version}",
+                         after={"name": row.name, "sha256": row.sha256, "size": row.size})
         try:
             session.commit()
         except IntegrityError:  # uploaded by another request meanwhile
@@ -318,12 +326,17 @@ def _failure_dict(f: ModelFailure) -> dict[str, Any]:
     }
 
 
-def promote(session: Session, task: str, version: str, asset_type: str, by: str) -> ModelVersion:
-    """Make ``version`` the one agents run for ``asset_type`` (promoting an older one rolls back); commits."""
+def promote(
+    session: Session, task: str, version: str, asset_type: str, by: str, actor: Principal | None = None
+) -> ModelVersion:
+    """Make ``version`` the one agents run for ``asset_type`` (promoting an older one rolls back); commits,
+    with a ``model.promote`` or ``model.rollback`` audit record as ``actor``'s when given."""
     row = get(session, task, version)
     _check_asset_type(session, asset_type)
     for _attempt in range(2):
         current = session.get(ModelPromotion, (asset_type, task))
+        if actor is not None:
+            _audit_promotion(session, actor, row, asset_type, current)
         if current is None:
             session.add(
                 ModelPromotion(asset_type=asset_type, task=task, model_id=row.id, promoted_at=now_us(), promoted_by=by)
@@ -337,6 +350,17 @@ def promote(session: Session, task: str, version: str, asset_type: str, by: str)
             session.rollback()
     log.info("model promoted", task=task, version=version, asset_type=asset_type, by=by)
     return row
+
+
+def _audit_promotion(
+    session: Session, actor: Principal, row: ModelVersion, asset_type: str, current: ModelPromotion | None
+) -> None:
+    was = None if current is None else session.scalar(
+        select(ModelVersion.version).where(ModelVersion.id == current.model_id)
+    )
+    back = was is not None and version_key(row.version) < version_key(was)
+    audit.record(session, actor, "model.rollback" if back else "model.promote", f"model:{row.task}/{asset_type}",
+                 before={"version": was}, after={"version": row.version})
 
 
 def _check_asset_type(session: Session, asset_type: str) -> None:

@@ -165,6 +165,10 @@ class ApiKeyPublic(_Schema):
     created_at: datetime
     last_used_at: datetime | None = Field(description="to the minute")
     revoked: bool
+    expires_at: datetime | None = Field(None, description="refused from then on; none: never expires")
+    owner: str | None = Field(None, description="the user it belongs to: it stops while they are disabled")
+    rotated_to: str | None = Field(None, description="prefix of the key that replaced it")
+    state: Literal["active", "revoked", "expired"] = "active"
 
 
 class ApiKeyCreate(_Schema):
@@ -172,12 +176,28 @@ class ApiKeyCreate(_Schema):
 
     role: Role
     name: Annotated[Name, Field(max_length=128)] = ""
+    expires_in_days: float | None = Field(None, gt=0, le=3650, description="none: never expires")
+    owner: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$",
+                              description="a user the key belongs to (it stops while they are disabled)")
 
 
 class ApiKeyCreated(ApiKeyPublic):
     """A new key: ``key`` is shown this once and cannot be recovered."""
 
     key: str
+
+
+class ApiKeyRotate(_Schema):
+    """A rotation: a new key now, the old one still valid for ``grace_s`` seconds (default: the setting)."""
+
+    grace_s: float | None = Field(None, ge=0, le=90 * 86_400)
+
+
+class ApiKeyRotated(ApiKeyCreated):
+    """The new key (shown this once) and until when the old one still works."""
+
+    replaces: str
+    old_expires_at: datetime
 
 
 class ApiKeysPublic(_Schema):

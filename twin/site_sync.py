@@ -20,12 +20,14 @@ from sqlalchemy.orm import Session
 
 from plant.site import AssetType, Node, PropertyDef, Site
 from plant.wire import now_us
+from twin import audit
 from twin.db import make_sessionmaker
 from twin.tables import AssetTypeRecord, TwinNode, TwinProperty
 
 log = structlog.get_logger(__name__)
 
 DIAGNOSIS_PREFIX = "diag."
+SITE_ACTOR = "site file"  # who the audit trail names for a change the site file made
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,9 @@ def sync_site(engine: Engine, site: Site, now: int | None = None) -> SyncReport:
                 prop.retired_at = stamp
                 counts.props_retired += 1
         _sync_asset_types(session, site, stamp)
+        if any(vars(counts).values()):  # the plant's model changed: in the audit trail, with what changed
+            audit.record(session, SITE_ACTOR, "site.reload", f"site:{site.site.id}", after=dict(vars(counts)),
+                         address="local")
     report = SyncReport(**vars(counts))
     log.info("site synchronised", site=site.site.id, **vars(counts))
     return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Boolean,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -171,6 +173,11 @@ class ApiKey(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     last_used_at: Mapped[int | None] = mapped_column(BigInteger)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # after this the key is refused; set at creation, or by a rotation (the old key's grace period)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # the person the key belongs to (a login session, or a key made for them): disabling them stops it
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    rotated_to: Mapped[str | None] = mapped_column(String(16))  # prefix of the key that replaced this one
 
 
 class Alert(Base):
@@ -399,6 +406,34 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(BigInteger)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    password_changed_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AuditRecord(Base):
+    """One change a person (or key) made: who, when, from where, what, and the state before and after.
+
+    Append-only: triggers (AUDIT_TRIGGERS, and migration 0009) refuse UPDATE, and DELETE of any row not older
+    than the cutoff a retention purge has written into ``twin_audit_purge`` in its own transaction.
+    """
+
+    __tablename__ = "twin_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[int] = mapped_column(BigInteger, index=True)
+    actor: Mapped[str] = mapped_column(String(160), index=True)
+    address: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(256), index=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class AuditPurge(Base):
+    """The cutoff of a retention purge in progress: present only inside the purge's transaction."""
+
+    __tablename__ = "twin_audit_purge"
+
+    before: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
 class _Rollup:
@@ -489,3 +524,34 @@ class ModelFailure(Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
     first_at: Mapped[int] = mapped_column(BigInteger)
     last_at: Mapped[int] = mapped_column(BigInteger)
+
+
+# The audit trail refuses change (migration 0009 creates the same triggers; these serve ``create_all``).
+AUDIT_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        "CREATE TRIGGER twin_audit_no_update BEFORE UPDATE ON twin_audit "
+        "BEGIN SELECT RAISE(ABORT, 'twin_audit is append-only: UPDATE refused'); END",
+        "CREATE TRIGGER twin_audit_no_delete BEFORE DELETE ON twin_audit "
+        "WHEN OLD.at >= COALESCE((SELECT MAX(before) FROM twin_audit_purge), 0) "
+        "BEGIN SELECT RAISE(ABORT, 'twin_audit is append-only: DELETE refused (retention purge only)'); END",
+    ),
+    "postgresql": (
+        """CREATE OR REPLACE FUNCTION twin_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.at < COALESCE((SELECT MAX(before) FROM twin_audit_purge), 0) THEN
+            RETURN OLD;
+        END IF;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+        MESSAGE = 'twin_audit is append-only: ' || TG_OP || ' refused (retention purge only)';
+END $$""",
+        "CREATE TRIGGER twin_audit_append_only BEFORE UPDATE OR DELETE ON twin_audit "
+        "FOR EACH ROW EXECUTE FUNCTION twin_audit_append_only()",
+        "CREATE TRIGGER twin_audit_no_truncate BEFORE TRUNCATE ON twin_audit "
+        "FOR EACH STATEMENT EXECUTE FUNCTION twin_audit_append_only()",
+    ),
+}
+for _dialect, _statements in AUDIT_TRIGGERS.items():
+    for _sql in _statements:
+        event.listen(AuditRecord.__table__, "after_create", DDL(_sql).execute_if(dialect=_dialect))  # type: ignore[no-untyped-call]

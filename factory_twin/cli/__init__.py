@@ -17,7 +17,8 @@ _COMMANDS = {
     "simulate": ("factory_twin.cli.simulate", "simulate", "Replay the demo plant over OPC-UA and MQTT."),
     "db": ("factory_twin.cli.db", "db", "Database migrations."),
     "models": ("factory_twin.cli.models", "models", "Train, evaluate, upload and promote diagnostic models."),
-    "keys": ("factory_twin.cli.keys", "keys", "Create, list and revoke API keys."),
+    "keys": ("factory_twin.cli.keys", "keys", "Create, list, rotate and revoke API keys."),
+    "users": ("factory_twin.cli.users", "users", "Dashboard users: create, disable, change role, reset password."),
     "gateways": ("factory_twin.cli.gateways", "gateways",
                  "Edge gateways' broker credentials, and Mosquitto's password and ACL files."),
 }

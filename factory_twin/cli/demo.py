@@ -78,15 +78,33 @@ def demo(duration: float | None, as_json: bool, data_dir: Path, fresh: bool, por
 
 
 def _banner(stack: Stack, quiet: bool) -> None:
+    """What a person needs to start: where the dashboard is and how to log in. On stderr, as plain text, never
+    as a log event: a key must not end up in a log collector."""
     if quiet:
         return
+    cfg = stack.config
+    where = "" if cfg.data_dir == Path("var/demo") else f" --data-dir {cfg.data_dir}"
+    if cfg.database_url:
+        from sqlalchemy.engine import make_url
+
+        where = f" --database-url '{make_url(cfg.database_url).render_as_string(hide_password=True)}'"
+    creds = stack.credentials
+    saved = ""
+    if creds is not None:
+        saved = f"{'new, saved' if creds.new else 'the same as last run, from'} {creds.path} (mode 0600)"
+    rule = "=" * 78
     click.echo(
-        "\nfactory-twin demo plant is running (Ctrl-C stops it)\n"
-        f"  dashboard  {stack.api_url}/   (log in with the admin key below)\n"
-        f"  REST API   {stack.api_url}/api/v1/nodes   (OpenAPI: {stack.api_url}/docs)\n"
+        f"\n{rule}\n"
+        "factory-twin demo plant is running (Ctrl-C stops it)\n"
+        f"  dashboard  {stack.api_url}/\n"
         f"  admin key  {stack.admin_key}\n"
+        f"             {saved}\n"
+        f"  log in     paste the admin key, or as a named user: create one while the demo runs with\n"
+        f"               factory-twin users create alice --role technician{where}\n"
+        f"  REST API   {stack.api_url}/api/v1/nodes   (OpenAPI: {stack.api_url}/docs)\n"
         f"  try        curl -H 'Authorization: Bearer {stack.admin_key}' \\\n"
         f"                  {stack.api_url}/api/v1/nodes/engine-1\n"
-        f"  MQTT       {stack.mqtt_url}\n",
+        f"  MQTT       {stack.mqtt_url}\n"
+        f"{rule}\n",
         err=True,
     )

@@ -1,57 +1,30 @@
-"""`factory-twin keys`: create, list and revoke the platform's API keys, on the database of the twin settings.
+"""`factory-twin keys`: create, list, rotate and revoke the platform's API keys.
 
-``keys create`` prints the new key, and only the key, on stdout, so a script can capture it::
+The database is the demo's by default (``--data-dir var/demo``), or the one ``--data-dir`` or
+``--database-url`` names (factory_twin/cli/database.py). ``keys create`` and ``keys rotate`` print the new key,
+and only the key, on stdout, so a script can capture it::
 
-    KEY=$(factory-twin keys create --role viewer --name wallboard)
+    KEY=$(factory-twin keys create --role viewer --name wallboard --expires-in-days 90)
+
+Every change is in the audit trail, as made by ``cli (<login name>)`` from ``local``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 
 import click
 import structlog
-from sqlalchemy import inspect
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
+from factory_twin.cli.database import cli_actor, database_options, open_session
 from factory_twin.logs import configure_logging
-from plant.wire import from_us
-from twin import auth
+from plant.wire import from_us, now_us
+from twin import audit, auth
 from twin.auth import PERSON_ROLES, Role
-from twin.config import get_settings
-from twin.db import make_engine, make_sessionmaker
-from twin.errors import NotFound
 from twin.tables import ApiKey
 
-_URL = click.option(
-    "--url",
-    envvar="TWIN_DATABASE_URL",
-    default=None,
-    help="SQLAlchemy URL (default: TWIN_DATABASE_URL, else the SQLite file under the data dir)",
-)
-
-
-@contextmanager
-def _session(url: str | None) -> Iterator[Session]:
-    """A session on the configured database; a clear error if it is unreachable or has no schema."""
-    engine = make_engine(url or get_settings().db_url)
-    try:
-        try:
-            if not inspect(engine).has_table(ApiKey.__tablename__):
-                raise click.ClickException(
-                    f"the database {engine.url.render_as_string(hide_password=True)} has no twin schema: "
-                    "run `factory-twin db upgrade` first"
-                )
-        except SQLAlchemyError as exc:
-            raise click.ClickException(f"cannot open the database: {str(exc).splitlines()[0]}") from None
-        with make_sessionmaker(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
+_LOCAL = "local"
 
 
 @click.group()
@@ -70,79 +43,100 @@ def keys() -> None:
     help="viewer < technician < engineer < admin; agent for an edge gateway (models and cascade only)",
 )
 @click.option("--name", "-n", default="", help="what the key is for (shown in listings)")
-@_URL
-def create(role: str, name: str, url: str | None) -> None:
+@click.option("--expires-in-days", type=click.FloatRange(min=0, min_open=True, max=3650), default=None,
+              help="refuse the key after this many days (default: never expires)")
+@click.option("--user", "owner", default=None, help="the user the key belongs to: it stops while they are disabled")
+@database_options
+def create(role: str, name: str, expires_in_days: float | None, owner: str | None, data_dir: Path,
+           database_url: str | None) -> None:
     """Create a key and print it: it is shown this once, only its hash is stored."""
-    with _session(url) as session:
-        key = auth.create_key(session, Role(role), name)
+    from twin.dashboard import users
+
+    expires = None if expires_in_days is None else now_us() + int(expires_in_days * 86_400e6)
+    with open_session(data_dir, database_url) as session:
+        if owner is not None:
+            users.get_user(session, owner)
+        key = auth.create_key(session, Role(role), name, owner=owner, expires_at=expires, commit=False)
+        row = auth.get_key(session, key)
+        audit.record(session, cli_actor(), "key.create", f"key:{row.prefix}", after=_fields(row), address=_LOCAL)
+        session.commit()
     click.echo(key)
-    click.echo(f"created {role} key {key[:16]}; store it now, it cannot be shown again", err=True)
+    until = "" if expires is None else f", valid until {from_us(expires).isoformat(timespec='minutes')}"
+    click.echo(f"created {role} key {key[:16]}{until}; store it now, it cannot be shown again", err=True)
 
 
 @keys.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per key")
-@_URL
-def list_(as_json: bool, url: str | None) -> None:
-    """List keys (prefix, role, name, created, last used, revoked); never the keys themselves."""
-    with _session(url) as session:
+@database_options
+def list_(as_json: bool, data_dir: Path, database_url: str | None) -> None:
+    """List keys (prefix, role, state, created, last used, expiry, owner, name); never the keys themselves."""
+    with open_session(data_dir, database_url) as session:
         rows = auth.list_keys(session)
     for row in rows:
         f = _fields(row)
         if as_json:
             click.echo(json.dumps(f))
         else:
-            state = "revoked" if row.revoked else "active"
             used = f["last_used_at"] or "never"
-            click.echo(
-                f"{row.prefix}  {row.role:<10}  {state:<7}  {f['created_at']}  used {used}  {row.name}"
-            )
+            expires = f" expires {f['expires_at']}" if f["expires_at"] else ""
+            owner = f" user {row.owner}" if row.owner else ""
+            click.echo(f"{row.prefix}  {row.role:<10}  {f['state']:<7}  {f['created_at']}  used {used}"
+                       f"{expires}{owner}  {row.name}")
     if not rows and not as_json:
         click.echo("no keys yet: `factory-twin keys create --role admin`", err=True)
 
 
 @keys.command()
 @click.argument("prefix")
-@_URL
-def revoke(prefix: str, url: str | None) -> None:
+@database_options
+def revoke(prefix: str, data_dir: Path, database_url: str | None) -> None:
     """Revoke the key with PREFIX (as listed, e.g. ftk_0123456789ab): requests with it get 401 from now on."""
-    with _session(url) as session:
-        try:
-            row = auth.revoke_key(session, prefix)
-        except NotFound as exc:
-            raise click.ClickException(str(exc)) from None
+    from twin.dashboard import users
+
+    with open_session(data_dir, database_url) as session:
+        row = auth.get_key(session, prefix)
+        before = _fields(row)
+        auth.revoke_key(session, prefix, commit=False)
+        if row.role == Role.ADMIN.value:
+            users.keep_an_admin(session, f"the key {row.prefix} cannot be revoked")
+        audit.record(session, cli_actor(), "key.revoke", f"key:{row.prefix}", before=before, after=_fields(row),
+                     address=_LOCAL)
+        session.commit()
     click.echo(f"revoked {row.prefix} ({row.role}{', ' + row.name if row.name else ''})")
 
 
-@keys.command(name="create-user")
-@click.argument("username")
-@click.option(
-    "--role",
-    "-r",
-    type=click.Choice([r.value for r in PERSON_ROLES]),
-    required=True,
-    help="viewer < technician < engineer < admin",
-)
-@click.option("--password-stdin", is_flag=True, help="read the password from stdin instead of prompting")
-@_URL
-def create_user(username: str, role: str, password_stdin: bool, url: str | None) -> None:
-    """Create a dashboard user who logs in with USERNAME and a password (asked for, never echoed)."""
-    from twin.dashboard.users import create_user as create
-    from twin.errors import Conflict, InvalidRequest
+@keys.command()
+@click.argument("prefix")
+@click.option("--grace-hours", type=click.FloatRange(min=0, max=90 * 24), default=24.0, show_default=True,
+              help="how long the old key keeps working, so clients can switch (0: stops now)")
+@database_options
+def rotate(prefix: str, grace_hours: float, data_dir: Path, database_url: str | None) -> None:
+    """Replace the key with PREFIX by a new one (printed once); the old one works for the grace period."""
+    with open_session(data_dir, database_url) as session:
+        before = _fields(auth.get_key(session, prefix))
+        key, new, old = auth.rotate_key(session, prefix, grace_hours * 3600)
+        audit.record(session, cli_actor(), "key.rotate", f"key:{old.prefix}", before=before,
+                     after={**_fields(old), "new_key": _fields(new)}, address=_LOCAL)
+        session.commit()
+    click.echo(key)
+    assert old.expires_at is not None
+    click.echo(f"{new.prefix} replaces {old.prefix}, which works until "
+               f"{from_us(old.expires_at).isoformat(timespec='minutes')}; store the new key now", err=True)
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
-    with _session(url) as session:
-        try:
-            create(session, username, password, Role(role))
-        except (Conflict, InvalidRequest) as exc:
-            raise click.ClickException(str(exc)) from None
-        except SQLAlchemyError as exc:  # most likely the users table is missing: an older schema
-            raise click.ClickException(
-                f"cannot store the user ({str(exc).splitlines()[0]}): run `factory-twin db upgrade` first"
-            ) from None
-    click.echo(f"created {role} user {username}", err=True)
+
+@keys.command(name="create-user", hidden=True)
+@click.argument("username")
+@click.option("--role", "-r", type=click.Choice([r.value for r in PERSON_ROLES]), required=True)
+@click.option("--password-stdin", is_flag=True)
+@database_options
+@click.pass_context
+def create_user(ctx: click.Context, username: str, role: str, password_stdin: bool, data_dir: Path,
+                database_url: str | None) -> None:
+    """Kept for scripts written before `factory-twin users create`, which it runs."""
+    from factory_twin.cli.users import create as users_create
+
+    ctx.invoke(users_create, username=username, role=role, password_stdin=password_stdin, data_dir=data_dir,
+               database_url=database_url)
 
 
 def _fields(row: ApiKey) -> dict[str, str | bool | None]:
@@ -150,7 +144,11 @@ def _fields(row: ApiKey) -> dict[str, str | bool | None]:
         "prefix": row.prefix,
         "role": row.role,
         "name": row.name,
+        "state": auth.key_state(row),
+        "owner": row.owner,
         "created_at": from_us(row.created_at).isoformat(),
         "last_used_at": None if row.last_used_at is None else from_us(row.last_used_at).isoformat(),
+        "expires_at": None if row.expires_at is None else from_us(row.expires_at).isoformat(),
+        "rotated_to": row.rotated_to,
         "revoked": row.revoked,
     }

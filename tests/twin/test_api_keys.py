@@ -117,7 +117,8 @@ def test_create_use_revoke(client: TestClient, keys: dict[Role, str]) -> None:
     listed = client.get("/api/v1/keys", headers=admin).json()
     assert listed["count"] == len(Role) + 1
     entry = next(k for k in listed["items"] if k["prefix"] == made["prefix"])
-    assert set(entry) == {"prefix", "name", "role", "created_at", "last_used_at", "revoked"}
+    assert set(entry) == {"prefix", "name", "role", "created_at", "last_used_at", "revoked", "expires_at", "owner",
+                          "rotated_to", "state"}
     assert entry["last_used_at"] is not None
     assert new_key not in str(listed)
 

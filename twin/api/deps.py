@@ -10,6 +10,8 @@ missing, unknown or revoked key is Unauthenticated (401), a lower role Forbidden
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from functools import cache
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -53,19 +55,29 @@ _bearer = HTTPBearer(auto_error=False, description="an API key: `factory-twin ke
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+AddressDep = Annotated[str, Depends(client_address)]
+
+
+@cache
 def require_role(
     role: Role, *, or_agent: bool = False
-) -> Callable[[Request, SessionDep, SettingsDep, BearerDep], Principal]:
+) -> Callable[[Request, SessionDep, SettingsDep, BearerDep, AddressDep], Principal]:
     """A dependency authenticating the request's key, requiring at least ``role`` (or, with ``or_agent``, an
-    edge gateway's agent key); returns the principal. Unknown keys count against the client's address
-    (twin/throttle.py): past the limit the answer is 429 without a look at the database."""
+    edge gateway's agent key); returns the principal, with the client's address for the audit trail.
 
-    def dependency(request: Request, session: SessionDep, settings: SettingsDep, credentials: BearerDep) -> Principal:
+    Unknown keys count against the client's address (twin/throttle.py): past the limit the answer is 429
+    without a look at the database. One function per role (cached), so a router's role dependency and a
+    route's ``AdminDep`` are the same dependency and the key is checked once per request.
+    """
+
+    def dependency(
+        request: Request, session: SessionDep, settings: SettingsDep, credentials: BearerDep, address: AddressDep
+    ) -> Principal:
         if credentials is None:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
         limits = SessionLimits(settings.session_idle_s, settings.session_max_s)
-        with get_throttle(request).attempt(Kind.KEY, client_address(request)):
-            principal = authenticate(session, credentials.credentials, limits)
+        with get_throttle(request).attempt(Kind.KEY, address):
+            principal = replace(authenticate(session, credentials.credentials, limits), address=address)
         principal.require(role, or_agent=or_agent)
         # End the authentication's transaction now: its connection goes back to the pool instead of staying
         # "idle in transaction" for as long as the route runs (a live stream: minutes).

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from plant.wire import from_us, now_us, to_us
-from twin import auth, queries
-from twin.api.deps import SessionDep, SettingsDep, ViewerDep, client_address, get_throttle
+from twin import audit, auth, queries
+from twin.api.deps import AddressDep, SessionDep, SettingsDep, ViewerDep, get_throttle
 from twin.auth import SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.dashboard.health import plant_health
@@ -65,14 +65,16 @@ class SessionCreated(SessionPublic):
 
 
 @session_router.post("", response_model=SessionCreated, status_code=201)
-def log_in(request: Request, session: SessionDep, settings: SettingsDep, body: LoginRequest) -> SessionCreated:
+def log_in(
+    request: Request, session: SessionDep, settings: SettingsDep, address: AddressDep, body: LoginRequest
+) -> SessionCreated:
     """Log in with a username and password (a new session token) or check an API key (used as the token).
 
     A session token given as the key is checked against the configured session lifetimes like any request,
     so an expired session cannot be revived by "logging in" with it. Failures count per client address and
     per user name; past the limits the answer is 429 with ``Retry-After`` (docs/security.md).
     """
-    throttle, address = get_throttle(request), client_address(request)
+    throttle = get_throttle(request)
     if body.api_key is not None:
         limits = auth.SessionLimits(settings.session_idle_s, settings.session_max_s)
         with throttle.attempt(Kind.KEY, address):
@@ -82,7 +84,17 @@ def log_in(request: Request, session: SessionDep, settings: SettingsDep, body: L
     assert body.username is not None
     assert body.password is not None
     with throttle.attempt(Kind.PASSWORD, address, body.username, guesses=(Unauthenticated,)):
-        token, user = users.login(session, body.username, body.password)
+        try:
+            token, user = users.login(session, body.username, body.password, commit=False)
+        except Unauthenticated as exc:
+            session.rollback()
+            audit.record(session, body.username, "session.login_failed", f"user:{body.username}",
+                         after={"reason": str(exc)}, address=address)
+            session.commit()
+            raise
+    audit.record(session, user.username, "session.login", f"user:{user.username}", after={"session": token[:16]},
+                 address=address)
+    session.commit()
     return SessionCreated(token=token, name=user.username, role=Role(user.role), prefix=token[:16],
                           session=True)
 
@@ -102,6 +114,7 @@ def log_out(session: SessionDep, who: ViewerDep) -> Response:
         row = session.get(ApiKey, who.key_id)
         if row is not None and not row.revoked:
             row.revoked = True
+            audit.record(session, who, "session.logout", f"user:{who.owner}", after={"session": who.prefix})
             session.commit()
     return Response(status_code=204)
 

@@ -6,16 +6,18 @@ Viewers read; engineers create, edit (each edit adds a version) and retire entri
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import Field
+from sqlalchemy.orm import Session
 
 from plant.wire import from_us, now_us
-from twin import knowledge
+from twin import audit, knowledge
 from twin.advice import PlanItem, maintenance_plan
 from twin.api.deps import EngineerDep, SessionDep, ViewerDep
+from twin.errors import NotFound
 from twin.exports import CalendarEvent, csv_text, filename_stamp, ical_text, iso
 from twin.fields import Key
 from twin.knowledge.base import KnowledgeBody, entry_dict
@@ -65,6 +67,8 @@ def create_knowledge(session: SessionDep, who: EngineerDep, body: KnowledgeCreat
     row, _ = knowledge.put(
         session, body.asset_type, body.condition, content, by=who.name or who.prefix, create_only=True
     )
+    audit.record(session, who, "knowledge.create", f"knowledge:{body.asset_type}/{body.condition}",
+                 after=content.model_dump(mode="json"))
     session.commit()
     return _entry(row)
 
@@ -74,7 +78,11 @@ def update_knowledge(
     session: SessionDep, who: EngineerDep, asset_type: Key, condition: Key, body: KnowledgeBody
 ) -> KnowledgeEntryPublic:
     """Replace an entry's content: a new version when it differs (engineer and up)."""
-    row, _ = knowledge.put(session, asset_type, condition, body, by=who.name or who.prefix)
+    was = _current_body(session, asset_type, condition)
+    row, changed = knowledge.put(session, asset_type, condition, body, by=who.name or who.prefix)
+    if changed:
+        audit.record(session, who, "knowledge.update", f"knowledge:{asset_type}/{condition}",
+                     before=was, after=body.model_dump(mode="json"))
     session.commit()
     return _entry(row)
 
@@ -82,8 +90,19 @@ def update_knowledge(
 @router.delete("/knowledge/{asset_type}/{condition}", status_code=204)
 def delete_knowledge(session: SessionDep, who: EngineerDep, asset_type: Key, condition: Key) -> None:
     """Retire an entry; its versions stay readable (engineer and up)."""
+    was = _current_body(session, asset_type, condition)
     knowledge.delete(session, asset_type, condition, by=who.name or who.prefix)
+    audit.record(session, who, "knowledge.delete", f"knowledge:{asset_type}/{condition}",
+                 before=was)
     session.commit()
+
+
+def _current_body(session: Session, asset_type: str, condition: str) -> dict[str, Any] | None:
+    """An entry's current content, for the audit trail's before; None if there is none."""
+    try:
+        return dict(knowledge.get_current(session, asset_type, condition).body)
+    except NotFound:
+        return None
 
 
 Subtree = Annotated[Key | None, Query(description="only this node and below")]

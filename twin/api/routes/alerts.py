@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from plant.wire import from_us, now_us, to_us
+from twin import audit
 from twin.advice import advise, due_date
 from twin.alerts import feedback, lifecycle, noise
 from twin.api.deps import EngineerDep, SessionDep, TechnicianDep, ViewerDep
@@ -23,6 +24,8 @@ from twin.schemas import AlertAdvice
 from twin.tables import Alert, AlertFeedback, AlertTransition
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
+# What the audit trail records of an alert before and after a person acts on it.
+AUDITED = ("state", "active", "priority", "condition", "shelved_until", "acked_by", "acked_at", "closed_at")
 
 StateName = Literal["normal", "active_unack", "active_ack", "returned_unack"]
 PriorityName = Literal["critical", "high", "medium", "low"]
@@ -328,6 +331,7 @@ class CommentCreate(_Schema):
 def add_comment(session: SessionDep, who: TechnicianDep, alert_id: RowId, body: CommentCreate) -> TransitionPublic:
     """Note something on an alert (technician and up); it shows in the alert's history."""
     alert = lifecycle.comment(session, alert_id, actor=who.name or who.prefix, text=body.text.strip())
+    audit.record(session, who, "alert.comment", f"alert:{alert.id}", after={"text": body.text.strip()})
     session.commit()
     return _transition_public(lifecycle.transitions(session, alert.id)[-1])
 
@@ -337,9 +341,12 @@ def acknowledge(
     session: SessionDep, who: TechnicianDep, alert_id: RowId, body: ActionRequest | None = None
 ) -> AlertPublic:
     """Acknowledge: active alerts stay active, returned ones close (technician and up)."""
+    before = audit.fields(lifecycle.get_alert(session, alert_id), AUDITED)
     alert = lifecycle.acknowledge(
         session, alert_id, actor=who.name or who.prefix, reason=body.reason if body else ""
     )
+    audit.record(session, who, "alert.acknowledge", f"alert:{alert.id}", before=before,
+                 after=audit.fields(alert, AUDITED) | {"reason": body.reason if body else ""})
     session.commit()
     return public(alert)
 
@@ -348,6 +355,7 @@ def acknowledge(
 def shelve(session: SessionDep, who: EngineerDep, alert_id: RowId, body: ShelveRequest) -> AlertPublic:
     """Shelve for a while, with a reason (engineer and up)."""
     now = now_us()
+    before = audit.fields(lifecycle.get_alert(session, alert_id), AUDITED)
     alert = lifecycle.shelve(
         session,
         alert_id,
@@ -356,6 +364,8 @@ def shelve(session: SessionDep, who: EngineerDep, alert_id: RowId, body: ShelveR
         reason=body.reason,
         at=now,
     )
+    audit.record(session, who, "alert.shelve", f"alert:{alert.id}", before=before,
+                 after=audit.fields(alert, AUDITED) | {"reason": body.reason})
     session.commit()
     return public(alert)
 
@@ -366,9 +376,12 @@ def unshelve(
 ) -> AlertPublic:
     """End a shelf early (engineer and up)."""
     alert = lifecycle.get_alert(session, alert_id, lock=True)
+    before = audit.fields(alert, AUDITED)
     lifecycle.unshelve(
         session, alert, at=now_us(), actor=who.name or who.prefix, reason=body.reason if body else ""
     )
+    audit.record(session, who, "alert.unshelve", f"alert:{alert.id}", before=before,
+                 after=audit.fields(alert, AUDITED) | {"reason": body.reason if body else ""})
     session.commit()
     return public(alert)
 
@@ -382,6 +395,8 @@ def add_feedback(
     fb = feedback.record(
         session, alert, by=who.name or who.prefix, verdict=body.verdict, cause=body.cause, comment=body.comment
     )
+    audit.record(session, who, "alert.feedback", f"alert:{alert.id}",
+                 after={"verdict": body.verdict, "cause": body.cause, "comment": body.comment})
     session.commit()
     return _feedback_public(fb)
 

@@ -72,7 +72,7 @@ async def upload_model(
     """Upload a model version (engineer and up): 201 when stored, 200 when identical to the one stored."""
     data = await _read_body(request, settings.model_max_bytes)
     row, created = await run_in_threadpool(
-        model_registry.upload, session, data, who.name or who.prefix, settings.model_max_bytes
+        model_registry.upload, session, data, who.name or who.prefix, settings.model_max_bytes, who
     )
     if not created:
         response.status_code = 200
@@ -95,7 +95,7 @@ def promoted_models(session: SessionDep, _who: AgentOrViewerDep) -> dict[str, An
 @router.post("/{task}/{version}/promote", response_model=ModelCreated)
 def promote_model(session: SessionDep, who: EngineerDep, task: Key, version: Key, body: ModelPromote) -> dict[str, Any]:
     """Have the agents of an asset type run this version (engineer and up); promoting an older one rolls back."""
-    row = model_registry.promote(session, task, version, body.asset_type, who.name or who.prefix)
+    row = model_registry.promote(session, task, version, body.asset_type, who.name or who.prefix, who)
     return {"task": row.task, "name": row.name, "version": row.version, "sha256": row.sha256}
 
 

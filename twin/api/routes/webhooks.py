@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, select
 
 from plant.wire import from_us, now_us
-from twin import webhooks
-from twin.api.deps import SessionDep, SettingsDep, require_role
+from twin import audit, webhooks
+from twin.api.deps import AdminDep, SessionDep, SettingsDep, require_role
 from twin.auth import Role
 from twin.config import TwinSettings
 from twin.errors import ConfigError, InvalidRequest, NotFound
@@ -167,6 +167,11 @@ def _check_url(url: str, settings: TwinSettings) -> None:
         raise InvalidRequest(str(exc)) from None
 
 
+def _snapshot(sub: WebhookSubscription) -> dict[str, Any]:
+    """A subscription as the audit trail records it (never its secret)."""
+    return _public(sub).model_dump(mode="json")
+
+
 def _get(session: SessionDep, sub_id: RowId) -> WebhookSubscription:
     sub = session.get(WebhookSubscription, sub_id)
     if sub is None:
@@ -182,7 +187,7 @@ def list_subscriptions(session: SessionDep) -> list[SubscriptionPublic]:
 
 @router.post("", response_model=SubscriptionCreated, status_code=201)
 def create_subscription(
-    session: SessionDep, settings: SettingsDep, body: SubscriptionCreate
+    session: SessionDep, settings: SettingsDep, who: AdminDep, body: SubscriptionCreate
 ) -> SubscriptionCreated:
     """Subscribe a URL to alert events; the secret is in this answer only."""
     _check_url(body.url, settings)
@@ -200,6 +205,8 @@ def create_subscription(
         created_at=now_us(),
     )
     session.add(sub)
+    session.flush()
+    audit.record(session, who, "webhook.create", f"webhook:{sub.id}", after=_snapshot(sub))
     session.commit()
     return SubscriptionCreated(**_public(sub).model_dump(), secret=secret)
 
@@ -212,10 +219,11 @@ def get_subscription(session: SessionDep, sub_id: RowId) -> SubscriptionPublic:
 
 @router.patch("/{sub_id}", response_model=SubscriptionPublic)
 def update_subscription(
-    session: SessionDep, settings: SettingsDep, sub_id: RowId, body: SubscriptionUpdate
+    session: SessionDep, settings: SettingsDep, who: AdminDep, sub_id: RowId, body: SubscriptionUpdate
 ) -> SubscriptionPublic:
     """Change a subscription; queued events keep the body rendered when they were queued."""
     sub = _get(session, sub_id)
+    before = _snapshot(sub)
     changes = body.model_dump(exclude_unset=True)
     if "url" in changes:
         if changes["url"] is None:
@@ -225,14 +233,16 @@ def update_subscription(
         if value is None and name not in ("subtree",):
             raise InvalidRequest(f"{name} cannot be null")
         setattr(sub, name, value)
+    audit.record(session, who, "webhook.update", f"webhook:{sub.id}", before=before, after=_snapshot(sub))
     session.commit()
     return _public(sub)
 
 
 @router.delete("/{sub_id}", status_code=204)
-def delete_subscription(session: SessionDep, sub_id: RowId) -> None:
+def delete_subscription(session: SessionDep, who: AdminDep, sub_id: RowId) -> None:
     """Remove a subscription and its queued deliveries."""
     sub = _get(session, sub_id)
+    audit.record(session, who, "webhook.delete", f"webhook:{sub.id}", before=_snapshot(sub))
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.subscription_id == sub_id))
     session.delete(sub)
     session.commit()
@@ -260,7 +270,7 @@ def list_deliveries(
 
 
 @router.post("/{sub_id}/replay", response_model=Replayed)
-def replay(session: SessionDep, sub_id: RowId, body: ReplayRequest | None = None) -> Replayed:
+def replay(session: SessionDep, who: AdminDep, sub_id: RowId, body: ReplayRequest | None = None) -> Replayed:
     """Queue deliveries again with their original Idempotency-Key (dead-lettered ones by default)."""
     _get(session, sub_id)
     body = body or ReplayRequest()
@@ -278,5 +288,6 @@ def replay(session: SessionDep, sub_id: RowId, body: ReplayRequest | None = None
         n = webhooks.replay(session, delivery_ids=sorted(owned))
     else:
         n = webhooks.replay(session, subscription_id=sub_id, status=body.status)
+    audit.record(session, who, "webhook.replay", f"webhook:{sub_id}", after={"replayed": n})
     session.commit()
     return Replayed(replayed=n)

@@ -8,14 +8,16 @@ in twin/workorders.py.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from plant.wire import from_us, now_us, to_us
-from twin import workorders
+from twin import audit, workorders
 from twin.api.deps import SessionDep, TechnicianDep, ViewerDep
+from twin.auth import Principal
 from twin.fields import Key, Name, Offset, Reason, RowId, Text, Timestamp
 from twin.tables import WorkOrder, WorkOrderEvent
 
@@ -231,6 +233,7 @@ def create(session: SessionDep, who: TechnicianDep, body: WorkOrderCreate) -> Wo
         assignee=body.assignee.strip(),
     )
     wo = workorders.create(session, d, by=who.name or who.prefix)
+    _audit(session, who, "work_order.create", wo, None, task=wo.task, node=wo.node_id, alert_ids=body.alert_ids)
     session.commit()
     return _one(session, wo)
 
@@ -251,6 +254,7 @@ def get_events(session: SessionDep, _who: ViewerDep, wo_id: RowId) -> list[WorkO
 def update(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: WorkOrderUpdate) -> WorkOrderPublic:
     """Assign, re-prioritise or re-date an open or running work order (technician and up)."""
     clear_due = "due" in body.model_fields_set and body.due is None
+    before = _state(workorders.get(session, wo_id))
     wo = workorders.update(
         session,
         wo_id,
@@ -260,6 +264,7 @@ def update(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: WorkOrde
         due=to_us(body.due) if body.due else None,
         clear_due=clear_due,
     )
+    _audit(session, who, "work_order.update", wo, before)
     session.commit()
     return _one(session, wo)
 
@@ -267,7 +272,9 @@ def update(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: WorkOrde
 @router.post("/{wo_id}/start", response_model=WorkOrderPublic)
 def start(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: NoteRequest | None = None) -> WorkOrderPublic:
     """Work begins (technician and up): open → in progress."""
+    before = _state(workorders.get(session, wo_id))
     wo = workorders.start(session, wo_id, by=who.name or who.prefix, note_text=body.text if body else "")
+    _audit(session, who, "work_order.start", wo, before, note=body.text if body else "")
     session.commit()
     return _one(session, wo)
 
@@ -276,6 +283,7 @@ def start(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: NoteReque
 def add_note(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: NoteRequest) -> WorkOrderPublic:
     """Add a note (technician and up)."""
     wo = workorders.note(session, wo_id, by=who.name or who.prefix, text=body.text.strip() or "-")
+    audit.record(session, who, "work_order.note", f"work_order:{wo.id}", after={"note": body.text.strip() or "-"})
     session.commit()
     return _one(session, wo)
 
@@ -290,7 +298,9 @@ def complete(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: Comple
         parts=[p.model_dump() for p in body.parts] if body.parts is not None else None,
         time_spent_h=body.time_spent_h,
     )
+    before = _state(workorders.get(session, wo_id))
     wo = workorders.complete(session, wo_id, c, by=who.name or who.prefix)
+    _audit(session, who, "work_order.complete", wo, before, notes=c.notes)
     session.commit()
     return _one(session, wo)
 
@@ -298,9 +308,24 @@ def complete(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: Comple
 @router.post("/{wo_id}/cancel", response_model=WorkOrderPublic)
 def cancel(session: SessionDep, who: TechnicianDep, wo_id: RowId, body: CancelRequest) -> WorkOrderPublic:
     """Not done, and why (technician and up)."""
+    before = _state(workorders.get(session, wo_id))
     wo = workorders.cancel(session, wo_id, by=who.name or who.prefix, reason=body.reason.strip())
+    _audit(session, who, "work_order.cancel", wo, before, reason=body.reason.strip())
     session.commit()
     return _one(session, wo)
+
+
+# What the audit trail records of a work order before and after a change.
+AUDITED = ("state", "priority", "due_at", "assignee", "verdict", "cause", "time_spent_h")
+
+
+def _state(wo: WorkOrder) -> dict[str, Any]:
+    return audit.fields(wo, AUDITED)
+
+
+def _audit(session: Session, who: Principal, action: str, wo: WorkOrder, before: dict[str, Any] | None,
+           **extra: Any) -> None:
+    audit.record(session, who, action, f"work_order:{wo.id}", before=before, after=_state(wo) | extra)
 
 
 def _event_public(e: WorkOrderEvent) -> WorkOrderEventPublic:

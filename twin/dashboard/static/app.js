@@ -1,8 +1,12 @@
-// The dashboard's entry point: login, the hash router (#/, #/asset/<id>, #/alerts, #/plan, #/work-orders), the header.
+// The dashboard's entry point: login, the hash router (#/, #/asset/<id>, #/alerts, #/plan, #/work-orders,
+// #/account, and for admins #/users and #/audit), the header.
+import { accountView } from "./account.js";
 import { alertsView, planView } from "./alerts.js";
 import { assetView } from "./asset.js";
-import { api, h, live, saveToken, session } from "./core.js";
+import { auditView } from "./audit.js";
+import { api, can, h, live, saveToken, session } from "./core.js";
 import { plantView } from "./plant.js";
+import { usersView } from "./users.js";
 import { workOrdersView } from "./workorders.js";
 
 const view = document.getElementById("view");
@@ -48,6 +52,7 @@ async function start() {
     return loginView(err.status === 401 ? "" : err.message);
   }
   document.getElementById("nav").hidden = false;
+  for (const a of document.querySelectorAll("nav a[data-role]")) a.hidden = !can(a.dataset.role);
   const who = document.getElementById("who");
   who.hidden = false;
   who.textContent = `${session.who.name} · ${session.who.role}`;
@@ -74,6 +79,9 @@ async function route() {
     else if (page === "alerts") off = await alertsView(view, params);
     else if (page === "plan") off = await planView(view, params);
     else if (page === "work-orders") off = await workOrdersView(view, params);
+    else if (page === "account") off = await accountView(view, params);
+    else if (page === "users" && can("admin")) off = await usersView(view, params);
+    else if (page === "audit" && can("admin")) off = await auditView(view, params);
     else off = await plantView(view, params);
     if (mine !== rendering) { if (off) off(); return; }
     cleanup = off;

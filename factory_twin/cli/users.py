@@ -1,0 +1,163 @@
+"""`factory-twin users`: the people who log in to the dashboard: create, list, disable, enable, change role,
+reset a password, list and end sessions, remove.
+
+The database is the demo's by default (``--data-dir var/demo``), or the one ``--data-dir`` or
+``--database-url`` names (factory_twin/cli/database.py)::
+
+    factory-twin users create alice --role technician        # asks for the password twice
+    factory-twin users disable alice                           # her sessions end, her keys stop
+
+The last active admin cannot be demoted, disabled or removed. Every change is in the audit trail, as made by
+``cli (<login name>)`` from ``local``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import structlog
+
+from factory_twin.cli.database import cli_actor, database_options, open_session, read_password
+from factory_twin.logs import configure_logging
+from plant.wire import from_us
+from twin import audit
+from twin.auth import PERSON_ROLES, Role
+from twin.dashboard import users as accounts
+
+_LOCAL = "local"
+_ROLE = click.Choice([r.value for r in PERSON_ROLES])
+
+
+@click.group()
+def users() -> None:
+    """Manage dashboard users (who log in with a name and password)."""
+    if not structlog.is_configured():
+        configure_logging()
+
+
+@users.command()
+@click.argument("username")
+@click.option("--role", "-r", type=_ROLE, required=True, help="viewer < technician < engineer < admin")
+@click.option("--password-stdin", is_flag=True, help="read the password from stdin instead of prompting")
+@database_options
+def create(username: str, role: str, password_stdin: bool, data_dir: Path, database_url: str | None) -> None:
+    """Create USERNAME, who logs in with a password (asked for, never echoed)."""
+    password = read_password(password_stdin)
+    with open_session(data_dir, database_url) as session:
+        user = accounts.create_user(session, username, password, Role(role), commit=False)
+        audit.record(session, cli_actor(), "user.create", f"user:{username}", after=accounts.snapshot(user),
+                     address=_LOCAL)
+        session.commit()
+    click.echo(f"created {role} user {username}: log in on the dashboard with this name and password", err=True)
+
+
+@users.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per user")
+@database_options
+def list_(as_json: bool, data_dir: Path, database_url: str | None) -> None:
+    """List users: name, role, state, created, sessions."""
+    with open_session(data_dir, database_url) as session:
+        rows = [(u, len(accounts.live_sessions(session, u.username))) for u in accounts.list_users(session)]
+    for user, sessions in rows:
+        fields = {**accounts.snapshot(user), "created_at": from_us(user.created_at).isoformat(), "sessions": sessions}
+        if as_json:
+            click.echo(json.dumps(fields))
+        else:
+            state = "disabled" if user.disabled else "active"
+            click.echo(f"{user.username:<20}  {user.role:<10}  {state:<8}  {fields['created_at']}  "
+                       f"sessions {sessions}")
+    if not rows and not as_json:
+        click.echo("no users yet: `factory-twin users create NAME --role admin`", err=True)
+
+
+def _change(data_dir: Path, database_url: str | None, username: str, action: str, apply: str,
+            *args: object) -> None:
+    """Apply ``accounts.<apply>(session, username, *args)`` and record ``action`` with before and after."""
+    with open_session(data_dir, database_url) as session:
+        before = accounts.snapshot(accounts.get_user(session, username))
+        user = getattr(accounts, apply)(session, username, *args)
+        after = None if action == "user.delete" else accounts.snapshot(user)
+        audit.record(session, cli_actor(), action, f"user:{username}", before=before, after=after, address=_LOCAL)
+        session.commit()
+
+
+@users.command()
+@click.argument("username")
+@database_options
+def disable(username: str, data_dir: Path, database_url: str | None) -> None:
+    """Disable USERNAME: their sessions end, their keys stop, they cannot log in."""
+    _change(data_dir, database_url, username, "user.disable", "set_disabled", True)
+    click.echo(f"disabled {username}", err=True)
+
+
+@users.command()
+@click.argument("username")
+@database_options
+def enable(username: str, data_dir: Path, database_url: str | None) -> None:
+    """Let USERNAME log in again."""
+    _change(data_dir, database_url, username, "user.enable", "set_disabled", False)
+    click.echo(f"enabled {username}", err=True)
+
+
+@users.command(name="set-role")
+@click.argument("username")
+@click.argument("role", type=_ROLE)
+@database_options
+def set_role(username: str, role: str, data_dir: Path, database_url: str | None) -> None:
+    """Give USERNAME the ROLE (their open sessions take it at once)."""
+    _change(data_dir, database_url, username, "user.set_role", "set_role", Role(role))
+    click.echo(f"{username} is now {role}", err=True)
+
+
+@users.command(name="reset-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="read the new password from stdin instead of prompting")
+@database_options
+def reset_password(username: str, password_stdin: bool, data_dir: Path, database_url: str | None) -> None:
+    """Set a new password for USERNAME; their sessions end."""
+    password = read_password(password_stdin, "new password")
+    with open_session(data_dir, database_url) as session:
+        accounts.reset_password(session, username, password)
+        audit.record(session, cli_actor(), "user.reset_password", f"user:{username}", address=_LOCAL)
+        session.commit()
+    click.echo(f"password of {username} reset; their sessions have ended", err=True)
+
+
+@users.command()
+@click.argument("username")
+@database_options
+def sessions(username: str, data_dir: Path, database_url: str | None) -> None:
+    """List USERNAME's live login sessions."""
+    with open_session(data_dir, database_url) as session:
+        accounts.get_user(session, username)
+        rows = accounts.live_sessions(session, username)
+    for row in rows:
+        used = "never" if row.last_used_at is None else from_us(row.last_used_at).isoformat()
+        click.echo(f"{row.prefix}  started {from_us(row.created_at).isoformat()}  used {used}")
+    if not rows:
+        click.echo(f"{username} has no live session", err=True)
+
+
+@users.command(name="end-sessions")
+@click.argument("username")
+@database_options
+def end_sessions(username: str, data_dir: Path, database_url: str | None) -> None:
+    """End every login session of USERNAME (they log in again)."""
+    with open_session(data_dir, database_url) as session:
+        accounts.get_user(session, username)
+        ended = accounts.end_sessions(session, username)
+        audit.record(session, cli_actor(), "user.end_sessions", f"user:{username}", after={"ended": ended},
+                     address=_LOCAL)
+        session.commit()
+    click.echo(f"ended {len(ended)} session(s) of {username}", err=True)
+
+
+@users.command()
+@click.argument("username")
+@database_options
+def remove(username: str, data_dir: Path, database_url: str | None) -> None:
+    """Remove USERNAME: their sessions and keys are revoked (the audit trail keeps their name)."""
+    _change(data_dir, database_url, username, "user.delete", "delete_user")
+    click.echo(f"removed {username}", err=True)
