@@ -32,7 +32,7 @@ from twin.tables import AuditRecord, Base, TwinNode
 from ..model_archives import model_copy
 
 PASSWORD = "correct horse battery"
-HOOK = "http://192.0.2.10:9000/hook"
+HOOK = "https://cmms.example.com/hooks/twin"  # a name: literal test-net addresses are refused as targets
 
 
 @dataclass
@@ -81,7 +81,7 @@ def api(sqlite_url: str, tmp_path: Path) -> Iterator[Api]:
     engine = make_engine(sqlite_url)
     Base.metadata.create_all(engine)
     keys, alert_id = _seed(engine)
-    settings = TwinSettings(data_dir=tmp_path, model_dir=tmp_path / "no-registry", webhook_allowlist=["192.0.2.10"])
+    settings = TwinSettings(data_dir=tmp_path, model_dir=tmp_path / "no-registry", webhook_allowlist=["cmms.example.com"])
     with TestClient(create_app(settings, engine)) as client:
         yield Api(client, engine, keys, alert_id, tmp_path)
     engine.dispose()
