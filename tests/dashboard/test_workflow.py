@@ -120,6 +120,20 @@ def _predict(plant: Plant, mode: str) -> None:
     live_bus_for(stack.engine).listener(batch, result)
 
 
+def _learning(plant: Plant, share: float, ready_in_s: float) -> None:
+    """The pump's anomaly model says it is still learning the pump's baseline, as an agent's model does; stamped
+    20 s ahead like ``_predict``."""
+    stack = plant.stack
+    assert stack.platform is not None
+    assert stack.engine is not None
+    now = now_us()
+    d = Diagnosis(node="pump-1", task="anomaly", ts=now + 20_000_000, model="skab-anomaly", version="test",
+                  confidence=0.0, learning=share, ready_at=now + int(ready_in_s * 1e6))  # fmt: skip
+    batch = UplinkBatch(gateway="browser-test", batch=uuid.uuid4().hex, sent=now, diagnoses=[d])
+    result = stack.platform.store.apply(batch)
+    live_bus_for(stack.engine).listener(batch, result)
+
+
 def _fault_alert(plant: Plant) -> tuple[int, str] | None:
     assert plant.stack.engine is not None
     with make_sessionmaker(plant.stack.engine)() as s:
@@ -262,6 +276,18 @@ def test_a_work_order_from_a_plan_item(page: Any, plant: Plant) -> None:
     page.wait_for_selector(f'[data-wo="{wo_id}"].highlight')
     assert "Engine degradation" in page.text_content(f'[data-wo="{wo_id}"]')
     _fits(page)
+
+
+def test_a_model_still_learning_says_so_and_when_it_will_judge(page: Any, plant: Plant) -> None:
+    _learning(plant, 0.4, ready_in_s=150)
+    page.goto(plant.url + "/#/asset/pump-1")
+    page.wait_for_selector("#learning", state="visible")
+    text = page.text_content("#learning") or ""
+    assert "The anomaly model is learning this machine's normal operation: 40 % of the healthy data it needs." in text
+    assert "First verdicts about " in text
+    assert "still learning" in (page.text_content("#diagnoses") or "")  # not "No diagnoses"
+    _fits(page)
+    _shot(page, f"27-learning-{page.width}", full=False)
 
 
 def _ready_asset(page: Any) -> None:
