@@ -290,6 +290,36 @@ def test_a_model_still_learning_says_so_and_when_it_will_judge(page: Any, plant:
     _shot(page, f"27-learning-{page.width}", full=False)
 
 
+# what each machine's page opens on: the site model's key signals, with their units and alarm limits
+KEY_SIGNALS = {
+    "mill-1": [("tool_wear [min]", ["HI 200 min", "HIHI 230 min"]), ("torque [N·m]", ["HI 65 N·m", "HIHI 72 N·m"]),
+               ("rotational_speed [rpm]", ["LO 1250 rpm", "LOLO 1170 rpm"])],
+    "pump-1": [("accelerometer1_rms [g]", ["HI 0.3 g", "HIHI 0.45 g"]), ("flow_rate [l/min]", ["LO 15 l/min"]),
+               ("current [A]", ["HI 4.5 A", "HIHI 6 A"])],
+    "engine-1": [("t50 [°R]", ["HI 1432 °R", "HIHI 1440 °R"]), ("ps30 [psia]", []), ("nc [rpm]", [])],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("node", list(KEY_SIGNALS))
+def test_an_asset_page_opens_on_its_key_signals_with_units_and_limits(page: Any, plant: Plant, node: str) -> None:
+    page.goto(plant.url + f"/#/asset/{node}")
+    expected = KEY_SIGNALS[node]
+    titles = "#charts .chart-title"
+
+    def read() -> list[str]:
+        return list(page.eval_on_selector_all(titles, "els => els.map(e => e.textContent)"))
+
+    _wait_until(lambda: len(read()) == len(expected) and all(read()), 20, f"the titles of {node}'s charts")
+    got = read()
+    assert [t.split(" — ")[0] for t in got] == [name for name, _ in expected], got
+    for title, (_, limits) in zip(got, expected, strict=True):
+        assert all(limit in title.split(" — limits ")[-1] for limit in limits), title
+    # the chips above the charts say which are shown: the same key signals
+    pressed = page.eval_on_selector_all("#trend-props [aria-pressed=true]", "els => els.map(e => e.textContent)")
+    assert sorted(pressed) == sorted(name.split(" ")[0] for name, _ in expected), pressed
+    _fits(page)
+
+
 def _ready_asset(page: Any) -> None:
     page.wait_for_selector("#values tr")
     _wait_until(lambda: _chart_title(page) != "", 15, "the first chart's title once its data has loaded")
