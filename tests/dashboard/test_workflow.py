@@ -233,8 +233,9 @@ def test_a_work_order_from_an_alert_to_done_and_into_the_logbook(page: Any, plan
     page.wait_for_selector(alert)
     assert page.get_attribute(f"{alert} [data-state]", "data-state") in ("active_ack", "normal")
     page.click(f"{alert} [data-history] summary")
-    page.wait_for_selector(f"{alert} [data-history] li[data-kind=feedback]:has-text('fan blocked by dust')")
-    assert "feedback: true fault" in page.text_content(f"{alert} [data-history] li[data-kind=feedback]")
+    given = f"{alert} [data-history] li[data-kind=feedback]:has-text('fan blocked by dust')"
+    page.wait_for_selector(given)
+    assert "feedback: true fault" in page.text_content(given)
     _badge_is_right(page, plant)
 
 
