@@ -11,8 +11,9 @@ inspection steps, never a specific repair.
 Due date. With a RUL in the evidence (``rul_due``): the work is due ``lead_time_h`` before the pessimistic end of
 life, ``diagnosis time + lower bound of the RUL interval × rul_unit_hours − lead_time_h``. It is never before the
 alert's activation: when the lower bound is already inside the lead time the work is due at once, and the reason
-says so. Otherwise the due date follows the priority (critical 4 h, high 24 h, medium 3 d, low 7 d after the
-alert was raised). Every reason is a sentence with its numbers; times in it are UTC.
+says so; a date more than ``MAX_AHEAD_H`` ahead is held at that. Otherwise the due date follows the priority
+(critical 4 h, high 24 h, medium 3 d, low 7 d after the alert was raised). Every reason is a sentence with its
+numbers; times in it are UTC, with the year when it is not the diagnosis's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from twin.tables import Alert, KnowledgeEntry, WorkOrder, WorkOrderAlert
 
 H = 3_600 * 1_000_000  # µs per hour
 INSPECT_BELOW = 0.5
+# A due date further ahead than this is said as this far ahead: a model's RUL of millions of cycles (or a rule's
+# horizon set that far) must give a date a calendar can hold, not an overflow that takes down the whole plan.
+MAX_AHEAD_H = 100 * 8_766.0  # 100 years
 DUE_BY_PRIORITY_H = {"critical": 4.0, "high": 24.0, "medium": 72.0, "low": 168.0}
 _NO_ENTRY = KnowledgeBody.model_validate({"title": "-", "causes": [{"cause": "-"}]})  # defaults only
 _MATCH_WEIGHT = (("condition", 1.0), ("rule", 0.9), ("kind", 0.6))
@@ -183,20 +187,24 @@ def rul_due(
     seen = f"RUL {_num(rul)}{spread} {plural} ≈ {_num(rul * hours_per_unit)} h at {_num(hours_per_unit)} h/{singular}"
     left_h = bound * hours_per_unit
     lower = f"lower bound {_num(bound)} {plural} ≈ {_num(left_h)} h" if spread else f"≈ {_num(left_h)} h left"
-    due = at + int((left_h - lead_h) * H)
+    capped = left_h - lead_h > MAX_AHEAD_H
+    due = at + int((MAX_AHEAD_H if capped else left_h - lead_h) * H)
     if left_h <= lead_h:
         return Due(not_before, f"{seen}; {lower} is inside the {_num(lead_h)} h lead time: due now", True)
     if due <= not_before:  # the activation came later than the diagnosis, by more than the time to spare
         return Due(not_before, f"{seen}; {lower}, less {_num(lead_h)} h lead time, has run out: due now", True)
-    return Due(due, f"{seen}; {lower}, less {_num(lead_h)} h lead time: change before {_when(due)}")
+    furthest = f" (the furthest a plan looks ahead, {_num(MAX_AHEAD_H / 8_766)} years)" if capped else ""
+    return Due(due, f"{seen}; {lower}, less {_num(lead_h)} h lead time: change before {_when(due, at)}{furthest}")
 
 
 def _num(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
-def _when(us: int) -> str:
-    return f"{from_us(us):%a %d %b %H:%M} UTC"
+def _when(us: int, since: int) -> str:
+    """``us`` as a person reads a date soon after ``since``: the weekday, and the year when it is another one."""
+    when, start = from_us(us), from_us(since)
+    return f"{when:%a %d %b %H:%M} UTC" if when.year == start.year else f"{when:%a %d %b %Y %H:%M} UTC"
 
 
 def due_date(session: Session, alert: Alert) -> tuple[int, str]:

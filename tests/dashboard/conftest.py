@@ -18,10 +18,12 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from factory_twin.simulator.examples import example_site_path
 from factory_twin.stack import Stack, StackConfig
 from plant.wire import now_us
 from twin import knowledge
 from twin.alerts import lifecycle
+from twin.broker import free_port
 from twin.dashboard.users import create_user
 from twin.db import make_sessionmaker
 from twin.live import live_bus_for
@@ -179,7 +181,12 @@ def _old_press(session: Session, now: int) -> None:
 def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
     """The demo plant with live data, for every test of the package (starting it takes a few seconds)."""
     data_dir = tmp_path_factory.mktemp("dashboard-plant")
-    stack = Stack(StackConfig(data_dir=data_dir, http_port=0, speed=2.0, gateway_id=f"dash-{uuid.uuid4().hex[:8]}"))
+    # the OPC-UA server on a port of its own: two test runs at once would otherwise both find the usual one free
+    # and race for it
+    site = data_dir / "example-plant.yaml"
+    site.write_text(example_site_path().read_text(encoding="utf-8").replace(":4841/", f":{free_port()}/"), "utf-8")
+    stack = Stack(StackConfig(data_dir=data_dir, site_file=site, http_port=0, speed=2.0,
+                              gateway_id=f"dash-{uuid.uuid4().hex[:8]}"))  # fmt: skip
     stack.start_platform()
     loop = asyncio.new_event_loop()
     edge = threading.Thread(target=lambda: loop.run_until_complete(stack.run_edge(None)), name="edge", daemon=True)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import uvicorn
@@ -237,3 +238,42 @@ def test_a_guessed_name_is_locked_out_and_the_form_says_for_how_long(page: Any, 
         _wait_until(lambda e=expected: e in (page.text_content("#login-error") or ""), 10, expected)
     assert re.search(r"try again in \d+ s", page.text_content("#login-error") or "")
     _shot(page, "login-locked-out")
+
+
+def test_the_api_docs_render_with_no_internet(browser: Any, plant: Plant) -> None:
+    """Swagger UI and ReDoc draw the API from the platform's own files: every request that would leave the
+    platform is refused and recorded, and none is made."""
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    host = urlsplit(plant.url).netloc
+    elsewhere: list[str] = []
+
+    def only_the_platform(route: Any) -> None:
+        if urlsplit(route.request.url).netloc == host:
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_the_platform)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(plant.url + "/docs")
+        page.wait_for_selector(".swagger-ui .opblock-tag", timeout=30_000)  # the operations, grouped by tag
+        assert page.locator(".swagger-ui .opblock").count() > 20
+        assert "factory-twin" in page.text_content(".swagger-ui .info .title")
+        _shot(page, "30-docs-offline", full=False)
+        page.goto(plant.url + "/redoc")
+        page.wait_for_selector("redoc .menu-content", timeout=30_000)
+        page.wait_for_selector("redoc h1:has-text('factory-twin')", timeout=30_000)
+        assert page.locator("redoc h2").count() > 20  # a heading per operation
+        _shot(page, "31-redoc-offline", full=False)
+    finally:
+        context.close()
+    assert not elsewhere, f"the docs asked other hosts for {elsewhere}"
+    # ReDoc's bundle names one outside file, the Redocly logo under its menu: the page's policy refuses it
+    # before any request is made, and nothing else is missing
+    refused_logo = "'https://cdn.redoc.ly/redoc/logo-mini.svg' violates the following Content Security Policy"
+    assert not [e for e in errors if refused_logo not in e], errors

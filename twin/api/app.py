@@ -1,4 +1,4 @@
-"""The FastAPI application: routers under /api/v1, /healthz, OpenAPI at /docs, errors as problem details.
+"""The FastAPI application: routers under /api/v1, /healthz, OpenAPI at /docs and /redoc, errors as problem details.
 
 Domain errors (twin/errors.py) become HTTP responses in one handler here, so routes raise NotFound or
 Forbidden and never build an error response themselves. Bodies follow RFC 9457 (``application/problem+json``).
@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from twin import errors, metrics
+from twin.api import docs
 from twin.api.exposure import Exposure
 from twin.api.headers import SecurityHeaders
 from twin.api.limits import BodyLimits
@@ -103,6 +104,8 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
         lifespan=lifespan,
         version="1",
         summary="Digital twin of a plant: hierarchy, latest state, history, diagnoses.",
+        docs_url=None,  # /docs and /redoc come from twin/api/docs.py, with their assets served here, not by a CDN
+        redoc_url=None,
         responses={
             401: {"model": Problem},
             403: {"model": Problem},
@@ -124,6 +127,7 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(dashboard_router)  # the dashboard's pages at /, its files at /static
     app.state.throttle = Throttle(policy_of(settings))  # failed logins and key checks (twin/throttle.py)
 
