@@ -81,7 +81,9 @@ def api(sqlite_url: str, tmp_path: Path) -> Iterator[Api]:
     engine = make_engine(sqlite_url)
     Base.metadata.create_all(engine)
     keys, alert_id = _seed(engine)
-    settings = TwinSettings(data_dir=tmp_path, model_dir=tmp_path / "no-registry", webhook_allowlist=["cmms.example.com"])
+    settings = TwinSettings(
+        data_dir=tmp_path, model_dir=tmp_path / "no-registry", webhook_allowlist=["cmms.example.com"]
+    )
     with TestClient(create_app(settings, engine)) as client:
         yield Api(client, engine, keys, alert_id, tmp_path)
     engine.dispose()
