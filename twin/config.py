@@ -30,6 +30,11 @@ class TwinSettings(BaseSettings):
     ingest_workers: int = Field(1, ge=1, le=64)
     ingest_share_group: str = "ingest"
     ingest_leave_on_stop: bool = Field(False, description="end the broker sessions on stop (scale-down)")
+    ingest_max_payload_bytes: int = Field(
+        1 << 20, ge=1024, description="larger uplink payloads are refused unparsed (dead-lettered too_large)"
+    )
+    ingest_max_string: int = Field(4096, ge=16, description="longest string value an uplink item may carry")
+    ingest_dead_letters_kept: int = Field(10_000, ge=100, description="dead letters kept; the oldest go beyond")
     mqtt_topic_root: str = Field("factory-twin/v1", description="root of the uplink and ack topics")
     site_file: Path | None = Field(None, description="site model YAML; loaded into the twin at start")
     http_host: str = "127.0.0.1"
