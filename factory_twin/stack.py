@@ -144,6 +144,7 @@ class Stack:
         assert self.engine is not None
         port = self.config.http_port or free_port(self.config.http_host)
         app = create_app(settings, self.engine)
+        app.state.ingestor = self.ingestor  # /healthz reports ingest too
         config = uvicorn.Config(app, host=self.config.http_host, port=port, log_config=None, access_log=False,
                                 lifespan="on", timeout_graceful_shutdown=5)
         self.api = uvicorn.Server(config)

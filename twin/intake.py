@@ -118,6 +118,7 @@ class Intake:
     def handle(self, topic: str, payload: bytes | bytearray, record: bool = True) -> Outcome:
         """The end of one message; with ``record`` false (a replay) nothing is dead-lettered again."""
         data = bytes(payload)
+        batch: UplinkBatch | None = None
         try:
             check_message(topic, len(data), self.topic_root, self.limits)
             try:
@@ -125,11 +126,11 @@ class Intake:
             except WireError as exc:
                 raise Refused(UNDECODABLE, str(exc)) from None
             check_envelope(topic, batch, self.topic_root)
-        except Refused as refused:
-            return self._dead_letter(refused.reason, refused.detail, topic, data, None, record)
+        except Refused as refused:  # nobody to answer: the claimed gateway may not be the sender
+            return self._dead_letter(refused.reason, refused.detail, topic, data, batch, record, answer=False)
         except Exception as exc:  # a bug in decoding: the message still ends
             log.exception("uplink check failed", topic=topic[:200])
-            return self._dead_letter(INTERNAL_ERROR, _describe(exc), topic, data, None, record)
+            return self._dead_letter(INTERNAL_ERROR, _describe(exc), topic, data, batch, record, answer=False)
         return self._store(topic, data, batch, record)
 
     def _store(self, topic: str, data: bytes, batch: UplinkBatch, record: bool) -> Outcome:
@@ -156,7 +157,7 @@ class Intake:
         return Outcome(result.ack(batch), stored=True)
 
     def _dead_letter(self, reason: str, detail: str, topic: str, data: bytes, batch: UplinkBatch | None,
-                     record: bool) -> Outcome:
+                     record: bool, answer: bool = True) -> Outcome:
         claimed = batch.gateway if batch is not None else topic_gateway(topic, self.topic_root) or ""
         with self._lock:
             self._dead[reason] += 1
@@ -166,7 +167,7 @@ class Intake:
         if not record:
             return Outcome(None, dead_letter=reason, detail=detail)
         dead_id = self.dead_letters.record(reason, detail, topic, data, claimed)
-        if batch is None:
+        if batch is None or not answer:
             return Outcome(None, dead_letter=reason, detail=detail)
         if dead_id is None:  # not kept: the agent must send it again
             return Outcome(Ack(gateway=batch.gateway, batch=batch.batch, stored=False, error=detail[:500]),

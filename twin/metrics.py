@@ -69,8 +69,19 @@ class IngestCollector(Collector):
         for reason, n in sorted(s.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        dead = CounterMetricFamily("twin_ingest_dead_letters", "uplink messages dead-lettered, by reason",
+                                   labels=["reason"])
+        for reason, n in sorted(s.dead_letters.items()):
+            dead.add_metric([reason], n)
+        yield dead
+        yield CounterMetricFamily("twin_ingest_worker_restarts", "ingest workers restarted after their thread died",
+                                  value=s.worker_restarts)
         yield GaugeMetricFamily(
             "twin_ingest_workers", "ingest workers (MQTT clients) in this process", value=self.ingestor.workers
+        )
+        yield GaugeMetricFamily(
+            "twin_ingest_workers_consuming", "ingest workers taking messages now (thread alive, subscribed)",
+            value=self.ingestor.consuming(),
         )
         if self.history is not None and self.history.last is not None:
             lag = max(0.0, (now_us() - self.history.last.rollup_to) / 1e6)

@@ -150,7 +150,7 @@ class TwinStore:
             self.catalog.invalidate()  # properties created in the failed transaction are gone
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("apply failed", gateway=batch.gateway, batch=batch.batch, error=reason)
-            refused = isinstance(exc, DataError | IntegrityError | self._dbapi_data_errors)
+            refused = isinstance(exc, (DataError, IntegrityError, *self._dbapi_data_errors))
             error = StoreRefused if refused else StoreError
             raise error(f"could not store batch {batch.batch!r}: {reason}") from exc
         except BaseException:
