@@ -348,3 +348,5 @@ class _Worker:
             self.client.ack(msg.mid, msg.qos)
         except Exception as exc:  # the connection is gone: the broker delivers it again to this session
             log.warning("puback failed", mid=msg.mid, error=str(exc))
+            return
+        self.owner.intake.ended()

@@ -56,6 +56,7 @@ class IngestStats:
         nodes_updated: distinct nodes whose latest state changed.
         dead_letters: messages dead-lettered, by reason.
         worker_restarts: ingest workers restarted after their thread died.
+        messages: uplink messages that ended (stored, answered or dead-lettered) and were acknowledged.
     """
 
     batches: int = 0
@@ -68,6 +69,7 @@ class IngestStats:
     nodes_updated: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     worker_restarts: int = 0
+    messages: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -184,6 +186,11 @@ class Intake:
             self._rejected.update(r.reason for r in result.rejected)
             self._nodes.update(result.nodes_changed)
 
+    def ended(self) -> None:
+        """Count one message acknowledged to the broker."""
+        with self._lock:
+            self._stats.messages += 1
+
     def worker_restarted(self) -> None:
         """Count one ingest worker restarted after its thread died."""
         with self._lock:
@@ -194,7 +201,8 @@ class Intake:
         with self._lock:
             s = self._stats
             return IngestStats(s.batches, s.values, s.accepted, s.duplicates, dict(self._rejected),
-                               s.undecodable, s.failed, len(self._nodes), dict(self._dead), s.worker_restarts)
+                               s.undecodable, s.failed, len(self._nodes), dict(self._dead), s.worker_restarts,
+                               s.messages)
 
 
 def _held_ack(batch: UplinkBatch, dead_id: int, detail: str) -> Ack:

@@ -58,6 +58,7 @@ class IngestCollector(Collector):
         """The metrics, read now."""
         s = self.ingestor.stats()
         for name, value, doc in (
+            ("messages", s.messages, "uplink messages that ended (stored, answered or dead-lettered), acknowledged"),
             ("batches", s.batches, "uplink batches stored"),
             ("values", s.values, "values newly stored"),
             ("duplicates", s.duplicates, "items received again (redelivered or resent), stored once"),
