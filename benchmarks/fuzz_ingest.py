@@ -99,7 +99,7 @@ class Fuzzer:
         item = self._value(str(bad.get("node", "p1")), str(bad.get("prop", "temp")), bad.get("v", 1.0), **fields)
         goods = [self._value() for _ in range(self.rnd.randint(1, 3))]
         self.good_values += len(goods)
-        vals = goods + [item]
+        vals = [*goods, item]
         self.rnd.shuffle(vals)
         return self.topic(GOOD_GW), json.dumps(self._batch(GOOD_GW, vals)).encode()
 
@@ -227,7 +227,6 @@ def run(count: int, pg_admin: str | None, seed: int, workers: int) -> dict[str, 
     engine = make_engine(url)
     store = TwinStore(engine, TwinSettings())
     store.sync_site(parse_site(SITE, "fuzz.yaml"))
-    max_payload = TwinSettings().ingest_max_payload_bytes
     root = f"fuzz-{uuid.uuid4().hex[:8]}/v1"
     client_id = f"fuzz-ingest-{uuid.uuid4().hex[:8]}"
     try:

@@ -27,6 +27,8 @@ HEAD_BYTES = 256
 KEEP = 10_000
 _PRUNE_EVERY = 500
 
+Row = dict[str, Any]
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterRow:
@@ -85,28 +87,41 @@ class DeadLetters:
         self._since_prune = 0
         self._lock = threading.Lock()
 
-    def record(self, reason: str, detail: str, topic: str, payload: bytes | bytearray, gateway: str = "") -> int | None:
-        """Keep one message; returns its id, or None when the database could not take it (logged)."""
-        row: dict[str, Any] = {
+    def row(self, reason: str, detail: str, topic: str, payload: bytes | bytearray, gateway: str = "") -> Row:
+        """The row that keeps one message (write it with ``write``)."""
+        return {
             "received_at": now_us(), "reason": reason[:32], "detail": clean_text(detail, 2000),
             "gateway": clean_text(gateway, 64), "topic": clean_text(topic, 256), "size": len(payload),
             "head": bytes(payload[:HEAD_BYTES]),
             "payload": bytes(payload) if len(payload) <= self.payload_max else None,
         }
+
+    def record(self, reason: str, detail: str, topic: str, payload: bytes | bytearray, gateway: str = "") -> int | None:
+        """Keep one message; returns its id, or None when the database could not take it (logged)."""
+        return self.write([self.row(reason, detail, topic, payload, gateway)])
+
+    def write(self, rows: list[Row]) -> int | None:
+        """Keep messages in one transaction; returns the last id, or None when the database could not (logged)."""
+        if not rows:
+            return None
         try:
             with self.engine.begin() as conn:
-                new_id = conn.execute(insert(DeadLetter).returning(DeadLetter.id), row).scalar_one()
-                if self._prune_due():
+                if len(rows) > 1:
+                    conn.execute(insert(DeadLetter), rows[:-1])
+                new_id = conn.execute(insert(DeadLetter).returning(DeadLetter.id), rows[-1]).scalar_one()
+                if self._prune_due(len(rows)):
                     conn.execute(delete(DeadLetter).where(DeadLetter.id <= new_id - self.keep))
-        except Exception as exc:  # the message is acknowledged either way: say so loudly
-            log.error("dead letter not recorded", reason=reason, topic=row["topic"], size=len(payload),
-                      head=row["head"][:64], error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except Exception as exc:  # the messages are acknowledged either way: say so loudly
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            for r in rows:
+                log.error("dead letter not recorded", reason=r["reason"], topic=r["topic"], size=r["size"],
+                          head=r["head"][:64], error=error)
             return None
         return int(new_id)
 
-    def _prune_due(self) -> bool:
+    def _prune_due(self, added: int) -> bool:
         with self._lock:
-            self._since_prune += 1
+            self._since_prune += added
             if self._since_prune < _PRUNE_EVERY:
                 return False
             self._since_prune = 0

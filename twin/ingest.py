@@ -16,6 +16,7 @@ the clients share one subscription (``$share/<group>/...``).
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from plant.wire import TOPIC_ROOT, ack_topic, uplink_topic
 from twin.config import TwinSettings
-from twin.dead_letters import DeadLetters
+from twin.dead_letters import DeadLetters, Row
 from twin.errors import BrokerError, ConfigError
 from twin.intake import WORKER_DIED, IngestStats, Intake, Listener, Outcome
 from twin.store import TwinStore
@@ -39,6 +40,7 @@ __all__ = ["BrokerAddress", "IngestStats", "Ingestor", "Listener", "Outcome"]
 log = structlog.get_logger(__name__)
 
 SUPERVISE_EVERY_S = 0.5
+GROUP = 256  # messages a worker takes from its inbox at once: their dead letters are written together
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +201,9 @@ class Ingestor:
             return 0
         return sum(1 for w in self._workers if w.thread.is_alive() and w.connected)
 
-    def handle(self, topic: str, payload: bytes | bytearray) -> Outcome:
+    def handle(self, topic: str, payload: bytes | bytearray, deferred: list[Row] | None = None) -> Outcome:
         """Check, store and answer one uplink message (never raises); what a worker does with each."""
-        return self.intake.handle(topic, payload)
+        return self.intake.handle(topic, payload, deferred=deferred)
 
     def _supervise(self) -> None:
         """Restart any worker whose thread died, until stop()."""
@@ -229,7 +231,7 @@ class _Worker:
         self.subscribed = threading.Event()
         self.connected = False
         self.error: str | None = None
-        self.current: mqtt.MQTTMessage | None = None  # the message in hand, for a restart after a death
+        self.in_hand: list[mqtt.MQTTMessage] = []  # taken from the inbox, not yet acknowledged
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.client_id = client_id
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
@@ -259,10 +261,9 @@ class _Worker:
         self.thread.start()
 
     def restart(self) -> None:
-        """A new thread after this one died; the message it held is dead-lettered and acknowledged."""
-        msg, self.current = self.current, None
-        if msg is not None:
-            self.owner.intake.dead_letters.record(WORKER_DIED, "the ingest worker died on this message",
+        """A new thread after this one died; the messages it held are dead-lettered and acknowledged."""
+        for msg in list(self.in_hand):
+            self.owner.intake.dead_letters.record(WORKER_DIED, "the ingest worker died holding this message",
                                                   msg.topic, msg.payload)
             self._puback(msg)
         self.thread = self._thread()
@@ -319,19 +320,34 @@ class _Worker:
         self.inbox.put(msg)
 
     def _loop(self) -> None:
+        deferred: list[Row] = []  # dead letters of the group in hand, written together
         while not self.owner.stopping:
             try:
                 msg = self.inbox.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.current = msg
-            self._process(msg)
+            group = [msg]
+            while len(group) < GROUP:
+                try:
+                    group.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self.in_hand = list(group)
+            waiting = [m for m in group if self._process(m, deferred)]
+            if waiting:
+                self.owner.intake.flush(deferred)
+                for m in waiting:
+                    self._puback(m)
         # what is still queued is not acknowledged: the broker delivers it again to this session
 
-    def _process(self, msg: mqtt.MQTTMessage) -> None:
-        """Handle one message, publish its ack, then PUBACK: whatever happens, the message ends here."""
+    def _process(self, msg: mqtt.MQTTMessage, deferred: list[Row]) -> bool:
+        """Handle one message and publish its ack; PUBACK it unless its dead letter waits in ``deferred``.
+
+        Whatever happens, the message ends here (or, for a deferred dead letter, once the group is written).
+        """
+        before = len(deferred)
         try:
-            ack = self.owner.handle(msg.topic, msg.payload).ack
+            ack = self.owner.handle(msg.topic, msg.payload, deferred).ack
             if ack is not None:
                 topic = ack_topic(ack.gateway, self.owner.topic_root)
                 info = self.client.publish(topic, ack.model_dump_json(), qos=1)
@@ -339,11 +355,14 @@ class _Worker:
                     log.warning("ack not published", gateway=ack.gateway, batch=ack.batch, rc=info.rc)
         except Exception:  # only a bug gets here (handle never raises): log it, the message still ends
             log.exception("ingest failed on a message", topic=msg.topic[:200])
-        finally:
-            self._puback(msg)
-            self.current = None
+        if len(deferred) > before:
+            return True
+        self._puback(msg)
+        return False
 
     def _puback(self, msg: mqtt.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError):
+            self.in_hand.remove(msg)
         try:
             self.client.ack(msg.mid, msg.qos)
         except Exception as exc:  # the connection is gone: the broker delivers it again to this session

@@ -26,7 +26,7 @@ import structlog
 
 from plant.errors import WireError
 from plant.wire import Ack, Rejection, UplinkBatch, decode_batch, topic_gateway
-from twin.dead_letters import DeadLetters
+from twin.dead_letters import DeadLetters, Row
 from twin.errors import StoreError, StoreRefused
 from twin.store import ApplyResult, TwinStore
 from twin.uplink_checks import UNDECODABLE, Refused, WireLimits, check_envelope, check_message, screen
@@ -117,8 +117,13 @@ class Intake:
         self._dead: Counter[str] = Counter()
         self._nodes: set[str] = set()
 
-    def handle(self, topic: str, payload: bytes | bytearray, record: bool = True) -> Outcome:
-        """The end of one message; with ``record`` false (a replay) nothing is dead-lettered again."""
+    def handle(self, topic: str, payload: bytes | bytearray, record: bool = True,
+               deferred: list[Row] | None = None) -> Outcome:
+        """The end of one message; with ``record`` false (a replay) nothing is dead-lettered again.
+
+        With ``deferred``, a dead letter that needs no answer is added there instead of written: the caller
+        writes them together (``flush``) before acknowledging their messages, one transaction for many.
+        """
         data = bytes(payload)
         batch: UplinkBatch | None = None
         try:
@@ -129,10 +134,10 @@ class Intake:
                 raise Refused(UNDECODABLE, str(exc)) from None
             check_envelope(topic, batch, self.topic_root)
         except Refused as refused:  # nobody to answer: the claimed gateway may not be the sender
-            return self._dead_letter(refused.reason, refused.detail, topic, data, batch, record, answer=False)
+            return self._refused(refused.reason, refused.detail, topic, data, batch, record, deferred)
         except Exception as exc:  # a bug in decoding: the message still ends
             log.exception("uplink check failed", topic=topic[:200])
-            return self._dead_letter(INTERNAL_ERROR, _describe(exc), topic, data, batch, record, answer=False)
+            return self._refused(INTERNAL_ERROR, _describe(exc), topic, data, batch, record, deferred)
         return self._store(topic, data, batch, record)
 
     def _store(self, topic: str, data: bytes, batch: UplinkBatch, record: bool) -> Outcome:
@@ -158,19 +163,40 @@ class Intake:
                 log.exception("ingest listener failed", listener=repr(listener))
         return Outcome(result.ack(batch), stored=True)
 
-    def _dead_letter(self, reason: str, detail: str, topic: str, data: bytes, batch: UplinkBatch | None,
-                     record: bool, answer: bool = True) -> Outcome:
-        claimed = batch.gateway if batch is not None else topic_gateway(topic, self.topic_root) or ""
+    def _refused(self, reason: str, detail: str, topic: str, data: bytes, batch: UplinkBatch | None,
+                 record: bool, deferred: list[Row] | None) -> Outcome:
+        """A message refused as a whole: dead-lettered, not answered (the claimed gateway may not be the sender)."""
+        self._count_dead(reason, detail, topic, len(data))
+        if record:
+            row = self.dead_letters.row(reason, detail, topic, data, self._claimed(topic, batch))
+            if deferred is not None:
+                deferred.append(row)
+            else:
+                self.dead_letters.write([row])
+        return Outcome(None, dead_letter=reason, detail=detail)
+
+    def flush(self, deferred: list[Row]) -> None:
+        """Write the dead letters ``handle`` deferred."""
+        self.dead_letters.write(deferred)
+        deferred.clear()
+
+    def _claimed(self, topic: str, batch: UplinkBatch | None) -> str:
+        return batch.gateway if batch is not None else topic_gateway(topic, self.topic_root) or ""
+
+    def _count_dead(self, reason: str, detail: str, topic: str, size: int) -> None:
         with self._lock:
             self._dead[reason] += 1
             if reason == UNDECODABLE:
                 self._stats.undecodable += 1
-        log.warning("uplink dead-lettered", reason=reason, detail=detail[:300], topic=topic[:200], size=len(data))
+        log.warning("uplink dead-lettered", reason=reason, detail=detail[:300], topic=topic[:200], size=size)
+
+    def _dead_letter(self, reason: str, detail: str, topic: str, data: bytes, batch: UplinkBatch,
+                     record: bool) -> Outcome:
+        """A decoded batch that cannot be stored: dead-lettered, and the agent told each item is held."""
+        self._count_dead(reason, detail, topic, len(data))
         if not record:
             return Outcome(None, dead_letter=reason, detail=detail)
-        dead_id = self.dead_letters.record(reason, detail, topic, data, claimed)
-        if batch is None or not answer:
-            return Outcome(None, dead_letter=reason, detail=detail)
+        dead_id = self.dead_letters.record(reason, detail, topic, data, batch.gateway)
         if dead_id is None:  # not kept: the agent must send it again
             return Outcome(Ack(gateway=batch.gateway, batch=batch.batch, stored=False, error=detail[:500]),
                            dead_letter=reason, detail=detail)

@@ -45,7 +45,8 @@ def _since_us(since: str | None) -> int | None:
     try:
         return to_us(datetime.fromisoformat(since))
     except ValueError:
-        raise click.BadParameter("give a time (2026-12-06T10:00) or an age (30m, 2h, 1d)", param_hint="--since") from None
+        hint = "give a time (2026-12-06T10:00) or an age (30m, 2h, 1d)"
+        raise click.BadParameter(hint, param_hint="--since") from None
 
 
 @ingest.command("dead-letters")

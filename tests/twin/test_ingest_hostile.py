@@ -115,7 +115,7 @@ def test_a_foreign_or_unusable_gateway_is_dead_lettered_and_ingest_goes_on(
     client.send(_raw_batch(gateway))
     _good(client)
     assert ingest.stats().dead_letters == {"bad_gateway" if gateway != "gw2" else "gateway_mismatch": 1}
-    ((reason, claimed, size, payload),) = _dead(store)
+    ((_reason, claimed, size, payload),) = _dead(store)
     assert claimed == (gateway[:64].replace("\x00", "?"))
     assert payload is not None
     assert size == len(payload)
