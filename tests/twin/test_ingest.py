@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
@@ -129,6 +130,9 @@ def test_malformed_payloads_are_counted_and_the_next_batch_lands(
     ack = agent.ack()
     assert (ack.batch, ack.stored, ack.accepted) == ("good", True, 1)
     assert ingest.stats().undecodable == 3
+    deadline = time.monotonic() + 10
+    while ingest.stats().messages < 4 and time.monotonic() < deadline:  # dead letters written, then acknowledged
+        time.sleep(0.02)
     assert ingest.stats().dead_letters == {"undecodable": 3}
     with store.engine.connect() as conn:
         rows = conn.execute(select(DeadLetter.reason, DeadLetter.gateway, DeadLetter.payload)).all()

@@ -101,6 +101,14 @@ def _good(client: Client, name: str = "good", ts: int = NOW + 10) -> Ack:
     return ack
 
 
+def _settled(ingest: Ingestor, messages: int) -> None:
+    """Wait until ``messages`` messages were acknowledged (dead letters of a group are written before that)."""
+    deadline = time.monotonic() + 10
+    while ingest.stats().messages < messages and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ingest.stats().messages == messages
+
+
 def _dead(store: TwinStore) -> list[tuple[str, str, int, bytes | None]]:
     with store.engine.connect() as conn:
         rows = conn.execute(select(DeadLetter.reason, DeadLetter.gateway, DeadLetter.size, DeadLetter.payload)
@@ -114,6 +122,7 @@ def test_a_foreign_or_unusable_gateway_is_dead_lettered_and_ingest_goes_on(
 ) -> None:
     client.send(_raw_batch(gateway))
     _good(client)
+    _settled(ingest, 2)
     assert ingest.stats().dead_letters == {"bad_gateway" if gateway != "gw2" else "gateway_mismatch": 1}
     ((_reason, claimed, size, payload),) = _dead(store)
     assert claimed == (gateway[:64].replace("\x00", "?"))
@@ -153,6 +162,7 @@ def test_an_oversized_payload_is_refused_unparsed(ingest: Ingestor, client: Clie
     big = _raw_batch(value_json=json.dumps("y" * 300_000))
     client.send(big)
     _good(client)
+    _settled(ingest, 2)
     ((reason, claimed, size, payload),) = _dead(store)
     assert (reason, claimed, size, payload) == ("too_large", GW, len(big), None)
     with store.engine.connect() as conn:
@@ -163,6 +173,7 @@ def test_garbage_bytes_are_dead_lettered(ingest: Ingestor, client: Client, store
     for junk in (b"\x00\xff" * 40, b"[]", b'{"gateway": "gw1"', b"null", b"1e999999"):
         client.send(junk)
     _good(client)
+    _settled(ingest, 6)
     assert [r[0] for r in _dead(store)] == ["undecodable"] * 5
 
 
