@@ -38,7 +38,8 @@ def test_the_agent_keeps_streaming_while_a_rogue_client_attacks(tmp_path: Path) 
         assert stack.ingestor is not None
         ingestor = stack.ingestor
         url = urlsplit(stack.mqtt_url)
-        assert url.hostname is not None and url.port is not None
+        assert url.hostname is not None
+        assert url.port is not None
         rogue = Rogue(url.hostname, url.port, hostile_uplinks(gateway), every_s=1.0)
 
         def sample() -> None:
@@ -55,7 +56,8 @@ def test_the_agent_keeps_streaming_while_a_rogue_client_attacks(tmp_path: Path) 
         rogue.stop()
         time.sleep(1.0)  # the last rogue round ends
         stats = ingestor.stats()
-        assert stack.agent is not None and stack.agent.uplink is not None
+        assert stack.agent is not None
+        assert stack.agent.uplink is not None
         agent = stack.agent.uplink.stats
         assert stack.engine is not None
         with stack.engine.connect() as conn:
