@@ -109,7 +109,7 @@ class TwinStore:
     def __init__(self, engine: Engine, settings: TwinSettings | None = None) -> None:
         self.engine = engine
         self.settings = settings or get_settings()
-        self.catalog = Catalog()
+        self.catalog = Catalog(range_margin=self.settings.ingest_range_margin)
         self._writer = writer_for(engine.dialect.name)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         dbapi = engine.dialect.loaded_dbapi
