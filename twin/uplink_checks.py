@@ -117,8 +117,8 @@ def screen(batch: UplinkBatch, limits: WireLimits) -> Screened:
     update: dict[str, list[Any]] = {}
     for kind, attr, check in _ITEMS:
         items: list[Any] = getattr(batch, attr)
-        bad: dict[int, Problem] = {}
-        for i, item in enumerate(items):
+        bad: dict[int, Problem] = _bad_values(items, limits) if kind == "value" else {}
+        for i, item in enumerate(items if kind != "value" else ()):
             problem = check(item, limits)
             if problem is not None:
                 bad[i] = problem
@@ -140,14 +140,28 @@ def _scalar_problem(raw: Any, limits: WireLimits) -> Problem | None:
     return None
 
 
+def _bad_values(values: list[Value], limits: WireLimits) -> dict[int, Problem]:
+    """The values' problems by index; the common value (a float, plain timestamps) costs a few attribute reads."""
+    bad: dict[int, Problem] = {}
+    low, high = INT64_MIN, INT64_MAX
+    for i, v in enumerate(values):
+        server, recv = v.server_ts, v.recv_ts
+        if (type(v.value) is float and low <= v.ts <= high and (server is None or 0 <= server <= high)
+                and (recv is None or 0 <= recv <= high)):
+            continue
+        problem = _value_problem(v, limits)
+        if problem is not None:
+            bad[i] = problem
+    return bad
+
+
 def _value_problem(v: Value, limits: WireLimits) -> Problem | None:
     raw = v.value
     if type(raw) is not float and raw is not None and (p := _scalar_problem(raw, limits)) is not None:
         return p[0], f"{v.node[:64]!r}.{v.prop[:64]!r}: {p[1]}"
-    for name in ("server_ts", "recv_ts"):
-        ts = getattr(v, name)
-        if ts is not None and not 0 <= ts <= INT64_MAX:
-            return BAD_TIMESTAMP, f"{name} {str(ts)[:40]} is outside 0..2**63-1 µs"
+    server, recv = v.server_ts, v.recv_ts
+    if (server is not None and not 0 <= server <= INT64_MAX) or (recv is not None and not 0 <= recv <= INT64_MAX):
+        return BAD_TIMESTAMP, f"server_ts {str(server)[:40]} or recv_ts {str(recv)[:40]} is outside 0..2**63-1 µs"
     if not INT64_MIN <= v.ts <= INT64_MAX:
         return BAD_TIMESTAMP, f"ts {str(v.ts)[:40]} is outside int64"
     return None
