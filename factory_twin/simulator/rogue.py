@@ -14,6 +14,7 @@ import threading
 import uuid
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from plant.wire import TOPIC_ROOT, now_us, uplink_topic
 
@@ -61,7 +62,7 @@ class Rogue:
         self.every_s = every_s
         self.sent = 0
         self._stop = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rogue-{uuid.uuid4().hex[:8]}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rogue-{uuid.uuid4().hex[:8]}")
         self.client.connect(host, port)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._run, name="rogue", daemon=True)
