@@ -101,7 +101,8 @@ def hostile(draw: st.DrawFn) -> dict[str, Any]:
     """An item that must be refused, whatever part of it is wrong."""
     prop, value = draw(st.sampled_from([
         ("temp", HUGE_INTS), ("temp", NON_FINITE),
-        ("temp", st.floats(min_value=1321, allow_infinity=False)),  # far outside the declared 0-120 ("temp", st.text(max_size=10)), ("temp", st.booleans()),
+        ("temp", st.floats(min_value=1321, allow_infinity=False)),  # far outside the declared 0-120
+        ("temp", st.text(max_size=10)), ("temp", st.booleans()),
         ("count", HUGE_INTS), ("count", st.floats(allow_nan=False, allow_infinity=False).filter(
             lambda x: not x.is_integer())), ("mode", BAD_STRINGS), ("mode", st.integers(-10, 10)),
         ("running", st.integers(2, 5)),
