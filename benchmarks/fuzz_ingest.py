@@ -133,7 +133,8 @@ class Fuzzer:
 
     def _rogue_items(self) -> tuple[str, bytes]:
         """The rogue's own batch, full of items no column can hold."""
-        vals = [self._value(v=v) for v in ("NaN", 10**400, 2**63, -(2**63) - 1, "\x00" * 10, "ü" * 9000)]
+        long = "ü" * 4097 if self.rnd.random() < 0.05 else "ü\u2028😀" * 100  # over the string limit, or unicode
+        vals = [self._value(v=v) for v in ("NaN", 10**400, 2**63, -(2**63) - 1, "\x00" * 10, long)]
         frames = [{"node": "p1", "ts": T0, "values": {"temp\x00": 1.0}, "revision": 2**40},
                   {"node": "p1", "ts": 2**70, "values": {"temp": 10**30}}]
         diags = [{"node": "p1", "task": "rul", "ts": T0, "model": "m" * 500, "version": "v\x00", "confidence": 0.5,
@@ -170,7 +171,9 @@ def publish(port: int, count: int, root: str, seed: int, max_payload: int) -> No
     c.loop_start()
     start = time.perf_counter()
     info = None
-    for topic, payload in fuzz.messages(count):
+    for k, (topic, payload) in enumerate(fuzz.messages(count)):
+        if k % 1000 == 0 and info is not None:
+            info.wait_for_publish(600)  # backpressure: at most ~1,000 messages held in this process
         info = c.publish(topic, payload, qos=1)
     if info is not None:
         info.wait_for_publish(600)
@@ -235,7 +238,9 @@ def run(count: int, pg_admin: str | None, seed: int, workers: int) -> dict[str, 
                               workers=workers).start()
             start = time.perf_counter()
             pub = subprocess.run([sys.executable, __file__, "--publish", str(port), str(count), root, str(seed)],
-                                 check=True, capture_output=True, text=True)
+                                 check=False, capture_output=True, text=True)
+            if pub.returncode:
+                raise RuntimeError(f"the publisher failed: {pub.stderr[-2000:]}")
             sent = json.loads(pub.stdout.strip().splitlines()[-1])
             last, stalled_since = -1, time.monotonic()
             while ingest.stats().messages < count and time.monotonic() - stalled_since < 60:
