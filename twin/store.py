@@ -292,13 +292,6 @@ def prune_rejections(conn: Connection, keep: int = MAX_REJECTIONS_KEPT) -> int:
     return conn.execute(delete(IngestRejection).where(IngestRejection.id <= newest - keep)).rowcount
 
 
-def record_rejection(engine: Engine, gateway: str, batch: str, kind: str, reason: str, detail: str) -> None:
-    """Record one refused input outside a batch apply (an undecodable payload, say)."""
-    with engine.begin() as conn:
-        conn.execute(insert(IngestRejection), {"at": _now(), "gateway": gateway[:64], "batch": batch[:64],
-                                               "kind": kind[:16], "reason": reason[:64], "detail": detail})
-
-
 _NAME_REASONS = {UNKNOWN_NODE, UNKNOWN_PROPERTY, RETIRED}
 
 
