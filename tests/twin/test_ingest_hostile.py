@@ -11,11 +11,13 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 from sqlalchemy import select, text
 
 from plant.wire import Ack, UplinkBatch, ack_topic, decode_ack, uplink_topic
 from twin.api.app import create_app
 from twin.ingest import BrokerAddress, Ingestor
+from twin.metrics import IngestCollector, registry_of
 from twin.store import TwinStore
 from twin.tables import DeadLetter
 from twin.uplink_checks import WireLimits
@@ -262,6 +264,12 @@ def test_a_dead_worker_is_restarted_counted_and_reported(
     assert ingest.stats().worker_restarts == 1
     _good(client)
     assert ingest.consuming() == 1
+    client.send(b"garbage")
+    _settled(ingest, 3)
+    scraped = generate_latest(registry_of([IngestCollector(ingest)])).decode()
+    assert "twin_ingest_worker_restarts_total 1.0" in scraped
+    assert 'twin_ingest_dead_letters_total{reason="undecodable"} 1.0' in scraped
+    assert "twin_ingest_workers_consuming 1.0" in scraped
     ingest.stop()
     health = http.get("/healthz")
     assert health.status_code == 503
