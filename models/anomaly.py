@@ -74,27 +74,27 @@ class EnsembleScorer:
         return self.weights[0] * self.maha.distance(X) + self.weights[1] * self.knn.distance(X)
 
 
-def _segment(name: str, rows: Array, labels: NDArray[np.bool_] | None) -> Segment:
+def _segment(name: str, rows: Array, labels: NDArray[np.bool_] | None, spec: FeatureSpec) -> Segment:
     if rows.shape[0] <= BASELINE_ROWS:
         raise DataError(f"{name}: {rows.shape[0]} rows, need more than the {BASELINE_ROWS}-row baseline")
-    mean, std = baseline_stats(baseline_features(rows[:BASELINE_ROWS], SPEC))
-    feats = features(sliding_windows(rows, SPEC.window, SPEC.window), SPEC)
+    mean, std = baseline_stats(baseline_features(rows[:BASELINE_ROWS], spec))
+    feats = features(sliding_windows(rows, spec.window, spec.window), spec)
     z = (feats - mean) / std
-    first_scored = BASELINE_ROWS - (SPEC.window - 1)  # window ending at row 400
+    first_scored = BASELINE_ROWS - (spec.window - 1)  # window ending at row 400
     return Segment(name, z[:first_scored], z[first_scored:], labels[BASELINE_ROWS:] if labels is not None else None)
 
 
-def segments(frames: Sequence[pd.DataFrame]) -> list[Segment]:
+def segments(frames: Sequence[pd.DataFrame], spec: FeatureSpec = SPEC) -> list[Segment]:
     """Labelled experiments as they are; unlabelled (normal) runs cut into chunks of ``NORMAL_CHUNK`` rows."""
     out = []
     for frame in frames:
-        rows = frame[list(SPEC.signals)].to_numpy(dtype=np.float64)
+        rows = frame[list(spec.signals)].to_numpy(dtype=np.float64)
         name = str(frame.attrs.get("file", "skab"))
         if "anomaly" in frame.columns:
-            out.append(_segment(name, rows, frame["anomaly"].to_numpy() == 1))
+            out.append(_segment(name, rows, frame["anomaly"].to_numpy() == 1, spec))
             continue
         for start in range(0, rows.shape[0] - NORMAL_CHUNK + 1, NORMAL_CHUNK):
-            out.append(_segment(f"{name}@{start}", rows[start : start + NORMAL_CHUNK], None))
+            out.append(_segment(f"{name}@{start}", rows[start : start + NORMAL_CHUNK], None, spec))
     return out
 
 
@@ -165,7 +165,7 @@ def train(
         calibration={"teacher": {"threshold": teacher_threshold}, "student": {"threshold": student_threshold}},
     )
     architecture = "Mahalanobis member; window features and baseline computed in the graph"
-    for variant, suffix in (("student", ""), ("student-int8", ", dynamic int8")):
+    for variant, suffix in (("student", ""), ("student-int8", ", dynamic int8, a scale per weight column")):
         built.manifest["variants"][variant] |= {"graph_input": "window", "architecture": architecture + suffix}
     built.manifest["variants"]["teacher"]["architecture"] = "Mahalanobis + kNN distance ensemble"
     return built

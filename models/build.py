@@ -106,7 +106,7 @@ def add_variants(
     large = len(teacher) > TEACHER_COMMIT_LIMIT
     files = {"teacher": teacher, "student": student}
     if has_matmul(student):
-        files["student-int8"] = quantize_int8(student)
+        files["student-int8"] = quantize_int8(student, per_channel=True)
         built.manifest["default_variant"] = "student-int8"
     names = {"teacher": "teacher.large.onnx" if large else "teacher.onnx"}
     for variant, data in files.items():

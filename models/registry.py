@@ -225,6 +225,14 @@ def _training_notes(training: dict[str, Any]) -> list[str]:
         lines.append(
             f"Validation ({validation.get('engines')} held-out training engines, every cycle): " + "; ".join(parts)
         )
+    study = training.get("selection")
+    if isinstance(study, dict):
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in study.get("validation", {}).items())
+        lines.append(
+            f"Options chosen on validation from the training data ({study.get('protocol')}): {scores}; chosen "
+            f"{study.get('chosen')}, then scored on the test data: {_figures(study.get('test', {}))}. "
+            f"{study.get('decision', '')}"
+        )
     rule = training.get("tool_wear_rule")
     if isinstance(rule, dict):
         lines.append(f"Tool-wear rule on the training rows: {_figures(rule)}.")

@@ -20,7 +20,7 @@ from models.errors import DataError
 
 DEFAULT_VERSION = "1.0.0"
 # The version each task's training writes; bumped when the model changes (the edge loads the newest).
-VERSIONS = {"rul": "2.0.0", "faults": "1.1.0", "anomaly": "1.2.0"}
+VERSIONS = {"rul": "2.0.0", "faults": "1.1.0", "anomaly": "1.3.0"}
 TASK_MODULES = {"rul": "models.rul", "faults": "models.faults", "anomaly": "models.anomaly"}
 FEEDBACK_TASKS = ("faults", "anomaly")  # tasks whose training takes labelled feedback rows
 

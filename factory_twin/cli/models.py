@@ -109,6 +109,48 @@ def train(
     click.echo(str(directory))
 
 
+@models.command()
+@click.argument("task", type=click.Choice(("rul", "anomaly")))
+@click.option(
+    "--data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path), help="training data"
+)
+@click.option(
+    "--test",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="test data: the chosen options are scored on it once, after the choice",
+)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object")
+def select(task: str, data: tuple[Path, ...], test: tuple[Path, ...], as_json: bool) -> None:
+    """Choose TASK's recipe options on validation built from the training data alone.
+
+    rul: the label cap and the mean-residual-life tail, by engine-grouped folds of training engines truncated at
+    random cycles and scored against their true remaining life. anomaly: window, alarm rate and threshold rule,
+    leaving one training file out at a time. With --test, the choice is then scored on the test data.
+    """
+    from models import selection
+    from models.errors import ModelError
+
+    progress = (lambda m: click.echo(m, err=True)) if not as_json else (lambda _m: None)
+    try:
+        if task == "rul":
+            result = selection.rul_cap(list(data), progress)
+            if test:
+                name = str(result["chosen"])
+                cap = float(name.split()[1])
+                result["test"] = selection.rul_test(list(data), list(test), cap, name.endswith("tail"))
+        else:
+            result = selection.anomaly_recipe(list(data), progress)
+            if test:
+                result["test"] = selection.anomaly_test(list(data), list(test), result["chosen"])
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, default=float))
+        return
+    click.echo(selection.table(task, result))
+
+
 def _scoring_options(variant_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """TASK, data files and the model variant to score: what ``evaluate`` and ``cascade`` share."""
 

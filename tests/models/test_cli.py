@@ -109,6 +109,18 @@ def test_committed_int8_students_reproduce_and_meet_the_quality_targets(datasets
     assert scores["anomaly"]["far"] <= 15.0
 
 
+@pytest.mark.slow
+def test_anomaly_trained_on_valve2_meets_the_target_on_valve1(datasets: Path, tmp_path: Path) -> None:
+    # Leave one group out, the other way round: trained and tuned on valve2 (and the normal run), scored on valve1.
+    skab = datasets / "skab"
+    args = ["models", "train", "anomaly", "--data", str(skab / "valve2"), "--data", str(skab / "anomaly-free")]
+    result = CliRunner().invoke(cli, [*args, "--test", str(skab / "valve1"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    int8 = registry.read_manifest(registry.latest(tmp_path, "anomaly"))["variants"]["student-int8"]["metrics"]
+    assert int8["f1"] > 0.78
+    assert int8["far"] <= 15.0
+
+
 def test_evaluate_scores_every_row_unless_asked_for_the_split(datasets: Path, registry_root: Path) -> None:
     csv = str(datasets / "ai4i2020" / "ai4i2020.csv")
     base = ["models", "evaluate", "faults", "--model", str(registry_root), "--data", csv]
