@@ -18,6 +18,7 @@ replay command both go through here.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ STORE_REFUSED = "store_refused"  # the database refused the batch's content
 INTERNAL_ERROR = "internal_error"  # a bug met on the way
 WORKER_DIED = "worker_died"  # the message a worker held when it died
 DEAD_LETTERED = "dead_lettered"  # rejection code of each item of a dead-lettered batch
+LOG_EVERY_S = 1.0  # at most one log line per dead-letter reason this often
 
 Listener = Callable[[UplinkBatch, ApplyResult], None]
 
@@ -116,6 +118,8 @@ class Intake:
         self._rejected: Counter[str] = Counter()
         self._dead: Counter[str] = Counter()
         self._nodes: set[str] = set()
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: Counter[str] = Counter()
 
     def handle(self, topic: str, payload: bytes | bytearray, record: bool = True,
                deferred: list[Row] | None = None) -> Outcome:
@@ -184,11 +188,20 @@ class Intake:
         return batch.gateway if batch is not None else topic_gateway(topic, self.topic_root) or ""
 
     def _count_dead(self, reason: str, detail: str, topic: str, size: int) -> None:
+        """Count one dead letter; log it, at most once a second per reason (a flood must not flood the log)."""
+        now = time.monotonic()
         with self._lock:
             self._dead[reason] += 1
             if reason == UNDECODABLE:
                 self._stats.undecodable += 1
-        log.warning("uplink dead-lettered", reason=reason, detail=detail[:300], topic=topic[:200], size=size)
+            quiet = now - self._logged_at.get(reason, -LOG_EVERY_S) < LOG_EVERY_S
+            if quiet:
+                self._unlogged[reason] += 1
+                return
+            self._logged_at[reason] = now
+            unlogged = self._unlogged.pop(reason, 0)
+        log.warning("uplink dead-lettered", reason=reason, detail=detail[:300], topic=topic[:200], size=size,
+                    **({"more_since_last_logged": unlogged} if unlogged else {}))
 
     def _dead_letter(self, reason: str, detail: str, topic: str, data: bytes, batch: UplinkBatch,
                      record: bool) -> Outcome:
