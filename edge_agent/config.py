@@ -23,9 +23,9 @@ from pydantic_settings import (
 )
 
 from edge_agent.errors import ConfigError
+from plant.wire import GATEWAY_ID_PATTERN
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "admin", "xxx"}
-_GATEWAY_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
 DropPolicy = Literal["drop_oldest_raw", "drop_oldest"]
 
@@ -78,7 +78,7 @@ class AgentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore")
 
-    gateway_id: str = Field("gateway-1", pattern=_GATEWAY_RE, description="this gateway's id on the wire")
+    gateway_id: str = Field("gateway-1", pattern=GATEWAY_ID_PATTERN, description="this gateway's id on the wire")
     site_file: Path | None = Field(None, description="site model YAML")
     data_dir: Path = Field(Path("var/agent"), description="outbox and dead-letter files live here")
     broker_url: str | None = Field(None, description="platform broker, mqtt[s]://user:pass@host:port")

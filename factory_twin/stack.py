@@ -85,6 +85,7 @@ class StackSummary:
     alerts_raised: int = 0  # transitions into active during the run: raised, or reactivated while open
     alerts_flapping: int = 0  # alerts marked flapping during the run
     first_alert_s: float | None = None  # from the start of the run to the first alert raised
+    dead_letters: int = 0  # uplink messages that could not be stored (factory-twin ingest dead-letters)
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
@@ -167,6 +168,7 @@ class Stack:
         assert self.engine is not None
         port = self.config.http_port or free_port(self.config.http_host)
         app = create_app(settings, self.engine)
+        app.state.ingestor = self.ingestor  # /healthz reports ingest too
         config = uvicorn.Config(app, host=self.config.http_host, port=port, log_config=None, access_log=False,
                                 lifespan="on", timeout_graceful_shutdown=5)
         self.api = uvicorn.Server(config)
@@ -240,7 +242,8 @@ class Stack:
         return StackSummary(values_ingested=s.values, nodes_updated=s.nodes_updated,
                             rejected=s.rejected_total, batches=s.batches, duplicates=s.duplicates,
                             seconds=round(seconds, 1), alerts_raised=raised, alerts_flapping=flapping,
-                            first_alert_s=None if first is None else round((first - self.started_us) / 1e6, 1))
+                            first_alert_s=None if first is None else round((first - self.started_us) / 1e6, 1),
+                            dead_letters=sum(s.dead_letters.values()))
 
     def _alert_counts(self) -> tuple[int, int, int | None]:
         """Annunciations, alerts marked flapping and the first annunciation (µs) since the run started."""

@@ -10,6 +10,7 @@ Timestamps are integers: microseconds since the Unix epoch, UTC. They are exact,
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -27,6 +28,11 @@ GATEWAY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 # why the platform refused an item or a whole batch (``Rejection.reason``, ``Ack.code``)
 NOT_OWNER = "not_owner"  # the item's node belongs to another gateway (plant/site.py ``gateway``)
 OVER_BUDGET = "over_budget"  # the gateway sent more values than its budget: nothing stored, retry later
+
+# A gateway id: letters, digits, '-', '_' and '.', 1 to 64 characters, starting with a letter or digit. It is a
+# topic segment, so it can hold no MQTT wildcard, no '/' and no NUL; the platform refuses any other.
+GATEWAY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_GATEWAY_ID = re.compile(GATEWAY_ID_PATTERN)
 
 Scalar = float | int | bool | str
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -154,6 +160,20 @@ class Ack(_Wire):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
+
+
+def valid_gateway_id(gateway: str) -> bool:
+    """Whether ``gateway`` matches ``GATEWAY_ID_PATTERN``."""
+    return _GATEWAY_ID.fullmatch(gateway) is not None
+
+
+def topic_gateway(topic: str, root: str = TOPIC_ROOT) -> str | None:
+    """The gateway segment of an uplink topic ``<root>/<gateway>/uplink``, None if the topic is not one."""
+    prefix = root + "/"
+    if not topic.startswith(prefix) or not topic.endswith("/uplink"):
+        return None
+    segment = topic[len(prefix) : -len("/uplink")]
+    return None if "/" in segment or not segment else segment
 
 
 def uplink_topic(gateway: str, root: str = TOPIC_ROOT) -> str:

@@ -7,6 +7,7 @@ process may have synchronised the site).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -25,12 +26,16 @@ class PropInfo:
         node: id of the node the property belongs to.
         name: property name.
         dtype: ``float``, ``int``, ``bool`` or ``string``.
+        low: the least plausible number: the declared range's low end less the catalog's margin (-inf: none).
+        high: the greatest plausible number (inf: none).
     """
 
     id: int
     node: str
     name: str
     dtype: str
+    low: float = -math.inf
+    high: float = math.inf
 
 
 class Catalog:
@@ -38,10 +43,13 @@ class Catalog:
 
     Args:
         refresh_s: the least time between two reloads triggered by unknown names.
+        range_margin: spans of its declared range a number may lie outside it and still be plausible (a real
+            excursion, the reason alerts exist, stays well within; 1e300 from a broken sensor does not).
     """
 
-    def __init__(self, refresh_s: float = 1.0) -> None:
+    def __init__(self, refresh_s: float = 1.0, range_margin: float = 10.0) -> None:
         self.refresh_s = refresh_s
+        self.range_margin = range_margin
         self._lock = threading.Lock()
         self._props: dict[tuple[str, str], PropInfo] = {}
         self._by_id: dict[int, PropInfo] = {}
@@ -65,14 +73,15 @@ class Catalog:
         nodes = conn.execute(select(TwinNode.id, TwinNode.retired_at)).all()
         props = conn.execute(
             select(TwinProperty.id, TwinProperty.node_id, TwinProperty.name, TwinProperty.dtype,
-                   TwinProperty.retired_at)
+                   TwinProperty.retired_at, TwinProperty.range_low, TwinProperty.range_high)
         ).all()
         live_nodes = {n.id for n in nodes if n.retired_at is None}
         by_key: dict[tuple[str, str], PropInfo] = {}
         retired_props: set[tuple[str, str]] = set()
         for p in props:
             if p.retired_at is None and p.node_id in live_nodes:
-                by_key[(p.node_id, p.name)] = PropInfo(p.id, p.node_id, p.name, p.dtype)
+                low, high = self._plausible(p.range_low, p.range_high)
+                by_key[(p.node_id, p.name)] = PropInfo(p.id, p.node_id, p.name, p.dtype, low, high)
             else:
                 retired_props.add((p.node_id, p.name))
         with self._lock:
@@ -82,6 +91,12 @@ class Catalog:
             self._retired_nodes = {n.id for n in nodes if n.retired_at is not None}
             self._retired_props = retired_props
             self._loaded_at = time.monotonic()
+
+    def _plausible(self, low: float | None, high: float | None) -> tuple[float, float]:
+        if low is None or high is None or not high > low:
+            return -math.inf, math.inf
+        slack = (high - low) * self.range_margin
+        return low - slack, high + slack
 
     def may_refresh(self) -> bool:
         """Whether a reload for an unknown name is allowed now (rate limit)."""

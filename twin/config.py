@@ -40,6 +40,14 @@ class TwinSettings(BaseSettings):
     ingest_gateway_burst: float = Field(
         100_000, ge=0, description="values a gateway may send at once after a quiet spell (flood control)"
     )
+    ingest_max_payload_bytes: int = Field(
+        1 << 20, ge=1024, description="larger uplink payloads are refused unparsed (dead-lettered too_large)"
+    )
+    ingest_max_string: int = Field(4096, ge=16, description="longest string value an uplink item may carry")
+    ingest_range_margin: float = Field(
+        10.0, ge=0, description="a number more than this many spans outside its property's range is refused"
+    )
+    ingest_dead_letters_kept: int = Field(10_000, ge=100, description="dead letters kept; the oldest go beyond")
     mqtt_topic_root: str = Field("factory-twin/v1", description="root of the uplink and ack topics")
     site_file: Path | None = Field(None, description="site model YAML; loaded into the twin at start")
     http_host: str = "127.0.0.1"

@@ -4,6 +4,7 @@
     ├── ConfigError          settings are invalid or unsafe (placeholder secret, bad URL)
     ├── SchemaOutdated       the database schema is behind the code: run `factory-twin db upgrade`
     ├── StoreError           the database refused or failed a write (translated from SQLAlchemy)
+    │   ├── StoreRefused     the database refused the data itself: writing it again would fail again
     │   └── LeadershipLost   this process no longer holds a leader lock (twin/leader.py)
     ├── BrokerError          the MQTT broker is unreachable or refused us (translated from paho)
     ├── NotFound             a node, property, alert... does not exist
@@ -32,6 +33,10 @@ class SchemaOutdated(TwinError):
 
 class StoreError(TwinError):
     """The database refused or failed an operation."""
+
+
+class StoreRefused(StoreError):
+    """The database refused the data itself (a value it cannot hold, a constraint): retrying cannot help."""
 
 
 class LeadershipLost(StoreError):

@@ -2,23 +2,24 @@
 
 Each worker is one paho-mqtt client (persistent session, QoS 1, manual MQTT acknowledgement) and one thread:
 
-    on_message → queue → decode → TwinStore.apply → commit → publish Ack → PUBACK
+    on_message → queue → Intake.handle (check → decode → check → TwinStore.apply → commit) → publish Ack → PUBACK
 
-The MQTT PUBACK goes out only after the batch is stored and its ``Ack`` published, so a batch in hand when
-the process dies is delivered again by the broker (the persistent session keeps it); the store is idempotent,
-so a second delivery only counts duplicates. When the database fails the agent gets
-``Ack(stored=False, error=...)`` and resends later. An undecodable payload is counted, recorded in
-``ingest_rejections`` and dropped: sending it again would not help. With several workers the clients share
-one subscription (``$share/<group>/...``).
+The MQTT PUBACK goes out only after the batch is stored (or dead-lettered) and its ``Ack`` published, so a
+batch in hand when the process dies is delivered again by the broker (the persistent session keeps it); the
+store is idempotent, so a second delivery only counts duplicates. When the database fails the agent gets
+``Ack(stored=False, error=...)`` and resends later. Every message ends (``twin.intake``): whatever it holds and
+whatever fails on the way, it is stored or dead-lettered, then acknowledged, so no sender can stall the
+broker's in-flight window or kill a worker. A worker thread that dies anyway is restarted by the supervisor
+and counted; ``consuming()`` says whether any worker is taking messages (``/healthz``). With several workers
+the clients share one subscription (``$share/<group>/...``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -26,26 +27,22 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
-from plant.errors import WireError
-from plant.wire import (
-    OVER_BUDGET,
-    TOPIC_ROOT,
-    Ack,
-    UplinkBatch,
-    ack_topic,
-    decode_batch,
-    uplink_topic,
-)
+from plant.wire import TOPIC_ROOT, ack_topic, uplink_topic
 from twin.budget import GatewayBudget
 from twin.config import TwinSettings
-from twin.errors import BrokerError, ConfigError, StoreError
+from twin.dead_letters import DeadLetters, Row
+from twin.errors import BrokerError, ConfigError
+from twin.intake import WORKER_DIED, IngestStats, Intake, Listener, Outcome
 from twin.lanes import Lanes
-from twin.ownership import Ownership
-from twin.store import ApplyResult, TwinStore, record_rejection
+from twin.store import TwinStore
+from twin.uplink_checks import WireLimits
+
+__all__ = ["BrokerAddress", "IngestStats", "Ingestor", "Listener", "Outcome"]
 
 log = structlog.get_logger(__name__)
 
-Listener = Callable[[UplinkBatch, ApplyResult], None]
+SUPERVISE_EVERY_S = 0.5
+GROUP = 256  # messages a worker takes from its inbox at once: their dead letters are written together
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,36 +75,6 @@ class BrokerAddress:
                    unquote(parts.password) if parts.password else None, tls)
 
 
-@dataclass
-class IngestStats:
-    """Counters of one ingestor since it started.
-
-    Args:
-        batches: batches stored.
-        values: values newly stored.
-        accepted: items newly stored (values, frames, diagnoses).
-        duplicates: items already stored, received again.
-        rejected: refused items, by reason code.
-        undecodable: payloads that were not an uplink batch.
-        failed: batches the database failed to store (answered stored=False).
-        nodes_updated: distinct nodes whose latest state changed.
-    """
-
-    batches: int = 0
-    values: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    undecodable: int = 0
-    failed: int = 0
-    nodes_updated: int = 0
-
-    @property
-    def rejected_total(self) -> int:
-        """All refused items and payloads."""
-        return sum(self.rejected.values()) + self.undecodable
-
-
 class Ingestor:
     """Subscribes to the agents' uplink topics and applies each batch to the twin.
 
@@ -120,6 +87,8 @@ class Ingestor:
         topic_root: topic root of the uplink and ack topics.
         gateway: subscribe to this gateway only (``+`` for every gateway).
         keepalive: MQTT keepalive, seconds.
+        limits: message size and string limits (``twin.uplink_checks``).
+        dead_letters: where messages that cannot be stored go; a table of the store's database by default.
         budget: values per second each gateway may send (twin/budget.py); None: no limit.
     """
 
@@ -134,19 +103,19 @@ class Ingestor:
         topic_root: str = TOPIC_ROOT,
         gateway: str = "+",
         keepalive: int = 30,
+        limits: WireLimits | None = None,
+        dead_letters: DeadLetters | None = None,
         budget: GatewayBudget | None = None,
     ) -> None:
         self.store = store
         self.budget = budget or GatewayBudget(0, 0)
-        self.ownership = Ownership(store.engine)
         self.broker = broker or BrokerAddress()
         self.topic_root = topic_root
-        self._listeners: list[Listener] = []
-        self._lock = threading.Lock()
-        self._stats = IngestStats()
-        self._rejected: Counter[str] = Counter()
-        self._nodes: set[str] = set()
+        limits = limits or WireLimits()
+        dead = dead_letters or DeadLetters(store.engine, payload_max=limits.max_payload_bytes)
+        self.intake = Intake(store, dead, topic_root, limits, budget=self.budget)
         self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
         topic = uplink_topic(gateway, topic_root)  # gateway "+" gives the filter of every gateway
         if workers > 1:
             topic = f"$share/{share_group}/{topic}"  # as plant.wire.shared_uplink_filter
@@ -161,14 +130,16 @@ class Ingestor:
         url = mqtt_url or settings.mqtt_url
         if url is None:
             raise ConfigError("no MQTT broker URL: set TWIN_MQTT_URL or start the embedded broker first")
+        limits = WireLimits(settings.ingest_max_payload_bytes, settings.ingest_max_string)
+        dead = DeadLetters(store.engine, settings.ingest_dead_letters_kept, settings.ingest_max_payload_bytes)
         return cls(store, BrokerAddress.from_url(url), client_id=settings.mqtt_client_id,
                    workers=settings.ingest_workers, share_group=settings.ingest_share_group,
-                   topic_root=settings.mqtt_topic_root,
+                   topic_root=settings.mqtt_topic_root, limits=limits, dead_letters=dead,
                    budget=GatewayBudget(settings.ingest_gateway_budget, settings.ingest_gateway_burst))
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(batch, result)`` after each stored batch (on the worker thread; keep it quick)."""
-        self._listeners.append(listener)
+        self.intake.listeners.append(listener)
 
     def start(self, timeout: float = 10.0) -> Ingestor:
         """Connect every worker and wait until each is subscribed; raises BrokerError if that fails."""
@@ -183,6 +154,8 @@ class Ingestor:
                     f"within {timeout:g}s"
                     f"{': ' + w.error if w.error else ''}"
                 )
+        self._supervisor = threading.Thread(target=self._supervise, name="ingest-supervisor", daemon=True)
+        self._supervisor.start()
         log.info("ingest started", broker=f"{self.broker.host}:{self.broker.port}",
                  workers=len(self._workers))
         return self
@@ -196,6 +169,8 @@ class Ingestor:
         unacknowledged batches, so nothing is lost, only late). What the sessions held, agents resend.
         """
         self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout)
         for w in self._workers:
             w.stop(timeout)
             if leave:
@@ -214,10 +189,7 @@ class Ingestor:
 
     def stats(self) -> IngestStats:
         """A copy of the counters."""
-        with self._lock:
-            s = self._stats
-            return IngestStats(s.batches, s.values, s.accepted, s.duplicates, dict(self._rejected),
-                               s.undecodable, s.failed, len(self._nodes))
+        return self.intake.stats()
 
     @property
     def workers(self) -> int:
@@ -229,67 +201,30 @@ class Ingestor:
         """Whether stop() was called."""
         return self._stopping.is_set()
 
-    def handle(self, topic: str, payload: bytes | bytearray) -> Ack | None:
-        """Decode, store and answer one uplink message; returns the ack to publish (None for undecodable)."""
-        try:
-            batch = decode_batch(bytes(payload))
-        except WireError as exc:
-            self._undecodable(topic, str(exc))
-            return None
-        sender = _gateway_of(topic, self.topic_root)  # the broker's ACL ties the topic to the gateway's login
-        wait = self.budget.take(sender, len(batch))
-        if wait is not None:
-            return self._over_budget(sender, batch, wait)
-        try:
-            split = self.ownership.split(sender, batch)
-            result = split.merge(self.store.apply(split.batch))
-        except StoreError as exc:
-            with self._lock:
-                self._stats.failed += 1
-            return Ack(gateway=batch.gateway, batch=batch.batch, stored=False, error=str(exc))
-        self._count(result)
-        log.info("batch stored", gateway=batch.gateway, batch=batch.batch, accepted=result.accepted,
-                 duplicates=result.duplicates, rejected=len(result.rejected), changes=len(result.changes))
-        for listener in self._listeners:
-            try:
-                listener(split.batch, result)
-            except Exception:
-                log.exception("ingest listener failed", listener=repr(listener))
-        return result.ack(batch)
+    def consuming(self) -> int:
+        """How many workers take messages now: their thread runs and their client is subscribed."""
+        if self.stopping:
+            return 0
+        return sum(1 for w in self._workers if w.thread.is_alive() and w.connected)
 
-    def _over_budget(self, sender: str, batch: UplinkBatch, wait: float) -> Ack:
-        """Refuse the whole batch before any database work: the gateway sends it again after ``wait``."""
-        retry = round(wait, 3)
-        if self.budget.should_report(sender):  # a flood must not flood the log as well
-            log.warning("batches over budget", gateway=sender, batch=batch.batch, items=len(batch),
-                        retry_after=retry, refused_so_far=self.budget.refused_batches().get(sender, 0))
-        return Ack(gateway=batch.gateway, batch=batch.batch, stored=False, code=OVER_BUDGET, retry_after=retry,
-                   error=f"over budget of {self.budget.rate:g} values/s: send again in {retry:g} s")
+    def handle(self, topic: str, payload: bytes | bytearray, deferred: list[Row] | None = None) -> Outcome:
+        """Check, store and answer one uplink message (never raises); what a worker does with each."""
+        return self.intake.handle(topic, payload, deferred=deferred)
 
-    def _count(self, result: ApplyResult) -> None:
-        with self._lock:
-            s = self._stats
-            s.batches += 1
-            s.values += result.values_accepted
-            s.accepted += result.accepted
-            s.duplicates += result.duplicates
-            self._rejected.update(r.reason for r in result.rejected)
-            self._nodes.update(result.nodes_changed)
-
-    def _undecodable(self, topic: str, reason: str) -> None:
-        with self._lock:
-            self._stats.undecodable += 1
-        gateway = _gateway_of(topic, self.topic_root)
-        log.warning("undecodable uplink dropped", topic=topic, reason=reason)
-        try:
-            record_rejection(self.store.engine, gateway, "", "batch", "undecodable", reason)
-        except Exception as exc:  # recording is best effort: the payload is dropped either way
-            log.warning("could not record rejection", error=str(exc).splitlines()[0])
+    def _supervise(self) -> None:
+        """Restart any worker whose thread died, until stop()."""
+        while not self._stopping.wait(SUPERVISE_EVERY_S):
+            for w in self._workers:
+                if not w.thread.is_alive() and not self._stopping.is_set():
+                    self.intake.worker_restarted()
+                    log.error("ingest worker died, restarting it", client_id=w.client_id)
+                    w.restart()
 
     def _summary(self) -> dict[str, Any]:
         s = self.stats()
         return {"batches": s.batches, "values": s.values, "duplicates": s.duplicates,
-                "rejected": s.rejected_total, "failed": s.failed}
+                "rejected": s.rejected_total, "failed": s.failed, "dead_letters": sum(s.dead_letters.values()),
+                "worker_restarts": s.worker_restarts}
 
 
 def _lane_of(msg: mqtt.MQTTMessage) -> str:
@@ -297,11 +232,6 @@ def _lane_of(msg: mqtt.MQTTMessage) -> str:
         return msg.topic
     except UnicodeDecodeError:  # not a topic any broker should pass on: one lane for all such
         return ""
-
-
-def _gateway_of(topic: str, root: str) -> str:
-    rest = topic[len(root) + 1 :] if topic.startswith(root + "/") else topic
-    return rest.split("/", 1)[0][:64]
 
 
 class _Worker:
@@ -312,7 +242,9 @@ class _Worker:
         self.topic = topic
         self.keepalive = keepalive
         self.subscribed = threading.Event()
+        self.connected = False
         self.error: str | None = None
+        self.in_hand: list[mqtt.MQTTMessage] = []  # taken from the inbox, not yet acknowledged
         self.inbox: Lanes[mqtt.MQTTMessage] = Lanes(_lane_of)  # a lane per gateway (uplink topic)
         self.client_id = client_id
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
@@ -327,7 +259,10 @@ class _Worker:
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
-        self.thread = threading.Thread(target=self._loop, name=f"ingest-{client_id}", daemon=True)
+        self.thread = self._thread()
+
+    def _thread(self) -> threading.Thread:
+        return threading.Thread(target=self._loop, name=f"ingest-{self.client_id}", daemon=True)
 
     def start(self) -> None:
         b = self.owner.broker
@@ -336,6 +271,15 @@ class _Worker:
         except (OSError, ValueError) as exc:
             raise BrokerError(f"cannot connect to MQTT broker {b.host}:{b.port}: {exc}") from exc
         self.client.loop_start()
+        self.thread.start()
+
+    def restart(self) -> None:
+        """A new thread after this one died; the messages it held are dead-lettered and acknowledged."""
+        for msg in list(self.in_hand):
+            self.owner.intake.dead_letters.record(WORKER_DIED, "the ingest worker died holding this message",
+                                                  msg.topic, msg.payload)
+            self._puback(msg)
+        self.thread = self._thread()
         self.thread.start()
 
     def stop(self, timeout: float) -> None:
@@ -371,6 +315,7 @@ class _Worker:
             log.warning("mqtt connect refused", reason=str(rc))
             return
         self.error = None
+        self.connected = True
         client.subscribe(self.topic, qos=1)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
@@ -380,6 +325,7 @@ class _Worker:
         self.subscribed.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self.connected = False
         if not self.owner.stopping:
             log.warning("mqtt disconnected, reconnecting", reason=str(rc))
 
@@ -387,24 +333,52 @@ class _Worker:
         self.inbox.put(msg)
 
     def _loop(self) -> None:
+        deferred: list[Row] = []  # dead letters of the group in hand, written together
         while not self.owner.stopping:
             try:
                 msg = self.inbox.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self._process(msg)
+            group = [msg]
+            while len(group) < GROUP:
+                try:
+                    group.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self.in_hand = list(group)
+            waiting = [m for m in group if self._process(m, deferred)]
+            if waiting:
+                self.owner.intake.flush(deferred)
+                for m in waiting:
+                    self._puback(m)
         # what is still queued is not acknowledged: the broker delivers it again to this session
 
-    def _process(self, msg: mqtt.MQTTMessage) -> None:
+    def _process(self, msg: mqtt.MQTTMessage, deferred: list[Row]) -> bool:
+        """Handle one message and publish its ack; PUBACK it unless its dead letter waits in ``deferred``.
+
+        Whatever happens, the message ends here (or, for a deferred dead letter, once the group is written).
+        """
+        before = len(deferred)
         try:
-            ack = self.owner.handle(msg.topic, msg.payload)
-        except Exception:
-            # a bug, not bad input: leave the message unacknowledged so the broker delivers it again
-            log.exception("ingest failed on a batch", topic=msg.topic)
+            ack = self.owner.handle(msg.topic, msg.payload, deferred).ack
+            if ack is not None:
+                topic = ack_topic(ack.gateway, self.owner.topic_root)
+                info = self.client.publish(topic, ack.model_dump_json(), qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    log.warning("ack not published", gateway=ack.gateway, batch=ack.batch, rc=info.rc)
+        except Exception:  # only a bug gets here (handle never raises): log it, the message still ends
+            log.exception("ingest failed on a message", topic=msg.topic[:200])
+        if len(deferred) > before:
+            return True
+        self._puback(msg)
+        return False
+
+    def _puback(self, msg: mqtt.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError):
+            self.in_hand.remove(msg)
+        try:
+            self.client.ack(msg.mid, msg.qos)
+        except Exception as exc:  # the connection is gone: the broker delivers it again to this session
+            log.warning("puback failed", mid=msg.mid, error=str(exc))
             return
-        if ack is not None:
-            topic = ack_topic(ack.gateway, self.owner.topic_root)
-            info = self.client.publish(topic, ack.model_dump_json(), qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                log.warning("ack not published", gateway=ack.gateway, batch=ack.batch, rc=info.rc)
-        self.client.ack(msg.mid, msg.qos)
+        self.owner.intake.ended()

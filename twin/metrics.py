@@ -59,6 +59,7 @@ class IngestCollector(Collector):
         """The metrics, read now."""
         s = self.ingestor.stats()
         for name, value, doc in (
+            ("messages", s.messages, "uplink messages that ended (stored, answered or dead-lettered), acknowledged"),
             ("batches", s.batches, "uplink batches stored"),
             ("values", s.values, "values newly stored"),
             ("duplicates", s.duplicates, "items received again (redelivered or resent), stored once"),
@@ -75,8 +76,19 @@ class IngestCollector(Collector):
         for gateway, n in sorted(self.ingestor.budget.refused_batches().items()):
             over.add_metric([gateway], n)
         yield over
+        dead = CounterMetricFamily("twin_ingest_dead_letters", "uplink messages dead-lettered, by reason",
+                                   labels=["reason"])
+        for reason, n in sorted(s.dead_letters.items()):
+            dead.add_metric([reason], n)
+        yield dead
+        yield CounterMetricFamily("twin_ingest_worker_restarts", "ingest workers restarted after their thread died",
+                                  value=s.worker_restarts)
         yield GaugeMetricFamily(
             "twin_ingest_workers", "ingest workers (MQTT clients) in this process", value=self.ingestor.workers
+        )
+        yield GaugeMetricFamily(
+            "twin_ingest_workers_consuming", "ingest workers taking messages now (thread alive, subscribed)",
+            value=self.ingestor.consuming(),
         )
         if self.history is not None and self.history.last is not None:
             lag = max(0.0, (now_us() - self.history.last.rollup_to) / 1e6)

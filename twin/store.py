@@ -23,15 +23,16 @@ from typing import NamedTuple
 import structlog
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from plant.site import Site
 from plant.wire import Ack, Diagnosis, Frame, Quality, Rejection, Scalar, UplinkBatch, now_us
 from twin.bulk import latest_rows, writer_for
 from twin.catalog import Catalog, CatalogView, PropInfo
 from twin.config import TwinSettings, get_settings
-from twin.errors import StoreError
+from twin.errors import StoreError, StoreRefused
 from twin.tables import QUALITY_NAMES, DiagnosisRecord, FramePoint, IngestRejection, TwinProperty
+from twin.uplink_checks import Screened
 from twin.validation import (
     RETIRED,
     UNKNOWN_NODE,
@@ -108,10 +109,12 @@ class TwinStore:
     def __init__(self, engine: Engine, settings: TwinSettings | None = None) -> None:
         self.engine = engine
         self.settings = settings or get_settings()
-        self.catalog = Catalog()
+        self.catalog = Catalog(range_margin=self.settings.ingest_range_margin)
         self._writer = writer_for(engine.dialect.name)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        dbapi = engine.dialect.loaded_dbapi
+        self._dbapi_error: type[Exception] = dbapi.Error
+        self._dbapi_data_errors: tuple[type[Exception], ...] = (dbapi.DataError, dbapi.IntegrityError)
         self._rejections_since_prune = 0
         self._prune_lock = threading.Lock()
 
@@ -122,8 +125,13 @@ class TwinStore:
         sync_site(self.engine, site)
         self.catalog.invalidate()
 
-    def apply(self, batch: UplinkBatch, now_us: int | None = None) -> ApplyResult:
-        """Store a batch; raises StoreError if the database fails (nothing of the batch is then kept)."""
+    def apply(self, batch: UplinkBatch, now_us: int | None = None, screened: Screened | None = None) -> ApplyResult:
+        """Store a batch; raises StoreError if the database fails (nothing of the batch is then kept).
+
+        ``screened`` is the wire screening ``batch`` came out of: its rejections join the result, and the
+        indexes of the twin's rejections are those of the original batch. A database that refuses the data
+        itself (a value it cannot hold, a constraint) raises StoreRefused: sending it again would not help.
+        """
         now = now_us if now_us is not None else _now()
         bounds = Bounds.at(now, self.settings.max_future_s, self.settings.min_valid_year)
         try:
@@ -133,13 +141,21 @@ class TwinStore:
                 # another process may have synchronised the site: look again, once per refresh interval
                 view = self._view(reload=True)
                 rows, frames, diags, rejected = _admit(batch, view, bounds)
+            offered = len(batch) - len(rejected)
+            if screened is not None and screened.rejected:
+                rejected = [*screened.rejected, *(screened.original(r) for r in rejected)]
             with self.engine.begin() as conn:
-                result = self._write(conn, batch, view, rows, frames, diags, rejected, now)
+                result = self._write(conn, batch, view, rows, frames, diags, rejected, offered, now)
         except (SQLAlchemyError, self._dbapi_error) as exc:
             self.catalog.invalidate()  # properties created in the failed transaction are gone
-            reason = str(exc).splitlines()[0]
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("apply failed", gateway=batch.gateway, batch=batch.batch, error=reason)
-            raise StoreError(f"could not store batch {batch.batch!r}: {reason}") from exc
+            refused = isinstance(exc, (DataError, IntegrityError, *self._dbapi_data_errors))
+            error = StoreRefused if refused else StoreError
+            raise error(f"could not store batch {batch.batch!r}: {reason}") from exc
+        except BaseException:
+            self.catalog.invalidate()
+            raise
         return result
 
     def _view(self, reload: bool = False) -> CatalogView:
@@ -158,6 +174,7 @@ class TwinStore:
         frames: list[Frame],
         diags: list[Diagnosis],
         rejected: list[Rejection],
+        offered: int,
         now: int,
     ) -> ApplyResult:
         new_frames = self._write_frames(conn, frames)
@@ -176,7 +193,6 @@ class TwinStore:
             by_id = {**by_id, **{p.id: p for p in diag_props}}
         changes = tuple(_change(by_id[r[0]], r) for r in newest if r[0] in moved)
         accepted = new_values + new_frames + len(stored_diags)
-        offered = len(batch) - len(rejected)
         return ApplyResult(
             accepted=accepted,
             duplicates=offered - accepted,
@@ -274,13 +290,6 @@ def prune_rejections(conn: Connection, keep: int = MAX_REJECTIONS_KEPT) -> int:
     if newest is None:
         return 0
     return conn.execute(delete(IngestRejection).where(IngestRejection.id <= newest - keep)).rowcount
-
-
-def record_rejection(engine: Engine, gateway: str, batch: str, kind: str, reason: str, detail: str) -> None:
-    """Record one refused input outside a batch apply (an undecodable payload, say)."""
-    with engine.begin() as conn:
-        conn.execute(insert(IngestRejection), {"at": _now(), "gateway": gateway[:64], "batch": batch[:64],
-                                               "kind": kind[:16], "reason": reason[:64], "detail": detail})
 
 
 _NAME_REASONS = {UNKNOWN_NODE, UNKNOWN_PROPERTY, RETIRED}

@@ -160,6 +160,29 @@ class IngestRejection(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class DeadLetter(Base):
+    """An uplink message that could not be stored, kept with its reason for people to inspect and replay.
+
+    ``gateway`` is the gateway the message claimed (or its topic named), cleaned and cut to 64 characters;
+    ``head`` the first bytes of the payload; ``payload`` the whole of it when it was not too large to keep.
+    """
+
+    __tablename__ = "twin_dead_letters"
+    __table_args__ = (Index("ix_twin_dead_letters_received_at", "received_at"),
+                      Index("ix_twin_dead_letters_reason", "reason"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    received_at: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    gateway: Mapped[str] = mapped_column(String(64), default="")
+    topic: Mapped[str] = mapped_column(String(256), default="")
+    size: Mapped[int] = mapped_column(Integer)
+    head: Mapped[bytes] = mapped_column(LargeBinary)
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    replayed_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
 class ApiKey(Base):
     """A bearer API key: only its SHA-256 is stored, the key itself is shown once at creation."""
 

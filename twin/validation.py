@@ -13,6 +13,9 @@ Codes:
     missing_value     no value, yet quality says good
     ts_in_future      source timestamp further ahead than ``max_future_s``
     ts_too_old        source timestamp before ``min_valid_year`` (PLC clocks reset after power loss)
+    out_of_range      a number far outside its property's declared range (``TWIN_INGEST_RANGE_MARGIN`` spans)
+
+The wire checks (``twin.uplink_checks``) run before these and add their own codes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ RETIRED = "retired"
 WRONG_TYPE = "wrong_type"
 NOT_FINITE = "not_finite"
 MISSING_VALUE = "missing_value"
+OUT_OF_RANGE = "out_of_range"
 TS_IN_FUTURE = "ts_in_future"
 TS_TOO_OLD = "ts_too_old"
 
@@ -84,6 +88,15 @@ def convert(value: Any, dtype: str) -> tuple[float | None, str | None] | str:
     return (None, value) if kind is str else WRONG_TYPE
 
 
+def _convert_in_range(value: Any, info: PropInfo) -> tuple[float | None, str | None] | str:
+    """``convert``, and a number must lie within the property's plausible range."""
+    cols = convert(value, info.dtype)
+    num = cols[0] if isinstance(cols, tuple) else None
+    if num is not None and info.dtype != "bool" and not info.low <= num <= info.high:
+        return OUT_OF_RANGE
+    return cols
+
+
 def _ts_problem(ts: int, bounds: Bounds) -> tuple[str, str] | None:
     if ts > bounds.high:
         return TS_IN_FUTURE, f"timestamp {ts} µs is more than {bounds.max_future_s:g} s in the future"
@@ -94,15 +107,18 @@ def _ts_problem(ts: int, bounds: Bounds) -> tuple[str, str] | None:
 
 def _missing(view: CatalogView, node: str, prop: str) -> tuple[str, str]:
     if node in view.retired_nodes:
-        return RETIRED, f"node {node!r} was removed from the site file"
+        return RETIRED, f"node {node!r:.80} was removed from the site file"
     if node not in view.nodes:
-        return UNKNOWN_NODE, f"node {node!r} is not in the twin"
+        return UNKNOWN_NODE, f"node {node!r:.80} is not in the twin"
     if (node, prop) in view.retired_props:
         return RETIRED, f"property {node}.{prop} was removed from its asset type"
-    return UNKNOWN_PROPERTY, f"node {node!r} has no property {prop!r}"
+    return UNKNOWN_PROPERTY, f"node {node!r:.80} has no property {prop!r:.80}"
 
 
 def _type_detail(code: str, info: PropInfo, value: Any) -> str:
+    if code == OUT_OF_RANGE:
+        plausible = f"{info.low:g} … {info.high:g}"
+        return f"{info.node}.{info.name}: {value!r:.40} is far outside its range (plausible {plausible})"
     if code == NOT_FINITE:
         return f"{info.node}.{info.name}: {value!r} is not a finite number"
     return f"{info.node}.{info.name} expects {info.dtype}, got {type(value).__name__} {value!r:.40}"
@@ -129,7 +145,7 @@ def admit_values(values: list[Value], view: CatalogView, bounds: Bounds) -> tupl
             continue
         quality = QUALITY_CODES[v.quality]
         raw = v.value
-        if type(raw) is float and info.dtype == "float" and isfinite(raw):
+        if type(raw) is float and info.dtype == "float" and isfinite(raw) and info.low <= raw <= info.high:
             # the common case, without a call: a finite float for a float property
             rows.append((info.id, ts, raw, None, quality, v.server_ts, v.recv_ts, ",".join(v.flags)))
             continue
@@ -140,7 +156,7 @@ def admit_values(values: list[Value], view: CatalogView, bounds: Bounds) -> tupl
                 continue
             num, text = None, None
         else:
-            cols = convert(raw, info.dtype)
+            cols = _convert_in_range(raw, info)
             if isinstance(cols, str):
                 detail = _type_detail(cols, info, raw)
                 rejected.append(Rejection(kind="value", index=i, reason=cols, detail=detail))
@@ -179,7 +195,7 @@ def _frame_problem(f: Frame, view: CatalogView, bounds: Bounds) -> tuple[str, st
             code, detail = _missing(view, f.node, name)
             return code, f"frame of {f.node}: {detail}"
         if raw is not None:
-            cols = convert(raw, info.dtype)
+            cols = _convert_in_range(raw, info)
             if isinstance(cols, str):
                 return cols, f"frame of {f.node}: {_type_detail(cols, info, raw)}"
     return None

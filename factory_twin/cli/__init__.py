@@ -16,6 +16,7 @@ _COMMANDS = {
     "agent": ("factory_twin.cli.agent", "agent", "Run or inspect an edge agent."),
     "simulate": ("factory_twin.cli.simulate", "simulate", "Replay the demo plant over OPC-UA and MQTT."),
     "db": ("factory_twin.cli.db", "db", "Database migrations."),
+    "ingest": ("factory_twin.cli.ingest", "ingest", "List and replay the uplink messages ingest could not store."),
     "models": ("factory_twin.cli.models", "models", "Train, evaluate, upload and promote diagnostic models."),
     "keys": ("factory_twin.cli.keys", "keys", "Create, list, rotate and revoke API keys."),
     "users": ("factory_twin.cli.users", "users", "Dashboard users: create, disable, change role, reset password."),

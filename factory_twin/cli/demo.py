@@ -71,7 +71,9 @@ def demo(duration: float | None, as_json: bool, data_dir: Path, fresh: bool, por
         first = "none" if summary.first_alert_s is None else f"after {summary.first_alert_s} s"
         click.echo(f"\nvalues ingested {summary.values_ingested}, nodes updated {summary.nodes_updated}, "
                    f"rejected {summary.rejected}, batches {summary.batches} in {summary.seconds} s; "
-                   f"alerts raised {summary.alerts_raised} (first {first}), flapping {summary.alerts_flapping}")
+                   f"alerts raised {summary.alerts_raised} (first {first}), flapping {summary.alerts_flapping}"
+                   + (f"; dead letters {summary.dead_letters} (factory-twin ingest dead-letters --data-dir "
+                      f"{data_dir})" if summary.dead_letters else ""))
     if summary.values_ingested == 0:
         click.echo("no data reached the twin: see the log above for the part that failed", err=True)
         sys.exit(1)

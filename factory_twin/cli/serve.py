@@ -80,6 +80,7 @@ def _serve(settings: object, role: str) -> None:
                                         settings.metrics_port)
         if role in ("all", "api"):
             app = create_app(settings, engine)
+            app.state.ingestor = platform.ingestor if platform is not None else None  # /healthz reports it
             for collector in platform_collectors(platform) if platform is not None else ():
                 app.state.metrics.register(collector)  # --role all: GET /metrics shows the platform's too
             log.info("api listening", url=f"http://{settings.http_host}:{settings.http_port}")

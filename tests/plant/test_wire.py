@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from plant.errors import WireError
 from plant.wire import (
+    GATEWAY_ID_PATTERN,
     Ack,
     Diagnosis,
     Flag,
@@ -23,7 +24,9 @@ from plant.wire import (
     from_us,
     shared_uplink_filter,
     to_us,
+    topic_gateway,
     uplink_topic,
+    valid_gateway_id,
 )
 
 
@@ -83,3 +86,21 @@ def test_acks_name_a_code_and_retry_time_only_when_they_have_one() -> None:
     refused = Ack(gateway="g", batch="b", stored=False, code=OVER_BUDGET, retry_after=1.5, error="over budget")
     again = decode_ack(refused.model_dump_json())
     assert (again.code, again.retry_after) == ("over_budget", 1.5)
+@pytest.mark.parametrize("gateway", ["gw1", "plant-7.line_2", "G" * 64, "0"])
+def test_gateway_ids_that_fit_the_pattern(gateway: str) -> None:
+    assert valid_gateway_id(gateway)
+
+
+@pytest.mark.parametrize("gateway", ["", "#", "+", "a/b", "gw\x001", "g" * 65, "-gw", ".", "é", "gw 1", "gw\n"])
+def test_gateway_ids_outside_the_pattern(gateway: str) -> None:
+    assert not valid_gateway_id(gateway)
+    assert GATEWAY_ID_PATTERN.startswith("^")
+
+
+def test_the_gateway_of_an_uplink_topic() -> None:
+    assert topic_gateway("factory-twin/v1/gw1/uplink") == "gw1"
+    assert topic_gateway("r/v1/gw1/uplink", "r/v1") == "gw1"
+    assert topic_gateway("factory-twin/v1/a/b/uplink") is None
+    assert topic_gateway("factory-twin/v1//uplink") is None
+    assert topic_gateway("other/gw1/uplink") is None
+    assert topic_gateway("factory-twin/v1/gw1/ack") is None

@@ -1,9 +1,12 @@
-"""Ingest through the real Mosquitto: batch → store → Ack, duplicates, bad input, database down, restart."""
+"""Ingest through the real Mosquitto: batch → store → Ack, duplicates, bad input, database down, restart.
+
+Hostile uplinks (every kind of bad input at the wire) are in test_ingest_hostile.py."""
 
 from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
@@ -14,7 +17,7 @@ from plant.wire import Ack, UplinkBatch, ack_topic, decode_ack, uplink_topic
 from twin.errors import BrokerError
 from twin.ingest import BrokerAddress, Ingestor
 from twin.store import ApplyResult, TwinStore
-from twin.tables import IngestRejection
+from twin.tables import DeadLetter
 
 from .store_helpers import NOW, batch, history_count, make_store, prop, value
 
@@ -127,10 +130,14 @@ def test_malformed_payloads_are_counted_and_the_next_batch_lands(
     ack = agent.ack()
     assert (ack.batch, ack.stored, ack.accepted) == ("good", True, 1)
     assert ingest.stats().undecodable == 3
+    deadline = time.monotonic() + 10
+    while ingest.stats().messages < 4 and time.monotonic() < deadline:  # dead letters written, then acknowledged
+        time.sleep(0.02)
+    assert ingest.stats().dead_letters == {"undecodable": 3}
     with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(IngestRejection.kind, IngestRejection.reason, IngestRejection.gateway)).all()
-    assert rows == [("batch", "undecodable", GW)] * 3
+        rows = conn.execute(select(DeadLetter.reason, DeadLetter.gateway, DeadLetter.payload)).all()
+    assert rows == [("undecodable", GW, b"not json at all"), ("undecodable", GW, b'{"gateway": "gw1", "values": []}'),
+                    ("undecodable", GW, b"\xff\xfe")]
     with pytest.raises(queue.Empty):
         agent.ack(timeout=0.3)  # nothing answered for the bad ones
 

@@ -111,6 +111,18 @@ def test_bad_values_are_rejected_without_blocking_the_good(store: TwinStore) -> 
     assert sorted(rows) == sorted((reason, "gw1", "value") for _, reason in BAD_VALUES)
 
 
+def test_a_number_far_outside_its_declared_range_is_rejected(store: TwinStore) -> None:
+    """temp is declared 0-120: an excursion (the reason alerts exist) is kept, 1e300 from a broken sensor is not."""
+    items = [value(v=150.0, ts=NOW), value(v=-1000.0, ts=NOW + 1), value(v=1e300, ts=NOW + 2),
+             value(v=10**6, ts=NOW + 3), value("p2", "count", 10**15, ts=NOW + 4)]  # count has no range
+    frame = Frame(node="p1", ts=NOW, values={"temp": -5000.0})
+    result = store.apply(batch(*items, frames=[frame]), now_us=NOW)
+    assert [(r.kind, r.index, r.reason) for r in result.rejected] == [
+        ("value", 2, "out_of_range"), ("value", 3, "out_of_range"), ("frame", 0, "out_of_range")]
+    assert "far outside its range" in result.rejected[0].detail
+    assert result.accepted == 3
+
+
 def test_limits_at_the_edges_are_accepted(store: TwinStore) -> None:
     edge = [value(ts=NOW + 600 * SEC), value(ts=946_684_800_000_000, v=1.0)]
     assert store.apply(batch(*edge), now_us=NOW).accepted == 2
@@ -245,7 +257,8 @@ def test_rejections_are_bounded(store: TwinStore) -> None:
 
 def test_large_batch_over_many_properties(store: TwinStore) -> None:
     props = [("p1", "temp"), ("p2", "temp"), ("p1", "count"), ("p2", "count")]
-    vals = [value(n, p, i, ts=NOW - (2000 - i) * 1000) for i in range(2000) for n, p in [props[i % 4]]]
+    vals = [value(n, p, i if p == "count" else i % 120, ts=NOW - (2000 - i) * 1000)  # temp is declared 0-120
+            for i in range(2000) for n, p in [props[i % 4]]]
     result = store.apply(batch(*vals), now_us=NOW)
     assert (result.accepted, len(result.changes)) == (2000, 4)
     assert prop(store.engine, "p2", "count").value_num == 1999

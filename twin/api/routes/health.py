@@ -14,7 +14,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
 def healthz(request: Request) -> JSONResponse:
-    """200 when the database answers, 503 when it does not."""
+    """200 when the database answers and, in a process that ingests, a worker takes messages; 503 otherwise."""
     try:
         with request.app.state.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -22,5 +22,11 @@ def healthz(request: Request) -> JSONResponse:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return JSONResponse(
             Health(status="unavailable", detail=f"database: {reason}").model_dump(), status_code=503
+        )
+    ingestor = getattr(request.app.state, "ingestor", None)
+    if ingestor is not None and not ingestor.consuming():
+        return JSONResponse(
+            Health(status="unavailable", detail="ingest: no worker is consuming uplink messages").model_dump(),
+            status_code=503,
         )
     return JSONResponse(Health(status="ok").model_dump(exclude_none=True))

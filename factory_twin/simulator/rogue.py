@@ -1,0 +1,91 @@
+"""A rogue client on the platform's broker: the hostile uplinks a plant's ingest must survive.
+
+Every kind of bad message the ingest checks refuse (``twin.uplink_checks``), sent as a gateway of its own and as
+a forger of another's: gateway ids holding ``#``, ``+``, NUL or 70,000 characters, a 400-digit number, an
+integer beyond int64, a NUL in a string, a payload over the size limit, garbage bytes, cut JSON, and a batch
+claiming the victim's gateway sent on the rogue's topic. Used by the end-to-end test and
+``benchmarks/rogue_gateway.py``; point it at a test plant, never a production one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from plant.wire import TOPIC_ROOT, now_us, uplink_topic
+
+FORGED_VALUE = -12345.0  # the value every forged item carries: it must never reach the twin
+
+
+def hostile_uplinks(victim: str, rogue: str = "rogue-gateway", root: str = TOPIC_ROOT, node: str = "engine-1",
+                    prop: str = "t24", max_payload: int = 1 << 20) -> list[tuple[str, bytes]]:
+    """(topic, payload) of each hostile case, on the rogue's topic; ``node.prop`` a property of the plant."""
+    ts = now_us()
+
+    def batch(gateway: str, value: object, **extra: object) -> bytes:
+        item = {"node": node, "prop": prop, "value": value, "ts": ts, **extra}
+        return json.dumps({"gateway": gateway, "batch": uuid.uuid4().hex, "sent": ts, "values": [item]}).encode()
+
+    mine = uplink_topic(rogue, root)
+    return [
+        (mine, batch(f"{rogue}/#", 1.0)),
+        (mine, batch("+", 1.0)),
+        (mine, batch("rogue\x00gateway", 1.0)),
+        (mine, batch("g" * 70_000, 1.0)),
+        (mine, batch(rogue, 0).replace(b'"value": 0', b'"value": ' + b"9" * 400)),
+        (mine, batch(rogue, 2**63)),
+        (mine, batch(rogue, "on\x00off")),
+        (mine, batch(rogue, 1.0, recv_ts=2**64)),
+        (mine, b'{"gateway": "' + rogue.encode() + b'", "pad": "' + b"x" * (max_payload + 1) + b'"}'),
+        (mine, bytes(range(256)) * 4),
+        (mine, batch(rogue, 1.0)[:40]),
+        (mine, batch(victim, FORGED_VALUE)),  # forged: the victim's gateway on the rogue's topic
+    ]
+
+
+class Rogue:
+    """Publishes the hostile cases in rounds, on a thread, until stopped.
+
+    Args:
+        host: broker host.
+        port: broker port.
+        cases: what to publish each round (``hostile_uplinks``).
+        every_s: seconds between rounds.
+    """
+
+    def __init__(self, host: str, port: int, cases: list[tuple[str, bytes]], every_s: float = 1.0) -> None:
+        self.cases = cases
+        self.every_s = every_s
+        self.sent = 0
+        self._stop = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rogue-{uuid.uuid4().hex[:8]}")
+        self.client.connect(host, port)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="rogue", daemon=True)
+
+    def start(self, after_s: float = 0.0) -> Rogue:
+        """Begin after ``after_s`` seconds."""
+        self._after = after_s
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        if self._stop.wait(self._after):
+            return
+        while not self._stop.is_set():
+            for topic, payload in self.cases:
+                self.client.publish(topic, payload, qos=1)
+                self.sent += 1
+            self._stop.wait(self.every_s)
+
+    def stop(self) -> None:
+        """Stop publishing and disconnect."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self.client.disconnect()
+        self.client.loop_stop()
