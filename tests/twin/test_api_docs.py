@@ -23,7 +23,7 @@ _REFERENCES = re.compile(r"""(?:\b(?:src|href|spec-url)\s*=\s*|\burl\s*:\s*|\bur
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     engine = make_engine(f"sqlite:///{tmp_path / 'twin.db'}")
-    app = create_app(TwinSettings(data_dir=tmp_path), engine)
+    app = create_app(TwinSettings(data_dir=tmp_path, docs_access="open"), engine)
     with TestClient(app, base_url="http://twin.plant.local") as c:
         yield c
     engine.dispose()

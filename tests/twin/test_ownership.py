@@ -77,7 +77,7 @@ def test_items_of_another_gateways_nodes_are_refused_with_their_own_index(store:
         diagnoses=[Diagnosis(node="p1", task="anomaly", ts=NOW, model="m", version="1", confidence=0.9, score=0.1)],
         gateway="gw-a",
     )
-    ack = ingest.handle(uplink_topic("gw-a"), b.model_dump_json().encode())
+    ack = ingest.handle(uplink_topic("gw-a"), b.model_dump_json().encode()).ack
     assert ack is not None
     assert ack.stored
     assert [(r.kind, r.index, r.reason) for r in ack.rejected] == [
@@ -94,7 +94,7 @@ def test_items_of_another_gateways_nodes_are_refused_with_their_own_index(store:
 def test_the_owner_writes_its_nodes(store: TwinStore) -> None:
     ingest = Ingestor(store)
     payload = batch(value("p2", v=1.0, ts=NOW), gateway="gw-b").model_dump_json().encode()
-    ack = ingest.handle(uplink_topic("gw-b"), payload)
+    ack = ingest.handle(uplink_topic("gw-b"), payload).ack
     assert ack is not None
     assert (ack.accepted, ack.rejected) == (1, [])
 
@@ -103,7 +103,7 @@ def test_a_site_without_owners_lets_any_gateway_write(sqlite_url: str) -> None:
     store = make_store(sqlite_url)
     ingest = Ingestor(store)
     ack = ingest.handle(uplink_topic("anyone"), batch(value("p1", v=1.0, ts=NOW), gateway="anyone")
-                        .model_dump_json().encode())
+                        .model_dump_json().encode()).ack
     assert ack is not None
     assert (ack.accepted, ack.rejected) == (1, [])
     store.engine.dispose()
