@@ -18,7 +18,6 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,7 +26,7 @@ TARGET = 0.9
 
 def run(seconds: float, attack_at: float | None) -> dict[str, object]:
     """One demo run; with ``attack_at`` a rogue client attacks from that second on."""
-    from factory_twin.simulator.rogue import Rogue, hostile_uplinks
+    from factory_twin.simulator.rogue import rogue_against
     from factory_twin.stack import Stack, StackConfig
 
     gateway = f"bench-{uuid.uuid4().hex[:8]}"
@@ -37,9 +36,7 @@ def run(seconds: float, attack_at: float | None) -> dict[str, object]:
         rogue = None
         try:
             if attack_at is not None:
-                url = urlsplit(stack.mqtt_url)
-                rogue = Rogue(url.hostname or "127.0.0.1", url.port or 1883,
-                              hostile_uplinks(gateway)).start(after_s=attack_at)
+                rogue = rogue_against(stack, gateway).start(after_s=attack_at)
             asyncio.run(stack.run_edge(seconds))
             assert stack.ingestor is not None
             s = stack.ingestor.stats()

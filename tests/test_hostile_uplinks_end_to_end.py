@@ -12,12 +12,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import func, select
 
-from factory_twin.simulator.rogue import FORGED_VALUE, Rogue, hostile_uplinks
+from factory_twin.simulator.rogue import FORGED_VALUE, Rogue, rogue_against
 from factory_twin.stack import Stack, StackConfig
 from twin.tables import HistoryPoint
 
@@ -37,10 +36,7 @@ def test_the_agent_keeps_streaming_while_a_rogue_client_attacks(tmp_path: Path) 
     try:
         assert stack.ingestor is not None
         ingestor = stack.ingestor
-        url = urlsplit(stack.mqtt_url)
-        assert url.hostname is not None
-        assert url.port is not None
-        rogue = Rogue(url.hostname, url.port, hostile_uplinks(gateway), every_s=1.0)
+        rogue = rogue_against(stack, gateway, every_s=1.0)
 
         def sample() -> None:
             start = time.monotonic()

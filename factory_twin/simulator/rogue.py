@@ -12,11 +12,18 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from plant.wire import TOPIC_ROOT, now_us, uplink_topic
+from twin.db import make_sessionmaker
+from twin.gateways import new_credential, set_credential
+
+if TYPE_CHECKING:
+    from factory_twin.stack import Stack
 
 FORGED_VALUE = -12345.0  # the value every forged item carries: it must never reach the twin
 
@@ -55,14 +62,20 @@ class Rogue:
         port: broker port.
         cases: what to publish each round (``hostile_uplinks``).
         every_s: seconds between rounds.
+        username: the broker login (a gateway of its own), if the broker asks for one.
+        password: its credential.
     """
 
-    def __init__(self, host: str, port: int, cases: list[tuple[str, bytes]], every_s: float = 1.0) -> None:
+    def __init__(self, host: str, port: int, cases: list[tuple[str, bytes]], every_s: float = 1.0,
+                 username: str | None = None, password: str | None = None) -> None:
         self.cases = cases
         self.every_s = every_s
         self.sent = 0
         self._stop = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rogue-{uuid.uuid4().hex[:8]}")
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(1, 2)  # a login the broker has not read yet is refused for a moment
         self.client.connect(host, port)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._run, name="rogue", daemon=True)
@@ -89,3 +102,17 @@ class Rogue:
             self._thread.join(10)
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def rogue_against(stack: Stack, victim: str, every_s: float = 1.0, name: str = "rogue-gateway") -> Rogue:
+    """A rogue on ``stack``'s broker. Where the broker asks for logins (the embedded one), it is a gateway of
+    its own, registered here: the threat is a gateway that is compromised or broken, not an anonymous client,
+    which the broker refuses before ingest sees anything."""
+    url = urlsplit(stack.mqtt_url)
+    username = password = None
+    if stack.config.mqtt_url is None and stack.engine is not None:
+        username, password = name, new_credential()
+        with make_sessionmaker(stack.engine)() as session:
+            set_credential(session, name, password)
+    return Rogue(url.hostname or "127.0.0.1", url.port or 1883, hostile_uplinks(victim, rogue=name), every_s,
+                 username=username, password=password)
