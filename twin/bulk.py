@@ -8,8 +8,9 @@ ingest workers or processes at once, and ``RETURNING`` says exactly which proper
 Both add the history keys that were new (not duplicates) as one row of ``alert_feed``, in the same transaction:
 what the alert evaluator judges (twin/alerts/feed.py). A batch stored again adds nothing to judge.
 
-SQLite: ``INSERT ... VALUES ... ON CONFLICT DO NOTHING RETURNING`` per thousand rows, then one
-``UPDATE ... FROM (VALUES ...) RETURNING`` (SQLite 3.35+).
+SQLite: ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` (the new rows, when some were duplicates, are
+the last rowids: the transaction holds the write lock), then one ``UPDATE ... FROM (VALUES ...) RETURNING``
+(SQLite 3.35+).
 
 PostgreSQL: one statement. The rows travel as binary arrays (``unnest`` of ``%b`` parameters) into an
 ``INSERT ... ON CONFLICT DO NOTHING``, the feed row and an ``UPDATE ... FROM`` joined in one WITH query. ``COPY`` into a
@@ -58,9 +59,11 @@ def _driver(conn: Connection) -> Any:
 
 
 _SQLITE_INSERT = (
-    "INSERT INTO twin_history (property_id, ts, value_num, value_text, quality) VALUES {values} "
-    "ON CONFLICT DO NOTHING RETURNING property_id, ts"
+    "INSERT INTO twin_history (property_id, ts, value_num, value_text, quality) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
 )
+# the rows one statement inserted, under the write lock: the last rowids (each new row takes the largest + 1)
+_SQLITE_ADDED = "SELECT property_id, ts FROM twin_history WHERE rowid > (SELECT max(rowid) FROM twin_history) - ?"
 _SQLITE_FEED = "INSERT INTO alert_feed (property_ids, ts, stored_at) VALUES (?, ?, ?)"
 _SQLITE_CHUNK = 1000  # rows per UPDATE: 8,000 parameters, well under SQLite's 32,766
 # VALUES columns are named column1..column8, in Row order
@@ -81,15 +84,16 @@ class SqliteWriter:
         """Insert history rows and move latest state forward; returns (new rows, ids moved)."""
         cur = _driver(conn).cursor()
         try:
-            added: list[tuple[int, int]] = []
-            for start in range(0, len(history), _SQLITE_CHUNK):
-                chunk = history[start : start + _SQLITE_CHUNK]
-                values = ",".join(["(?, ?, ?, ?, ?)"] * len(chunk))
-                cur.execute(_SQLITE_INSERT.format(values=values), [*chain.from_iterable(r[:5] for r in chunk)])
-                added += cur.fetchall()
-            inserted = len(added)
-            if added:
-                pids, stamps = zip(*added, strict=True)
+            inserted = 0
+            if history:
+                cur.executemany(_SQLITE_INSERT, [r[:5] for r in history])
+                inserted = int(cur.rowcount)
+            if inserted:
+                if inserted == len(history):  # no duplicates: every row is new
+                    pids, stamps = [r[0] for r in history], [r[1] for r in history]
+                else:
+                    cur.execute(_SQLITE_ADDED, (inserted,))
+                    pids, stamps = map(list, zip(*cur.fetchall(), strict=True))
                 cur.execute(_SQLITE_FEED, (json.dumps(pids), json.dumps(stamps), stored_ts))
             moved: set[int] = set()
             for start in range(0, len(latest), _SQLITE_CHUNK):

@@ -113,7 +113,9 @@ class ChangeFeed:
         feed row names."""
         self._names.clear()
         self._last.clear()
-        waiting = {(k, ts) for pid, ts in _waiting_keys(session) if (k := self._name(session, pid)) is not None}
+        held = _waiting_latest(session)
+        self._learn(session, (pid for pid, _ in held))
+        waiting = {(k, ts) for pid, ts in held if (k := self._names[pid]) is not None}
         out = Read()
         nodes = sorted(self.watched)
         for chunk in _chunks(nodes, CHUNK):
@@ -187,10 +189,6 @@ class ChangeFeed:
             for pid in chunk:
                 self._names.setdefault(pid, None)  # gone since
 
-    def _name(self, session: Session, pid: int) -> Key | None:
-        self._learn(session, (pid,))
-        return self._names[pid]
-
     def _reads(self, node: str, name: str) -> bool:
         w = self.watched.get(node)
         if w is None:
@@ -243,11 +241,21 @@ def _feed_rows(session: Session, limit: int, postgres: bool) -> list[tuple[int, 
     return [(r[0], json.loads(r[1]), json.loads(r[2]), r[3]) for r in rows]
 
 
-def _waiting_keys(session: Session) -> Iterator[tuple[int, int]]:
-    """Every (property id, source time) the feed holds."""
+_WAITING_PG = (
+    "SELECT u.pid, u.ts FROM alert_feed f CROSS JOIN LATERAL unnest(f.property_ids, f.ts) AS u(pid, ts) "
+    "JOIN twin_properties p ON p.id = u.pid AND p.ts = u.ts"
+)
+_WAITING_SQLITE = (
+    "SELECT a.value, b.value FROM alert_feed f, json_each(f.property_ids) a, json_each(f.ts) b, twin_properties p "
+    "WHERE a.key = b.key AND p.id = a.value AND p.ts = b.value"
+)
+
+
+def _waiting_latest(session: Session) -> list[tuple[int, int]]:
+    """The (property id, source time) of every latest state the feed still holds (the database scans the feed:
+    a backlog of hours is not read into memory)."""
     postgres = session.get_bind().dialect.name == "postgresql"
-    for _, pids, stamps, _ in _feed_rows(session, 2**62, postgres):
-        yield from zip(pids, stamps, strict=True)
+    return [(r[0], r[1]) for r in _raw(session, _WAITING_PG if postgres else _WAITING_SQLITE)]
 
 
 def _delete_rows(session: Session, ids: list[int], postgres: bool) -> None:

@@ -70,3 +70,23 @@ def test_rows_stay_when_the_reading_transaction_rolls_back(engine: Engine) -> No
         fresh = ChangeFeed(AlertEngine(alert_site()).watched())
         fresh.catch_up(s)  # the waiting value is left to the feed, not judged from the latest state
         assert [c.value for c in fresh.since(s).changes] == [120.0]
+
+
+def test_a_batch_partly_stored_before_feeds_only_its_new_values(engine: Engine) -> None:
+    store = TwinStore(engine)
+    feed = ChangeFeed(AlertEngine(alert_site()).watched())
+    with Session(engine) as s, s.begin():
+        feed.catch_up(s)
+    store.apply(batch(value("p1", "temp", 50.0, ts=NOW - 2_000_000), name="a"))
+    store.apply(batch(value("p2", "temp", 60.0, ts=NOW - 2_000_000), name="other"))
+    with Session(engine) as s, s.begin():
+        assert len(feed.since(s).changes) == 2
+    again = batch(
+        value("p1", "temp", 50.0, ts=NOW - 2_000_000),  # a duplicate
+        value("p1", "temp", 130.0, ts=NOW - 1_000_000),
+        value("p2", "temp", 61.0, ts=NOW - 1_000_000),
+        name="a-again",
+    )
+    store.apply(again)
+    with Session(engine) as s, s.begin():
+        assert sorted((c.node, c.value) for c in feed.since(s).changes) == [("p1", 130.0), ("p2", 61.0)]
