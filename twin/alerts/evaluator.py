@@ -203,7 +203,7 @@ class AlertEvaluator:
         start = time.perf_counter()
         with self.lock.transaction() as session:
             found = read(session)
-            written = sum(self.alerts.process(session, changes, diagnoses) for changes, diagnoses in found.steps())
+            written = sum(self.alerts.process(session, c, d, late) for c, d, late in found.steps())
         with self._stats_lock:
             self._stats.busy_s += time.perf_counter() - start
             self._stats.passes += 1

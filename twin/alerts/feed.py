@@ -13,9 +13,10 @@ killed before its commit leaves the rows for its successor; a batch stored again
 duplicates). Catch-up reads the latest state, which the predecessor already judged (the open alerts it loaded
 make that a no-op), to give the rules their starting point; what waits in the feed is left to it.
 
-A value older than the newest judged value of its property (a batch that committed late) is judged in turn,
-then the newest value again, so the rules end where the property is: an excursion in a late batch raises its
-alert and, when the property has moved on, returns it to normal.
+A value older than the newest judged value of its property (a batch that committed late, an outbox drained
+after a reconnection) is judged as late (``AlertEngine.process(late=True)``): an excursion raises its alert, a
+normal value does not return an alert the newer value holds; then the newest value is judged again, so the rules
+end where the property is (a late excursion's alert returns to normal when the property has moved on).
 """
 
 from __future__ import annotations
@@ -72,28 +73,40 @@ class Read:
         changes: property values.
         diagnoses: diagnoses.
         stored_at: the oldest storing time (µs) of what was read.
-        restore: values judged before, judged again after ``changes`` (they were older: a late batch).
+        late: values older than their property's newest judged before (a batch that committed late).
+        restore: the newest judged value of each property that got only late values, judged again after them.
         more: the feed holds more than one read took.
     """
 
     changes: list[StoredValue] = field(default_factory=list)
     diagnoses: list[Diagnosis] = field(default_factory=list)
     stored_at: int | None = None
+    late: list[StoredValue] = field(default_factory=list)
     restore: list[StoredValue] = field(default_factory=list)
     more: bool = False
 
-    def steps(self) -> Iterator[tuple[list[StoredValue], list[Diagnosis]]]:
-        """The changes and diagnoses by source time, oldest first: the engine judges each moment in turn, so a
-        value overtaken by a newer one still counts (one ``process`` call judges only where its input ends)."""
-        moments: dict[int, tuple[list[StoredValue], list[Diagnosis]]] = {}
-        for c in self.changes:
-            moments.setdefault(c.ts, ([], []))[0].append(c)
-        for d in self.diagnoses:
-            moments.setdefault(d.ts, ([], []))[1].append(d)
-        for ts in sorted(moments):
-            yield moments[ts]
+    def steps(self) -> Iterator[tuple[list[StoredValue], list[Diagnosis], bool]]:
+        """(changes, diagnoses, late) by source time, oldest first: the engine judges each moment in turn, so a
+        value overtaken by a newer one still counts (one ``process`` call judges only where its input ends).
+        Late values come first, then the newest values they were older than, then the new ones."""
+        for changes, _ in _moments(self.late, []):
+            yield changes, [], True
         if self.restore:
-            yield self.restore, []
+            yield self.restore, [], False
+        for changes, diagnoses in _moments(self.changes, self.diagnoses):
+            yield changes, diagnoses, False
+
+
+def _moments(
+    changes: list[StoredValue], diagnoses: list[Diagnosis]
+) -> Iterator[tuple[list[StoredValue], list[Diagnosis]]]:
+    moments: dict[int, tuple[list[StoredValue], list[Diagnosis]]] = {}
+    for c in changes:
+        moments.setdefault(c.ts, ([], []))[0].append(c)
+    for d in diagnoses:
+        moments.setdefault(d.ts, ([], []))[1].append(d)
+    for ts in sorted(moments):
+        yield moments[ts]
 
 
 class ChangeFeed:
@@ -160,25 +173,33 @@ class ChangeFeed:
         for chunk in _chunks(values, CURSORS_PER_QUERY if postgres else CHUNK):
             for node, name, dtype, ts, num, txt, quality in _history_at(session, chunk, postgres):
                 out.changes.append(StoredValue(node, name, decode_value(dtype, num, txt), ts, quality or 0))
-        out.restore = self._judged(out.changes)
+        out.changes, out.late, out.restore = self._judged(out.changes)
         for chunk in _chunks(diagnoses, CURSORS_PER_QUERY if postgres else CHUNK):
             out.diagnoses += _diagnoses(_diagnoses_at(session, chunk, postgres))
         _delete_rows(session, [r[0] for r in rows], postgres)
         return out
 
-    def _judged(self, changes: list[StoredValue]) -> list[StoredValue]:
-        """Note the newest value of each property in ``changes``; returns, for each property whose values here
-        are all older than its newest judged before (a batch that committed late), that newest value."""
+    def _judged(
+        self, changes: list[StoredValue]
+    ) -> tuple[list[StoredValue], list[StoredValue], list[StoredValue]]:
+        """Split ``changes`` into new values and late ones (older than their property's newest judged before: a
+        batch that committed late); note the newest of each property. Also returns, for each property whose
+        values here are all late, its newest value (judged again after them)."""
         before: dict[Key, StoredValue | None] = {}
         newest: dict[Key, int] = {}
+        fresh: list[StoredValue] = []
+        late: list[StoredValue] = []
         for c in changes:
             key = (c.node, c.prop)
             if key not in before:
                 before[key] = self._last.get(key)
+            prev = before[key]
+            (late if prev is not None and c.ts < prev.ts else fresh).append(c)
             newest[key] = max(newest.get(key, c.ts), c.ts)
             if (last := self._last.get(key)) is None or c.ts > last.ts:
                 self._last[key] = c
-        return [prev for key, prev in before.items() if prev is not None and prev.ts > newest[key]]
+        restore = [prev for key, prev in before.items() if prev is not None and prev.ts > newest[key]]
+        return fresh, late, restore
 
     def _learn(self, session: Session, pids: Iterable[int]) -> None:
         unknown = sorted({p for p in pids if p not in self._names})

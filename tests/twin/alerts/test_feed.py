@@ -50,9 +50,13 @@ def test_a_late_batch_is_read_once_then_the_newest_value_again(engine: Engine) -
     assert _feed_rows(engine) == 1
     with Session(engine) as s, s.begin():
         late = feed.since(s)
-    assert [c.value for c in late.changes] == [150.0]
+    assert [c.value for c in late.late] == [150.0]
+    assert not late.changes
     assert [c.value for c in late.restore] == [50.0]  # the rules end where the property is
-    assert [[c.value for c in changes] for changes, _ in late.steps()] == [[150.0], [50.0]]
+    assert [([c.value for c in changes], is_late) for changes, _, is_late in late.steps()] == [
+        ([150.0], True),
+        ([50.0], False),
+    ]
     assert _feed_rows(engine) == 0
     with Session(engine) as s, s.begin():
         assert not feed.since(s).changes
