@@ -59,6 +59,7 @@ class EvaluatorStats:
         leader: this process evaluates the alerts now.
         terms: times it became the leader.
         passes: evaluation passes (one per notification burst, sweep or catch-up).
+        batches: stored batches judged (alert feed rows read and deleted).
         written: alert transitions written.
         lag_s: stored → judged, seconds, of the last pass that found something (its oldest latest state).
         busy_s: seconds spent reading and judging (its rate is how busy the leader is).
@@ -67,6 +68,7 @@ class EvaluatorStats:
     leader: bool = False
     terms: int = 0
     passes: int = 0
+    batches: int = 0
     written: int = 0
     lag_s: float = 0.0
     busy_s: float = 0.0
@@ -207,6 +209,7 @@ class AlertEvaluator:
         with self._stats_lock:
             self._stats.busy_s += time.perf_counter() - start
             self._stats.passes += 1
+            self._stats.batches += found.rows
             self._stats.written += written
             if measure and found.stored_at is not None:
                 self._stats.lag_s = max(0.0, (now_us() - found.stored_at) / 1e6)

@@ -76,12 +76,14 @@ class Read:
         late: values older than their property's newest judged before (a batch that committed late).
         restore: the newest judged value of each property that got only late values, judged again after them.
         more: the feed holds more than one read took.
+        rows: feed rows (stored batches) read.
     """
 
     changes: list[StoredValue] = field(default_factory=list)
     diagnoses: list[Diagnosis] = field(default_factory=list)
     stored_at: int | None = None
     late: list[StoredValue] = field(default_factory=list)
+    rows: int = 0
     restore: list[StoredValue] = field(default_factory=list)
     more: bool = False
 
@@ -156,7 +158,7 @@ class ChangeFeed:
         postgres = session.get_bind().dialect.name == "postgresql"
         out = Read()
         rows = _feed_rows(session, limit, postgres)
-        out.more = len(rows) == limit
+        out.rows, out.more = len(rows), len(rows) == limit
         values: list[tuple[int, int]] = []
         diagnoses: list[tuple[str, str, int]] = []
         for _, pids, stamps, stored_at in rows:
