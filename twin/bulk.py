@@ -5,11 +5,15 @@ DBAPI connection (SQLAlchemy's statement layer costs more than the writes here).
 forward: the UPDATE's ``WHERE ts IS NULL OR ts < new`` decides in the database, so it holds with several
 ingest workers or processes at once, and ``RETURNING`` says exactly which properties moved.
 
-SQLite: ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING``, then one
-``UPDATE ... FROM (VALUES ...) RETURNING`` (SQLite 3.35+).
+Both add the history keys that were new (not duplicates) as one row of ``alert_feed``, in the same transaction:
+what the alert evaluator judges (twin/alerts/feed.py). A batch stored again adds nothing to judge.
+
+SQLite: ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` (the new rows, when some were duplicates, are
+the last rowids: the transaction holds the write lock), then one ``UPDATE ... FROM (VALUES ...) RETURNING``
+(SQLite 3.35+).
 
 PostgreSQL: one statement. The rows travel as binary arrays (``unnest`` of ``%b`` parameters) into an
-``INSERT ... ON CONFLICT DO NOTHING`` and an ``UPDATE ... FROM`` joined in one WITH query. ``COPY`` into a
+``INSERT ... ON CONFLICT DO NOTHING``, the feed row and an ``UPDATE ... FROM`` joined in one WITH query. ``COPY`` into a
 temporary staging table followed by ``INSERT ... SELECT`` and the UPDATE measured slower here
 (benchmarks/store_apply.py, ratio about 0.55 against 0.65-0.8): a batch holds about a thousand rows, and the
 extra round trips cost more than COPY saves; text-format arrays cost about 0.1 of the ratio too.
@@ -17,6 +21,7 @@ extra round trips cost more than COPY saves; text-format arrays cost about 0.1 o
 
 from __future__ import annotations
 
+import json
 from itertools import chain
 from typing import Any, Protocol
 
@@ -57,6 +62,9 @@ _SQLITE_INSERT = (
     "INSERT INTO twin_history (property_id, ts, value_num, value_text, quality) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT DO NOTHING"
 )
+# the rows one statement inserted, under the write lock: the last rowids (each new row takes the largest + 1)
+_SQLITE_ADDED = "SELECT property_id, ts FROM twin_history WHERE rowid > (SELECT max(rowid) FROM twin_history) - ?"
+_SQLITE_FEED = "INSERT INTO alert_feed (property_ids, ts, stored_at) VALUES (?, ?, ?)"
 _SQLITE_CHUNK = 1000  # rows per UPDATE: 8,000 parameters, well under SQLite's 32,766
 # VALUES columns are named column1..column8, in Row order
 _SQLITE_UPDATE = (
@@ -80,6 +88,13 @@ class SqliteWriter:
             if history:
                 cur.executemany(_SQLITE_INSERT, [r[:5] for r in history])
                 inserted = int(cur.rowcount)
+            if inserted:
+                if inserted == len(history):  # no duplicates: every row is new
+                    pids, stamps = [r[0] for r in history], [r[1] for r in history]
+                else:
+                    cur.execute(_SQLITE_ADDED, (inserted,))
+                    pids, stamps = map(list, zip(*cur.fetchall(), strict=True))
+                cur.execute(_SQLITE_FEED, (json.dumps(pids), json.dumps(stamps), stored_ts))
             moved: set[int] = set()
             for start in range(0, len(latest), _SQLITE_CHUNK):
                 chunk = latest[start : start + _SQLITE_CHUNK]
@@ -96,7 +111,10 @@ WITH h AS (
     INSERT INTO twin_history (property_id, ts, value_num, value_text, quality)
     SELECT * FROM unnest(%b::integer[], %b::bigint[], %b::float8[], %b::text[], %b::smallint[])
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING property_id, ts
+), f AS (
+    INSERT INTO alert_feed (property_ids, ts, stored_at)
+    SELECT array_agg(property_id), array_agg(ts), %b FROM h HAVING count(*) > 0
 ), l AS (
     UPDATE twin_properties AS p
     SET value_num = s.num, value_text = s.txt, ts = s.ts, quality = s.q,
@@ -122,7 +140,7 @@ class PostgresWriter:
         hist_cols = _columns(history, 5)
         latest_cols = _columns(latest, 8)
         with _driver(conn).cursor() as cur:
-            cur.execute(_PG_WRITE, [*hist_cols, stored_ts, *latest_cols])
+            cur.execute(_PG_WRITE, [*hist_cols, stored_ts, stored_ts, *latest_cols])
             count, ids = cur.fetchone()
         return int(count), set(ids)
 

@@ -117,6 +117,9 @@ class AlertCollector(Collector):
         yield CounterMetricFamily(
             "twin_alert_evaluation_passes", "reads of stored changes judged by the rules", s.passes
         )
+        yield CounterMetricFamily(
+            "twin_alert_feed_batches", "stored batches judged by the alert rules (alert feed rows consumed)", s.batches
+        )
         yield CounterMetricFamily("twin_alert_transitions", "alert transitions written by this process", s.written)
         yield CounterMetricFamily(
             "twin_alert_evaluation_seconds", "time spent reading and judging (rate: how busy the leader is)", s.busy_s

@@ -4,7 +4,9 @@ Each asset type's view for people (key signals, alarm limits, models) is kept in
 dashboard, replaced at every sync.
 
 A node removed from the site file is not deleted: its history and diagnoses stay readable. It is marked
-retired (``retired_at``) and refuses new values (reason ``retired``) until a site file brings it back. The
+retired (``retired_at``) and refuses new values (reason ``retired``) until a site file brings it back. Only
+nodes under the file's top-level nodes are retired: another site's file, loaded into the same twin, describes
+other subtrees, and loading one leaves the other's nodes (and the asset types they use) alone. The
 same holds for a property removed from its asset type. Diagnosis properties (``diag.<task>.<field>``) are
 created by the store, not the site file, and are never retired here.
 """
@@ -67,8 +69,9 @@ def sync_site(engine: Engine, site: Site, now: int | None = None) -> SyncReport:
         session.flush()
         props = {(p.node_id, p.name): p for p in session.scalars(select(TwinProperty))}
         seen_props = _sync_properties(session, site, props, counts)
+        roots = tuple(f"/{n.id}/" for n in site.nodes)  # the subtrees this file describes; other sites' are not
         for node_id, row in nodes.items():
-            if node_id not in seen_nodes and row.retired_at is None:
+            if node_id not in seen_nodes and row.retired_at is None and row.path.startswith(roots):
                 row.retired_at = stamp
                 counts.nodes_retired += 1
         for key, prop in props.items():
@@ -76,7 +79,8 @@ def sync_site(engine: Engine, site: Site, now: int | None = None) -> SyncReport:
             if retire and prop.retired_at is None and key[0] in seen_nodes:
                 prop.retired_at = stamp
                 counts.props_retired += 1
-        _sync_asset_types(session, site, stamp)
+        elsewhere = {n.type for n in nodes.values() if n.type and not n.path.startswith(roots)}
+        _sync_asset_types(session, site, stamp, keep=elsewhere)
         if any(vars(counts).values()):  # the plant's model changed: in the audit trail, with what changed
             audit.record(session, SITE_ACTOR, "site.reload", f"site:{site.site.id}", after=dict(vars(counts)),
                          address="local")
@@ -195,7 +199,7 @@ def asset_type_spec(atype: AssetType) -> dict[str, Any]:
     return {"key_signals": key, "models": list(atype.models), "limits": limits, "rates": rates}
 
 
-def _sync_asset_types(session: Session, site: Site, stamp: int) -> None:
+def _sync_asset_types(session: Session, site: Site, stamp: int, keep: set[str]) -> None:
     rows = {r.id: r for r in session.scalars(select(AssetTypeRecord))}
     for type_id, atype in site.asset_types.items():
         spec = asset_type_spec(atype)
@@ -205,4 +209,5 @@ def _sync_asset_types(session: Session, site: Site, stamp: int) -> None:
         elif row.spec != spec or row.description != atype.description:
             row.spec, row.description, row.updated_at = spec, atype.description, stamp
     for gone in rows.values():  # a view, not history: an asset type gone from the site goes with it
-        session.delete(gone)
+        if gone.id not in keep:  # unless another site's nodes use it
+            session.delete(gone)

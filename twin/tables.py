@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -116,6 +117,23 @@ class HistoryPoint(Base):
     value_num: Mapped[float | None] = mapped_column(Float)
     value_text: Mapped[str | None] = mapped_column(Text)
     quality: Mapped[int] = mapped_column(SmallInteger, default=0)
+
+
+class FeedEntry(Base):
+    """The history keys one stored batch added, waiting to be judged by the alert evaluator (twin/alerts/feed.py).
+
+    Written in the transaction that stores the values, deleted in the transaction that writes the alerts they
+    cause: each stored value is judged once, whatever order the writers commit in. ``property_ids`` and ``ts``
+    are parallel arrays (JSON text on SQLite); ``stored_at`` the storing time, µs.
+    """
+
+    __tablename__ = "alert_feed"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    property_ids: Mapped[Any] = mapped_column(postgresql.ARRAY(Integer).with_variant(Text, "sqlite"))
+    ts: Mapped[Any] = mapped_column(postgresql.ARRAY(BigInteger).with_variant(Text, "sqlite"))
+    stored_at: Mapped[int] = mapped_column(BigInteger)
 
 
 class FramePoint(Base):

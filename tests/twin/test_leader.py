@@ -212,6 +212,7 @@ def test_values_stored_while_nobody_listened_are_caught_up(engines: list[Engine]
         writer.put("p2", "count", 8, announce=False)  # a notification its publisher failed to send
         wait_until(lambda: "p2/count-high/high" in alert_counts(url), 5, "the sweep finds the unannounced fault")
         assert evaluator.stats().lag_s > 0.0  # stored, then found by the sweep a little later
+        assert evaluator.stats().batches == 2  # both stored batches judged, from the feed, once each
     finally:
         evaluator.stop()
     # a restart takes up the open alerts: the same conditions are not raised again

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from plant.site import load_site
 from twin.db import make_engine
 from twin.site_sync import sync_site
-from twin.tables import Base, TwinNode, TwinProperty
+from twin.tables import AssetTypeRecord, Base, TwinNode, TwinProperty
 
 from .store_helpers import NOW, SITE_YAML, batch, history_count, make_store, prop, site, value
 
@@ -103,3 +103,36 @@ def test_moved_node_gets_new_parent_and_path(sqlite_url: str) -> None:
     p2 = _nodes(engine)["p2"]
     assert (p2.parent_id, p2.path, p2.position) == ("yard", "/plant/yard/p2/", 0)
     engine.dispose()
+
+
+SECOND_SITE = """
+site: {id: north}
+asset_types:
+  fan:
+    properties:
+      speed: {unit: rpm}
+nodes:
+  - id: north
+    kind: site
+    children:
+      - id: roof
+        kind: area
+        children:
+          - {id: f1, kind: machine, type: fan}
+"""
+
+
+def test_loading_one_site_leaves_another_sites_nodes_and_asset_types_alone(sqlite_url: str) -> None:
+    store = make_store(sqlite_url)  # the test plant, site "plant"
+    north = sync_site(store.engine, site(SECOND_SITE), now=NOW)
+    assert (north.nodes_created, north.nodes_retired) == (3, 0)
+    again = sync_site(store.engine, site(), now=NOW)  # reloading the first site
+    assert (again.nodes_retired, again.props_retired) == (0, 0)
+    nodes = _nodes(store.engine)
+    assert nodes["f1"].retired_at is None
+    assert nodes["p1"].retired_at is None
+    with Session(store.engine) as s:
+        assert {r.id for r in s.scalars(select(AssetTypeRecord))} == {"pump", "fan"}
+    smaller = SITE_YAML.replace("          - {id: p2, kind: machine, type: pump}\n", "")
+    assert sync_site(store.engine, site(smaller), now=NOW).nodes_retired == 1  # its own nodes still retire
+    assert _nodes(store.engine)["f1"].retired_at is None

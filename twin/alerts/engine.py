@@ -115,6 +115,7 @@ class AlertEngine:
         # so a key missing here has no open alert and needs no query; people closing alerts only remove.
         self._open_by_root: dict[str, dict[str, int]] = {}
         self._root_of_key: dict[str, str] = {}
+        self._late_raised: set[str] = set()  # alerts raised by late values, until the newer values are judged
         self._build()
 
     def _build(self) -> None:
@@ -191,9 +192,20 @@ class AlertEngine:
         return [(w, s) for w in asset.rules if w.rule.id == rule_id for s in w.state.slots]
 
     def process(
-        self, session: Session, changes: Iterable[ChangeLike] = (), diagnoses: Iterable[Diagnosis] = ()
+        self,
+        session: Session,
+        changes: Iterable[ChangeLike] = (),
+        diagnoses: Iterable[Diagnosis] = (),
+        late: bool = False,
     ) -> int:
-        """Evaluate the rules of every asset the changes and diagnoses touch; returns transitions written."""
+        """Evaluate the rules of every asset the changes and diagnoses touch; returns transitions written.
+
+        ``late``: the changes are older than values of their properties judged before (a batch that committed
+        late). They may raise an alert (an excursion happened) but neither return one to normal nor change its
+        level: the newer value decides that, and is judged again after them (twin/alerts/feed.py).
+        """
+        if not late:
+            self._late_raised.clear()
         touched: set[str] = set()
         for c in changes:
             asset = self.assets.get(c.node)
@@ -213,7 +225,7 @@ class AlertEngine:
             for w in asset.rules:
                 w.state.on_diagnosis(d)
             touched.add(d.node)
-        return sum(self._evaluate(session, self.assets[n], self.assets[n].clock) for n in sorted(touched))
+        return sum(self._evaluate(session, self.assets[n], self.assets[n].clock, late) for n in sorted(touched))
 
     def tick(self, session: Session, now: int | None = None) -> int:
         """Time-driven work at ``now`` (µs, default the wall clock); returns transitions written."""
@@ -225,7 +237,7 @@ class AlertEngine:
         noise.publish_rate(noise.alarm_rate(session, now=now), {a.area for a in self.assets.values()})
         return written
 
-    def _evaluate(self, session: Session, asset: _Asset, now: int) -> int:
+    def _evaluate(self, session: Session, asset: _Asset, now: int, late: bool = False) -> int:
         written = 0
         active_rules: dict[str, bool] = {}
         seen: dict[str, Verdict] = {}  # each rule's first active verdict, for the all/any rules after it
@@ -237,7 +249,7 @@ class AlertEngine:
                 w.rule.suppress_when, asset.values
             )
             for slot, verdict in w.state.verdicts(now).items():
-                written += self._slot(session, asset, w, slot, verdict, now, suppressed)
+                written += self._slot(session, asset, w, slot, verdict, now, suppressed, late)
                 w.state.latch(slot, w.debounce[slot].active)
                 if verdict.active and w.rule.id not in seen:
                     seen[w.rule.id] = verdict
@@ -245,10 +257,13 @@ class AlertEngine:
         return written
 
     def _slot(
-        self, session: Session, asset: _Asset, w: _Watched, slot: str, v: Verdict, now: int, suppressed: bool
+        self, session: Session, asset: _Asset, w: _Watched, slot: str, v: Verdict, now: int, suppressed: bool,
+        late: bool = False,
     ) -> int:
         deb = w.debounce[slot]
         key = self.key(asset.node_id, w.rule.id, slot)
+        if late and deb.active and not v.active and key not in self._late_raised:
+            return 0  # the newer value holds the alert: a late normal value does not return it
         if not w.rule.notify:
             deb.update(v.active and not suppressed, now)
             return 0
@@ -258,12 +273,14 @@ class AlertEngine:
             deb.since = None  # by design: a stopped machine raises nothing new
             return 0
         changed = deb.update(v.active, now) if not suppressed else None
+        if late and changed is not None:
+            (self._late_raised.add if changed else self._late_raised.discard)(key)
         if changed is True:
             w.levels[slot], w.shown[slot] = v.level, v.condition
             return self._activate(session, asset, w.rule, key, v, now)
         if changed is False:
             return self._return(session, key, now)
-        if deb.active and v.active and (w.levels.get(slot) != v.level or w.shown.get(slot) != v.condition):
+        if not late and deb.active and v.active and (w.levels.get(slot) != v.level or w.shown.get(slot) != v.condition):
             w.levels[slot], w.shown[slot] = v.level, v.condition
             return self._follow(session, asset, key, v, now)
         return 0

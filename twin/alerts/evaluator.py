@@ -6,30 +6,28 @@ Only the leader runs the rules and the alert clock, so each condition is judged 
 ingest processes, and the clock rules (stale data, delays, escalation) tick once.
 
 What the leader judges comes from the database, not from the batches its own process ingests (with a shared
-subscription each ingest process stores only part of the data). Chosen: the live bus as the trigger, the
-database as the source (twin/alerts/feed.py):
+subscription each ingest process stores only part of the data): the alert feed (twin/alerts/feed.py), one row
+per stored batch, written with the batch and deleted with the alerts it causes. The live bus is the trigger:
 
-    live bus: which properties moved ──► their values stored since the last read (history) ──► rules
-    on becoming leader ──► the latest state of every watched property and the newest diagnosis per task
-    a lost LISTEN (RESYNC), every alert_sweep_s ──► values since the last read of every watched property
+    live bus: a batch was stored ──► every waiting feed row, oldest first ──► rules ──► alerts, rows deleted
+    on becoming leader ──► the latest state of what no feed row names, then every waiting feed row
+    a lost LISTEN (RESYNC), every alert_sweep_s ──► every waiting feed row
 
-Why not take the values from the notifications: NOTIFY payloads stop at 8,000 bytes, so twin/live.py sends node
-and property names only, in chunks, and a notification is lost whenever nobody listens (a leader starting or
-taking over, a LISTEN connection cut) or its publisher fails to send it. The database is complete whoever wrote
-it: a notification is only a hint of where to look, and a lost one costs at most ``alert_sweep_s`` of delay,
-never an alert. Why not poll alone: a poll every second would cost a query per second per watched property and
-a second of delay; the hint makes a pass read only what moved, by primary key, a few milliseconds after it was
-stored. A stored diagnosis moves its node's ``diag.*`` properties, so it is announced like a value. LISTEN
-starts before the catch-up, so nothing stored in between is missed.
+Why not take the values from the notifications: NOTIFY payloads stop at 8,000 bytes, and a notification is lost
+whenever nobody listens (a leader starting or taking over, a LISTEN connection cut) or its publisher fails to
+send it. The feed is complete whoever wrote it, and in the order of what became visible, not of ids or source
+times: a cursor would skip a batch that commits after a newer one. A notification is only a wake-up; a lost
+one costs at most ``alert_sweep_s`` of delay, never an alert. LISTEN starts before the catch-up, so nothing
+stored in between waits for the sweep.
 
-Exactly once: the leader writes alerts through the lock's own connection, so a process that lost the lock can
-no longer commit anything; a new leader first loads the open alerts (``AlertEngine.load``), so a condition its
-predecessor raised is not raised again; the unique open key of an alert is the last guard.
+Exactly once: the leader writes alerts and deletes the feed rows they came from in one transaction, through the
+lock's own connection, so a process that lost the lock can no longer commit anything, and one killed before its
+commit leaves the rows to its successor; a new leader first loads the open alerts (``AlertEngine.load``), so a
+condition its predecessor raised is not raised again; the unique open key of an alert is the last guard.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +59,7 @@ class EvaluatorStats:
         leader: this process evaluates the alerts now.
         terms: times it became the leader.
         passes: evaluation passes (one per notification burst, sweep or catch-up).
+        batches: stored batches judged (alert feed rows read and deleted).
         written: alert transitions written.
         lag_s: stored → judged, seconds, of the last pass that found something (its oldest latest state).
         busy_s: seconds spent reading and judging (its rate is how busy the leader is).
@@ -69,6 +68,7 @@ class EvaluatorStats:
     leader: bool = False
     terms: int = 0
     passes: int = 0
+    batches: int = 0
     written: int = 0
     lag_s: float = 0.0
     busy_s: float = 0.0
@@ -159,6 +159,7 @@ class AlertEvaluator:
         with self.lock.transaction() as session:
             self.alerts.load(session)
         self._pass(self.feed.catch_up, measure=False)
+        self._drain(measure=False)
         with self._stats_lock:
             self._stats.leader = True
             self._stats.terms += 1
@@ -172,16 +173,19 @@ class AlertEvaluator:
         next_tick, next_sweep = time.monotonic() + tick, time.monotonic() + sweep
         while not self._stop.is_set():
             wait = min(next_tick, next_sweep) - time.monotonic()
-            wanted = self.feed.wanted(self._reader.wait(max(0.0, min(wait, WAIT_MAX_S))))
-            if wanted:
-                self._pass(functools.partial(self.feed.since, wanted=wanted))
+            heard = self._reader.wait(max(0.0, min(wait, WAIT_MAX_S)))
             now = time.monotonic()
-            if now >= next_sweep:
-                self._pass(functools.partial(self.feed.since, wanted=self.feed.everything))
+            if heard or now >= next_sweep:  # any stored batch adds a feed row, watched or not: read and delete it
+                self._drain()
                 next_sweep = now + sweep
             if now >= next_tick:
                 self._tick()
                 next_tick = now + tick
+
+    def _drain(self, measure: bool = True) -> None:
+        """Judge everything waiting in the feed."""
+        while self._pass(self.feed.since, measure=measure).more and not self._stop.is_set():
+            pass
 
     def _end_term(self) -> None:
         if self._reader is not None:
@@ -195,21 +199,23 @@ class AlertEvaluator:
         if was:
             log.info("alert leader: stepped down")
 
-    def _pass(self, read: Callable[[Session], Read], measure: bool = True) -> None:
+    def _pass(self, read: Callable[[Session], Read], measure: bool = True) -> Read:
         """Judge what ``read`` finds, in one transaction with the alerts it writes."""
         assert self.alerts is not None
         start = time.perf_counter()
         with self.lock.transaction() as session:
             found = read(session)
-            written = sum(self.alerts.process(session, changes, diagnoses) for changes, diagnoses in found.steps())
+            written = sum(self.alerts.process(session, c, d, late) for c, d, late in found.steps())
         with self._stats_lock:
             self._stats.busy_s += time.perf_counter() - start
             self._stats.passes += 1
+            self._stats.batches += found.rows
             self._stats.written += written
             if measure and found.stored_at is not None:
                 self._stats.lag_s = max(0.0, (now_us() - found.stored_at) / 1e6)
         if written:
             self.on_written()
+        return found
 
     def _tick(self) -> None:
         assert self.alerts is not None

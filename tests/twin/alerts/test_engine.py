@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from plant.site import Site
 from plant.wire import Diagnosis
+from tests.twin.alerts.conftest import fleet_site
 from twin.alerts import AlertEngine, PropertyChange
 from twin.alerts.noise import alarm_rate
 from twin.tables import Alert, AlertTransition
@@ -234,3 +235,34 @@ def test_every_kind_of_alert_says_its_value_unit_limit_and_why(site: Site, sqlit
         "torque 75 N·m is above its HIHI limit of 72 N·m and tool_wear 210 min is above its HI limit of 200 min"
     )
     assert (both.unit, both.limit) == ("N·m", 72.0)
+
+
+def _vib(engine: AlertEngine, db: Engine, t: int, v: float, late: bool = False) -> None:
+    with Session(db) as s, s.begin():
+        engine.process(s, [PropertyChange("p0", "vib", v, T0 + t * S)], late=late)
+
+
+def _activations(db: Engine) -> int:
+    with Session(db) as s:
+        return int(s.scalar(select(func.count()).select_from(AlertTransition).where(
+            AlertTransition.action.in_(("raise", "reactivate")))) or 0)
+
+
+def test_a_late_normal_value_does_not_return_an_alert_a_newer_value_holds(sqlite_db: Engine) -> None:
+    engine = AlertEngine(fleet_site(1), started=T0)
+    _vib(engine, sqlite_db, 10, 1.5)
+    _vib(engine, sqlite_db, 5, 0.2, late=True)  # stored after the newer high value
+    _vib(engine, sqlite_db, 10, 1.5)  # the newest judged again
+    [alert] = alerts(sqlite_db)
+    assert alert.active
+    assert _activations(sqlite_db) == 1
+
+
+def test_each_late_excursion_raises_and_ends_where_the_property_is(sqlite_db: Engine) -> None:
+    engine = AlertEngine(fleet_site(1), started=T0)
+    _vib(engine, sqlite_db, 20, 0.2)
+    for t, v in ((12, 1.5), (13, 0.2), (14, 1.6), (15, 0.2), (16, 1.7)):
+        _vib(engine, sqlite_db, t, v, late=True)
+    _vib(engine, sqlite_db, 20, 0.2)  # the newest judged again: back to normal
+    assert _activations(sqlite_db) == 3
+    assert not any(a.active for a in alerts(sqlite_db))
