@@ -453,10 +453,10 @@ class Site(_Model):
                 raise ValueError(
                     f"{path}.bindings.{prop}: binding kind does not match source {binding.source!r} ({source.kind})"
                 )
-            if atype.properties[prop].writable is not None and isinstance(binding, MqttBinding):
-                if not (binding.command_topic or binding.metric):
-                    raise ValueError(f"{path}.bindings.{prop}: a writable MQTT property needs 'command_topic'"
-                                     " (JSON) or 'metric' (Sparkplug B)")
+            writable_mqtt = atype.properties[prop].writable is not None and isinstance(binding, MqttBinding)
+            if writable_mqtt and not (binding.command_topic or binding.metric):
+                raise ValueError(f"{path}.bindings.{prop}: a writable MQTT property needs 'command_topic'"
+                                 " (JSON) or 'metric' (Sparkplug B)")
 
     def _walk_with_paths(self) -> Iterator[tuple[str, Node, Node | None]]:
         stack: list[tuple[str, Node, Node | None]] = [
