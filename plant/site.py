@@ -453,8 +453,8 @@ class Site(_Model):
                 raise ValueError(
                     f"{path}.bindings.{prop}: binding kind does not match source {binding.source!r} ({source.kind})"
                 )
-            writable_mqtt = atype.properties[prop].writable is not None and isinstance(binding, MqttBinding)
-            if writable_mqtt and not (binding.command_topic or binding.metric):
+            writable = atype.properties[prop].writable is not None
+            if writable and isinstance(binding, MqttBinding) and not (binding.command_topic or binding.metric):
                 raise ValueError(f"{path}.bindings.{prop}: a writable MQTT property needs 'command_topic'"
                                  " (JSON) or 'metric' (Sparkplug B)")
 
