@@ -26,6 +26,7 @@ from asyncua import Client, ua
 
 from edge_agent.connectors.opcua_session import connect_client, status_of
 from edge_agent.errors import ConnectorError
+from edge_agent.platform_link import PlatformLink
 from plant.errors import WireError
 from plant.setpoints import (
     BAD_STATUS,
@@ -39,7 +40,16 @@ from plant.setpoints import (
     check_value,
 )
 from plant.site import Binding, DataType, OpcUaBinding, OpcUaSource, Site
-from plant.wire import Command, CommandReport, decode_command, now_us
+from plant.wire import (
+    TOPIC_ROOT,
+    Command,
+    CommandReport,
+    command_topic,
+    decode_ack,
+    decode_command,
+    now_us,
+    uplink_topic,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -318,3 +328,66 @@ def report_payload(gateway: str, reports: list[CommandReport], sent_us: int) -> 
     body = {"v": 1, "gateway": gateway, "batch": batch, "sent": sent_us,
             "commands": [json.loads(r.model_dump_json()) for r in reports]}
     return batch, json.dumps(body).encode()
+
+
+class CommandChannel:
+    """The executor on the platform link: commands in, reports out (in uplink batches) until acknowledged.
+
+    Args:
+        executor: checks and applies commands.
+        link: the platform link (subscribed to ``command_topic(gateway)``).
+        topic_root: the topic root.
+        resend_s: how often unacknowledged reports are published again.
+    """
+
+    def __init__(self, executor: CommandExecutor, link: PlatformLink, topic_root: str = TOPIC_ROOT,
+                 resend_s: float = 2.0) -> None:
+        self.executor = executor
+        self.link = link
+        self.topic = command_topic(executor.gateway, topic_root)
+        self.uplink = uplink_topic(executor.gateway, topic_root)
+        self.resend_s = resend_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sent: dict[str, list[str]] = {}
+
+    def on_message(self, topic: str, payload: bytes) -> bool:
+        """Take a command, or the ack of a report batch; False for anything else (the uplink's acks)."""
+        if topic == self.topic:
+            task = asyncio.get_running_loop().create_task(self._command(payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
+        if b'"cmd-' in payload:
+            try:
+                ack = decode_ack(payload)
+            except WireError:
+                return False
+            ids = self._sent.pop(ack.batch, None)
+            if ids is not None:
+                if ack.stored:
+                    self.executor.journal.reported(ids)
+                return True
+        return False
+
+    async def _command(self, payload: bytes) -> None:
+        report = await self.executor.handle(payload)
+        if report is not None:
+            self._publish([report])
+
+    def _publish(self, reports: list[CommandReport]) -> None:
+        batch, body = report_payload(self.executor.gateway, reports, self.executor.now())
+        try:
+            self.link.publish(self.uplink, body)
+        except ConnectorError as exc:
+            log.info("command report waits for the link", error=str(exc))
+            return
+        self._sent[batch] = [r.id for r in reports]
+
+    async def run(self) -> None:
+        """Finish what a previous run began, then publish unacknowledged reports every ``resend_s``."""
+        await self.executor.recover()
+        while True:
+            reports = self.executor.journal.unreported()
+            if reports and self.link.connected.is_set():
+                self._publish(reports)
+            await asyncio.sleep(self.resend_s)

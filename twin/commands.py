@@ -260,9 +260,11 @@ class CommandDispatcher:
 
     @classmethod
     def connect(cls, engine: Engine, host: str, port: int, username: str | None, password: str | None,
-                client_id: str, topic_root: str = TOPIC_ROOT) -> CommandDispatcher:
+                client_id: str, topic_root: str = TOPIC_ROOT, tls: bool = False) -> CommandDispatcher:
         """A dispatcher with its own paho client (reconnecting by itself)."""
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        if tls:
+            client.tls_set()
         if username:
             client.username_pw_set(username, password)
         client.reconnect_delay_set(1, 10)
