@@ -256,6 +256,7 @@ class Agent:
                 uplink.on_message(topic, payload)
 
         link.on_message = route
+        log.info("commands_enabled", topic=channel.topic, assets=len(writable))
         return channel
 
     async def _let_uplink_finish(self, seconds: float = 2.0) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -193,6 +194,7 @@ class CommandExecutor:
             back = await self.writer.read(binding)
         except WriteFailed as exc:
             return self._end(cmd, self._report(cmd, "failed", Refusal(exc.reason, exc.detail)))
+        await _hold_for_test(cmd)
         if not _same(back, cmd.value):
             return self._end(cmd, self._report(cmd, "failed", Refusal(READBACK_DIFFERS,
                              f"wrote {cmd.value}, read back {back}"), back))
@@ -245,6 +247,17 @@ class CommandExecutor:
                                                                           f"{why}; not written again"), back)
             out.append(self._end(cmd, report))
         return out
+
+
+# test hook: block after the write and its read-back, before the journal records the end and the report goes
+# out, so a test can kill -9 the agent in that window
+_HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_WRITE"
+
+
+async def _hold_for_test(cmd: Command) -> None:
+    if os.environ.get(_HOLD_ENV):
+        log.warning("command_written_holding", command=cmd.id)
+        await asyncio.Event().wait()
 
 
 def _same(back: object, value: float | int) -> bool:
@@ -370,7 +383,11 @@ class CommandChannel:
         return False
 
     async def _command(self, payload: bytes) -> None:
-        report = await self.executor.handle(payload)
+        try:
+            report = await self.executor.handle(payload)
+        except Exception:  # a bug must not end the channel: the command is in the journal or was never begun
+            log.exception("command handling failed")
+            return
         if report is not None:
             self._publish([report])
 

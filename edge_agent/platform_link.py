@@ -110,7 +110,9 @@ class PlatformLink:
         """Subscribe (QoS 1) now if connected, and at every later connect."""
         self.subscriptions.append(topic)
         c = self._client
-        if c is not None and self.connected.is_set():
+        # paho marks itself connected before its on_connect runs: either that callback sees the topic in the
+        # list, or the client says connected here (a second SUBSCRIBE of the same topic is harmless)
+        if c is not None and c.is_connected():
             c.subscribe(topic, qos=1)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:

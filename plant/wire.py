@@ -237,7 +237,7 @@ def command_topic(gateway: str, root: str = TOPIC_ROOT) -> str:
     return f"{root}/{gateway}/cmd/setpoint"
 
 
-def decode_command(payload: bytes | str) -> Command:
+def decode_command(payload: bytes | bytearray | str) -> Command:
     """Parse a command payload; raises WireError with the reason."""
     try:
         return Command.model_validate_json(payload)

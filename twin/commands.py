@@ -19,7 +19,7 @@ import contextlib
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -233,6 +233,16 @@ def _jsonable(value: Any) -> Any:
     return type(value).__name__
 
 
+class Publisher(Protocol):
+    """What the dispatcher needs of an MQTT client (a paho ``Client``)."""
+
+    def is_connected(self) -> bool:
+        """Whether the client is connected now."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> mqtt.MQTTMessageInfo:
+        """Queue one message."""
+
+
 class CommandDispatcher:
     """Publishes pending commands to their gateways and ends the ones nobody reported in time.
 
@@ -247,7 +257,7 @@ class CommandDispatcher:
         poll_s: seconds between cycles.
     """
 
-    def __init__(self, engine: Engine, client: mqtt.Client, topic_root: str = TOPIC_ROOT,
+    def __init__(self, engine: Engine, client: Publisher, topic_root: str = TOPIC_ROOT,
                  poll_s: float = 0.1) -> None:
         self.sessions = make_sessionmaker(engine)
         self.client = client
@@ -288,8 +298,9 @@ class CommandDispatcher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self.client.disconnect()
-        self.client.loop_stop()
+        if isinstance(self.client, mqtt.Client):
+            self.client.disconnect()
+            self.client.loop_stop()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -75,13 +75,15 @@ class Api:
     keys: dict[Role, str]
 
     def desired(self, node: str, prop: str, body: dict[str, Any], role: Role = Role.TECHNICIAN) -> Response:
-        return self.client.post(f"/api/v1/nodes/{node}/properties/{prop}/desired", json=body,
-                                headers={"Authorization": f"Bearer {self.keys[role]}"})
+        r: Response = self.client.post(f"/api/v1/nodes/{node}/properties/{prop}/desired", json=body,
+                                       headers={"Authorization": f"Bearer {self.keys[role]}"})
+        return r
 
     def raw(self, node: str, prop: str, text: str) -> Response:
-        return self.client.post(f"/api/v1/nodes/{node}/properties/{prop}/desired", content=text,
-                                headers={"Authorization": f"Bearer {self.keys[Role.ENGINEER]}",
-                                         "Content-Type": "application/json"})
+        r: Response = self.client.post(f"/api/v1/nodes/{node}/properties/{prop}/desired", content=text,
+                                       headers={"Authorization": f"Bearer {self.keys[Role.ENGINEER]}",
+                                                "Content-Type": "application/json"})
+        return r
 
     def audit(self, action: str) -> list[AuditRecord]:
         with make_sessionmaker(self.engine)() as s:
