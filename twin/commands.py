@@ -255,11 +255,13 @@ class CommandDispatcher:
         client: a connected paho client with the platform's login (publishes on ``<root>/+/cmd/#``).
         topic_root: the topic root.
         poll_s: seconds between cycles.
+        report_grace_us: how long after expiry a report may still come before an open command is expired.
     """
 
     def __init__(self, engine: Engine, client: Publisher, topic_root: str = TOPIC_ROOT,
-                 poll_s: float = 0.1) -> None:
+                 poll_s: float = 0.1, report_grace_us: int = REPORT_GRACE_US) -> None:
         self.sessions = make_sessionmaker(engine)
+        self.report_grace_us = report_grace_us
         self.client = client
         self.topic_root = topic_root
         self.poll_s = poll_s
@@ -319,7 +321,7 @@ class CommandDispatcher:
             c = SetpointCommand
             for cmd in session.scalars(select(c).where(c.state.in_(OPEN_STATES)).order_by(c.created_at)):
                 if now >= cmd.expires_at:
-                    if now >= cmd.expires_at + REPORT_GRACE_US:
+                    if now >= cmd.expires_at + self.report_grace_us:
                         before = _state(cmd)
                         cmd.state, cmd.outcome, cmd.ended_at = CommandState.EXPIRED, "no_report", now
                         cmd.detail = "no report from the gateway before the command expired: it was not applied"
