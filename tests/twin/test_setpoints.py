@@ -294,3 +294,17 @@ def _wait(cond: Any, timeout: float = 5.0) -> None:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
 
+
+
+def test_the_logbook_shows_the_request_and_what_the_machine_said(api: Api) -> None:
+    cid = api.desired("p1", "speed", {"value": 50, "reason": "bearing wear"}).json()["id"]
+    with make_sessionmaker(api.engine)() as s:
+        report = CommandReport(id=cid, node="p1", prop="speed", state="applied", value=50.0, at=now_us())
+        commands.apply_reports(s, "gw1", [report])
+    r = api.client.get("/api/v1/logbook", params={"node": "p1", "source": "setpoints"},
+                       headers={"Authorization": f"Bearer {api.keys[Role.VIEWER]}"})
+    assert r.status_code == 200, r.text
+    kinds = [(e["kind"], e["actor"]) for e in r.json()["items"]]
+    tech = f"key {api.keys[Role.TECHNICIAN][:16]} (technician key)"
+    assert kinds == [("applied", "gateway gw1"), ("requested", tech)]
+    assert "bearing wear" in r.json()["items"][1]["detail"]
