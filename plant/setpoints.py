@@ -44,7 +44,11 @@ def check_value(value: object, pdef: PropertyDef, rules: Writable) -> Refusal | 
     """Type, finiteness and limits of ``value`` for a writable property."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return Refusal(WRONG_TYPE, f"a {pdef.dtype} value is needed, got {type(value).__name__}")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return Refusal(OUT_OF_LIMITS, f"the value has {len(str(value))} digits: far outside the limits")
+    if not finite:
         return Refusal(NOT_FINITE, f"the value must be a finite number, got {value}")
     if pdef.dtype is DataType.INT and not float(value).is_integer():
         return Refusal(WRONG_TYPE, f"an int value is needed, got {value}")

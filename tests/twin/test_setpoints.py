@@ -133,6 +133,7 @@ def test_a_good_write_is_stored_pending_with_expiry_and_audited(api: Api) -> Non
 @pytest.mark.parametrize(("node", "prop", "body", "status", "reason"), [
     ("p1", "speed", {"value": 3001}, 422, "out_of_limits"),
     ("p1", "speed", {"value": -1}, 422, "out_of_limits"),
+    ("p1", "speed", {"value": 10**400}, 422, "out_of_limits"),
     ("p1", "speed", {"value": "50"}, 422, "wrong_type"),
     ("p1", "speed", {"value": True}, 422, "wrong_type"),
     ("p1", "speed", {"value": None}, 422, "wrong_type"),
