@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from plant.setpoints import (
@@ -41,7 +42,7 @@ from plant.wire import FINAL_STATES, TOPIC_ROOT, Command, CommandReport, Command
 from twin import audit
 from twin.auth import Principal, Role
 from twin.db import make_sessionmaker
-from twin.errors import Forbidden, InvalidRequest, NotFound
+from twin.errors import Forbidden, InvalidRequest, NotFound, StoreError
 from twin.tables import AssetTypeRecord, SetpointCommand, TwinNode
 
 log = structlog.get_logger(__name__)
@@ -193,7 +194,14 @@ def apply_reports(session: Session, gateway: str, reports: list[CommandReport], 
     A report for a command of another gateway, or an unknown one, is ignored and logged; a repeat changes
     nothing.
     """
-    now = now if now is not None else now_us()
+    try:
+        return _apply_reports(session, gateway, reports, now if now is not None else now_us())
+    except SQLAlchemyError as exc:  # the agent gets "not stored" and sends the reports again
+        session.rollback()
+        raise StoreError(f"could not store command reports: {str(exc).splitlines()[0]}") from exc
+
+
+def _apply_reports(session: Session, gateway: str, reports: list[CommandReport], now: int) -> int:
     changed = 0
     for report in reports:
         cmd = session.get(SetpointCommand, report.id)
