@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from edge_agent.cascade import CascadeClient
-from edge_agent.commands import CommandChannel, CommandExecutor, Journal, OpcUaWriter
+from edge_agent.commands import CommandChannel, CommandExecutor, Journal, Writers
 from edge_agent.config import AgentSettings, load_settings
 from edge_agent.connectors import Connector
 from edge_agent.deadletter import DeadLetter
@@ -247,7 +247,7 @@ class Agent:
         if not writable:
             return None
         executor = CommandExecutor(self.site, s.gateway_id, Journal(s.data_dir / "commands.sqlite"),
-                                   OpcUaWriter(self.site))
+                                   Writers(self.site))
         channel = CommandChannel(executor, link)
         link.subscribe(channel.topic)
 

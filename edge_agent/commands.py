@@ -17,14 +17,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import paho.mqtt.client as mqtt
 import structlog
 from asyncua import Client, ua
+from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.config import BrokerUrl
 from edge_agent.connectors.opcua_session import connect_client, status_of
 from edge_agent.errors import ConnectorError
 from edge_agent.platform_link import PlatformLink
@@ -32,6 +37,7 @@ from plant.errors import WireError
 from plant.setpoints import (
     BAD_STATUS,
     INTERRUPTED,
+    NO_READBACK,
     NOT_OWNER,
     NOT_WRITABLE,
     READBACK_DIFFERS,
@@ -40,7 +46,7 @@ from plant.setpoints import (
     check_rate,
     check_value,
 )
-from plant.site import Binding, DataType, OpcUaBinding, OpcUaSource, Site
+from plant.site import Binding, DataType, MqttBinding, MqttSource, OpcUaBinding, OpcUaSource, Site
 from plant.wire import (
     TOPIC_ROOT,
     Command,
@@ -333,6 +339,132 @@ class OpcUaWriter:
             except Exception as exc:
                 log.debug("opcua writer disconnect failed", error=str(exc))
         self.clients.clear()
+
+
+class MqttJsonWriter:
+    """Writes a property bound to a plain-JSON MQTT topic: ``{command_field: value}`` on its ``command_topic``
+    (QoS 1, the broker's PUBACK awaited), then reads back the next value the device sends on its telemetry
+    topic. Sparkplug B (NCMD/DCMD) bindings are not written: refused before anything is sent.
+
+    Args:
+        site: where the sources are.
+        passwords: a source's password by source id.
+        readback_s: how long to wait for the device's next telemetry message.
+    """
+
+    def __init__(self, site: Site, passwords: dict[str, str | None] | None = None, readback_s: float = 10.0) -> None:
+        self.site = site
+        self.passwords = passwords or {}
+        self.readback_s = readback_s
+        self._pending: tuple[mqtt.Client, asyncio.Queue[bytes]] | None = None  # subscribed before the write
+
+    def _client(self, binding: MqttBinding, topic: str | None, got: asyncio.Queue[bytes]) -> mqtt.Client:
+        source = self.site.sources[binding.source]
+        if not isinstance(source, MqttSource) or source.url is None:
+            raise WriteFailed(NOT_WRITABLE, f"source {binding.source} has no broker URL to write to")
+        url = BrokerUrl.parse(source.url)
+        loop = asyncio.get_running_loop()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ft-write-{secrets.token_hex(4)}")
+        if source.username:
+            client.username_pw_set(source.username, self.passwords.get(binding.source))
+        if url.tls:
+            client.tls_set(ca_certs=source.ca_file)
+
+        def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+            loop.call_soon_threadsafe(got.put_nowait, bytes(m.payload))
+
+        client.on_message = on_message
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_a: subscribed.set()
+        try:
+            client.connect(url.host, url.port, keepalive=30)
+        except (OSError, ValueError) as exc:
+            raise WriteFailed("unreachable", f"MQTT {url.redacted()}: {exc}") from exc
+        client.loop_start()
+        if topic is not None:
+            client.subscribe(topic, qos=1)
+            subscribed.wait(5)
+        return client
+
+    async def write(self, binding: Binding, value: float | int) -> None:
+        """Publish the command and wait for the broker's PUBACK; WriteFailed if it does not come."""
+        if not isinstance(binding, MqttBinding) or binding.command_topic is None:
+            raise WriteFailed(NOT_WRITABLE, "only JSON MQTT bindings with a command_topic are written")
+        raw = (value - binding.offset) / binding.scale
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pending = (self._client(binding, binding.topic, got), got)
+        payload = json.dumps({binding.command_field: raw}).encode()
+        info = self._pending[0].publish(binding.command_topic, payload, qos=1)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 10.0)
+        except (RuntimeError, ValueError) as exc:
+            self._close()
+            raise WriteFailed(BAD_STATUS, f"the broker did not take the command: {exc}") from exc
+
+    async def read(self, binding: Binding) -> object:
+        """The next value the device sends on the binding's topic after the write."""
+        if not isinstance(binding, MqttBinding) or binding.topic is None:
+            raise WriteFailed(NOT_WRITABLE, "only JSON MQTT bindings are read back")
+        if self._pending is None:
+            fresh: asyncio.Queue[bytes] = asyncio.Queue()
+            self._pending = (self._client(binding, binding.topic, fresh), fresh)
+        client, got = self._pending
+        try:
+            deadline = asyncio.get_running_loop().time() + self.readback_s
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise WriteFailed(NO_READBACK, f"no value on {binding.topic} within {self.readback_s:g} s")
+                try:
+                    payload = await asyncio.wait_for(got.get(), left)
+                except TimeoutError:
+                    continue
+                value = _json_value(payload, binding.path)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return value * binding.scale + binding.offset
+        finally:
+            self._pending = None
+            client.disconnect()
+            client.loop_stop()
+
+    def _close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].disconnect()
+            pending[0].loop_stop()
+
+
+def _json_value(payload: bytes, path: str | None) -> object:
+    try:
+        doc: object = json.loads(payload)
+    except ValueError:
+        return None
+    for part in (path or "").split(".") if path else ():
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
+
+
+class Writers:
+    """The writer for each kind of binding: OPC-UA through asyncua, plain-JSON MQTT through paho."""
+
+    def __init__(self, site: Site, passwords: dict[str, str | None] | None = None) -> None:
+        self.opcua = OpcUaWriter(site, passwords)
+        self.mqtt = MqttJsonWriter(site, passwords)
+
+    def _for(self, binding: Binding) -> Writer:
+        return self.opcua if isinstance(binding, OpcUaBinding) else self.mqtt
+
+    async def write(self, binding: Binding, value: float | int) -> None:
+        """Write through the binding's writer."""
+        await self._for(binding).write(binding, value)
+
+    async def read(self, binding: Binding) -> object:
+        """Read back through the binding's writer."""
+        return await self._for(binding).read(binding)
+
+    async def close(self) -> None:
+        """Close the OPC-UA sessions."""
+        await self.opcua.close()
 
 
 def report_payload(gateway: str, reports: list[CommandReport], sent_us: int) -> tuple[str, bytes]:

@@ -29,6 +29,7 @@ UNCONFIRMED = "unconfirmed"
 NOT_OWNER = "not_owner"
 BAD_STATUS = "bad_status"
 READBACK_DIFFERS = "readback_differs"
+NO_READBACK = "no_readback"
 INTERRUPTED = "interrupted"
 
 
