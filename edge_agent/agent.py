@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from edge_agent.cascade import CascadeClient
+from edge_agent.commands import CommandChannel, CommandExecutor, Journal, Writers
 from edge_agent.config import AgentSettings, load_settings
 from edge_agent.connectors import Connector
 from edge_agent.deadletter import DeadLetter
@@ -177,6 +178,9 @@ class Agent:
                     )
                     link.on_message = self.uplink.on_message
                     others.append(tg.create_task(self._guard("uplink", self.uplink.run)))
+                    channel = self._command_channel(link, self.uplink)
+                    if channel is not None:
+                        others.append(tg.create_task(self._guard("commands", channel.run)))
                 if s.metrics_port >= 0:
                     server = await serve_metrics(s.metrics_host, s.metrics_port)
                     self.metrics_port = server.sockets[0].getsockname()[1]
@@ -233,6 +237,27 @@ class Agent:
             return None
         ca = str(s.broker_ca_file) if s.broker_ca_file else None
         return PlatformLink(url, s.client_id, [ack_topic(s.gateway_id)], lambda _t, _p: None, ca_file=ca)
+
+    def _command_channel(self, link: PlatformLink, uplink: Uplink) -> CommandChannel | None:
+        """Setpoint commands, when this gateway owns a writable property; their messages before the uplink's."""
+        s = self.settings
+        owners = self.site.owners()
+        writable = [n for n in self.site.assets() if owners.get(n.id) == s.gateway_id and n.type is not None
+                    and any(p.writable for p in self.site.asset_types[n.type].properties.values())]
+        if not writable:
+            return None
+        executor = CommandExecutor(self.site, s.gateway_id, Journal(s.data_dir / "commands.sqlite"),
+                                   Writers(self.site))
+        channel = CommandChannel(executor, link)
+        link.subscribe(channel.topic)
+
+        def route(topic: str, payload: bytes) -> None:
+            if not channel.on_message(topic, payload):
+                uplink.on_message(topic, payload)
+
+        link.on_message = route
+        log.info("commands_enabled", topic=channel.topic, assets=len(writable))
+        return channel
 
     async def _let_uplink_finish(self, seconds: float = 2.0) -> None:
         """Give batches already out a moment for their acks, so a clean stop resends little."""

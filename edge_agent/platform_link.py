@@ -106,6 +106,15 @@ class PlatformLink:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectorError(f"publish failed: {mqtt.error_string(info.rc)}")
 
+    def subscribe(self, topic: str) -> None:
+        """Subscribe (QoS 1) now if connected, and at every later connect."""
+        self.subscriptions.append(topic)
+        c = self._client
+        # paho marks itself connected before its on_connect runs: either that callback sees the topic in the
+        # list, or the client says connected here (a second SUBSCRIBE of the same topic is harmless)
+        if c is not None and c.is_connected():
+            c.subscribe(topic, qos=1)
+
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():

@@ -78,6 +78,29 @@ class Criticality(StrEnum):
     LOW = "low"
 
 
+class Writable(_Model):
+    """How a property may be written back to the machine (a setpoint): limits, rate, who, how many people.
+
+    The platform checks these before it sends a command and the agent checks them again before it writes;
+    a value outside ``limits`` or changing faster than ``max_rate`` is refused, never clamped.
+    """
+
+    limits: tuple[float, float] = Field(description="engineering limits, inclusive: the lowest and highest value")
+    max_rate: float | None = Field(
+        None, gt=0, description="most change per second from the last desired value; none: any step inside limits"
+    )
+    role: Literal["technician", "engineer", "admin"] = Field("engineer", description="the least role allowed")
+    two_person: bool = Field(False, description="a second person must confirm the write before it is sent")
+    expiry_s: float = Field(60.0, gt=0, le=3600, description="default time a command may wait before it is void")
+
+    @field_validator("limits")
+    @classmethod
+    def _limits_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
+            raise ValueError(f"limits low {v[0]} must be below high {v[1]}, both finite")
+        return v
+
+
 class PropertyDef(_Model):
     """One property of an asset type: a measured or derived value with its unit and range."""
 
@@ -85,6 +108,13 @@ class PropertyDef(_Model):
     dtype: DataType = DataType.FLOAT
     range: tuple[float, float] | None = None
     description: str = ""
+    writable: Writable | None = Field(None, description="a setpoint the twin may write to the machine")
+
+    @model_validator(mode="after")
+    def _writable_numeric(self) -> PropertyDef:
+        if self.writable is not None and self.dtype not in (DataType.FLOAT, DataType.INT):
+            raise ValueError(f"a writable property must be a float or int, not {self.dtype}")
+        return self
 
     @field_validator("range")
     @classmethod
@@ -330,6 +360,8 @@ class MqttBinding(_Model):
     unit: str | None = None
     scale: float = 1.0
     offset: float = 0.0
+    command_topic: str | None = Field(None, description="writable JSON properties: the topic a write goes to")
+    command_field: str = Field("value", description="the JSON field of the written value on command_topic")
 
     @model_validator(mode="after")
     def _topic_or_metric(self) -> MqttBinding:
@@ -421,6 +453,10 @@ class Site(_Model):
                 raise ValueError(
                     f"{path}.bindings.{prop}: binding kind does not match source {binding.source!r} ({source.kind})"
                 )
+            writable = atype.properties[prop].writable is not None
+            if writable and isinstance(binding, MqttBinding) and not (binding.command_topic or binding.metric):
+                raise ValueError(f"{path}.bindings.{prop}: a writable MQTT property needs 'command_topic'"
+                                 " (JSON) or 'metric' (Sparkplug B)")
 
     def _walk_with_paths(self) -> Iterator[tuple[str, Node, Node | None]]:
         stack: list[tuple[str, Node, Node | None]] = [
@@ -461,6 +497,16 @@ class Site(_Model):
         if node.type is None:
             raise KeyError(f"{node_id}.{prop}")
         return self.asset_types[node.type].properties[prop]
+
+    def writable(self, node_id: str, prop: str) -> tuple[PropertyDef, Writable, Binding]:
+        """The property, its write rules and its binding; KeyError naming what is missing."""
+        pdef = self.property_def(node_id, prop)
+        if pdef.writable is None:
+            raise KeyError(f"{node_id}.{prop} is not writable")
+        binding = self.node(node_id).bindings.get(prop)
+        if binding is None:
+            raise KeyError(f"{node_id}.{prop} has no binding to write to")
+        return pdef, pdef.writable, binding
 
 
 def parse_site(text: str, origin: str = "<string>") -> Site:

@@ -115,8 +115,53 @@ class Diagnosis(_Wire):
     ready_at: int | None = None
 
 
+class CommandState(StrEnum):
+    """Where a setpoint command is. The first four are the platform's; the last four are final."""
+
+    AWAITING_CONFIRMATION = "awaiting_confirmation"  # two-person write: a second person must confirm
+    PENDING = "pending"  # stored, not yet on the broker
+    SENT = "sent"  # published to the gateway, no report yet
+    APPLIED = "applied"  # written and read back equal
+    REJECTED = "rejected"  # refused before any write (``reason`` says why)
+    FAILED = "failed"  # the write failed or the value read back differs (``reason``, ``detail``: status code)
+    EXPIRED = "expired"  # not applied before its expiry
+
+
+FINAL_STATES = frozenset({CommandState.APPLIED, CommandState.REJECTED, CommandState.FAILED, CommandState.EXPIRED})
+
+
+class Command(_Wire):
+    """A setpoint write the platform sends to the owning gateway on ``command_topic(gateway)``, QoS 1.
+
+    The agent applies each ``id`` at most once and never at or after ``expires`` by its corrected clock.
+    """
+
+    v: int = WIRE_VERSION
+    id: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    gateway: str
+    node: str
+    prop: str
+    value: float | int
+    issued: int = Field(description="µs, the platform's clock when the command was created")
+    expires: int = Field(description="µs: at or after this time the command must not be applied")
+    actor: str = ""
+
+
+class CommandReport(_Wire):
+    """What became of a command on the gateway: applied (with the value read back), rejected, failed, expired."""
+
+    id: str = Field(max_length=64)
+    node: str
+    prop: str
+    state: Literal["applied", "rejected", "failed", "expired"]
+    reason: str = Field("", max_length=64, description="stable code, e.g. 'out_of_limits', 'bad_status'")
+    detail: str = Field("", max_length=500, description="for people: the status code, the limits")
+    value: float | int | bool | str | None = Field(None, description="the value read back after the write")
+    at: int = Field(description="µs, the agent's corrected clock when the command ended")
+
+
 class UplinkBatch(_Wire):
-    """What an agent publishes: values, frames and diagnoses from its outbox."""
+    """What an agent publishes: values, frames and diagnoses from its outbox, and command reports."""
 
     v: int = WIRE_VERSION
     gateway: str
@@ -125,6 +170,7 @@ class UplinkBatch(_Wire):
     values: list[Value] = []
     frames: list[Frame] = []
     diagnoses: list[Diagnosis] = []
+    commands: list[CommandReport] = Field([], max_length=1000)
 
     def __len__(self) -> int:
         return len(self.values) + len(self.frames) + len(self.diagnoses)
@@ -184,6 +230,21 @@ def uplink_topic(gateway: str, root: str = TOPIC_ROOT) -> str:
 def ack_topic(gateway: str, root: str = TOPIC_ROOT) -> str:
     """Topic the platform acknowledges an agent's batches on."""
     return f"{root}/{gateway}/ack"
+
+
+def command_topic(gateway: str, root: str = TOPIC_ROOT) -> str:
+    """Topic the platform sends a gateway its setpoint commands on (only that gateway may read it)."""
+    return f"{root}/{gateway}/cmd/setpoint"
+
+
+def decode_command(payload: bytes | bytearray | str) -> Command:
+    """Parse a command payload; raises WireError with the reason."""
+    try:
+        return Command.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise WireError(f"invalid command: {loc}: {first['msg']}") from None
 
 
 UPLINK_FILTER = f"{TOPIC_ROOT}/+/uplink"

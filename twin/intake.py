@@ -30,6 +30,8 @@ import structlog
 from plant.errors import WireError
 from plant.wire import OVER_BUDGET, Ack, Rejection, UplinkBatch, decode_batch, topic_gateway
 from twin.budget import GatewayBudget
+from twin.commands import apply_reports
+from twin.db import make_sessionmaker
 from twin.dead_letters import DeadLetters, Row
 from twin.errors import StoreError, StoreRefused
 from twin.ownership import Ownership
@@ -162,6 +164,9 @@ class Intake:
             split = self.ownership.split(sender, batch)
             screened = screen(split.batch, self.limits)
             result = split.merge(self.store.apply(screened.batch, screened=screened))
+            if batch.commands:  # what became of this gateway's setpoint commands (twin/commands.py)
+                with make_sessionmaker(self.store.engine)() as session:
+                    apply_reports(session, sender, batch.commands)
         except StoreRefused as exc:
             return self._dead_letter(STORE_REFUSED, str(exc), topic, data, batch, record)
         except StoreError as exc:

@@ -6,6 +6,7 @@ a scope (an asset and everything below it, a time range) and returning ``Entry``
     work_orders   created, assigned, started, noted, done, cancelled        (work_order_events)
     alerts        raised, came back, changed condition, returned, acknowledged, commented, shelved
     models        the model versions that diagnosed the asset, from when    (twin_diagnoses)
+    setpoints     setpoint writes asked for, and what the machine said      (twin_commands)
 
 A new source (setpoint changes, say) is one function added to ``SOURCES``. ``GET /api/v1/logbook`` serves it,
 ``/api/v1/logbook.csv`` exports it.
@@ -20,7 +21,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from twin.exports import csv_text, iso
-from twin.tables import Alert, AlertTransition, DiagnosisRecord, TwinNode, WorkOrder, WorkOrderEvent
+from twin.tables import (
+    Alert,
+    AlertTransition,
+    DiagnosisRecord,
+    SetpointCommand,
+    TwinNode,
+    WorkOrder,
+    WorkOrderEvent,
+)
 
 ALERT_ACTIONS = {
     "raise": "raised",
@@ -66,7 +75,7 @@ class Entry:
 
     at: int  # µs
     node: str
-    source: str  # work_orders, alerts, models
+    source: str  # work_orders, alerts, models, setpoints
     kind: str  # created, done, raised, returned, comment, version...
     title: str
     detail: str
@@ -133,7 +142,51 @@ def _models(session: Session, scope: Scope) -> list[Entry]:
     ]  # fmt: skip
 
 
-SOURCES: dict[str, Source] = {"work_orders": _work_orders, "alerts": _alerts, "models": _models}
+SETPOINT_STATES = {
+    "awaiting_confirmation": "awaiting confirmation",
+    "pending": "requested",
+    "sent": "requested",
+    "applied": "applied",
+    "rejected": "rejected",
+    "failed": "failed",
+    "expired": "expired",
+}
+
+
+def _setpoints(session: Session, scope: Scope) -> list[Entry]:
+    c = SetpointCommand
+    nodes = select(TwinNode.id).where(TwinNode.path.startswith(scope.path, autoescape=True))
+    stmt = (
+        select(c)
+        .where(c.node_id.in_(nodes), c.created_at < scope.end,
+               ((c.created_at >= scope.start) | (c.ended_at >= scope.start)))
+        .order_by(c.created_at.desc())
+        .limit(scope.limit)
+    )
+    out: list[Entry] = []
+    for cmd in session.scalars(stmt):
+        ref = f"command/{cmd.id}"
+        if scope.start <= cmd.created_at:
+            why = f"because: {cmd.reason}" if cmd.reason else ""
+            out.append(Entry(cmd.created_at, cmd.node_id, "setpoints", "requested",
+                             f"Setpoint {cmd.prop} → {cmd.value:g} requested (was {_num(cmd.previous)})",
+                             why, cmd.actor, ref))
+        if cmd.ended_at is not None and scope.start <= cmd.ended_at < scope.end:
+            kind = SETPOINT_STATES.get(cmd.state, cmd.state)
+            detail = cmd.detail or (f"read back {_num(cmd.reported)}" if cmd.reported is not None else "")
+            out.append(Entry(cmd.ended_at, cmd.node_id, "setpoints", kind,
+                             f"Setpoint {cmd.prop} → {cmd.value:g} {kind}" + (f" ({cmd.outcome})" if cmd.outcome
+                                                                              else ""),
+                             detail, f"gateway {cmd.gateway}", ref))
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "unset" if value is None else f"{value:g}"
+
+
+SOURCES: dict[str, Source] = {"work_orders": _work_orders, "alerts": _alerts, "models": _models,
+                              "setpoints": _setpoints}
 
 
 def entries(session: Session, scope: Scope, sources: list[str] | None = None) -> list[Entry]:

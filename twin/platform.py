@@ -26,10 +26,11 @@ from sqlalchemy import Engine
 from plant.site import Site
 from plant.wire import UplinkBatch
 from twin.alerts.evaluator import AlertEvaluator
+from twin.commands import CommandDispatcher
 from twin.config import TwinSettings
 from twin.db import make_sessionmaker
 from twin.history import HistoryJob
-from twin.ingest import Ingestor
+from twin.ingest import BrokerAddress, Ingestor
 from twin.live import live_bus_for
 from twin.store import ApplyResult, TwinStore
 from twin.webhooks.target import TargetPolicy
@@ -81,6 +82,7 @@ class Platform:
         self.parts = parts or PlatformParts()
         self.store = TwinStore(engine, settings)
         self.ingestor: Ingestor | None = None
+        self.commands: CommandDispatcher | None = None  # setpoint commands to the gateways (twin/commands.py)
         self.evaluator: AlertEvaluator | None = None
         self.delivery: DeliveryWorker | None = None
         self.history: HistoryJob | None = None
@@ -114,6 +116,11 @@ class Platform:
         for listener in self.parts.extra_listeners:
             self.ingestor.add_listener(listener)
         self.ingestor.start()
+        broker = BrokerAddress.from_url(self.mqtt_url)
+        self.commands = CommandDispatcher.connect(
+            self.engine, broker.host, broker.port, broker.username, broker.password,
+            f"{self.settings.mqtt_client_id}-commands", self.settings.mqtt_topic_root, broker.tls,
+        ).start()
         assert self.history is not None
         self.history.start()
 
@@ -156,6 +163,8 @@ class Platform:
 
     def stop(self, leave: bool = False) -> None:
         """Stop ingest first (finishing the batch in hand), then the jobs; ``leave`` ends the broker session."""
+        if self.commands is not None:
+            self.commands.stop()
         if self.ingestor is not None:
             self.ingestor.stop(leave=leave)
         if self.history is not None:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from plant.site import AssetType, Node, PropertyDef, Site
 from plant.wire import now_us
 from twin import audit
+from twin.commands import writable_spec
 from twin.db import make_sessionmaker
 from twin.tables import AssetTypeRecord, TwinNode, TwinProperty
 
@@ -196,7 +197,11 @@ def asset_type_spec(atype: AssetType) -> dict[str, Any]:
                 {"rule": rule.id, "max_rate": rule.max_rate, "window_s": rule.window_s, "severity": str(rule.severity)}
             )
     key = list(atype.key_signals) or [p for p in limits if p in atype.properties][:2]
-    return {"key_signals": key, "models": list(atype.models), "limits": limits, "rates": rates}
+    spec: dict[str, Any] = {"key_signals": key, "models": list(atype.models), "limits": limits, "rates": rates}
+    writable = {name: writable_spec(pdef) for name, pdef in atype.properties.items() if pdef.writable is not None}
+    if writable:
+        spec["writable"] = writable
+    return spec
 
 
 def _sync_asset_types(session: Session, site: Site, stamp: int, keep: set[str]) -> None:

@@ -596,3 +596,32 @@ END $$""",
 for _dialect, _statements in AUDIT_TRIGGERS.items():
     for _sql in _statements:
         event.listen(AuditRecord.__table__, "after_create", DDL(_sql).execute_if(dialect=_dialect))  # type: ignore[no-untyped-call]
+
+
+class SetpointCommand(Base):
+    """One setpoint write: desired value, who asked and why, its state, and what the gateway reported.
+
+    ``state`` is a ``plant.wire.CommandState``; once final (applied, rejected, failed, expired) it never
+    changes again and the command is never sent again.
+    """
+
+    __tablename__ = "twin_commands"
+    __table_args__ = (Index("ix_twin_commands_node_prop", "node_id", "prop", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64))
+    prop: Mapped[str] = mapped_column(String(64))
+    gateway: Mapped[str] = mapped_column(String(64), index=True)
+    value: Mapped[float] = mapped_column(Float)
+    previous: Mapped[float | None] = mapped_column(Float, nullable=True)  # the desired value it replaces
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(160))
+    reason: Mapped[str] = mapped_column(Text, default="")  # why the person asked for it
+    confirmed_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    ended_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(64), default="")  # the refusal or failure code
+    detail: Mapped[str] = mapped_column(Text, default="")  # for people: limits, status code
+    reported: Mapped[float | None] = mapped_column(Float, nullable=True)  # the value read back

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,6 +81,7 @@ class AckResponder:
         self.received = 0
         self.batches = 0
         self.modes: list[str] = []  # consumed one per batch; "ack" once empty
+        self.reports: list[Any] = []  # the command reports received (plant.wire.CommandReport), repeats too
         self.reject_first_value = False
         self.gateway = gateway
         self._lock = threading.Lock()
@@ -95,6 +97,7 @@ class AckResponder:
         batch = decode_batch(msg.payload)  # type: ignore[attr-defined]
         with self._lock:
             self.batches += 1
+            self.reports.extend(batch.commands)
             mode = self.modes.pop(0) if self.modes else "ack"
             if mode == "silent":
                 return

@@ -35,6 +35,7 @@ from twin.api.routes import (
     logbook,
     models,
     nodes,
+    setpoints,
     users,
     webhooks,
     workorders,
@@ -54,6 +55,7 @@ API_PREFIX = "/api/v1"
 # Every resource's router; each protects itself with a role dependency (twin/api/deps.py).
 V1_ROUTERS: tuple[APIRouter, ...] = (
     nodes.router,
+    setpoints.router,
     asset_types.router,
     alerts.router,
     advice.router,

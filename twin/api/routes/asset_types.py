@@ -43,6 +43,18 @@ class RateLimitPublic(_Schema):
     severity: str
 
 
+class WritablePublic(_Schema):
+    """How a property may be written (a setpoint): limits, rate, least role, two-person rule, default expiry."""
+
+    unit: str
+    dtype: str
+    limits: tuple[float, float]
+    max_rate: float | None
+    role: str
+    two_person: bool
+    expiry_s: float
+
+
 class AssetTypePublic(_Schema):
     """An asset type as people see it."""
 
@@ -52,6 +64,7 @@ class AssetTypePublic(_Schema):
     models: list[str]
     limits: dict[str, list[LimitPublic]]
     rates: dict[str, list[RateLimitPublic]]
+    writable: dict[str, WritablePublic] = Field({}, description="the setpoints people may write")
 
 
 def _public(row: AssetTypeRecord) -> AssetTypePublic:
@@ -63,6 +76,7 @@ def _public(row: AssetTypeRecord) -> AssetTypePublic:
         models=spec.get("models", []),
         limits=spec.get("limits", {}),
         rates=spec.get("rates", {}),
+        writable=spec.get("writable", {}),
     )
 
 

@@ -1,6 +1,7 @@
 """``/api/v1/logbook``: what happened to an asset (and everything below it) and what was done, newest first.
 
-Sources (twin/logbook.py): work orders, alerts, model versions. ``/api/v1/logbook.csv`` is the same as a file.
+Sources (twin/logbook.py): work orders, alerts, model versions, setpoint writes.
+``/api/v1/logbook.csv`` is the same as a file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twin.fields import Key, Timestamp
 
 router = APIRouter(tags=["logbook"])
 
-SourceName = Literal["work_orders", "alerts", "models"]
+SourceName = Literal["work_orders", "alerts", "models", "setpoints"]
 DEFAULT_RANGE = timedelta(days=30)
 
 

@@ -2,6 +2,7 @@
 // diagnoses over time (edge and platform apart), what its models are still learning, alerts, advice, logbook.
 import { alertCard, alertVersion } from "./alerts.js";
 import { Chart, formatValue } from "./chart.js";
+import { setpointCard } from "./setpoint.js";
 import { ago, api, download, fmtTime, h, live, patchList, toast } from "./core.js";
 
 const RANGES = [["15 min", 15 * 60e3], ["1 h", 3600e3], ["6 h", 6 * 3600e3], ["24 h", 86400e3], ["7 d", 7 * 86400e3]];
@@ -54,6 +55,7 @@ export async function assetView(view, params, nodeId) {
       h("section", { class: "card" }, h("h2", {}, "Live values"),
         h("div", { class: "scroll" }, h("table", { class: "values" }, h("thead", {}, h("tr", {}, ["Property", "Value", "Unit", "Quality", "Updated"].map((t) => h("th", {}, t)))), tbody))),
       h("section", { class: "card" }, h("h2", {}, "Diagnoses"), diagBox)),
+    ...(atype && atype.writable ? [setpointCard(nodeId, atype.writable)].filter(Boolean) : []),
     h("section", { class: "card" }, h("div", { class: "row" }, h("h2", {}, "Logbook"), h("span", { class: "spacer" }),
       h("button", { class: "btn small secondary", type: "button", id: "logbook-csv", onclick: async () => {
         try { toast(`Saved ${await download(`/logbook.csv?node=${encodeURIComponent(nodeId)}`, "logbook.csv")}`); } catch (err) { logMsg.textContent = err.message; }

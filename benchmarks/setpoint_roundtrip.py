@@ -1,0 +1,249 @@
+"""Setpoint round trip: from the API request to the value read back from a real asyncua server, through a
+private Mosquitto and a real agent process, and the report back into the twin.
+
+Each command: POST .../desired (in-process API) → the platform's dispatcher publishes it (QoS 1) → the agent
+checks, journals, writes with asyncua, reads back → its report rides an uplink batch → ingest stores
+"applied" with the value read back. The time is taken from the request until the twin shows the command
+applied. Then the benchmark puts a sentinel on the variable and publishes the same command again (a
+redelivery): if the variable changes, the command was applied twice (``duplicated``). Every fifth round also
+sends a command that expires at once: it must end expired and never reach the variable (``expired_applied``).
+
+Baseline (``ratio``'s denominator): a direct asyncua write and read back from this process, p99.
+
+Usage: python benchmarks/setpoint_roundtrip.py [--quick] [--commands N]
+(--quick: 40 commands instead of 300.) Target: p99 < 500 ms, expired_applied = 0, duplicated = 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from asyncua import Client, Server, ua
+from fastapi.testclient import TestClient
+
+from benchmarks._mosquitto import free_port, private_mosquitto
+from plant.site import parse_site
+from plant.wire import command_topic
+from twin.api import create_app
+from twin.auth import Role, create_key
+from twin.commands import CommandDispatcher, to_wire
+from twin.config import TwinSettings
+from twin.db import make_engine, make_sessionmaker
+from twin.ingest import BrokerAddress, Ingestor
+from twin.store import TwinStore
+from twin.tables import Base, SetpointCommand
+
+GATEWAY = "bench-gw"
+TARGET_P99_MS = 500.0
+SENTINEL = 0.5
+SITE = """
+site: {{id: plant}}
+sources:
+  ua: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{port}/bench/"}}
+asset_types:
+  pump:
+    properties:
+      speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
+nodes:
+  - id: plant
+    kind: site
+    gateway: {gateway}
+    children:
+      - id: area
+        kind: area
+        children:
+          - id: p1
+            kind: machine
+            type: pump
+            bindings:
+              speed: {{source: ua, node_id: "ns=2;s=speed"}}
+"""
+
+
+class Plc:
+    """An asyncua server with one writable Double, on its own thread."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.stop_event: asyncio.Event | None = None
+        self.var: Any = None
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        server = Server()
+        await server.init()
+        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/bench/")
+        idx = await server.register_namespace("urn:factory-twin:bench")
+        obj = await server.nodes.objects.add_object(idx, "Plant")
+        self.var = await obj.add_variable(ua.NodeId("speed", idx), f"{idx}:speed", 0.0)
+        await self.var.set_writable()
+        self.stop_event = asyncio.Event()
+        async with server:
+            self.ready.set()
+            await self.stop_event.wait()
+
+    def value(self) -> float:
+        return float(asyncio.run_coroutine_threadsafe(self.var.read_value(), self.loop).result(10))
+
+    def set(self, value: float) -> None:
+        asyncio.run_coroutine_threadsafe(self.var.write_value(value), self.loop).result(10)
+
+    def start(self) -> Plc:
+        self.thread.start()
+        self.ready.wait(20)
+        return self
+
+    def close(self) -> None:
+        assert self.stop_event is not None
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(20)
+
+
+async def direct_p99(port: int, n: int) -> float:
+    """p99 ms of a write and read back with asyncua from this process (the baseline)."""
+    times = []
+    async with Client(f"opc.tcp://127.0.0.1:{port}/bench/") as client:
+        node = client.get_node("ns=2;s=speed")
+        for i in range(n):
+            t0 = time.perf_counter()
+            await node.write_value(ua.DataValue(ua.Variant(100.0 + i, ua.VariantType.Double)))
+            await node.read_value()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return _pct(times, 99)
+
+
+def _pct(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _wait_state(sessions: Any, cid: str, timeout: float = 10.0) -> SetpointCommand | None:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        with sessions() as s:
+            cmd = s.get(SetpointCommand, cid)
+            if cmd is not None and cmd.state in ("applied", "rejected", "failed", "expired"):
+                s.expunge(cmd)
+                return cmd
+        time.sleep(0.003)
+    return None
+
+
+def run(commands: int) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="setpoint-bench-"))
+    plc = Plc(free_port()).start()
+    with private_mosquitto() as mport:
+        site_file = tmp / "site.yaml"
+        site_file.write_text(SITE.format(port=plc.port, gateway=GATEWAY))
+        engine = make_engine(f"sqlite:///{tmp / 'twin.db'}")
+        Base.metadata.create_all(engine)
+        store = TwinStore(engine)
+        store.sync_site(parse_site(site_file.read_text()))
+        sessions = make_sessionmaker(engine)
+        with sessions() as s:
+            key = create_key(s, Role.TECHNICIAN, "bench")
+        ingestor = Ingestor(store, BrokerAddress("127.0.0.1", mport), client_id="bench-ingest").start()
+        dispatcher = CommandDispatcher.connect(engine, "127.0.0.1", mport, None, None, "bench-commands")
+        dispatcher.report_grace_us = 300_000  # an unsent expired command ends soon after its expiry
+        dispatcher.start()
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "factory_twin", "agent", "run", "--site", str(site_file), "--gateway", GATEWAY,
+             "--broker", f"mqtt://127.0.0.1:{mport}", "--data-dir", str(tmp / "agent"), "--metrics-port", "-1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+        )
+        dup = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-redeliver")
+        dup.connect("127.0.0.1", mport)
+        dup.loop_start()
+        app = create_app(TwinSettings(data_dir=tmp, model_dir=tmp / "none"), engine)
+        counts = {"sent": 0, "applied": 0, "expired": 0, "expired_applied": 0, "duplicated": 0, "failed": 0}
+        latencies: list[float] = []
+        try:
+            with TestClient(app) as client:
+                app.state.commands = dispatcher
+                headers = {"Authorization": f"Bearer {key}"}
+                url = "/api/v1/nodes/p1/properties/speed/desired"
+                time.sleep(3.0)  # the agent connects and subscribes
+                for i in range(commands):
+                    value = 1000.0 + i
+                    t0 = time.perf_counter()
+                    r = client.post(url, json={"value": value}, headers=headers)
+                    cid = r.json()["id"]
+                    counts["sent"] += 1
+                    cmd = _wait_state(sessions, cid)
+                    elapsed = (time.perf_counter() - t0) * 1e3
+                    if cmd is None or cmd.state != "applied":
+                        counts["failed"] += 1
+                        continue
+                    counts["applied"] += 1
+                    latencies.append(elapsed)
+                    plc.set(SENTINEL)
+                    dup.publish(command_topic(GATEWAY), to_wire(cmd).model_dump_json(), qos=1).wait_for_publish(5)
+                    if i % 5 == 4:
+                        before = plc.value()
+                        r = client.post(url, json={"value": value + 0.5, "expires_s": 0.001}, headers=headers)
+                        counts["sent"] += 1
+                        late = _wait_state(sessions, r.json()["id"], timeout=10.0)
+                        if late is not None and late.state == "expired":
+                            counts["expired"] += 1
+                        if (late is not None and late.state == "applied") or plc.value() != before:
+                            counts["expired_applied"] += 1
+                    time.sleep(0.2)  # the redelivery has arrived and been refused by now
+                    if plc.value() != SENTINEL:
+                        counts["duplicated"] += 1
+        finally:
+            dup.loop_stop()
+            dup.disconnect()
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(30)
+            dispatcher.stop()
+            ingestor.stop()
+            engine.dispose()
+    baseline = asyncio.run(direct_p99(plc.port, max(50, commands)))
+    plc.close()
+    p50, p99 = _pct(latencies, 50), _pct(latencies, 99)
+    ok = (p99 < TARGET_P99_MS and counts["expired_applied"] == 0 and counts["duplicated"] == 0
+          and counts["applied"] == commands)
+    return {"name": "setpoint_roundtrip", "ratio": round(p99 / baseline, 2) if baseline else None,
+            "target": f"p99_ms < {TARGET_P99_MS:g}, expired_applied = 0, duplicated = 0", "ok": ok,
+            "p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "direct_p99_ms": round(baseline, 2), **counts}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="40 commands instead of 300")
+    ap.add_argument("--commands", type=int, default=None)
+    args = ap.parse_args()
+    import logging
+
+    import structlog
+
+    logging.disable(logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    n = args.commands or (40 if args.quick else 300)
+    out = run(n)
+    out["quick"] = bool(args.quick)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,542 @@
+"""Setpoint commands on the gateway: checked again, applied at most once, never late, read back, reported.
+
+    command (QoS 1, <root>/<gateway>/cmd/setpoint)
+      → decode → ours? (gateway, node owner) → seen before? (journal: report again, never write again)
+      → writable, type, limits, rate (plant/setpoints.py, this gateway's own site file)
+      → expired? (own clock + clock offset) → journal "writing" (durable) → expired? → write → read back
+      → journal the report → report in an uplink batch until the platform acks it
+
+The journal is a SQLite file in the agent's data directory, written with ``synchronous=FULL`` before the write
+reaches the machine. An agent killed after the write and before the report finds the command "writing" at
+restart: it reads the value back and reports what it finds (applied, or failed ``interrupted``) and never
+writes it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import paho.mqtt.client as mqtt
+import structlog
+from asyncua import Client, ua
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.config import BrokerUrl
+from edge_agent.connectors.opcua_session import connect_client, status_of
+from edge_agent.errors import ConnectorError
+from edge_agent.platform_link import PlatformLink
+from plant.errors import WireError
+from plant.setpoints import (
+    BAD_STATUS,
+    INTERRUPTED,
+    NO_READBACK,
+    NOT_OWNER,
+    NOT_WRITABLE,
+    READBACK_DIFFERS,
+    Refusal,
+    check_expiry,
+    check_rate,
+    check_value,
+)
+from plant.site import Binding, DataType, MqttBinding, MqttSource, OpcUaBinding, OpcUaSource, Site
+from plant.wire import (
+    TOPIC_ROOT,
+    Command,
+    CommandReport,
+    command_topic,
+    decode_ack,
+    decode_command,
+    now_us,
+    uplink_topic,
+)
+
+log = structlog.get_logger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS command (
+    id TEXT PRIMARY KEY, node TEXT NOT NULL, prop TEXT NOT NULL, value REAL NOT NULL,
+    state TEXT NOT NULL, started INTEGER NOT NULL, report TEXT, reported INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS command_prop ON command (node, prop, started);
+"""
+
+
+class WriteFailed(Exception):
+    """A write or read-back the machine refused: ``reason`` code and the status code's name."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class Writer(Protocol):
+    """Writes one value to where a binding points, and reads it back."""
+
+    async def write(self, binding: Binding, value: float | int) -> None:
+        """Write; raises WriteFailed with the status code."""
+
+    async def read(self, binding: Binding) -> object:
+        """The value now at the binding; raises WriteFailed."""
+
+
+class Journal:
+    """Which commands this gateway has begun and what became of them (SQLite, durable before each write)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def seen(self, command_id: str) -> tuple[str, CommandReport | None] | None:
+        """(state, report) of a command begun before, None if new."""
+        row = self.db.execute("SELECT state, report FROM command WHERE id = ?", (command_id,)).fetchone()
+        if row is None:
+            return None
+        return row[0], CommandReport.model_validate_json(row[1]) if row[1] else None
+
+    def begin(self, cmd: Command, at: int) -> None:
+        """Record that the write starts (committed and synced before it reaches the machine)."""
+        self.db.execute("INSERT INTO command (id, node, prop, value, state, started) VALUES (?,?,?,?,?,?)",
+                        (cmd.id, cmd.node, cmd.prop, float(cmd.value), "writing", at))
+
+    def finish(self, report: CommandReport, value: float | None = None) -> None:
+        """Record the command's end (inserting it when it never began: a refusal)."""
+        self.db.execute(
+            "INSERT INTO command (id, node, prop, value, state, started, report) VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT (id) DO UPDATE SET state = excluded.state, report = excluded.report",
+            (report.id, report.node, report.prop, value if value is not None else float("nan"), report.state,
+             report.at, report.model_dump_json()),
+        )
+
+    def last_applied(self, node: str, prop: str) -> tuple[float, int] | None:
+        """The value and time of the last command applied to this property."""
+        row = self.db.execute("SELECT value, started FROM command WHERE node = ? AND prop = ? AND state = 'applied'"
+                              " ORDER BY started DESC LIMIT 1", (node, prop)).fetchone()
+        return (float(row[0]), int(row[1])) if row else None
+
+    def interrupted(self) -> list[tuple[str, str, str, float]]:
+        """Commands begun and never finished (the agent stopped mid-write): id, node, prop, value."""
+        return [tuple(r) for r in self.db.execute("SELECT id, node, prop, value FROM command WHERE state = 'writing'")]
+
+    def unreported(self, limit: int = 100) -> list[CommandReport]:
+        """Finished commands whose report the platform has not acknowledged."""
+        rows = self.db.execute("SELECT report FROM command WHERE report IS NOT NULL AND reported = 0 "
+                               "ORDER BY started LIMIT ?", (limit,))
+        return [CommandReport.model_validate_json(r[0]) for r in rows]
+
+    def reported(self, ids: list[str]) -> None:
+        """The platform acknowledged these reports."""
+        self.db.executemany("UPDATE command SET reported = 1 WHERE id = ?", [(i,) for i in ids])
+
+    def close(self) -> None:
+        """Close the file."""
+        self.db.close()
+
+
+class CommandExecutor:
+    """Checks and applies the commands of one gateway.
+
+    Args:
+        site: this gateway's site model (its own limits are the ones checked).
+        gateway: this gateway's id.
+        journal: the command journal.
+        writer: what writes to the machine.
+        clock_offset_us: µs to add to this machine's clock for the platform's time (the agent's estimate).
+    """
+
+    def __init__(self, site: Site, gateway: str, journal: Journal, writer: Writer,
+                 clock_offset_us: Callable[[], int] = lambda: 0) -> None:
+        self.site = site
+        self.gateway = gateway
+        self.journal = journal
+        self.writer = writer
+        self.clock_offset_us = clock_offset_us
+        self.owners = site.owners()
+        self.lock = asyncio.Lock()  # one write at a time: a duplicate waits for the first to end
+        self.applied = 0
+
+    def now(self) -> int:
+        """This gateway's corrected clock, µs."""
+        return now_us() + self.clock_offset_us()
+
+    async def handle(self, payload: bytes) -> CommandReport | None:
+        """One command message; the report to send, or None for an undecodable message (logged)."""
+        try:
+            cmd = decode_command(payload)
+        except WireError as exc:
+            log.warning("command refused", reason="undecodable", error=str(exc))
+            return None
+        async with self.lock:
+            return await self._handle(cmd)
+
+    async def _handle(self, cmd: Command) -> CommandReport:
+        seen = self.journal.seen(cmd.id)
+        if seen is not None:
+            state, report = seen
+            log.info("command seen before: not applied again", command=cmd.id, state=state)
+            return report or self._report(cmd, "failed", Refusal(INTERRUPTED, "the write is in progress"))
+        refusal = self._check(cmd)
+        if refusal is not None:
+            state = "expired" if refusal.reason == "expired" else "rejected"
+            return self._end(cmd, self._report(cmd, state, refusal))
+        self.journal.begin(cmd, self.now())
+        late = check_expiry(cmd.expires, self.now())  # the journal write took time: look once more
+        if late is not None:
+            return self._end(cmd, self._report(cmd, "expired", late))
+        _, _, binding = self.site.writable(cmd.node, cmd.prop)
+        try:
+            await self.writer.write(binding, cmd.value)
+            back = await self.writer.read(binding)
+        except WriteFailed as exc:
+            return self._end(cmd, self._report(cmd, "failed", Refusal(exc.reason, exc.detail)))
+        await _hold_for_test(cmd)
+        if not _same(back, cmd.value):
+            return self._end(cmd, self._report(cmd, "failed", Refusal(READBACK_DIFFERS,
+                             f"wrote {cmd.value}, read back {back}"), back))
+        self.applied += 1
+        return self._end(cmd, self._report(cmd, "applied", None, back))
+
+    def _check(self, cmd: Command) -> Refusal | None:
+        if cmd.gateway != self.gateway or self.owners.get(cmd.node) != self.gateway:
+            return Refusal(NOT_OWNER, f"{cmd.node} does not belong to gateway {self.gateway}")
+        try:
+            pdef, rules, _ = self.site.writable(cmd.node, cmd.prop)
+        except KeyError:
+            return Refusal(NOT_WRITABLE, f"{cmd.node}.{cmd.prop} is not writable on this gateway")
+        refusal = check_value(cmd.value, pdef, rules) or check_expiry(cmd.expires, self.now())
+        if refusal is None:
+            last = self.journal.last_applied(cmd.node, cmd.prop)
+            refusal = check_rate(float(cmd.value), rules, last[0] if last else None, last[1] if last else None,
+                                 self.now())
+        return refusal
+
+    def _report(self, cmd: Command, state: str, refusal: Refusal | None, value: object = None) -> CommandReport:
+        shown = value if isinstance(value, int | float | bool | str) else None
+        return CommandReport.model_validate({
+            "id": cmd.id, "node": cmd.node, "prop": cmd.prop, "state": state,
+            "reason": refusal.reason if refusal else "", "detail": refusal.detail[:500] if refusal else "",
+            "value": shown, "at": self.now(),
+        })
+
+    def _end(self, cmd: Command, report: CommandReport) -> CommandReport:
+        self.journal.finish(report, float(cmd.value))
+        log.info("command ended", command=cmd.id, node=cmd.node, prop=cmd.prop, state=report.state,
+                 reason=report.reason)
+        return report
+
+    async def recover(self) -> list[CommandReport]:
+        """At start: commands the last run began and never finished are read back, never written again."""
+        out = []
+        for cid, node, prop, value in self.journal.interrupted():
+            cmd = Command(id=cid, gateway=self.gateway, node=node, prop=prop, value=value, issued=0, expires=0)
+            try:
+                back = await self.writer.read(self.site.writable(node, prop)[2])
+            except (WriteFailed, KeyError) as exc:
+                back, why = None, str(exc)
+            else:
+                why = f"read back {back} after the restart"
+            if back is not None and _same(back, value):
+                report = self._report(cmd, "applied", None, back)
+            else:
+                report = self._report(cmd, "failed", Refusal(INTERRUPTED, f"the agent stopped during the write; "
+                                                                          f"{why}; not written again"), back)
+            out.append(self._end(cmd, report))
+        return out
+
+
+# test hook: block after the write and its read-back, before the journal records the end and the report goes
+# out, so a test can kill -9 the agent in that window
+_HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_WRITE"
+
+
+async def _hold_for_test(cmd: Command) -> None:
+    if os.environ.get(_HOLD_ENV):
+        log.warning("command_written_holding", command=cmd.id)
+        await asyncio.Event().wait()
+
+
+def _same(back: object, value: float | int) -> bool:
+    return isinstance(back, int | float) and not isinstance(back, bool) and abs(float(back) - value) <= 1e-6 * max(
+        1.0, abs(value))
+
+
+_VARIANTS = {DataType.FLOAT: ua.VariantType.Double, DataType.INT: ua.VariantType.Int32}
+
+
+class OpcUaWriter:
+    """Writes through one asyncua session per OPC-UA source, opened when first needed.
+
+    Args:
+        site: where the sources are.
+        passwords: a source's password by source id.
+    """
+
+    def __init__(self, site: Site, passwords: dict[str, str | None] | None = None) -> None:
+        self.site = site
+        self.passwords = passwords or {}
+        self.clients: dict[str, Client] = {}
+
+    async def _client(self, source_id: str) -> Client:
+        client = self.clients.get(source_id)
+        if client is None:
+            source = self.site.sources[source_id]
+            assert isinstance(source, OpcUaSource)
+            try:
+                client = await connect_client(source, self.passwords.get(source_id))
+            except ConnectorError as exc:
+                raise WriteFailed("unreachable", str(exc)) from exc
+            self.clients[source_id] = client
+        return client
+
+    async def write(self, binding: Binding, value: float | int) -> None:
+        """Write with the variable's own type; a Bad or Uncertain status raises WriteFailed."""
+        if not isinstance(binding, OpcUaBinding):
+            raise WriteFailed(NOT_WRITABLE, "only OPC-UA bindings are written by this writer")
+        client = await self._client(binding.source)
+        node = client.get_node(binding.node_id)
+        try:
+            vtype = await node.read_data_type_as_variant_type()
+            raw = (value - binding.offset) / binding.scale
+            native = round(raw) if vtype not in (ua.VariantType.Double, ua.VariantType.Float) else raw
+            dv = ua.DataValue(ua.Variant(native, vtype))
+            (status,) = await client.uaclient.write_attributes([node.nodeid], [dv], ua.AttributeIds.Value)
+        except (OSError, TimeoutError, ua.UaError) as exc:
+            self.clients.pop(binding.source, None)
+            raise WriteFailed(BAD_STATUS, f"write failed: {exc}") from exc
+        if not status.is_good():
+            raise WriteFailed(BAD_STATUS, f"the server refused the write: {status_of(status.value)[1]}")
+
+    async def read(self, binding: Binding) -> object:
+        """The value at the binding, in the property's unit."""
+        if not isinstance(binding, OpcUaBinding):
+            raise WriteFailed(NOT_WRITABLE, "only OPC-UA bindings are read by this writer")
+        client = await self._client(binding.source)
+        try:
+            raw = await client.get_node(binding.node_id).read_value()
+        except (OSError, TimeoutError, ua.UaError) as exc:
+            self.clients.pop(binding.source, None)
+            raise WriteFailed(BAD_STATUS, f"read back failed: {exc}") from exc
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return raw * binding.scale + binding.offset
+        return raw
+
+    async def close(self) -> None:
+        """Close the sessions."""
+        for client in self.clients.values():
+            try:
+                await client.disconnect()
+            except Exception as exc:
+                log.debug("opcua writer disconnect failed", error=str(exc))
+        self.clients.clear()
+
+
+class MqttJsonWriter:
+    """Writes a property bound to a plain-JSON MQTT topic: ``{command_field: value}`` on its ``command_topic``
+    (QoS 1, the broker's PUBACK awaited), then reads back the next value the device sends on its telemetry
+    topic. Sparkplug B (NCMD/DCMD) bindings are not written: refused before anything is sent.
+
+    Args:
+        site: where the sources are.
+        passwords: a source's password by source id.
+        readback_s: how long to wait for the device's next telemetry message.
+    """
+
+    def __init__(self, site: Site, passwords: dict[str, str | None] | None = None, readback_s: float = 10.0) -> None:
+        self.site = site
+        self.passwords = passwords or {}
+        self.readback_s = readback_s
+        self._pending: tuple[mqtt.Client, asyncio.Queue[bytes]] | None = None  # subscribed before the write
+
+    def _client(self, binding: MqttBinding, topic: str | None, got: asyncio.Queue[bytes]) -> mqtt.Client:
+        source = self.site.sources[binding.source]
+        if not isinstance(source, MqttSource) or source.url is None:
+            raise WriteFailed(NOT_WRITABLE, f"source {binding.source} has no broker URL to write to")
+        url = BrokerUrl.parse(source.url)
+        loop = asyncio.get_running_loop()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ft-write-{secrets.token_hex(4)}")
+        if source.username:
+            client.username_pw_set(source.username, self.passwords.get(binding.source))
+        if url.tls:
+            client.tls_set(ca_certs=source.ca_file)
+
+        def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+            loop.call_soon_threadsafe(got.put_nowait, bytes(m.payload))
+
+        client.on_message = on_message
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_a: subscribed.set()
+        try:
+            client.connect(url.host, url.port, keepalive=30)
+        except (OSError, ValueError) as exc:
+            raise WriteFailed("unreachable", f"MQTT {url.redacted()}: {exc}") from exc
+        client.loop_start()
+        if topic is not None:
+            client.subscribe(topic, qos=1)
+            subscribed.wait(5)
+        return client
+
+    async def write(self, binding: Binding, value: float | int) -> None:
+        """Publish the command and wait for the broker's PUBACK; WriteFailed if it does not come."""
+        if not isinstance(binding, MqttBinding) or binding.command_topic is None:
+            raise WriteFailed(NOT_WRITABLE, "only JSON MQTT bindings with a command_topic are written")
+        raw = (value - binding.offset) / binding.scale
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pending = (self._client(binding, binding.topic, got), got)
+        payload = json.dumps({binding.command_field: raw}).encode()
+        info = self._pending[0].publish(binding.command_topic, payload, qos=1)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 10.0)
+        except (RuntimeError, ValueError) as exc:
+            self._close()
+            raise WriteFailed(BAD_STATUS, f"the broker did not take the command: {exc}") from exc
+
+    async def read(self, binding: Binding) -> object:
+        """The next value the device sends on the binding's topic after the write."""
+        if not isinstance(binding, MqttBinding) or binding.topic is None:
+            raise WriteFailed(NOT_WRITABLE, "only JSON MQTT bindings are read back")
+        if self._pending is None:
+            fresh: asyncio.Queue[bytes] = asyncio.Queue()
+            self._pending = (self._client(binding, binding.topic, fresh), fresh)
+        client, got = self._pending
+        try:
+            deadline = asyncio.get_running_loop().time() + self.readback_s
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise WriteFailed(NO_READBACK, f"no value on {binding.topic} within {self.readback_s:g} s")
+                try:
+                    payload = await asyncio.wait_for(got.get(), left)
+                except TimeoutError:
+                    continue
+                value = _json_value(payload, binding.path)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return value * binding.scale + binding.offset
+        finally:
+            self._pending = None
+            client.disconnect()
+            client.loop_stop()
+
+    def _close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].disconnect()
+            pending[0].loop_stop()
+
+
+def _json_value(payload: bytes, path: str | None) -> object:
+    try:
+        doc: object = json.loads(payload)
+    except ValueError:
+        return None
+    for part in (path or "").split(".") if path else ():
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
+
+
+class Writers:
+    """The writer for each kind of binding: OPC-UA through asyncua, plain-JSON MQTT through paho."""
+
+    def __init__(self, site: Site, passwords: dict[str, str | None] | None = None) -> None:
+        self.opcua = OpcUaWriter(site, passwords)
+        self.mqtt = MqttJsonWriter(site, passwords)
+
+    def _for(self, binding: Binding) -> Writer:
+        return self.opcua if isinstance(binding, OpcUaBinding) else self.mqtt
+
+    async def write(self, binding: Binding, value: float | int) -> None:
+        """Write through the binding's writer."""
+        await self._for(binding).write(binding, value)
+
+    async def read(self, binding: Binding) -> object:
+        """Read back through the binding's writer."""
+        return await self._for(binding).read(binding)
+
+    async def close(self) -> None:
+        """Close the OPC-UA sessions."""
+        await self.opcua.close()
+
+
+def report_payload(gateway: str, reports: list[CommandReport], sent_us: int) -> tuple[str, bytes]:
+    """An uplink batch carrying only command reports: its id, and its JSON."""
+    batch = "cmd-" + reports[0].id[:40]
+    body = {"v": 1, "gateway": gateway, "batch": batch, "sent": sent_us,
+            "commands": [json.loads(r.model_dump_json()) for r in reports]}
+    return batch, json.dumps(body).encode()
+
+
+class CommandChannel:
+    """The executor on the platform link: commands in, reports out (in uplink batches) until acknowledged.
+
+    Args:
+        executor: checks and applies commands.
+        link: the platform link (subscribed to ``command_topic(gateway)``).
+        topic_root: the topic root.
+        resend_s: how often unacknowledged reports are published again.
+    """
+
+    def __init__(self, executor: CommandExecutor, link: PlatformLink, topic_root: str = TOPIC_ROOT,
+                 resend_s: float = 2.0) -> None:
+        self.executor = executor
+        self.link = link
+        self.topic = command_topic(executor.gateway, topic_root)
+        self.uplink = uplink_topic(executor.gateway, topic_root)
+        self.resend_s = resend_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sent: dict[str, list[str]] = {}
+
+    def on_message(self, topic: str, payload: bytes) -> bool:
+        """Take a command, or the ack of a report batch; False for anything else (the uplink's acks)."""
+        if topic == self.topic:
+            task = asyncio.get_running_loop().create_task(self._command(payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
+        if b'"cmd-' in payload:
+            try:
+                ack = decode_ack(payload)
+            except WireError:
+                return False
+            ids = self._sent.pop(ack.batch, None)
+            if ids is not None:
+                if ack.stored:
+                    self.executor.journal.reported(ids)
+                return True
+        return False
+
+    async def _command(self, payload: bytes) -> None:
+        try:
+            report = await self.executor.handle(payload)
+        except Exception:  # a bug must not end the channel: the command is in the journal or was never begun
+            log.exception("command handling failed")
+            return
+        if report is not None:
+            self._publish([report])
+
+    def _publish(self, reports: list[CommandReport]) -> None:
+        batch, body = report_payload(self.executor.gateway, reports, self.executor.now())
+        try:
+            self.link.publish(self.uplink, body)
+        except ConnectorError as exc:
+            log.info("command report waits for the link", error=str(exc))
+            return
+        self._sent[batch] = [r.id for r in reports]
+
+    async def run(self) -> None:
+        """Finish what a previous run began, then publish unacknowledged reports every ``resend_s``."""
+        await self.executor.recover()
+        while True:
+            reports = self.executor.journal.unreported()
+            if reports and self.link.connected.is_set():
+                self._publish(reports)
+            await asyncio.sleep(self.resend_s)

@@ -1,0 +1,83 @@
+"""Setpoint commands to a plain-JSON MQTT device on the real broker: the command goes to its command topic
+and the value is read back from its telemetry; a device that does not answer fails the command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.commands import CommandExecutor, Journal, Writers
+from plant.site import parse_site
+from plant.wire import Command, now_us
+
+pytestmark = [pytest.mark.mosquitto]
+
+SITE = """
+site: {{id: plant}}
+sources:
+  bus: {{kind: mqtt, url: "mqtt://{host}:{port}"}}
+asset_types:
+  pump:
+    properties:
+      speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
+nodes:
+  - id: plant
+    kind: site
+    gateway: gw1
+    children:
+      - id: area
+        kind: area
+        children:
+          - id: p1
+            kind: machine
+            type: pump
+            bindings:
+              speed: {{source: bus, topic: {prefix}/p1/telemetry, path: motor.speed,
+                      command_topic: {prefix}/p1/set, command_field: speed}}
+"""
+
+
+def _device(host: str, port: int, prefix: str, answer: bool) -> mqtt.Client:
+    """A device: takes {"speed": x} on its command topic and, if ``answer``, sends it back as telemetry."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{prefix}")
+
+    def on_message(client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if answer:
+            speed = json.loads(msg.payload)["speed"]
+            client.publish(f"{prefix}/p1/telemetry", json.dumps({"motor": {"speed": speed}}), qos=1)
+
+    c.on_message = on_message
+    c.connect(host, port)
+    c.subscribe(f"{prefix}/p1/set", qos=1)
+    c.loop_start()
+    return c
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_a_json_device_is_written_and_read_back(tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str,
+                                                answer: bool) -> None:
+    host, port = mqtt_broker
+    site = parse_site(SITE.format(host=host, port=port, prefix=topic_prefix))
+    device = _device(host, port, topic_prefix, answer)
+    writers = Writers(site)
+    writers.mqtt.readback_s = 2.0
+    executor = CommandExecutor(site, "gw1", Journal(tmp_path / "commands.db"), writers)
+    now = now_us()
+    cmd = Command(id="mqtt0001", gateway="gw1", node="p1", prop="speed", value=1450.0, issued=now,
+                  expires=now + 30_000_000)
+    try:
+        report = asyncio.run(executor.handle(cmd.model_dump_json().encode()))
+    finally:
+        device.loop_stop()
+        device.disconnect()
+    assert report is not None
+    if answer:
+        assert (report.state, report.value) == ("applied", 1450.0)
+    else:
+        assert (report.state, report.reason) == ("failed", "no_readback")
+        assert "no value" in report.detail

@@ -1,0 +1,125 @@
+"""Setpoint writes: ``POST /api/v1/nodes/{id}/properties/{prop}/desired`` asks the owning gateway to write a value.
+
+The answer (202) is the command: its id, state and expiry. ``GET .../desired`` shows desired against reported
+until they agree or the command ends; ``POST /api/v1/commands/{id}/confirm`` is the second person of a
+two-person property. Every refusal is a problem response whose detail starts with the reason code
+(``out_of_limits: ...``) and is recorded in the audit trail.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from plant.wire import from_us
+from twin import commands, queries
+from twin.api.deps import SessionDep, TechnicianDep, ViewerDep
+from twin.errors import NotFound
+from twin.fields import Key, Reason
+from twin.tables import SetpointCommand
+
+router = APIRouter(tags=["setpoints"])
+
+NodeId = Annotated[Key, Path(description="a node id from the site model")]
+PropName = Annotated[Key, Path(description="a writable property")]
+CommandId = Annotated[str, Path(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class DesiredRequest(BaseModel):
+    """A setpoint write: the value (checked against the property's type and limits), why, how long it may wait."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: Any = Field(description="a number within the property's limits")
+    reason: Reason = ""
+    expires_s: float | None = Field(None, gt=0, le=3600, description="default: the property's (60 s)")
+
+
+class CommandPublic(BaseModel):
+    """One setpoint command and what became of it."""
+
+    id: str
+    node: str
+    prop: str
+    gateway: str
+    value: float
+    previous: float | None
+    state: str
+    actor: str
+    reason: str
+    confirmed_by: str | None
+    created_at: str
+    expires_at: str
+    outcome: str = Field(description="why it was refused or failed, as a code")
+    detail: str
+    reported: float | None = Field(description="the value the gateway read back after writing")
+
+
+class DesiredState(BaseModel):
+    """Desired against reported for one writable property."""
+
+    node: str
+    prop: str
+    desired: float | None
+    reported: float | int | bool | str | None = Field(description="the latest value measured")
+    in_sync: bool
+    command: CommandPublic | None
+
+
+def public(cmd: SetpointCommand) -> CommandPublic:
+    """The command as the API shows it."""
+    return CommandPublic(
+        id=cmd.id, node=cmd.node_id, prop=cmd.prop, gateway=cmd.gateway, value=cmd.value, previous=cmd.previous,
+        state=cmd.state, actor=cmd.actor, reason=cmd.reason, confirmed_by=cmd.confirmed_by,
+        created_at=from_us(cmd.created_at).isoformat(), expires_at=from_us(cmd.expires_at).isoformat(),
+        outcome=cmd.outcome, detail=cmd.detail, reported=cmd.reported,
+    )
+
+
+def _wake(request: Request) -> None:
+    dispatcher = getattr(request.app.state, "commands", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+
+
+@router.post("/nodes/{node_id}/properties/{prop}/desired", response_model=CommandPublic, status_code=202)
+def set_desired(request: Request, session: SessionDep, who: TechnicianDep, node_id: NodeId, prop: PropName,
+                body: DesiredRequest) -> CommandPublic:
+    """Ask the owning gateway to write ``value``; checked for role, type, limits and rate, then sent."""
+    cmd = commands.request(session, who, node_id, prop,
+                           commands.SetpointRequest(body.value, body.reason, body.expires_s))
+    _wake(request)
+    return public(cmd)
+
+
+@router.get("/nodes/{node_id}/properties/{prop}/desired", response_model=DesiredState)
+def get_desired(session: SessionDep, _who: ViewerDep, node_id: NodeId, prop: PropName) -> DesiredState:
+    """The last desired value, its command, and the latest measured value."""
+    cmd = commands.last_desired(session, node_id, prop)
+    try:
+        reported = queries.property_public(queries.get_property(session, node_id, prop)).value
+    except NotFound:
+        reported = None
+    desired = cmd.value if cmd is not None else None
+    in_sync = desired is not None and isinstance(reported, int | float) and abs(float(reported) - desired) < 1e-9
+    return DesiredState(node=node_id, prop=prop, desired=desired, reported=reported, in_sync=in_sync,
+                        command=public(cmd) if cmd is not None else None)
+
+
+@router.post("/commands/{command_id}/confirm", response_model=CommandPublic)
+def confirm(request: Request, session: SessionDep, who: TechnicianDep, command_id: CommandId) -> CommandPublic:
+    """The second person of a two-person write confirms it; it is sent next."""
+    cmd = commands.confirm(session, who, command_id)
+    _wake(request)
+    return public(cmd)
+
+
+@router.get("/commands/{command_id}", response_model=CommandPublic)
+def get_command(session: SessionDep, _who: ViewerDep, command_id: CommandId) -> CommandPublic:
+    """One command and what became of it."""
+    cmd = session.get(SetpointCommand, command_id)
+    if cmd is None:
+        raise NotFound(f"no command {command_id!r}")
+    return public(cmd)
