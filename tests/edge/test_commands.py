@@ -86,36 +86,38 @@ async def _applied_once_read_back_and_never_twice(port: int, tmp_path: Path) -> 
             await writer.close()
 
 
-@pytest.mark.parametrize(("kw", "state", "reason"), [
+REFUSALS: list[tuple[dict[str, object], str, str]] = [
     ({"value": 3500.0}, "rejected", "out_of_limits"),
     ({"value": "fast"}, "rejected", "wrong_type"),
     ({"prop": "temp"}, "rejected", "not_writable"),
     ({"node": "elsewhere"}, "rejected", "not_owner"),
     ({"gateway": "gw2"}, "rejected", "not_owner"),
     ({"expires_in_s": -1.0}, "expired", "expired"),
-])
-def test_refused_before_any_write(port: int, tmp_path: Path, kw: dict[str, object], state: str,
-                                        reason: str) -> None:
-    asyncio.run(_refused_before_any_write(port, tmp_path, kw, state, reason))
+]
 
 
-async def _refused_before_any_write(port: int, tmp_path: Path, kw: dict[str, object], state: str,
-                                        reason: str) -> None:
+def test_refused_before_any_write(port: int, tmp_path: Path) -> None:
+    asyncio.run(_refused_before_any_write(port, tmp_path))
+
+
+async def _refused_before_any_write(port: int, tmp_path: Path) -> None:
+    """Each refusal with an executor of its own (its own journal), against one server: nothing is written."""
     site = parse_site(SITE.format(port=port))
     async with opcua_server(port) as (_server, variables):
         await variables["t1"].set_writable()
-        ex, writer = _executor(site, tmp_path)
-        try:
-            payload = _cmd(**kw)  # type: ignore[arg-type]
-            report = await ex.handle(payload)
-            if kw.get("value") == "fast":
-                assert report is None  # not even a command: logged and dropped
-                return
-            assert report is not None
-            assert (report.state, report.reason) == (state, reason)
-            assert await variables["t1"].read_value() == 0.0
-        finally:
-            await writer.close()
+        for i, (kw, state, reason) in enumerate(REFUSALS):
+            (tmp_path / str(i)).mkdir()
+            ex, writer = _executor(site, tmp_path / str(i))
+            try:
+                report = await ex.handle(_cmd(**kw))  # type: ignore[arg-type]
+                if kw.get("value") == "fast":
+                    assert report is None, kw  # not even a command: logged and dropped
+                    continue
+                assert report is not None, kw
+                assert (report.state, report.reason) == (state, reason), kw
+                assert await variables["t1"].read_value() == 0.0, kw
+            finally:
+                await writer.close()
 
 
 def test_the_clock_offset_makes_a_fresh_looking_command_expired(port: int, tmp_path: Path) -> None:
