@@ -150,12 +150,15 @@ class Command(_Wire):
 class CommandReport(_Wire):
     """What became of a command on the gateway: applied (with the value read back), rejected, failed, expired."""
 
-    id: str = Field(max_length=64)
-    node: str
-    prop: str
+    # the platform mints command ids (hex) and reason codes: anything else is not a report of one of its commands
+    id: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    node: str = Field(max_length=128)
+    prop: str = Field(max_length=128)
     state: Literal["applied", "rejected", "failed", "expired"]
-    reason: str = Field("", max_length=64, description="stable code, e.g. 'out_of_limits', 'bad_status'")
-    detail: str = Field("", max_length=500, description="for people: the status code, the limits")
+    reason: str = Field("", max_length=64, pattern=r"^[a-z0-9_]*$",
+                        description="stable code, e.g. 'out_of_limits', 'bad_status'")
+    detail: str = Field("", max_length=500, pattern=r"^[^\x00]*$",
+                        description="for people: the status code, the limits (no NUL)")
     value: float | int | bool | str | None = Field(None, description="the value read back after the write")
     at: int = Field(description="µs, the agent's corrected clock when the command ended")
 

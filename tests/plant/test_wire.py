@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from plant.errors import WireError
 from plant.wire import (
     GATEWAY_ID_PATTERN,
     Ack,
+    CommandReport,
     Diagnosis,
     Flag,
     Frame,
@@ -104,3 +106,13 @@ def test_the_gateway_of_an_uplink_topic() -> None:
     assert topic_gateway("factory-twin/v1//uplink") is None
     assert topic_gateway("other/gw1/uplink") is None
     assert topic_gateway("factory-twin/v1/gw1/ack") is None
+
+
+@pytest.mark.parametrize("field", [{"id": "c1\x00"}, {"id": "c" * 65}, {"reason": "Bad\x00"},
+                                   {"detail": "status\x00Bad"}, {"node": "n" * 129}])
+def test_a_command_report_with_control_characters_or_oversized_fields_is_not_one(field: dict[str, str]) -> None:
+    """A report the platform could not store (NUL on PostgreSQL) would be refused and resent for ever."""
+    report = {"id": "c1", "node": "p1", "prop": "speed", "state": "applied", "at": 1, **field}
+    with pytest.raises(ValidationError):
+        CommandReport.model_validate(report)
+    assert CommandReport.model_validate({**report, **dict.fromkeys(field, "ok")}).state == "applied"
