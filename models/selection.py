@@ -8,6 +8,10 @@ likely truncation point, each engine weighing one), and scored against its true 
 and the NASA score per engine. Candidates are fitted with the student's architecture on the capped labels.
 The tail model replaces a prediction within ``TAIL_MARGIN`` of the cap by the mean remaining life of the fold's
 training engines that lived past the cycle the engine has reached, where that is higher.
+``remaining`` narrows the truncation to a documented range of remaining life (``(low, high]`` cycles, e.g. what a
+data set's README says of its test engines): every cycle of a held-out engine whose remaining life lies in it is an
+equally likely end, and the tail is then the survival prior of that truncation, the mean remaining life of the
+training engines whose remaining life at the engine's cycle lies in the range.
 
 Anomaly (``anomaly_recipe``): window length, calibrated alarm rate and the per-machine threshold rule are chosen
 by leave-one-file-out inside the training group: each file in turn is a new machine (standardised on its own first
@@ -37,6 +41,8 @@ from models.errors import TrainingError
 from models.features import FeatureSpec, features
 
 Array = NDArray[np.float64]
+Remaining = tuple[float, float]  # (low, high]: the remaining life, in cycles, test engines are truncated at
+EVERY_CYCLE: Remaining = (0.0, np.inf)
 CAPS = (125.0, 150.0, 175.0, 200.0, 250.0)
 TAIL_MARGIN = 5.0  # cycles below the cap from which a prediction counts as saturated
 FOLDS = 5
@@ -50,8 +56,15 @@ MAX_FAR = 15.0  # % of normal rows; the target's bound
 # ---- RUL: the cap, on truncated training engines ------------------------------------------------------------
 
 
-def rul_cap(paths: Sequence[Path], progress: build.Progress = build.quiet) -> dict[str, Any]:
-    """Validation figures of every (cap, tail) candidate and the one with the lowest RMSE as given."""
+def rul_cap(
+    paths: Sequence[Path], progress: build.Progress = build.quiet, remaining: Remaining | None = None
+) -> dict[str, Any]:
+    """Validation figures of every (cap, tail) candidate and the one with the lowest RMSE as given.
+
+    ``remaining``: the ``(low, high]`` remaining life test engines are truncated at (None: any cycle)."""
+    within = remaining or EVERY_CYCLE
+    if not 0.0 <= within[0] < within[1]:
+        raise TrainingError(f"remaining life range {within[0]:g}-{within[1]:g}: needs 0 <= low < high")
     data = load_cmapss(paths)
     if data.train is None:
         raise TrainingError("no C-MAPSS training file (train_FD00x.txt) among the data given")
@@ -59,8 +72,10 @@ def rul_cap(paths: Sequence[Path], progress: build.Progress = build.quiet) -> di
     spec = rul.spec_for(found)
     progress("selection: features of every training window")
     X, _, true, groups = rul.training_set(data.train, spec)
-    predicted = _out_of_fold(X, true, groups, progress)
+    predicted = _out_of_fold(X, true, groups, progress, within)
     scored = X[:, 0] >= spec.min_window
+    if remaining is not None:
+        scored &= (true > remaining[0]) & (true <= remaining[1])
     weights = _per_engine(groups, scored)
     subsets = np.array([g.split("/")[0] for g in groups.astype(str)])
     table = {}
@@ -71,20 +86,27 @@ def rul_cap(paths: Sequence[Path], progress: build.Progress = build.quiet) -> di
     chosen = min(table, key=lambda k: table[k]["all"]["rmse"])
     return {
         "protocol": f"{FOLDS}-fold by engine on the training engines, each held-out engine truncated at a random "
-        f"cycle from the {spec.min_window}th (every cycle equally likely, each engine weighing one), scored "
-        "against its true remaining life as given",
+        f"cycle from the {spec.min_window}th{_range_text(remaining)} (every such cycle equally likely, each engine "
+        "weighing one), scored against its true remaining life as given",
+        "remaining": None if remaining is None else list(remaining),
         "candidates": table,
         "chosen": chosen,
     }
 
 
-def _out_of_fold(X: Array, true: Array, groups: NDArray[np.str_], progress: build.Progress) -> dict[str, Array]:
+def _range_text(remaining: Remaining | None) -> str:
+    return "" if remaining is None else f" with {remaining[0]:g} < remaining life <= {remaining[1]:g} cycles"
+
+
+def _out_of_fold(
+    X: Array, true: Array, groups: NDArray[np.str_], progress: build.Progress, within: Remaining
+) -> dict[str, Array]:
     cycle = X[:, 0]
     lives = {g: float(cycle[groups == g].max()) for g in np.unique(groups)}
     out: dict[str, Array] = {}
     for fold, (fit, held) in enumerate(GroupKFold(FOLDS).split(X, true, groups)):
         fleet = np.array([lives[g] for g in np.unique(groups[fit])])
-        tail = mean_residual_life(fleet, cycle[held])
+        tail = mean_residual_life(fleet, cycle[held], within)
         for cap in CAPS:
             progress(f"selection: fold {fold + 1}/{FOLDS}, cap {cap:.0f}")
             model = HistGradientBoostingRegressor(**rul.STUDENT, early_stopping=False, random_state=rul.SEED)
@@ -94,13 +116,15 @@ def _out_of_fold(X: Array, true: Array, groups: NDArray[np.str_], progress: buil
     return out
 
 
-def mean_residual_life(lives: Array, cycles: Array) -> Array:
-    """The mean remaining life of the engines of ``lives`` that lived past each of ``cycles`` (0 when none did)."""
+def mean_residual_life(lives: Array, cycles: Array, within: Remaining = (0.0, np.inf)) -> Array:
+    """The mean remaining life at each of ``cycles`` of the engines of ``lives`` whose remaining life there lies in
+    ``within`` (``(low, high]``; by default: that lived past the cycle), 0 where there is none."""
     order = np.sort(lives)
-    suffix = np.r_[np.cumsum(order[::-1])[::-1], 0.0]
-    first = np.searchsorted(order, cycles, side="right")
-    count = len(order) - first
-    out: Array = np.where(count > 0, suffix[first] / np.maximum(count, 1) - cycles, 0.0)
+    prefix = np.r_[0.0, np.cumsum(order)]
+    first = np.searchsorted(order, cycles + within[0], side="right")
+    last = np.searchsorted(order, cycles + within[1], side="right")
+    count = last - first
+    out: Array = np.where(count > 0, (prefix[last] - prefix[first]) / np.maximum(count, 1) - cycles, 0.0)
     return out
 
 
@@ -128,7 +152,9 @@ def _figures(predicted: Array, true: Array, weights: Array, keep: NDArray[np.boo
     }
 
 
-def rul_test(paths: Sequence[Path], test: Sequence[Path], cap: float, tail: bool) -> dict[str, dict[str, float]]:
+def rul_test(
+    paths: Sequence[Path], test: Sequence[Path], cap: float, tail: bool, remaining: Remaining | None = None
+) -> dict[str, dict[str, float]]:
     """Test figures (last cycle of each test engine, true RUL as given) of the chosen candidate, per sub-set."""
     data = load_cmapss([*paths, *test])
     if data.train is None or data.test is None or data.truth is None:
@@ -142,7 +168,7 @@ def rul_test(paths: Sequence[Path], test: Sequence[Path], cap: float, tail: bool
     predicted = np.clip(model.predict(Xt), 0.0, cap)
     if tail:
         lives = np.array([X[groups == g, 0].max() for g in np.unique(groups)])
-        predicted = with_tail(predicted, cap, mean_residual_life(lives, Xt[:, 0]))
+        predicted = with_tail(predicted, cap, mean_residual_life(lives, Xt[:, 0], remaining or EVERY_CYCLE))
     truth = data.truth.loc[units].to_numpy(dtype=np.float64)
     subsets = np.array([u.split("/")[0] for u in units])
     return {str(s): rul.metrics(truth[subsets == s], predicted[subsets == s]) for s in sorted(set(subsets))}

@@ -120,12 +120,20 @@ def train(
     type=click.Path(exists=True, path_type=Path),
     help="test data: the chosen options are scored on it once, after the choice",
 )
+@click.option(
+    "--remaining",
+    default=None,
+    metavar="LOW-HIGH",
+    help="rul: the remaining life (cycles, LOW < r <= HIGH) test engines are documented to be truncated at; "
+    "default: any cycle",
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object")
-def select(task: str, data: tuple[Path, ...], test: tuple[Path, ...], as_json: bool) -> None:
+def select(task: str, data: tuple[Path, ...], test: tuple[Path, ...], remaining: str | None, as_json: bool) -> None:
     """Choose TASK's recipe options on validation built from the training data alone.
 
     rul: the label cap and the mean-residual-life tail, by engine-grouped folds of training engines truncated at
-    random cycles and scored against their true remaining life. anomaly: window, alarm rate and threshold rule,
+    random cycles (with --remaining, only cycles whose remaining life lies in that documented range) and scored
+    against their true remaining life. anomaly: window, alarm rate and threshold rule,
     leaving one training file out at a time. With --test, the choice is then scored on the test data.
     """
     from models import selection
@@ -134,11 +142,12 @@ def select(task: str, data: tuple[Path, ...], test: tuple[Path, ...], as_json: b
     progress = (lambda m: click.echo(m, err=True)) if not as_json else (lambda _m: None)
     try:
         if task == "rul":
-            result = selection.rul_cap(list(data), progress)
+            within = _remaining_range(remaining)
+            result = selection.rul_cap(list(data), progress, within)
             if test:
                 name = str(result["chosen"])
                 cap = float(name.split()[1])
-                result["test"] = selection.rul_test(list(data), list(test), cap, name.endswith("tail"))
+                result["test"] = selection.rul_test(list(data), list(test), cap, name.endswith("tail"), within)
         else:
             result = selection.anomaly_recipe(list(data), progress)
             if test:
@@ -149,6 +158,17 @@ def select(task: str, data: tuple[Path, ...], test: tuple[Path, ...], as_json: b
         click.echo(json.dumps(result, default=float))
         return
     click.echo(selection.table(task, result))
+
+
+def _remaining_range(text: str | None) -> tuple[float, float] | None:
+    """``LOW-HIGH`` as two cycle counts; a usage error naming the option otherwise."""
+    if text is None:
+        return None
+    low, _, high = text.partition("-")
+    try:
+        return float(low), float(high)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not LOW-HIGH in cycles (e.g. 0-145)", param_hint="--remaining") from None
 
 
 def _scoring_options(variant_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:

@@ -23,6 +23,26 @@ def test_mean_residual_life_of_the_engines_still_running() -> None:
     assert got.tolist() == [200.0, 100.0, 50.0, 0.0, 0.0]
 
 
+def test_residual_life_within_a_documented_truncation_range() -> None:
+    lives = np.array([100.0, 200.0, 300.0])
+    cycles = np.array([0.0, 60.0, 150.0, 250.0])
+    got = selection.mean_residual_life(lives, cycles, (0.0, 145.0))
+    # at 0 only the engine of 100 cycles has <= 145 left; at 60: 40 and 140 left (90); at 150: 50 (150 is beyond 145);
+    # at 250 only 50 left; (0, inf) is the plain mean residual life
+    assert got.tolist() == [100.0, 90.0, 50.0, 50.0]
+    assert selection.mean_residual_life(lives, cycles, (0.0, np.inf)).tolist() == [200.0, 140.0, 100.0, 50.0]
+    assert selection.mean_residual_life(lives, np.array([0.0]), (150.0, 160.0)).tolist() == [0.0]  # none: 0
+
+
+def test_a_truncation_range_must_be_an_interval() -> None:
+    with pytest.raises(TrainingError, match="remaining life range 145-7"):
+        selection.rul_cap([], remaining=(145.0, 7.0))
+    result = CliRunner().invoke(models, ["select", "rul", "--data", ".", "--remaining", "7..145"])
+    assert result.exit_code == 2
+    assert "--remaining" in result.output
+    assert "LOW-HIGH" in result.output
+
+
 def test_the_tail_raises_only_saturated_predictions() -> None:
     predicted = np.array([40.0, 119.0, 121.0, 125.0])
     tail = np.array([200.0, 200.0, 200.0, 90.0])
@@ -54,7 +74,9 @@ def test_rul_cap_on_a_few_engines(datasets: Path, tmp_path: Path, monkeypatch: p
     source = (datasets / "cmapss" / "train_FD001.txt").read_text().splitlines(keepends=True)
     train = tmp_path / "train_FD001.txt"
     train.write_text("".join(line for line in source if int(line.split()[0]) <= 10))
-    result = selection.rul_cap([train])
+    result = selection.rul_cap([train], remaining=(0.0, 145.0))  # truncated within the README's range
+    assert result["remaining"] == [0.0, 145.0]
+    assert "0 < remaining life <= 145 cycles" in result["protocol"]
     assert set(result["candidates"]) == {f"cap {c:.0f}{t}" for c in selection.CAPS for t in ("", " + tail")}
     assert result["chosen"] in result["candidates"]
     best = min(row["all"]["rmse"] for row in result["candidates"].values())
