@@ -140,6 +140,8 @@ def select(task: str, data: tuple[Path, ...], test: tuple[Path, ...], remaining:
     from models.errors import ModelError
 
     progress = (lambda m: click.echo(m, err=True)) if not as_json else (lambda _m: None)
+    if remaining is not None and task != "rul":
+        raise click.BadParameter("only rul truncates engines", param_hint="--remaining")
     try:
         if task == "rul":
             within = _remaining_range(remaining)

@@ -41,6 +41,9 @@ def test_a_truncation_range_must_be_an_interval() -> None:
     assert result.exit_code == 2
     assert "--remaining" in result.output
     assert "LOW-HIGH" in result.output
+    result = CliRunner().invoke(models, ["select", "anomaly", "--data", ".", "--remaining", "6-145"])
+    assert result.exit_code == 2
+    assert "only rul" in result.output
 
 
 def test_the_tail_raises_only_saturated_predictions() -> None:
