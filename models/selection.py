@@ -116,7 +116,7 @@ def _out_of_fold(
     return out
 
 
-def mean_residual_life(lives: Array, cycles: Array, within: Remaining = (0.0, np.inf)) -> Array:
+def mean_residual_life(lives: Array, cycles: Array, within: Remaining = EVERY_CYCLE) -> Array:
     """The mean remaining life at each of ``cycles`` of the engines of ``lives`` whose remaining life there lies in
     ``within`` (``(low, high]``; by default: that lived past the cycle), 0 where there is none."""
     order = np.sort(lives)
