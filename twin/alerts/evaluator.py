@@ -21,8 +21,8 @@ one costs at most ``alert_sweep_s`` of delay, never an alert. LISTEN starts befo
 stored in between waits for the sweep.
 
 Several sites: the leader judges every site stored in the twin (``twin_sites``, written by each site sync), each
-asset by its own site's rules, whichever site file its own process read; it takes up a newly loaded site's rules
-at its next sweep. One leader serves every site of the database.
+asset by its own site's rules: the site of its own process by the file that process read, the others as last
+loaded; it takes up a newly loaded site's rules at its next sweep. One leader serves every site of the database.
 
 Exactly once: the leader writes alerts and deletes the feed rows they came from in one transaction, through the
 lock's own connection, so a process that lost the lock can no longer commit anything, and one killed before its
@@ -171,12 +171,12 @@ class AlertEvaluator:
         return True
 
     def _take_up_rules(self) -> None:
-        """Rules of every site stored in the twin (this process's own file among them), the open alerts, then
-        the latest state of what no feed row names."""
+        """Rules of every site stored in the twin (its own by this process's file), the open alerts, then the
+        latest state of what no feed row names."""
         with self.lock.transaction() as session:
             self._sites_mark = sites_mark(session)
-            sites = {s.site.id: s for s in stored_sites(session)}
-            sites.setdefault(self.site.site.id, self.site)  # not stored (yet): judged by the file this process read
+            # its own site by the file this process read (as the leader always has), the others as stored
+            sites = {s.site.id: s for s in stored_sites(session)} | {self.site.site.id: self.site}
             self.alerts = AlertEngine(list(sites.values()), noise=self.noise)
             self.feed = ChangeFeed(self.alerts.watched())
             self.alerts.load(session)
