@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from plant.wire import from_us
 from twin.alerts.lifecycle import NORMAL, PRIORITIES
 from twin.knowledge.base import KnowledgeBody, body_of
+from twin.scopes import Sites, within
 from twin.tables import Alert, KnowledgeEntry, WorkOrder, WorkOrderAlert
 
 H = 3_600 * 1_000_000  # µs per hour
@@ -231,10 +232,11 @@ def due_date(session: Session, alert: Alert) -> tuple[int, str]:
 
 
 def maintenance_plan(
-    session: Session, *, now: int, subtree: str | None = None, limit: int = 500
+    session: Session, *, now: int, subtree: str | None = None, limit: int = 500, sites: Sites = None
 ) -> list[PlanItem]:
-    """The open work across the plant (or a subtree), most urgent first, with the evidence for each item."""
-    stmt = select(Alert).where(Alert.state != NORMAL, Alert.suppressed.is_(False))
+    """The open work across the plant (or a subtree, or some sites), most urgent first, with the evidence for
+    each item."""
+    stmt = select(Alert).where(Alert.state != NORMAL, Alert.suppressed.is_(False), within(Alert.node_path, sites))
     if subtree:
         stmt = stmt.where(Alert.node_path.contains(f"/{subtree}/", autoescape=True))
     items = []

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from plant.wire import now_us
 from twin.errors import BadCredentials, Conflict, Forbidden, NotFound, StoreError, Unauthenticated
+from twin.scopes import narrow, normalise
 from twin.tables import ApiKey, User
 
 log = structlog.get_logger(__name__)
@@ -91,6 +92,7 @@ class Principal:
         role: The key's role.
         owner: The user the key belongs to (a login session's user), if any.
         address: The client address of the request, for the audit trail.
+        sites: The sites it may see and change (twin/scopes.py); None: every site.
     """
 
     key_id: int
@@ -99,6 +101,7 @@ class Principal:
     role: Role
     owner: str | None = None
     address: str = ""
+    sites: frozenset[str] | None = None
 
     @property
     def is_session(self) -> bool:
@@ -160,6 +163,7 @@ def create_key(
     *,
     owner: str | None = None,
     expires_at: int | None = None,
+    sites: list[str] | None = None,
     commit: bool = True,
 ) -> str:
     """Create a key with ``role``; returns the key itself, which is never stored or shown again.
@@ -172,7 +176,7 @@ def create_key(
         key = f"{prefix}_{secrets.token_urlsafe(_SECRET_BYTES)}"
         session.add(
             ApiKey(prefix=prefix, hash=hash_key(key), role=role.value, name=name, created_at=now_us(),
-                   owner=owner, expires_at=expires_at)
+                   owner=owner, expires_at=expires_at, sites=normalise(sites))
         )
         if not commit:
             session.flush()
@@ -195,7 +199,7 @@ def authenticate(session: Session, key: str | None, limits: SessionLimits | None
     prefix = _split(key)
     found = (
         session.execute(
-            select(ApiKey, User.disabled, User.role)
+            select(ApiKey, User.disabled, User.role, User.sites)
             .outerjoin(User, User.username == ApiKey.owner)
             .where(ApiKey.prefix == prefix)
         ).one_or_none()
@@ -206,7 +210,7 @@ def authenticate(session: Session, key: str | None, limits: SessionLimits | None
     # A malformed or unknown key is hashed all the same, so the answer takes as long as for a wrong secret.
     if not hmac.compare_digest(found[0].hash if found is not None else _NO_HASH, hash_key(key)) or found is None:
         raise BadCredentials("invalid API key")
-    row, owner_disabled, owner_role = found
+    row, owner_disabled, owner_role, owner_sites = found
     if row.revoked:
         raise Unauthenticated(f"API key {row.prefix} has been revoked")
     if row.expires_at is not None and row.expires_at <= now_us():
@@ -219,7 +223,8 @@ def authenticate(session: Session, key: str | None, limits: SessionLimits | None
     role = Role(row.role)
     if owner_role is not None and Role(owner_role) < role:  # a key does no more than the person it belongs to
         role = Role(owner_role)
-    principal = Principal(key_id=row.id, prefix=row.prefix, name=row.name, role=role, owner=row.owner)
+    principal = Principal(key_id=row.id, prefix=row.prefix, name=row.name, role=role, owner=row.owner,
+                          sites=narrow(row.sites, owner_sites))  # nor does it see more sites
     _touch(session, row)
     return principal
 
@@ -287,7 +292,8 @@ def rotate_key(session: Session, prefix: str, grace_s: float) -> tuple[str, ApiK
         raise Conflict(f"API key {old.prefix} has expired: create a new one instead")
     if old.name.startswith(SESSION_PREFIX):
         raise Conflict(f"{old.prefix} is a login session: log in again instead")
-    key = create_key(session, Role(old.role), old.name, owner=old.owner, expires_at=old.expires_at, commit=False)
+    key = create_key(session, Role(old.role), old.name, owner=old.owner, expires_at=old.expires_at,
+                     sites=old.sites, commit=False)
     new = get_key(session, key)
     grace_end = now + int(grace_s * 1e6)
     old.expires_at = grace_end if old.expires_at is None else min(old.expires_at, grace_end)

@@ -15,6 +15,7 @@
         ├── Unauthenticated  no key, or an unknown or revoked one (401)
         │   └── BadCredentials  a key or password that matches nothing: a guess, counted (twin/throttle.py)
         ├── Forbidden        the key's role is too low (403)
+        │   └── OutOfScope   the request names a site the key or person is not given (twin/scopes.py)
         └── TooManyAttempts  too many failed credential checks: try again after ``retry_after`` s (429)
 """
 
@@ -70,6 +71,10 @@ class BadCredentials(Unauthenticated):
 
 class Forbidden(AuthError):
     """The key's role is too low for this action."""
+
+
+class OutOfScope(Forbidden):
+    """The request names a node, alert, work order or command of a site the caller is not given."""
 
 
 class TooManyAttempts(AuthError):

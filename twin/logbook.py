@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from twin.exports import csv_text, iso
+from twin.scopes import Sites, within
 from twin.tables import (
     Alert,
     AlertTransition,
@@ -61,12 +62,14 @@ class Scope:
         start: µs, inclusive.
         end: µs, exclusive.
         limit: most entries per source.
+        sites: only entries of these sites (twin/scopes.py); None: every site.
     """
 
     path: str
     start: int
     end: int
     limit: int = 500
+    sites: Sites = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ def _work_orders(session: Session, scope: Scope) -> list[Entry]:
     stmt = (
         select(e, w.node_id, w.task)
         .join(w, w.id == e.work_order_id)
-        .where(e.at >= scope.start, e.at < scope.end, w.node_path.startswith(scope.path, autoescape=True))
+        .where(e.at >= scope.start, e.at < scope.end, w.node_path.startswith(scope.path, autoescape=True),
+               within(w.node_path, scope.sites))
         .order_by(e.at.desc(), e.id.desc())
         .limit(scope.limit)
     )
@@ -113,6 +117,7 @@ def _alerts(session: Session, scope: Scope) -> list[Entry]:
             t.at < scope.end,
             t.action.in_(ALERT_ACTIONS),
             a.node_path.startswith(scope.path, autoescape=True),
+            within(a.node_path, scope.sites),
         )
         .order_by(t.at.desc(), t.id.desc())
         .limit(scope.limit)
@@ -125,8 +130,13 @@ def _alerts(session: Session, scope: Scope) -> list[Entry]:
     ]  # fmt: skip
 
 
+def _nodes(scope: Scope) -> Select[str]:
+    return select(TwinNode.id).where(TwinNode.path.startswith(scope.path, autoescape=True),
+                                     within(TwinNode.path, scope.sites))
+
+
 def _models(session: Session, scope: Scope) -> list[Entry]:
-    nodes = select(TwinNode.id).where(TwinNode.path.startswith(scope.path, autoescape=True))
+    nodes = _nodes(scope)
     d = DiagnosisRecord
     stmt = (
         select(d.node_id, d.task, d.model, d.version, func.min(d.ts).label("first"))
@@ -155,7 +165,7 @@ SETPOINT_STATES = {
 
 def _setpoints(session: Session, scope: Scope) -> list[Entry]:
     c = SetpointCommand
-    nodes = select(TwinNode.id).where(TwinNode.path.startswith(scope.path, autoescape=True))
+    nodes = _nodes(scope)
     stmt = (
         select(c)
         .where(c.node_id.in_(nodes), c.created_at < scope.end,

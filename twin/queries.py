@@ -37,6 +37,7 @@ from twin.schemas import (
     Scalar,
 )
 from twin.schemas import HistoryPoint as HistoryPointPublic
+from twin.scopes import Sites, within
 from twin.tables import QUALITY_NAMES, DiagnosisRecord, FramePoint, HistoryPoint, TwinNode, TwinProperty
 
 DEFAULT_LIMIT = 1000
@@ -95,9 +96,12 @@ def node_public(node: TwinNode) -> NodePublic:
     )
 
 
-def node_tree(session: Session, root: str | None = None, include_retired: bool = False) -> NodeForest:
-    """The whole node tree, or the subtree under ``root``; children in site-file order."""
-    stmt = select(TwinNode)
+def node_tree(
+    session: Session, root: str | None = None, include_retired: bool = False, *, sites: Sites = None
+) -> NodeForest:
+    """The whole node tree (of ``sites`` only, if given), or the subtree under ``root``; children in site-file
+    order."""
+    stmt = select(TwinNode).where(within(TwinNode.path, sites))
     if not include_retired:
         stmt = stmt.where(or_(TwinNode.retired_at.is_(None), TwinNode.id == root))
     if root is not None:

@@ -169,6 +169,8 @@ class ApiKeyPublic(_Schema):
     owner: str | None = Field(None, description="the user it belongs to: it stops while they are disabled")
     rotated_to: str | None = Field(None, description="prefix of the key that replaced it")
     state: Literal["active", "revoked", "expired"] = "active"
+    sites: list[str] | None = Field(None, description="the sites it may see and change (no more than its owner's); "
+                                                      "null: every site")
 
 
 class ApiKeyCreate(_Schema):
@@ -179,6 +181,8 @@ class ApiKeyCreate(_Schema):
     expires_in_days: float | None = Field(None, gt=0, le=3650, description="none: never expires")
     owner: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$",
                               description="a user the key belongs to (it stops while they are disabled)")
+    sites: list[Key] | None = Field(None, max_length=64, description="the site ids it may see and change; "
+                                                                     "null: every site")
 
 
 class ApiKeyCreated(ApiKeyPublic):

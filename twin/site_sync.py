@@ -9,6 +9,9 @@ nodes under the file's top-level nodes are retired: another site's file, loaded 
 other subtrees, and loading one leaves the other's nodes (and the asset types they use) alone. The
 same holds for a property removed from its asset type. Diagnosis properties (``diag.<task>.<field>``) are
 created by the store, not the site file, and are never retired here.
+
+Each file's model is kept in ``twin_sites`` (by its ``site.id``), so the alert leader judges every site's
+values by that site's rules whichever process leads; each site file needs its own ``site.id``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, select
+from pydantic import ValidationError
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from plant.site import AssetType, Node, PropertyDef, Site
@@ -25,7 +29,7 @@ from plant.wire import now_us
 from twin import audit
 from twin.commands import writable_spec
 from twin.db import make_sessionmaker
-from twin.tables import AssetTypeRecord, TwinNode, TwinProperty
+from twin.tables import AssetTypeRecord, TwinNode, TwinProperty, TwinSite
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +86,7 @@ def sync_site(engine: Engine, site: Site, now: int | None = None) -> SyncReport:
                 counts.props_retired += 1
         elsewhere = {n.type for n in nodes.values() if n.type and not n.path.startswith(roots)}
         _sync_asset_types(session, site, stamp, keep=elsewhere)
+        _store_model(session, site, stamp)
         if any(vars(counts).values()):  # the plant's model changed: in the audit trail, with what changed
             audit.record(session, SITE_ACTOR, "site.reload", f"site:{site.site.id}", after=dict(vars(counts)),
                          address="local")
@@ -94,6 +99,34 @@ class _Counts:
     def __init__(self) -> None:
         self.nodes_created = self.nodes_updated = self.nodes_retired = 0
         self.props_created = self.props_updated = self.props_retired = 0
+
+
+def _store_model(session: Session, site: Site, stamp: int) -> None:
+    model = site.model_dump(mode="json", by_alias=True)
+    row = session.get(TwinSite, site.site.id)
+    if row is None:
+        session.add(TwinSite(id=site.site.id, model=model, updated_at=stamp))
+    elif row.model != model:
+        row.model, row.updated_at = model, stamp
+
+
+def stored_sites(session: Session) -> list[Site]:
+    """Every site's model as last loaded; one this version cannot read any more is left out (with a warning)
+    until its file is loaded again."""
+    sites: list[Site] = []
+    for row in session.scalars(select(TwinSite).order_by(TwinSite.id)):
+        try:
+            sites.append(Site.model_validate(row.model))
+        except ValidationError as exc:
+            log.warning("stored site model unreadable: load its site file again", site=row.id,
+                        error=str(exc).splitlines()[0])
+    return sites
+
+
+def sites_mark(session: Session) -> tuple[int, int]:
+    """A mark of the stored site models that changes whenever one is added or loaded changed."""
+    count, newest = session.execute(select(func.count(), func.max(TwinSite.updated_at))).one()
+    return int(count), int(newest or 0)
 
 
 def _sync_nodes(session: Session, site: Site, rows: dict[str, TwinNode], counts: _Counts) -> set[str]:

@@ -67,6 +67,17 @@ class TwinNode(Base):
     gateway: Mapped[str | None] = mapped_column(String(64))
 
 
+class TwinSite(Base):
+    """A site file's model as last loaded, so the alert leader judges every site by its own rules, whichever
+    process leads (twin/alerts/evaluator.py); written by the site sync (twin/site_sync.py)."""
+
+    __tablename__ = "twin_sites"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the file's ``site.id``
+    model: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class TwinGateway(Base):
     """An edge gateway allowed on the broker: its credential's hash, in Mosquitto's ``$7$`` PBKDF2 format."""
 
@@ -219,6 +230,8 @@ class ApiKey(Base):
     # the person the key belongs to (a login session, or a key made for them): disabling them stops it
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
     rotated_to: Mapped[str | None] = mapped_column(String(16))  # prefix of the key that replaced this one
+    # the sites (top-level node ids) the key may see and change; None: every site (twin/scopes.py)
+    sites: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class Alert(Base):
@@ -448,6 +461,8 @@ class User(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     password_changed_at: Mapped[int | None] = mapped_column(BigInteger)
+    # the sites (top-level node ids) the person may see and change; None: every site (twin/scopes.py)
+    sites: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class AuditRecord(Base):

@@ -28,6 +28,7 @@ from plant.wire import now_us
 from twin.advice import advise, due_date
 from twin.alerts import feedback, lifecycle
 from twin.errors import Conflict, InvalidRequest, NotFound
+from twin.scopes import Sites, within
 from twin.tables import Alert, TwinNode, WorkOrder, WorkOrderAlert, WorkOrderEvent
 from twin.webhooks.queue import enqueue_work_order_event
 
@@ -279,10 +280,11 @@ def listing(
     assignee: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    sites: Sites = None,
 ) -> tuple[list[WorkOrder], int]:
-    """Work orders filtered by state, asset subtree and assignee, by due date (none last), then newest; and
-    how many match."""
-    conds: list[Any] = []
+    """Work orders filtered by state, asset subtree, assignee and sites, by due date (none last), then newest;
+    and how many match."""
+    conds: list[Any] = [within(WorkOrder.node_path, sites)]
     if states:
         conds.append(WorkOrder.state.in_(states))
     if subtree:

@@ -18,9 +18,10 @@ import click
 import structlog
 
 from factory_twin.cli.database import cli_actor, database_options, open_session
+from factory_twin.cli.users import sites_option
 from factory_twin.logs import configure_logging
 from plant.wire import from_us, now_us
-from twin import audit, auth
+from twin import audit, auth, scopes
 from twin.auth import PERSON_ROLES, Role
 from twin.tables import ApiKey
 
@@ -46,9 +47,10 @@ def keys() -> None:
 @click.option("--expires-in-days", type=click.FloatRange(min=0, min_open=True, max=3650), default=None,
               help="refuse the key after this many days (default: never expires)")
 @click.option("--user", "owner", default=None, help="the user the key belongs to: it stops while they are disabled")
+@sites_option
 @database_options
-def create(role: str, name: str, expires_in_days: float | None, owner: str | None, data_dir: Path,
-           database_url: str | None) -> None:
+def create(role: str, name: str, expires_in_days: float | None, owner: str | None, sites: list[str] | None,
+           data_dir: Path, database_url: str | None) -> None:
     """Create a key and print it: it is shown this once, only its hash is stored."""
     from twin.dashboard import users
 
@@ -56,7 +58,7 @@ def create(role: str, name: str, expires_in_days: float | None, owner: str | Non
     with open_session(data_dir, database_url) as session:
         if owner is not None:
             users.get_user(session, owner)
-        key = auth.create_key(session, Role(role), name, owner=owner, expires_at=expires, commit=False)
+        key = auth.create_key(session, Role(role), name, owner=owner, expires_at=expires, sites=sites, commit=False)
         row = auth.get_key(session, key)
         audit.record(session, cli_actor(), "key.create", f"key:{row.prefix}", after=_fields(row), address=_LOCAL)
         session.commit()
@@ -80,8 +82,9 @@ def list_(as_json: bool, data_dir: Path, database_url: str | None) -> None:
             used = f["last_used_at"] or "never"
             expires = f" expires {f['expires_at']}" if f["expires_at"] else ""
             owner = f" user {row.owner}" if row.owner else ""
+            sites = f" sites {f['sites']}" if row.sites is not None else ""
             click.echo(f"{row.prefix}  {row.role:<10}  {f['state']:<7}  {f['created_at']}  used {used}"
-                       f"{expires}{owner}  {row.name}")
+                       f"{expires}{owner}{sites}  {row.name}")
     if not rows and not as_json:
         click.echo("no keys yet: `factory-twin keys create --role admin`", err=True)
 
@@ -135,8 +138,8 @@ def create_user(ctx: click.Context, username: str, role: str, password_stdin: bo
     """Kept for scripts written before `factory-twin users create`, which it runs."""
     from factory_twin.cli.users import create as users_create
 
-    ctx.invoke(users_create, username=username, role=role, password_stdin=password_stdin, data_dir=data_dir,
-               database_url=database_url)
+    ctx.invoke(users_create, username=username, role=role, password_stdin=password_stdin, sites=None,
+               data_dir=data_dir, database_url=database_url)
 
 
 def _fields(row: ApiKey) -> dict[str, str | bool | None]:
@@ -151,4 +154,5 @@ def _fields(row: ApiKey) -> dict[str, str | bool | None]:
         "expires_at": None if row.expires_at is None else from_us(row.expires_at).isoformat(),
         "rotated_to": row.rotated_to,
         "revoked": row.revoked,
+        "sites": None if row.sites is None else scopes.describe(row.sites),
     }

@@ -6,6 +6,7 @@ The database is the demo's by default (``--data-dir var/demo``), or the one ``--
 
     factory-twin users create alice --role technician        # asks for the password twice
     factory-twin users disable alice                           # her sessions end, her keys stop
+    factory-twin users set-sites bob plant-a,plant-b           # bob sees and changes these sites only
 
 The last active admin cannot be demoted, disabled or removed. Every change is in the audit trail, as made by
 ``cli (<login name>)`` from ``local``.
@@ -22,12 +23,26 @@ import structlog
 from factory_twin.cli.database import cli_actor, database_options, open_session, read_password
 from factory_twin.logs import configure_logging
 from plant.wire import from_us
-from twin import audit
+from twin import audit, scopes
 from twin.auth import PERSON_ROLES, Role
 from twin.dashboard import users as accounts
+from twin.errors import InvalidRequest
 
 _LOCAL = "local"
 _ROLE = click.Choice([r.value for r in PERSON_ROLES])
+
+
+def _parse_sites(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
+    try:
+        return scopes.parse(value)
+    except InvalidRequest as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+sites_option = click.option(
+    "--sites", callback=_parse_sites, default=None, metavar="A,B",
+    help="the site ids (top-level nodes) it may see and change, comma-separated (default: every site)",
+)
 
 
 @click.group()
@@ -41,12 +56,14 @@ def users() -> None:
 @click.argument("username")
 @click.option("--role", "-r", type=_ROLE, required=True, help="viewer < technician < engineer < admin")
 @click.option("--password-stdin", is_flag=True, help="read the password from stdin instead of prompting")
+@sites_option
 @database_options
-def create(username: str, role: str, password_stdin: bool, data_dir: Path, database_url: str | None) -> None:
+def create(username: str, role: str, password_stdin: bool, sites: list[str] | None, data_dir: Path,
+           database_url: str | None) -> None:
     """Create USERNAME, who logs in with a password (asked for, never echoed)."""
     password = read_password(password_stdin)
     with open_session(data_dir, database_url) as session:
-        user = accounts.create_user(session, username, password, Role(role), commit=False)
+        user = accounts.create_user(session, username, password, Role(role), sites=sites, commit=False)
         audit.record(session, cli_actor(), "user.create", f"user:{username}", after=accounts.snapshot(user),
                      address=_LOCAL)
         session.commit()
@@ -67,7 +84,7 @@ def list_(as_json: bool, data_dir: Path, database_url: str | None) -> None:
         else:
             state = "disabled" if user.disabled else "active"
             click.echo(f"{user.username:<20}  {user.role:<10}  {state:<8}  {fields['created_at']}  "
-                       f"sessions {sessions}")
+                       f"sessions {sessions}  sites {scopes.describe(user.sites)}")
     if not rows and not as_json:
         click.echo("no users yet: `factory-twin users create NAME --role admin`", err=True)
 
@@ -109,6 +126,16 @@ def set_role(username: str, role: str, data_dir: Path, database_url: str | None)
     """Give USERNAME the ROLE (their open sessions take it at once)."""
     _change(data_dir, database_url, username, "user.set_role", "set_role", Role(role))
     click.echo(f"{username} is now {role}", err=True)
+
+
+@users.command(name="set-sites")
+@click.argument("username")
+@click.argument("sites", callback=_parse_sites, metavar="A,B|all")
+@database_options
+def set_sites(username: str, sites: list[str] | None, data_dir: Path, database_url: str | None) -> None:
+    """Limit USERNAME to SITES (comma-separated site ids), or ``all``; their sessions and keys follow at once."""
+    _change(data_dir, database_url, username, "user.set_sites", "set_sites", sites)
+    click.echo(f"{username} now sees {scopes.describe(sites)}", err=True)
 
 
 @users.command(name="reset-password")

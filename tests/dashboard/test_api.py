@@ -215,6 +215,7 @@ def test_login_with_an_api_key_returns_it_and_logout_leaves_it_alone(env: Env) -
         "role": "viewer",
         "prefix": env.keys["viewer"][:16],
         "session": False,
+        "sites": None,
     }
     auth = {"Authorization": f"Bearer {env.keys['viewer']}"}
     assert env.client.delete("/api/v1/session", headers=auth).status_code == 204

@@ -118,7 +118,7 @@ def test_create_use_revoke(client: TestClient, keys: dict[Role, str]) -> None:
     assert listed["count"] == len(Role) + 1
     entry = next(k for k in listed["items"] if k["prefix"] == made["prefix"])
     assert set(entry) == {"prefix", "name", "role", "created_at", "last_used_at", "revoked", "expires_at", "owner",
-                          "rotated_to", "state"}
+                          "rotated_to", "state", "sites"}
     assert entry["last_used_at"] is not None
     assert new_key not in str(listed)
 

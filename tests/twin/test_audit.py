@@ -158,6 +158,7 @@ CASES: dict[str, tuple[Callable[[Api], Any] | None, Callable[[Api, Any], Respons
                                                                        "role": "viewer"}), "user:olga"),
     "user.set_role": (None, lambda a, _: a.call("PATCH", "/users/tess", json={"role": "engineer"}), "user:tess"),
     "user.disable": (None, lambda a, _: a.call("PATCH", "/users/tess", json={"disabled": True}), "user:tess"),
+    "user.set_sites": (None, lambda a, _: a.call("PATCH", "/users/tess", json={"sites": ["plant"]}), "user:tess"),
     "user.enable": (lambda a: a.call("PATCH", "/users/tess", json={"disabled": True}),
                     lambda a, _: a.call("PATCH", "/users/tess", json={"disabled": False}), "user:tess"),
     "user.delete": (None, lambda a, _: a.call("DELETE", "/users/tess"), "user:tess"),
@@ -249,8 +250,8 @@ def test_the_record_says_who_with_a_person_or_a_key(api: Api) -> None:
     api.call("PATCH", "/users/tess", json={"role": "engineer"})
     by_person, by_key = api.records()[-2:]
     assert by_person.actor == "ada"
-    assert by_person.before == {"username": "tess", "role": "technician", "disabled": False}
-    assert by_person.after == {"username": "tess", "role": "viewer", "disabled": False}
+    assert by_person.before == {"username": "tess", "role": "technician", "disabled": False, "sites": None}
+    assert by_person.after == {"username": "tess", "role": "viewer", "disabled": False, "sites": None}
     assert by_key.actor == f"key {api.keys[Role.ADMIN][:16]} (admin key)"
 
 

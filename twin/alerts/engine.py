@@ -13,7 +13,7 @@ one process that holds the leader lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from twin.alerts.rules import (
     evaluation_order,
     make_state,
 )
+from twin.scopes import site_of
 from twin.tables import Alert
 
 log = structlog.get_logger(__name__)
@@ -97,16 +98,20 @@ class _Asset:
 
 
 class AlertEngine:
-    """Evaluates the alert rules of every asset of a site.
+    """Evaluates the alert rules of every asset of one site or several (each asset by its own site's rules).
 
     Args:
-        site: the validated site model; rules come from its asset types' ``alerts``.
+        site: the validated site model, or several; rules come from their asset types' ``alerts``.
         started: when the engine started watching (µs); stale rules wait their grace from here.
         noise: flapping and grouping settings.
     """
 
-    def __init__(self, site: Site, *, started: int | None = None, noise: NoiseConfig | None = None) -> None:
-        self.site = site
+    def __init__(
+        self, site: Site | Sequence[Site], *, started: int | None = None, noise: NoiseConfig | None = None
+    ) -> None:
+        self.sites = [site] if isinstance(site, Site) else list(site)
+        # the site each top-level node comes from: an alert is judged by its own site's asset types
+        self._site_of_root = {top.id: site for site in self.sites for top in site.nodes}
         self.noise = noise or NoiseConfig()
         self.started = started if started is not None else now_us()
         self.assets: dict[str, _Asset] = {}
@@ -119,9 +124,13 @@ class AlertEngine:
         self._build()
 
     def _build(self) -> None:
+        for site in self.sites:
+            self._build_site(site)
+
+    def _build_site(self, site: Site) -> None:
         paths: dict[str, str] = {}
         roots: dict[str, str] = {}
-        for node, parent in self.site.walk():
+        for node, parent in site.walk():
             paths[node.id] = (paths[parent.id] if parent else "/") + f"{node.id}/"
             roots[node.id] = (
                 paths[node.id]
@@ -132,7 +141,7 @@ class AlertEngine:
             )
             if node.type is None:
                 continue
-            atype = self.site.asset_types[node.type]
+            atype = site.asset_types[node.type]
             watched = []
             for rule in evaluation_order(list(atype.alerts)):
                 unit = atype.properties[rule.property].unit if rule.property else ""
@@ -418,7 +427,8 @@ class AlertEngine:
         return 0
 
     def _rule(self, alert: Alert) -> AlertRuleDef | None:
-        atype = self.site.asset_types.get(alert.asset_type)
+        site = self._site_of_root.get(site_of(alert.node_path))
+        atype = site.asset_types.get(alert.asset_type) if site is not None else None
         return next((r for r in atype.alerts if r.id == alert.rule), None) if atype else None
 
     def rule_for(self, alert: Alert) -> AlertRuleDef | None:

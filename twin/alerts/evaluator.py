@@ -20,6 +20,10 @@ times: a cursor would skip a batch that commits after a newer one. A notificatio
 one costs at most ``alert_sweep_s`` of delay, never an alert. LISTEN starts before the catch-up, so nothing
 stored in between waits for the sweep.
 
+Several sites: the leader judges every site stored in the twin (``twin_sites``, written by each site sync), each
+asset by its own site's rules: the site of its own process by the file that process read, the others as last
+loaded; it takes up a newly loaded site's rules at its next sweep. One leader serves every site of the database.
+
 Exactly once: the leader writes alerts and deletes the feed rows they came from in one transaction, through the
 lock's own connection, so a process that lost the lock can no longer commit anything, and one killed before its
 commit leaves the rows to its successor; a new leader first loads the open alerts (``AlertEngine.load``), so a
@@ -44,6 +48,7 @@ from twin.alerts.feed import ChangeFeed, Read
 from twin.config import TwinSettings
 from twin.leader import LeaderLock
 from twin.live import LiveReader, live_bus_for
+from twin.site_sync import sites_mark, stored_sites
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +106,7 @@ class AlertEvaluator:
         self.lock = LeaderLock(engine, ROLE)
         self.alerts: AlertEngine | None = None  # while leading
         self.feed = ChangeFeed(AlertEngine(site).watched())
+        self._sites_mark: tuple[int, int] | None = None  # of the stored site models the rules come from
         self._stats = EvaluatorStats()
         self._stats_lock = threading.Lock()
         self._reader: LiveReader | None = None
@@ -155,10 +161,7 @@ class AlertEvaluator:
             self._decided.set()
             return False
         self._reader = live_bus_for(self.engine).reader()  # before the catch-up: what is stored after it is heard
-        self.alerts = AlertEngine(self.site, noise=self.noise)
-        with self.lock.transaction() as session:
-            self.alerts.load(session)
-        self._pass(self.feed.catch_up, measure=False)
+        self._take_up_rules()
         self._drain(measure=False)
         with self._stats_lock:
             self._stats.leader = True
@@ -166,6 +169,22 @@ class AlertEvaluator:
         log.info("alert leader: evaluating", assets=len(self.feed.watched))
         self._decided.set()
         return True
+
+    def _take_up_rules(self) -> None:
+        """Rules of every site stored in the twin (its own by this process's file), the open alerts, then the
+        latest state of what no feed row names."""
+        with self.lock.transaction() as session:
+            self._sites_mark = sites_mark(session)
+            # its own site by the file this process read (as the leader always has), the others as stored
+            sites = {s.site.id: s for s in stored_sites(session)} | {self.site.site.id: self.site}
+            self.alerts = AlertEngine(list(sites.values()), noise=self.noise)
+            self.feed = ChangeFeed(self.alerts.watched())
+            self.alerts.load(session)
+        self._pass(self.feed.catch_up, measure=False)
+
+    def _sites_changed(self) -> bool:
+        with self.lock.transaction() as session:
+            return sites_mark(session) != self._sites_mark
 
     def _serve(self) -> None:
         assert self._reader is not None
@@ -175,6 +194,9 @@ class AlertEvaluator:
             wait = min(next_tick, next_sweep) - time.monotonic()
             heard = self._reader.wait(max(0.0, min(wait, WAIT_MAX_S)))
             now = time.monotonic()
+            if now >= next_sweep and self._sites_changed():  # a site file was loaded: take up its rules
+                log.info("alert leader: site models changed, taking up their rules")
+                self._take_up_rules()
             if heard or now >= next_sweep:  # any stored batch adds a feed row, watched or not: read and delete it
                 self._drain()
                 next_sweep = now + sweep

@@ -20,6 +20,7 @@ from prometheus_client import Gauge
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from twin.scopes import Sites, within
 from twin.tables import Alert, AlertTransition
 
 US = 1_000_000
@@ -74,8 +75,10 @@ def group_for(session: Session, *, root_path: str, at: int, window_s: float) -> 
     return session.scalar(stmt)
 
 
-def alarm_rate(session: Session, *, now: int, window_s: float = RATE_WINDOW_S) -> dict[str, int]:
-    """Annunciations per area within the window ending ``now``."""
+def alarm_rate(
+    session: Session, *, now: int, window_s: float = RATE_WINDOW_S, sites: Sites = None
+) -> dict[str, int]:
+    """Annunciations per area within the window ending ``now`` (of ``sites`` only, if given)."""
     stmt = (
         select(Alert.node_path)
         .join(AlertTransition, AlertTransition.alert_id == Alert.id)
@@ -83,6 +86,7 @@ def alarm_rate(session: Session, *, now: int, window_s: float = RATE_WINDOW_S) -
             AlertTransition.action.in_(_ANNUNCIATIONS),
             AlertTransition.at >= now - int(window_s * US),
             AlertTransition.at <= now,
+            within(Alert.node_path, sites),
         )
     )
     return dict(Counter(area_of(p) for p in session.scalars(stmt)))

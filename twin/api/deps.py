@@ -4,7 +4,8 @@
 
 ``require_role(Role.X)`` authenticates the request's bearer key and checks its role; the aliases below are
 the four people's roles ready to use, then two for the routes edge gateways (``agent`` keys) call. A
-missing, unknown or revoked key is Unauthenticated (401), a lower role Forbidden (403).
+missing, unknown or revoked key is Unauthenticated (401), a lower role Forbidden (403), and a node, alert, work
+order or command of a site outside the key's scope named in the path or query OutOfScope (403, twin/scopes.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from twin.auth import Principal, Role, SessionLimits, authenticate
 from twin.config import TwinSettings
 from twin.errors import Unauthenticated
+from twin.scopes import check_references, require_unscoped
 from twin.throttle import Kind, Throttle
 
 
@@ -79,6 +81,11 @@ def require_role(
         with get_throttle(request).attempt(Kind.KEY, address):
             principal = replace(authenticate(session, credentials.credentials, limits), address=address)
         principal.require(role, or_agent=or_agent)
+        if role is Role.ADMIN:  # administration (users, keys, webhooks, audit trail) spans every site
+            require_unscoped(principal, "administration")
+        # what the request names (a node, alert, work order, command) must lie in the caller's sites
+        named = [*((k, str(v)) for k, v in request.path_params.items()), *request.query_params.multi_items()]
+        check_references(session, principal, named)
         # End the authentication's transaction now: its connection goes back to the pool instead of staying
         # "idle in transaction" for as long as the route runs (a live stream: minutes).
         session.commit()

@@ -56,6 +56,7 @@ class SessionPublic(_Schema):
     role: Role
     prefix: str
     session: bool = Field(description="a login session (revoked on logout), not a standing API key")
+    sites: list[str] | None = Field(None, description="the sites it may see and change; null: every site")
 
 
 class SessionCreated(SessionPublic):
@@ -80,7 +81,7 @@ def log_in(
         with throttle.attempt(Kind.KEY, address):
             who = auth.authenticate(session, body.api_key.strip(), limits)
         return SessionCreated(token=body.api_key.strip(), name=who.name, role=who.role, prefix=who.prefix,
-                              session=False)
+                              session=False, sites=None if who.sites is None else sorted(who.sites))
     assert body.username is not None
     assert body.password is not None
     with throttle.attempt(Kind.PASSWORD, address, body.username, guesses=(Unauthenticated,)):
@@ -95,7 +96,7 @@ def log_in(
     audit.record(session, user.username, "session.login", f"user:{user.username}", after={"session": token[:16]},
                  address=address)
     session.commit()
-    return SessionCreated(token=token, name=user.username, role=Role(user.role), prefix=token[:16],
+    return SessionCreated(token=token, name=user.username, role=Role(user.role), prefix=token[:16], sites=user.sites,
                           session=True)
 
 
@@ -104,7 +105,8 @@ def whoami(who: ViewerDep) -> SessionPublic:
     """The caller's name and role."""
     is_session = who.name.startswith(SESSION_PREFIX)
     name = who.name.removeprefix(SESSION_PREFIX) if is_session else (who.name or who.prefix)
-    return SessionPublic(name=name, role=who.role, prefix=who.prefix, session=is_session)
+    return SessionPublic(name=name, role=who.role, prefix=who.prefix, session=is_session,
+                         sites=None if who.sites is None else sorted(who.sites))
 
 
 @session_router.delete("", status_code=204)
@@ -120,11 +122,11 @@ def log_out(session: SessionDep, who: ViewerDep) -> Response:
 
 
 @router.get("/health", response_model=PlantHealth)
-def health(session: SessionDep, _who: ViewerDep) -> PlantHealth:
+def health(session: SessionDep, who: ViewerDep) -> PlantHealth:
     """Each node's health (own and of its subtree) from open alerts and latest diagnoses."""
     return PlantHealth.model_validate({
         "generated_at": from_us(now_us()),
-        "nodes": {node_id: h.as_dict() for node_id, h in plant_health(session).items()},
+        "nodes": {node_id: h.as_dict() for node_id, h in plant_health(session, sites=who.sites).items()},
     })  # fmt: skip
 
 

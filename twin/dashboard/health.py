@@ -16,6 +16,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from plant.wire import from_us, now_us
+from twin.scopes import Sites, within
 from twin.tables import Alert, DiagnosisRecord, TwinNode, TwinProperty
 
 LEVELS = ("unknown", "ok", "warning", "alarm")
@@ -51,9 +52,11 @@ def worse(a: str, b: str) -> str:
     return a if LEVELS.index(a) >= LEVELS.index(b) else b
 
 
-def plant_health(session: Session, now: int | None = None) -> dict[str, NodeHealth]:
-    """Health of every current node, by node id, at ``now`` (µs; the current time by default)."""
-    nodes = {n.id: n.path for n in session.scalars(select(TwinNode).where(TwinNode.retired_at.is_(None)))}
+def plant_health(session: Session, now: int | None = None, sites: Sites = None) -> dict[str, NodeHealth]:
+    """Health of every current node (of ``sites`` only, if given), by node id, at ``now`` (µs; the current time
+    by default)."""
+    current = select(TwinNode).where(TwinNode.retired_at.is_(None), within(TwinNode.path, sites))
+    nodes = {n.id: n.path for n in session.scalars(current)}
     health = {node_id: NodeHealth() for node_id in nodes}
     newest = session.execute(
         select(TwinProperty.node_id, func.max(TwinProperty.ts))

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from plant.wire import now_us
+from twin import scopes
 from twin.auth import PERSON_ROLES, SESSION_PREFIX, Role, create_key
 from twin.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from twin.tables import ApiKey, User
@@ -64,8 +65,12 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
-def create_user(session: Session, username: str, password: str, role: Role | str, *, commit: bool = True) -> User:
-    """Add a user; InvalidRequest for a bad name or short password, Conflict for a taken name."""
+def create_user(
+    session: Session, username: str, password: str, role: Role | str, *, sites: list[str] | None = None,
+    commit: bool = True,
+) -> User:
+    """Add a user (limited to ``sites``, if given); InvalidRequest for a bad name, short password or bad site id,
+    Conflict for a taken name."""
     role = Role(role)
     if role not in PERSON_ROLES:
         raise InvalidRequest(f"a person's role is one of {', '.join(r.value for r in PERSON_ROLES)}, not {role.value}")
@@ -73,7 +78,8 @@ def create_user(session: Session, username: str, password: str, role: Role | str
         raise InvalidRequest("a username is 1-64 letters, digits or . _ @ -, starting with a letter or digit")
     _check_password(password)
     user = User(
-        username=username, password_hash=hash_password(password), role=role.value, created_at=now_us()
+        username=username, password_hash=hash_password(password), role=role.value, created_at=now_us(),
+        sites=scopes.normalise(sites),
     )
     session.add(user)
     try:
@@ -149,7 +155,17 @@ def get_user(session: Session, username: str) -> User:
 
 def snapshot(user: User) -> dict[str, Any]:
     """The user as the audit trail records it (never the password hash)."""
-    return {"username": user.username, "role": user.role, "disabled": user.disabled}
+    return {"username": user.username, "role": user.role, "disabled": user.disabled, "sites": user.sites}
+
+
+def set_sites(session: Session, username: str, sites: list[str] | None) -> User:
+    """Limit a user to ``sites`` (None: every site); their sessions and keys follow at once. Conflict if it would
+    leave no admin for every site."""
+    user = get_user(session, username)
+    user.sites = scopes.normalise(sites)
+    if user.role == Role.ADMIN.value and user.sites is not None:
+        keep_an_admin(session, f"{username} cannot be limited to some sites")
+    return user
 
 
 def set_role(session: Session, username: str, role: Role | str) -> User:
@@ -210,8 +226,9 @@ def change_password(session: Session, username: str, current: str, new: str, *, 
 
 
 def keep_an_admin(session: Session, refusal: str) -> None:
-    """Conflict unless, with the pending changes, someone can still administer: an enabled admin user or a
-    live standing admin key (one belonging to nobody, or to an enabled admin: a key does no more than its owner).
+    """Conflict unless, with the pending changes, someone can still administer: an enabled admin user for every
+    site or a live standing admin key for every site (one belonging to nobody, or to an enabled admin: a key does
+    no more than its owner).
 
     On PostgreSQL the check holds a transaction lock first, so two admins demoting each other at once cannot both
     pass: the second counts after the first has committed. (SQLite serialises the writes themselves.)
@@ -219,8 +236,10 @@ def keep_an_admin(session: Session, refusal: str) -> None:
     session.flush()
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADMIN_LOCK})
+    # an admin limited to some sites cannot administer (twin/scopes.py): only unscoped ones count
     users = session.scalar(select(func.count()).select_from(User).where(User.role == Role.ADMIN.value,
-                                                                         User.disabled.is_(False)))
+                                                                         User.disabled.is_(False),
+                                                                         User.sites.is_(None)))
     if users:
         return
     now = now_us()
@@ -233,7 +252,9 @@ def keep_an_admin(session: Session, refusal: str) -> None:
             ApiKey.revoked.is_(False),
             ~ApiKey.name.startswith(SESSION_PREFIX),
             or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
-            or_(User.id.is_(None), (User.disabled.is_(False)) & (User.role == Role.ADMIN.value)),
+            ApiKey.sites.is_(None),
+            or_(User.id.is_(None),
+                (User.disabled.is_(False)) & (User.role == Role.ADMIN.value) & User.sites.is_(None)),
         )
     )
     if not keys:

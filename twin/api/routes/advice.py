@@ -109,11 +109,11 @@ Subtree = Annotated[Key | None, Query(description="only this node and below")]
 
 
 @router.get("/maintenance-plan", response_model=MaintenancePlan)
-def get_maintenance_plan(session: SessionDep, _who: ViewerDep, subtree: Subtree = None) -> MaintenancePlan:
+def get_maintenance_plan(session: SessionDep, who: ViewerDep, subtree: Subtree = None) -> MaintenancePlan:
     """The open work across the plant, most urgent first, each with its advice and evidence."""
     now = now_us()
     items = []
-    for item in maintenance_plan(session, now=now, subtree=subtree):
+    for item in maintenance_plan(session, now=now, subtree=subtree, sites=who.sites):
         d = item.as_dict()
         d["due"] = from_us(item.due)
         d["advice"] = [asdict(a) for a in item.advice]
@@ -145,21 +145,21 @@ def _attachment(body: str, media: str, name: str) -> Response:
 
 
 @router.get("/maintenance-plan.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
-def get_plan_csv(session: SessionDep, _who: ViewerDep, subtree: Subtree = None) -> Response:
+def get_plan_csv(session: SessionDep, who: ViewerDep, subtree: Subtree = None) -> Response:
     """The open work as CSV, by due date: what, where, why, by when, how."""
     now = now_us()
-    rows = [_plan_row(i) for i in maintenance_plan(session, now=now, subtree=subtree)]
+    rows = [_plan_row(i) for i in maintenance_plan(session, now=now, subtree=subtree, sites=who.sites)]
     return _attachment(csv_text(PLAN_COLUMNS, rows), "text/csv; charset=utf-8",
                        f"maintenance-plan-{filename_stamp(now)}.csv")
 
 
 @router.get("/maintenance-plan.ics", response_class=Response, responses={200: {"content": {"text/calendar": {}}}})
-def get_plan_ical(session: SessionDep, _who: ViewerDep, subtree: Subtree = None) -> Response:
+def get_plan_ical(session: SessionDep, who: ViewerDep, subtree: Subtree = None) -> Response:
     """The open work as an iCalendar file: an event per item at its due date (a stable UID per alert, so a
     calendar that imports it again updates the events instead of doubling them)."""
     now = now_us()
     events = []
-    for item in maintenance_plan(session, now=now, subtree=subtree):
+    for item in maintenance_plan(session, now=now, subtree=subtree, sites=who.sites):
         best = item.advice[0] if item.advice else None
         steps = "\n".join(f"{n}. {a}" for n, a in enumerate(best.actions if best else [], start=1))
         description = "\n".join(x for x in (item.reason, f"Due: {item.due_reason}", steps,

@@ -21,6 +21,7 @@ from twin.api.deps import EngineerDep, SessionDep, TechnicianDep, ViewerDep
 from twin.errors import InvalidRequest
 from twin.fields import Key, Offset, Reason, RowId, Text, Timestamp
 from twin.schemas import AlertAdvice
+from twin.scopes import within
 from twin.tables import Alert, AlertFeedback, AlertTransition
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -167,26 +168,29 @@ def public(a: Alert) -> AlertPublic:
 @router.get("", response_model=AlertPage)
 def list_alerts(
     session: SessionDep,
-    _who: ViewerDep,
+    who: ViewerDep,
     state: Annotated[list[StateName] | None, Query(description="any of these states")] = None,
     priority: Annotated[list[PriorityName] | None, Query(description="any of these priorities")] = None,
     subtree: Annotated[Key | None, Query(description="only alerts of this node and below")] = None,
+    site: Annotated[Key | None, Query(description="only alerts of this site (a top-level node id)")] = None,
     start: Annotated[Timestamp | None, Query(description="raised at or after")] = None,
     end: Annotated[Timestamp | None, Query(description="raised before")] = None,
     open_only: Annotated[bool, Query(alias="open", description="only alerts not back to normal")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[Offset, Query()] = 0,
 ) -> AlertPage:
-    """Alerts filtered by state, priority, asset subtree and time range, newest first."""
+    """Alerts filtered by state, priority, site, asset subtree and time range, newest first."""
     if start and end and end <= start:
         raise InvalidRequest("end must be after start")
-    conds: list[Any] = []
+    conds: list[Any] = [within(Alert.node_path, who.sites)]
     if state:
         conds.append(Alert.state.in_(state))
     if priority:
         conds.append(Alert.priority.in_(priority))
     if subtree:
         conds.append(Alert.node_path.contains(f"/{subtree}/", autoescape=True))
+    if site:
+        conds.append(within(Alert.node_path, frozenset({site})))
     if start:
         conds.append(Alert.raised_at >= to_us(start))
     if end:
@@ -230,10 +234,11 @@ class AlertSummary(_Schema):
 
 
 @router.get("/rate", response_model=AlarmRate)
-def alarm_rate(session: SessionDep, _who: ViewerDep) -> AlarmRate:
+def alarm_rate(session: SessionDep, who: ViewerDep) -> AlarmRate:
     """Alarms annunciated per operator area in the last 10 minutes and their EEMUA 191 band."""
-    rates = noise.alarm_rate(session, now=now_us())
-    areas = sorted({*rates, *(noise.area_of(p) for p in session.scalars(select(Alert.node_path).distinct()))})
+    rates = noise.alarm_rate(session, now=now_us(), sites=who.sites)
+    paths = session.scalars(select(Alert.node_path).where(within(Alert.node_path, who.sites)).distinct())
+    areas = sorted({*rates, *(noise.area_of(p) for p in paths)})
     return AlarmRate(
         window_s=noise.RATE_WINDOW_S,
         acceptable=noise.EEMUA_ACCEPTABLE_PER_10MIN,
@@ -244,12 +249,12 @@ def alarm_rate(session: SessionDep, _who: ViewerDep) -> AlarmRate:
 
 
 @router.get("/summary", response_model=AlertSummary)
-def summary(session: SessionDep, _who: ViewerDep) -> AlertSummary:
+def summary(session: SessionDep, who: ViewerDep) -> AlertSummary:
     """What the alert badge counts: open alerts needing acknowledgement (shelved and suppressed ones aside)."""
     now = now_us()
     rows = session.execute(
         select(Alert.state, Alert.active, Alert.priority, Alert.shelved_until, Alert.suppressed, Alert.flapping)
-        .where(Alert.open_key.is_not(None))
+        .where(Alert.open_key.is_not(None), within(Alert.node_path, who.sites))
     ).all()
     out = AlertSummary(needs_ack=0, active=0, open=len(rows), shelved=0, suppressed=0, flapping=0, by_priority={})
     for state, active, priority, shelved_until, suppressed, flapping in rows:
@@ -269,13 +274,15 @@ def summary(session: SessionDep, _who: ViewerDep) -> AlertSummary:
 @router.get("/feedback", response_model=list[FeedbackPublic])
 def export_feedback(
     session: SessionDep,
-    _who: EngineerDep,
+    who: EngineerDep,
     since: Annotated[Timestamp | None, Query(description="recorded at or after")] = None,
     verdict: Annotated[Literal["true_fault", "false_alarm", "cause_found"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[FeedbackPublic]:
     """Feedback across alerts with windows and evidence, oldest first: labels for retraining (engineer+)."""
     stmt = select(AlertFeedback)
+    if who.sites is not None:
+        stmt = stmt.join(Alert, Alert.id == AlertFeedback.alert_id).where(within(Alert.node_path, who.sites))
     if since:
         stmt = stmt.where(AlertFeedback.at >= to_us(since))
     if verdict:

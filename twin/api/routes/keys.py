@@ -33,6 +33,7 @@ def public(row: ApiKey) -> ApiKeyPublic:
         owner=row.owner,
         rotated_to=row.rotated_to,
         state=auth.key_state(row),
+        sites=row.sites,
     )
 
 
@@ -54,7 +55,8 @@ def create_key(session: SessionDep, who: AdminDep, body: ApiKeyCreate) -> ApiKey
     if body.owner is not None:
         users.get_user(session, body.owner)
     expires = None if body.expires_in_days is None else now_us() + int(body.expires_in_days * 86_400e6)
-    key = auth.create_key(session, body.role, body.name, owner=body.owner, expires_at=expires, commit=False)
+    key = auth.create_key(session, body.role, body.name, owner=body.owner, expires_at=expires, sites=body.sites,
+                          commit=False)
     row = auth.get_key(session, key)
     audit.record(session, who, "key.create", f"key:{row.prefix}", after=snapshot(row))
     session.commit()

@@ -41,7 +41,8 @@ from plant.wire import from_us, now_us
 from twin import queries
 from twin.api.deps import ViewerDep
 from twin.live import RESYNC, LiveBus, LiveEvent
-from twin.tables import Alert, TwinProperty, WorkOrder
+from twin.scopes import Sites, allows
+from twin.tables import Alert, TwinNode, TwinProperty, WorkOrder
 
 log = structlog.get_logger(__name__)
 
@@ -240,17 +241,51 @@ def _sse(event: str, data: Any) -> bytes:
 
 @router.get("/live", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "an event stream"}})
-async def live(request: Request, _who: ViewerDep) -> StreamingResponse:
-    """Changes as Server-Sent Events: ``values``, ``alerts`` and a ``heartbeat`` every few seconds."""
+async def live(request: Request, who: ViewerDep) -> StreamingResponse:
+    """Changes as Server-Sent Events: ``values``, ``alerts`` and a ``heartbeat`` every few seconds (of the
+    caller's sites only)."""
     feed = feed_of(request)
     return StreamingResponse(
-        _stream(request, feed),
+        _stream(request, feed, SiteFilter(feed.maker, who.sites)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(request: Request, feed: ChangeFeed) -> AsyncIterator[bytes]:
+@dataclass
+class SiteFilter:
+    """Keeps the items of an event that belong to ``sites`` (all of them when ``sites`` is None).
+
+    Args:
+        maker: sessionmaker of the app's database, to learn which site a node belongs to.
+        sites: the caller's sites (twin/scopes.py).
+    """
+
+    maker: sessionmaker[Session]
+    sites: Sites
+    _nodes: dict[str, bool] = field(default_factory=dict)  # node id → in the caller's sites
+
+    async def keep(self, event: str, data: Any) -> Any:
+        """``data`` without the items of other sites' nodes; None when nothing is left."""
+        if self.sites is None or not isinstance(data, list):
+            return data
+        names = {_node_of(item) for item in data} - self._nodes.keys()
+        if names:  # a node not seen yet (a new one, or the first event): ask which site it belongs to
+            self._nodes.update(await asyncio.to_thread(self._look_up, names))
+        kept = [item for item in data if self._nodes.get(_node_of(item), False)]
+        return kept or None
+
+    def _look_up(self, names: set[str]) -> dict[str, bool]:
+        with self.maker() as session:
+            paths = {i: p for i, p in session.execute(select(TwinNode.id, TwinNode.path).where(TwinNode.id.in_(names)))}
+        return {name: allows(self.sites, paths.get(name, "")) for name in names}
+
+
+def _node_of(item: Any) -> str:
+    return str(item.get("node_id") or item.get("node") or "") if isinstance(item, dict) else ""
+
+
+async def _stream(request: Request, feed: ChangeFeed, sites: SiteFilter) -> AsyncIterator[bytes]:
     q = feed.subscribe()
     loop = asyncio.get_running_loop()
     ends = loop.time() + MAX_STREAM_S
@@ -266,7 +301,9 @@ async def _stream(request: Request, feed: ChangeFeed) -> AsyncIterator[bytes]:
                 continue
             if item is None:
                 return
-            yield _sse(*item)
+            data = await sites.keep(*item)
+            if data is not None:
+                yield _sse(item[0], data)
         yield _sse("bye", {"reconnect": True})
     finally:
         feed.unsubscribe(q)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from plant.wire import from_us, now_us, to_us
 from twin import logbook, queries
 from twin.api.deps import SessionDep, ViewerDep
+from twin.auth import Principal
 from twin.errors import InvalidRequest
 from twin.exports import filename_stamp
 from twin.fields import Key, Timestamp
@@ -62,6 +63,7 @@ Limit = Annotated[int, Query(ge=1, le=5000)]
 
 def _entries(
     session: SessionDep,
+    who: Principal,
     node: str | None,
     start: datetime | None,
     end: datetime | None,
@@ -73,17 +75,17 @@ def _entries(
     if begin >= finish:
         raise InvalidRequest("start must be before end")
     path = queries.get_node(session, node).path if node else ""
-    scope = logbook.Scope(path=path, start=begin, end=finish, limit=limit)
+    scope = logbook.Scope(path=path, start=begin, end=finish, limit=limit, sites=who.sites)
     return logbook.entries(session, scope, list(source) if source else None), begin, finish
 
 
 @router.get("/logbook", response_model=Logbook)
 def get_logbook(
-    session: SessionDep, _who: ViewerDep, node: Node = None, start: Start = None, end: End = None,
+    session: SessionDep, who: ViewerDep, node: Node = None, start: Start = None, end: End = None,
     source: Sources = None, limit: Limit = 500,
 ) -> Logbook:
     """Work orders, alerts and model versions of an asset and its parts, newest first."""
-    rows, begin, finish = _entries(session, node, start, end, source, limit)
+    rows, begin, finish = _entries(session, who, node, start, end, source, limit)
     items = [LogEntryPublic(at=from_us(e.at), node=e.node, source=e.source, kind=e.kind,
                             title=e.title, detail=e.detail, actor=e.actor, ref=e.ref) for e in rows]
     return Logbook(node=node, start=from_us(begin), end=from_us(finish), items=items, count=len(items))
@@ -91,11 +93,11 @@ def get_logbook(
 
 @router.get("/logbook.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 def get_logbook_csv(
-    session: SessionDep, _who: ViewerDep, node: Node = None, start: Start = None, end: End = None,
+    session: SessionDep, who: ViewerDep, node: Node = None, start: Start = None, end: End = None,
     source: Sources = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> Response:
     """The logbook as CSV (at, node, source, kind, title, detail, actor, ref)."""
-    rows, _, finish = _entries(session, node, start, end, source, limit)
+    rows, _, finish = _entries(session, who, node, start, end, source, limit)
     name = f"logbook-{node or 'plant'}-{filename_stamp(finish)}.csv"
     return Response(logbook.to_csv(rows), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

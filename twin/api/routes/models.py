@@ -27,6 +27,7 @@ from twin.schemas import (
     ModelsPublic,
     PromotedModel,
 )
+from twin.scopes import check_references
 
 router = APIRouter(prefix="/models", tags=["models"])
 cascade_router = APIRouter(tags=["models"])
@@ -127,4 +128,5 @@ def report_failure(
 @cascade_router.post("/cascade", response_model=Diagnosis)
 def cascade(session: SessionDep, who: AgentOrEngineerDep, cascade: CascadeDep, body: CascadeRequest) -> Diagnosis:
     """The platform teacher's diagnosis of a window, stored with source ``platform`` (agent keys, engineers)."""
+    check_references(session, who, [("node", body.node)])
     return cascade.diagnose(session, body, gateway=who.name or who.prefix)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 
 from twin import queries
-from twin.api.deps import SessionDep, require_role
+from twin.api.deps import SessionDep, ViewerDep, require_role
 from twin.auth import Role
 from twin.fields import Key, Name, Timestamp, Token
 from twin.queries import DEFAULT_LIMIT, MAX_LIMIT, Window
@@ -35,11 +35,12 @@ ResolutionQ = Annotated[
 @router.get("", response_model=NodeForest)
 def list_nodes(
     session: SessionDep,
+    who: ViewerDep,
     root: Annotated[Key | None, Query(description="only this node's subtree")] = None,
     include_retired: Annotated[bool, Query(description="also nodes that left the site file")] = False,
 ) -> NodeForest:
     """The node tree (site → area → line → machine → component), or one node's subtree."""
-    return queries.node_tree(session, root, include_retired)
+    return queries.node_tree(session, root, include_retired, sites=who.sites)
 
 
 @router.get("/{node_id}", response_model=NodeState)

@@ -14,11 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plant.wire import from_us
-from twin import audit
+from twin import audit, scopes
 from twin.api.deps import AdminDep, SessionDep, ViewerDep
 from twin.auth import PERSON_ROLES, SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.errors import Forbidden, NotFound
+from twin.fields import Key
 from twin.tables import ApiKey, User
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -27,6 +28,8 @@ account_router = APIRouter(prefix="/account", tags=["account"])
 Username = Annotated[str, Path(min_length=1, max_length=64, pattern=users.USERNAME_RE.pattern)]
 SessionPrefix = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^ftk_[0-9a-f]{12}$")]
 PersonRole = Annotated[Role, Field(description=f"one of {', '.join(r.value for r in PERSON_ROLES)}")]
+SiteScope = Annotated[list[Key] | None, Field(max_length=scopes.MAX_SITES,
+                                               description="the site ids they may see and change; null: every site")]
 
 
 class _Schema(BaseModel):
@@ -41,6 +44,7 @@ class UserPublic(_Schema):
     disabled: bool
     created_at: datetime
     password_changed_at: datetime | None
+    sites: list[str] | None = Field(description="the sites they may see and change; null: every site")
     sessions: int = Field(description="live login sessions")
     keys: int = Field(description="standing API keys belonging to the user, not revoked")
 
@@ -58,6 +62,7 @@ class UserCreate(_Schema):
     username: str = Field(min_length=1, max_length=64, pattern=users.USERNAME_RE.pattern)
     password: str = Field(min_length=users.MIN_PASSWORD, max_length=1024)
     role: PersonRole
+    sites: SiteScope = None
 
 
 class UserUpdate(_Schema):
@@ -65,6 +70,8 @@ class UserUpdate(_Schema):
 
     role: PersonRole | None = None
     disabled: bool | None = None
+    sites: SiteScope = Field(None, description="the site ids they may see and change; null: every site; left out: "
+                                               "unchanged")
 
 
 class PasswordReset(_Schema):
@@ -95,7 +102,7 @@ def _public(session: Session, user: User) -> UserPublic:
     return UserPublic(
         username=user.username, role=Role(user.role), disabled=user.disabled, created_at=from_us(user.created_at),
         password_changed_at=None if user.password_changed_at is None else from_us(user.password_changed_at),
-        sessions=counts.get(True, 0), keys=counts.get(False, 0),
+        sites=user.sites, sessions=counts.get(True, 0), keys=counts.get(False, 0),
     )
 
 
@@ -118,7 +125,7 @@ def list_users(session: SessionDep, _who: AdminDep) -> UsersPublic:
 @router.post("", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
 def create_user(session: SessionDep, who: AdminDep, body: UserCreate) -> UserPublic:
     """Create a user; 409 if the name is taken."""
-    user = users.create_user(session, body.username, body.password, body.role, commit=False)
+    user = users.create_user(session, body.username, body.password, body.role, sites=body.sites, commit=False)
     audit.record(session, who, "user.create", f"user:{user.username}", after=users.snapshot(user))
     session.commit()
     return _public(session, user)
@@ -132,7 +139,8 @@ def get_user(session: SessionDep, _who: AdminDep, username: Username) -> UserPub
 
 @router.patch("/{username}", response_model=UserPublic)
 def update_user(session: SessionDep, who: AdminDep, username: Username, body: UserUpdate) -> UserPublic:
-    """Change a user's role, or disable (sessions end, keys stop) or enable them. 409 for the last admin."""
+    """Change a user's role or sites, or disable (sessions end, keys stop) or enable them. 409 for the last
+    admin."""
     user = users.get_user(session, username)
     before = users.snapshot(user)
     if body.role is not None and body.role.value != user.role:
@@ -143,6 +151,10 @@ def update_user(session: SessionDep, who: AdminDep, username: Username, body: Us
         users.set_disabled(session, username, body.disabled)
         action = "user.disable" if body.disabled else "user.enable"
         audit.record(session, who, action, f"user:{username}", before=step, after=users.snapshot(user))
+    if "sites" in body.model_fields_set and scopes.normalise(body.sites) != user.sites:
+        step = users.snapshot(user)
+        users.set_sites(session, username, body.sites)
+        audit.record(session, who, "user.set_sites", f"user:{username}", before=step, after=users.snapshot(user))
     session.commit()
     return _public(session, user)
 

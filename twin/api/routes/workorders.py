@@ -19,6 +19,7 @@ from twin import audit, workorders
 from twin.api.deps import SessionDep, TechnicianDep, ViewerDep
 from twin.auth import Principal
 from twin.fields import Key, Name, Offset, Reason, RowId, Text, Timestamp
+from twin.scopes import check_references
 from twin.tables import WorkOrder, WorkOrderEvent
 
 router = APIRouter(prefix="/work-orders", tags=["work orders"])
@@ -185,7 +186,7 @@ def _one(session: SessionDep, wo: WorkOrder) -> WorkOrderPublic:
 @router.get("", response_model=WorkOrderPage)
 def list_work_orders(
     session: SessionDep,
-    _who: ViewerDep,
+    who: ViewerDep,
     state: Annotated[list[StateName] | None, Query(description="any of these states")] = None,
     subtree: Annotated[Key | None, Query(description="only this node and below")] = None,
     assignee: Annotated[Name | None, Query(max_length=128)] = None,
@@ -194,7 +195,8 @@ def list_work_orders(
 ) -> WorkOrderPage:
     """Work orders filtered by state, asset subtree and assignee."""
     rows, total = workorders.listing(
-        session, states=list(state or []), subtree=subtree, assignee=assignee, limit=limit, offset=offset
+        session, states=list(state or []), subtree=subtree, assignee=assignee, limit=limit, offset=offset,
+        sites=who.sites,
     )
     ids = workorders.alert_ids(session, [w.id for w in rows])
     items = [public(w, ids[w.id]) for w in rows]
@@ -221,6 +223,7 @@ def draft(session: SessionDep, _who: ViewerDep, alert_id: Annotated[RowId, Query
 @router.post("", response_model=WorkOrderPublic, status_code=201)
 def create(session: SessionDep, who: TechnicianDep, body: WorkOrderCreate) -> WorkOrderPublic:
     """Open a work order (technician and up)."""
+    check_references(session, who, [("node", body.node)])  # its alerts must lie under the node (twin/workorders.py)
     d = workorders.Draft(
         node=body.node,
         task=body.task.strip(),

@@ -167,8 +167,20 @@ export async function alarmRateLine(box) {
 
 // ---- the alert list --------------------------------------------------------------------------------------
 
+// A site filter: hidden while the caller sees one site only (a scoped user's list holds only their sites).
+export function siteSelect(chosen) {
+  return h("select", { name: "site", id: "site-filter", "aria-label": "site", hidden: true, "data-chosen": chosen },
+    h("option", { value: "" }, "All sites"));
+}
+
+export async function fillSites(select, forest) {
+  const sites = (forest || (await api("/nodes")).items).filter((n) => n.kind === "site");
+  select.append(...sites.map((n) => h("option", { value: n.id, selected: n.id === select.dataset.chosen }, n.name || n.id)));
+  select.hidden = sites.length < 2;
+}
+
 export async function alertsView(view, params) {
-  const filters = { state: params.getAll("state"), priority: params.getAll("priority"), subtree: params.get("subtree") || "", open: params.get("open") !== "0" };
+  const filters = { state: params.getAll("state"), priority: params.getAll("priority"), subtree: params.get("subtree") || "", site: params.get("site") || "", open: params.get("open") !== "0" };
   const list = h("div", { id: "alert-list" }, h("p", { class: "muted" }, "Loading…"));
   const total = h("span", { class: "muted" });
   const rate = h("div", { class: "row", id: "alarm-rate" });
@@ -178,13 +190,16 @@ export async function alertsView(view, params) {
     h("label", {}, h("input", { type: "checkbox", name: "open", checked: filters.open }), "open only"),
     h("span", { class: "hint" }, "State:"), STATES.map((s) => check("state", s, filters.state.includes(s))),
     h("span", { class: "hint" }, "Priority:"), PRIORITIES.map((p) => check("priority", p, filters.priority.includes(p))),
+    siteSelect(filters.site),
     h("input", { type: "search", name: "subtree", placeholder: "asset or area id", value: filters.subtree, "aria-label": "asset subtree" }));
   view.replaceChildren(h("h1", {}, "Alerts ", total), rate, form, h("div", { class: "card" }, list));
+  fillSites(form.elements.site).catch(() => {});
 
   function apply() {
     const q = new URLSearchParams();
     for (const input of form.querySelectorAll("input[type=checkbox]:checked")) if (input.name !== "open") q.append(input.name, input.value);
     if (!form.elements.open.checked) q.set("open", "0");
+    if (form.elements.site.value) q.set("site", form.elements.site.value);
     if (form.elements.subtree.value.trim()) q.set("subtree", form.elements.subtree.value.trim());
     history.replaceState(null, "", `#/alerts${q.toString() ? "?" + q : ""}`);
     list.replaceChildren();
@@ -195,6 +210,7 @@ export async function alertsView(view, params) {
     const q = new URLSearchParams({ limit: "100" });
     for (const input of form.querySelectorAll("input[type=checkbox]:checked")) if (input.name !== "open") q.append(input.name, input.value);
     if (form.elements.open.checked) q.set("open", "true");
+    if (form.elements.site.value) q.set("site", form.elements.site.value);
     if (form.elements.subtree.value.trim()) q.set("subtree", form.elements.subtree.value.trim());
     try {
       const page = await api(`/alerts?${q}`);

@@ -11,7 +11,9 @@ export function saveToken(token) {
 }
 
 export function can(role) {
-  return !!session.who && ROLES.indexOf(session.who.role) >= ROLES.indexOf(role);
+  if (!session.who) return false;
+  if (role === "admin" && session.who.sites) return false;  // administration spans every site (docs/sites.md)
+  return ROLES.indexOf(session.who.role) >= ROLES.indexOf(role);
 }
 
 export class ApiError extends Error {

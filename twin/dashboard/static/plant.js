@@ -1,5 +1,5 @@
 // The plant tree: every node with its health (worst of its subtree), open alerts, and a search box.
-import { alarmRateLine } from "./alerts.js";
+import { alarmRateLine, fillSites, siteSelect } from "./alerts.js";
 import { api, h, live } from "./core.js";
 
 const ASSET_KINDS = new Set(["machine", "component"]);
@@ -40,16 +40,17 @@ export async function plantView(view, params) {
     type: "search", class: "search", placeholder: "Search assets by name, id or type", value: params.get("q") || "",
     "aria-label": "search assets", id: "search",
   });
+  const site = siteSelect(params.get("site") || "");
   const tree = h("ul", { class: "tree", id: "tree" });
   const summary = h("div", { class: "row", id: "summary" });
   const rate = h("div", { class: "row", id: "alarm-rate" });
-  view.replaceChildren(h("h1", {}, "Plant"), h("div", { class: "card" }, h("div", { class: "row" }, search, summary), rate, tree));
+  view.replaceChildren(h("h1", {}, "Plant"), h("div", { class: "card" }, h("div", { class: "row" }, search, site, summary), rate, tree));
   let forest = [];
   let health = {};
 
   function render() {
     const q = search.value.trim().toLowerCase();
-    const shown = filterTree(forest, q);
+    const shown = filterTree(site.value ? forest.filter((n) => n.id === site.value) : forest, q);
     tree.replaceChildren(...(shown.length ? shown.map((n) => nodeRow(n, health)) : [h("li", { class: "muted" }, "No asset matches.")]));
     // the summary counts machines, the units maintenance works on
     const counts = { alarm: 0, warning: 0, ok: 0, unknown: 0 };
@@ -57,7 +58,7 @@ export async function plantView(view, params) {
       if (n.kind === "machine") { const l = (health[n.id] || { level: "unknown" }).level; counts[l] = (counts[l] || 0) + 1; }
       walk(n.children);
     });
-    walk(forest);
+    walk(site.value ? forest.filter((n) => n.id === site.value) : forest);
     summary.replaceChildren(...["alarm", "warning", "ok", "unknown"].map((l) =>
       h("span", { class: `badge ${l}` }, `${counts[l]} ${SUMMARY_WORDS[l]}`)));
   }
@@ -66,14 +67,20 @@ export async function plantView(view, params) {
     const [nodes, hl] = await Promise.all([api("/nodes"), api("/dashboard/health")]);
     forest = nodes.items;
     health = hl.nodes;
+    if (site.options.length === 1) await fillSites(site, forest);
     render();
     alarmRateLine(rate);
   }
 
-  search.addEventListener("input", () => {
-    history.replaceState(null, "", search.value ? `#/?q=${encodeURIComponent(search.value)}` : "#/");
+  function remember() {
+    const q = new URLSearchParams();
+    if (search.value) q.set("q", search.value);
+    if (site.value) q.set("site", site.value);
+    history.replaceState(null, "", q.toString() ? `#/?${q}` : "#/");
     render();
-  });
+  }
+  search.addEventListener("input", remember);
+  site.addEventListener("change", remember);
   await load();
   let pending = null;
   let last = Date.now();
