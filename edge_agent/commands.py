@@ -21,6 +21,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import BrokerUrl
 from edge_agent.connectors.opcua_session import connect_client, status_of
+from edge_agent.connectors.sparkplug import SparkplugDecoder, SparkplugField, encode_command
 from edge_agent.errors import ConnectorError
 from edge_agent.platform_link import PlatformLink
 from plant.errors import WireError
@@ -194,13 +196,12 @@ class CommandExecutor:
         late = check_expiry(cmd.expires, self.now())  # the journal write took time: look once more
         if late is not None:
             return self._end(cmd, self._report(cmd, "expired", late))
-        _, _, binding = self.site.writable(cmd.node, cmd.prop)
+        pdef, _, binding = self.site.writable(cmd.node, cmd.prop)
         try:
-            await self.writer.write(binding, cmd.value)
+            await self.writer.write(binding, int(cmd.value) if pdef.dtype is DataType.INT else float(cmd.value))
             back = await self.writer.read(binding)
         except WriteFailed as exc:
             return self._end(cmd, self._report(cmd, "failed", Refusal(exc.reason, exc.detail)))
-        await _hold_for_test(cmd)
         if not _same(back, cmd.value):
             return self._end(cmd, self._report(cmd, "failed", Refusal(READBACK_DIFFERS,
                              f"wrote {cmd.value}, read back {back}"), back))
@@ -253,17 +254,6 @@ class CommandExecutor:
                                                                           f"{why}; not written again"), back)
             out.append(self._end(cmd, report))
         return out
-
-
-# test hook: block after the write and its read-back, before the journal records the end and the report goes
-# out, so a test can kill -9 the agent in that window
-_HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_WRITE"
-
-
-async def _hold_for_test(cmd: Command) -> None:
-    if os.environ.get(_HOLD_ENV):
-        log.warning("command_written_holding", command=cmd.id)
-        await asyncio.Event().wait()
 
 
 def _same(back: object, value: float | int) -> bool:
@@ -341,24 +331,31 @@ class OpcUaWriter:
         self.clients.clear()
 
 
-class MqttJsonWriter:
-    """Writes a property bound to a plain-JSON MQTT topic: ``{command_field: value}`` on its ``command_topic``
-    (QoS 1, the broker's PUBACK awaited), then reads back the next value the device sends on its telemetry
-    topic. Sparkplug B (NCMD/DCMD) bindings are not written: refused before anything is sent.
+class MqttWriter:
+    """Writes a property bound to an MQTT broker and reads it back from what the device sends next.
+
+    * plain JSON: ``{command_field: value}`` on the binding's ``command_topic`` at QoS 1 (the broker's PUBACK
+      awaited), read back from the binding's telemetry topic;
+    * Sparkplug B: NCMD (a metric of the edge node) or DCMD (a metric of one of its devices) at QoS 0, as the
+      specification requires of commands, read back from the next NDATA/DDATA (or birth) carrying the metric;
+      data that names the metric only by an alias unknown yet makes it ask the edge node for a rebirth.
+
+    The read-back waits for the written value; a device that sends another value until ``readback_s`` has
+    passed is reported with the last one it sent (``readback_differs``), one that sends nothing ``no_readback``.
 
     Args:
         site: where the sources are.
         passwords: a source's password by source id.
-        readback_s: how long to wait for the device's next telemetry message.
+        readback_s: how long to wait for the device to send the written value.
     """
 
     def __init__(self, site: Site, passwords: dict[str, str | None] | None = None, readback_s: float = 10.0) -> None:
         self.site = site
         self.passwords = passwords or {}
         self.readback_s = readback_s
-        self._pending: tuple[mqtt.Client, asyncio.Queue[bytes]] | None = None  # subscribed before the write
+        self._pending: _Readback | None = None  # subscribed before the write
 
-    def _client(self, binding: MqttBinding, topic: str | None, got: asyncio.Queue[bytes]) -> mqtt.Client:
+    def _client(self, binding: MqttBinding, filters: list[str], got: asyncio.Queue[tuple[str, bytes]]) -> mqtt.Client:
         source = self.site.sources[binding.source]
         if not isinstance(source, MqttSource) or source.url is None:
             raise WriteFailed(NOT_WRITABLE, f"source {binding.source} has no broker URL to write to")
@@ -371,7 +368,7 @@ class MqttJsonWriter:
             client.tls_set(ca_certs=source.ca_file)
 
         def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-            loop.call_soon_threadsafe(got.put_nowait, bytes(m.payload))
+            loop.call_soon_threadsafe(got.put_nowait, (m.topic, bytes(m.payload)))
 
         client.on_message = on_message
         subscribed = threading.Event()
@@ -381,20 +378,37 @@ class MqttJsonWriter:
         except (OSError, ValueError) as exc:
             raise WriteFailed("unreachable", f"MQTT {url.redacted()}: {exc}") from exc
         client.loop_start()
-        if topic is not None:
-            client.subscribe(topic, qos=1)
+        if filters:
+            client.subscribe([(f, 1) for f in filters])
             subscribed.wait(5)
         return client
 
+    def _readback(self, binding: MqttBinding, expected: float | int | None) -> _Readback:
+        """A client subscribed to where the device answers, before anything is written."""
+        got: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        if binding.metric and binding.device:
+            decoder = SparkplugDecoder(binding.source, [SparkplugField(binding.device, binding.metric, "", "")])
+            return _Readback(self._client(binding, decoder.filters(), got), got, expected, decoder)
+        if binding.topic is None:
+            raise WriteFailed(NOT_WRITABLE, "the binding names no topic to read back from")
+        return _Readback(self._client(binding, [binding.topic], got), got, expected, None)
+
     async def write(self, binding: Binding, value: float | int) -> None:
-        """Publish the command and wait for the broker's PUBACK; WriteFailed if it does not come."""
-        if not isinstance(binding, MqttBinding) or binding.command_topic is None:
-            raise WriteFailed(NOT_WRITABLE, "only JSON MQTT bindings with a command_topic are written")
+        """Publish the command (QoS 1 for JSON, 0 for Sparkplug) and wait until paho has sent it."""
+        if not isinstance(binding, MqttBinding):
+            raise WriteFailed(NOT_WRITABLE, "only MQTT bindings are written by this writer")
         raw = (value - binding.offset) / binding.scale
-        got: asyncio.Queue[bytes] = asyncio.Queue()
-        self._pending = (self._client(binding, binding.topic, got), got)
-        payload = json.dumps({binding.command_field: raw}).encode()
-        info = self._pending[0].publish(binding.command_topic, payload, qos=1)
+        native: float | int = round(raw) if isinstance(value, int) and float(raw).is_integer() else raw
+        if binding.metric and binding.device:
+            topic, payload = encode_command(binding.device, binding.metric, native)
+            qos = 0
+        elif binding.command_topic is not None:
+            topic, payload, qos = binding.command_topic, json.dumps({binding.command_field: native}).encode(), 1
+        else:
+            raise WriteFailed(NOT_WRITABLE, "a written MQTT binding needs a command_topic (JSON) or a metric")
+        self._close()
+        self._pending = self._readback(binding, value)
+        info = self._pending.client.publish(topic, payload, qos=qos)
         try:
             await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 10.0)
         except (RuntimeError, ValueError) as exc:
@@ -402,36 +416,67 @@ class MqttJsonWriter:
             raise WriteFailed(BAD_STATUS, f"the broker did not take the command: {exc}") from exc
 
     async def read(self, binding: Binding) -> object:
-        """The next value the device sends on the binding's topic after the write."""
-        if not isinstance(binding, MqttBinding) or binding.topic is None:
-            raise WriteFailed(NOT_WRITABLE, "only JSON MQTT bindings are read back")
-        if self._pending is None:
-            fresh: asyncio.Queue[bytes] = asyncio.Queue()
-            self._pending = (self._client(binding, binding.topic, fresh), fresh)
-        client, got = self._pending
+        """The written value once the device sends it, else the last value it sent within ``readback_s``."""
+        if not isinstance(binding, MqttBinding):
+            raise WriteFailed(NOT_WRITABLE, "only MQTT bindings are read back by this writer")
+        pending, self._pending = self._pending, None
+        if pending is None:  # a read without a write (after a restart): the next value the device sends
+            pending = self._readback(binding, None)
         try:
-            deadline = asyncio.get_running_loop().time() + self.readback_s
-            while True:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    raise WriteFailed(NO_READBACK, f"no value on {binding.topic} within {self.readback_s:g} s")
-                try:
-                    payload = await asyncio.wait_for(got.get(), left)
-                except TimeoutError:
-                    continue
-                value = _json_value(payload, binding.path)
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    return value * binding.scale + binding.offset
+            last = await pending.wait(binding, self.readback_s)
         finally:
-            self._pending = None
-            client.disconnect()
-            client.loop_stop()
+            pending.close()
+        if last is None:
+            where = binding.topic or f"{binding.device} {binding.metric}"
+            raise WriteFailed(NO_READBACK, f"no value from {where} within {self.readback_s:g} s")
+        return last
 
     def _close(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending[0].disconnect()
-            pending[0].loop_stop()
+            pending.close()
+
+
+@dataclass
+class _Readback:
+    """A subscription waiting for a device's answer to one write."""
+
+    client: mqtt.Client
+    got: asyncio.Queue[tuple[str, bytes]]
+    expected: float | int | None
+    decoder: SparkplugDecoder | None
+
+    async def wait(self, binding: MqttBinding, timeout_s: float) -> float | None:
+        """The expected value when it comes; else the last value seen (None: none) when ``timeout_s`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last: float | None = None
+        while (left := deadline - loop.time()) > 0:
+            try:
+                topic, payload = await asyncio.wait_for(self.got.get(), left)
+            except TimeoutError:
+                break
+            for raw in self._values(topic, payload, binding):
+                last = raw * binding.scale + binding.offset
+                if self.expected is None or _same(last, self.expected):
+                    return last
+        return last
+
+    def _values(self, topic: str, payload: bytes, binding: MqttBinding) -> list[float]:
+        if self.decoder is None:
+            found = [_json_value(payload, binding.path)]
+        else:
+            readings, _ = self.decoder.decode(topic, payload, now_us())
+            for cmd_topic, cmd in self.decoder.commands:  # a rebirth request: aliases not known yet
+                self.client.publish(cmd_topic, cmd, qos=0)
+            self.decoder.commands.clear()
+            found = [r.value for r in readings]
+        return [float(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def _json_value(payload: bytes, path: str | None) -> object:
@@ -445,11 +490,11 @@ def _json_value(payload: bytes, path: str | None) -> object:
 
 
 class Writers:
-    """The writer for each kind of binding: OPC-UA through asyncua, plain-JSON MQTT through paho."""
+    """The writer for each kind of binding: OPC-UA through asyncua, MQTT (JSON and Sparkplug B) through paho."""
 
     def __init__(self, site: Site, passwords: dict[str, str | None] | None = None) -> None:
         self.opcua = OpcUaWriter(site, passwords)
-        self.mqtt = MqttJsonWriter(site, passwords)
+        self.mqtt = MqttWriter(site, passwords)
 
     def _for(self, binding: Binding) -> Writer:
         return self.opcua if isinstance(binding, OpcUaBinding) else self.mqtt

@@ -1,6 +1,7 @@
 """Setpoint commands through Mosquitto to a real agent process and a real asyncua server: applied once and
 reported; a command that waited past its expiry while the agent was down is never applied; an agent killed
-(-9) after the write and before the report never writes again after its restart and still reports."""
+(-9) after the write and before the report (the test's server holds its answer to the write) never writes again
+after its restart and still reports."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from asyncua import Server
+from asyncua.common.callback import CallbackType, ServerItemCallback
 from paho.mqtt.enums import CallbackAPIVersion
 
 from plant.wire import Command, CommandReport, command_topic, now_us
@@ -24,7 +26,6 @@ from tests.edge.conftest import AckResponder
 from tests.edge.connectors.conftest import free_port
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
-HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_WRITE"
 
 SITE = """
 site: {{id: plant}}
@@ -51,13 +52,20 @@ nodes:
 
 
 class PlcServer:
-    """An asyncua server with one writable variable, on its own thread and loop."""
+    """An asyncua server with one writable variable, on its own thread and loop.
+
+    With ``holding`` set, a client's write is carried out and its answer held until ``release`` is set:
+    ``written`` tells the test the value has reached the variable.
+    """
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.var: Any = None
+        self.holding = False
+        self.written = threading.Event()
+        self.release = threading.Event()
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
 
@@ -71,10 +79,17 @@ class PlcServer:
 
         self.var = await obj.add_variable(ua.NodeId("speed", idx), f"{idx}:speed", 0.0)
         await self.var.set_writable()
+        server.subscribe_server_callback(CallbackType.PostWrite, self._after_write)
         self._stop = asyncio.Event()
         async with server:
             self.ready.set()
             await self._stop.wait()
+
+    async def _after_write(self, event: ServerItemCallback, _dispatcher: object) -> None:
+        if self.holding and event.is_external:  # a client's write: done, its answer held
+            self.written.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.02)
 
     def call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
@@ -92,6 +107,7 @@ class PlcServer:
 
     def __exit__(self, *exc: object) -> None:
         assert self._stop is not None
+        self.release.set()
         self.loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(20)
 
@@ -130,15 +146,8 @@ def _report(responder: AckResponder, cid: str, timeout: float = 30.0) -> Command
     raise AssertionError(f"no report for {cid}")
 
 
-def _agent(site: Path, data: Path, gateway: str, host: str, port: int, hold: bool = False) -> AgentProcess:
-    import os
-
-    if hold:
-        os.environ[HOLD_ENV] = "1"
-    try:
-        agent = AgentProcess(site, data, gateway, host, port)
-    finally:
-        os.environ.pop(HOLD_ENV, None)
+def _agent(site: Path, data: Path, gateway: str, host: str, port: int) -> AgentProcess:
+    agent = AgentProcess(site, data, gateway, host, port)
     agent.wait_for("platform_connected")
     time.sleep(0.3)  # the command topic's subscription follows the connect
     return agent
@@ -186,12 +195,15 @@ def test_killed_after_the_write_before_the_report_never_writes_again(
     host, port = mqtt_broker
     site = _site(tmp_path, plc, topic_prefix)
     data = tmp_path / "data"
-    agent = _agent(site, data, topic_prefix, host, port, hold=True)
+    agent = _agent(site, data, topic_prefix, host, port)
+    plc.holding = True  # the write is done at the machine; the agent waits for the server's answer
     try:
         _send(host, port, topic_prefix, 1200.0, "e2e-kill-1")
-        agent.wait_for("command_written_holding")
+        assert plc.written.wait(30)
     finally:
         agent.stop(signal.SIGKILL)
+        plc.holding = False
+        plc.release.set()
     assert plc.value() == 1200.0
     assert not [r for r in responder.reports if r.id == "e2e-kill-1"]  # no report went out
     plc.set(7.0)  # someone moves it at the machine while the agent is down
