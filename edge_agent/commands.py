@@ -470,7 +470,7 @@ class _Readback:
             for cmd_topic, cmd in self.decoder.commands:  # a rebirth request: aliases not known yet
                 self.client.publish(cmd_topic, cmd, qos=0)
             self.decoder.commands.clear()
-            found = [r.value for r in readings]
+            found = [r.raw for r in readings]
         return [float(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
 
     def close(self) -> None:
