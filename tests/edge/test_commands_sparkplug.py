@@ -16,7 +16,7 @@ from edge_agent.commands import CommandExecutor, Journal, Writers
 from edge_agent.connectors import sparkplug_b_pb2 as pb
 from edge_agent.connectors.sparkplug import REBIRTH_METRIC
 from plant.site import parse_site
-from plant.wire import Command, now_us
+from plant.wire import Command, CommandReport, now_us
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -114,7 +114,7 @@ def test_a_sparkplug_edge_node_and_device_are_written_and_read_back(
         return Command(id=cid, gateway="gw1", node="p1", prop=prop, value=value, issued=now,
                        expires=now + 30_000_000).model_dump_json().encode()
 
-    async def both() -> list[object]:
+    async def both() -> list[CommandReport | None]:
         return [await executor.handle(command("spb00001", "speed", 1450.0)),
                 await executor.handle(command("spb00002", "stroke", -20))]
 
@@ -122,15 +122,16 @@ def test_a_sparkplug_edge_node_and_device_are_written_and_read_back(
         speed, stroke = asyncio.run(both())
     finally:
         node.close()
-    assert speed is not None and stroke is not None
+    assert speed is not None
+    assert stroke is not None
     writes = [c for c in node.commands if c[2] != REBIRTH_METRIC]
     assert writes == [(f"spBv1.0/{topic_prefix}/NCMD/edge1", 0, "Motor/Speed", "double_value"),
                       (f"spBv1.0/{topic_prefix}/DCMD/edge1/valve", 0, "Stroke", "long_value")]
     if answer:
-        assert (speed.state, speed.value) == ("applied", 1450.0)  # type: ignore[attr-defined]
-        assert (stroke.state, stroke.value) == ("applied", -20.0)  # type: ignore[attr-defined]
+        assert (speed.state, speed.value) == ("applied", 1450.0)
+        assert (stroke.state, stroke.value) == ("applied", -20.0)
         assert node.values == {"Motor/Speed": 1450.0, "Stroke": -40}  # scale 0.5: -20 mm is -40 raw
     else:
-        assert (speed.state, speed.reason) == ("failed", "no_readback")  # type: ignore[attr-defined]
-        assert "Motor/Speed" in speed.detail  # type: ignore[attr-defined]
+        assert (speed.state, speed.reason) == ("failed", "no_readback")
+        assert "Motor/Speed" in speed.detail
         assert node.values == {"Motor/Speed": 0.0, "Stroke": 0}

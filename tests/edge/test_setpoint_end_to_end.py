@@ -88,8 +88,7 @@ class PlcServer:
     async def _after_write(self, event: ServerItemCallback, _dispatcher: object) -> None:
         if self.holding and event.is_external:  # a client's write: done, its answer held
             self.written.set()
-            while not self.release.is_set():
-                await asyncio.sleep(0.02)
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 60)
 
     def call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
