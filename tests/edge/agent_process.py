@@ -108,6 +108,7 @@ class MuteProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+                s.close()
 
     def mute(self) -> None:
         """From now on drop what the connections open now send to the broker."""
