@@ -173,7 +173,8 @@ class UplinkBatch(_Wire):
     values: list[Value] = []
     frames: list[Frame] = []
     diagnoses: list[Diagnosis] = []
-    commands: list[CommandReport] = Field([], max_length=1000)
+    commands: list[Any] = Field([], max_length=1000, description="command reports (CommandReport), each checked "
+                                "on its own: a bad one is rejected alone (``command_reports``)")
 
     def __len__(self) -> int:
         return len(self.values) + len(self.frames) + len(self.diagnoses)
@@ -182,7 +183,7 @@ class UplinkBatch(_Wire):
 class Rejection(_Wire):
     """One item of a batch the platform refused, and why."""
 
-    kind: Literal["value", "frame", "diagnosis"]
+    kind: Literal["value", "frame", "diagnosis", "command"]
     index: int
     reason: str = Field(description="short stable code, e.g. 'unknown_property', 'not_finite'")
     detail: str = Field("", description="what was wrong, for people")
@@ -271,6 +272,27 @@ def decode_batch(payload: bytes | str) -> UplinkBatch:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise WireError(f"invalid uplink batch: {loc}: {first['msg']} ({exc.error_count()} errors)") from None
+
+
+def decode_report(item: Any) -> CommandReport:
+    """One command report of an uplink batch; raises WireError naming the first bad field."""
+    try:
+        return CommandReport.model_validate(item)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "report"
+        raise WireError(f"invalid command report: {loc}: {first['msg']}") from None
+
+
+def command_reports(batch: UplinkBatch) -> list[tuple[int, CommandReport]]:
+    """The batch's valid command reports with their index; the others are left out (``decode_report`` says why)."""
+    out = []
+    for i, item in enumerate(batch.commands):
+        try:
+            out.append((i, decode_report(item)))
+        except WireError:
+            continue
+    return out
 
 
 def decode_ack(payload: bytes | str) -> Ack:
