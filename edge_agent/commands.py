@@ -19,7 +19,7 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +33,7 @@ from edge_agent.config import BrokerUrl
 from edge_agent.connectors.opcua_session import connect_client, status_of
 from edge_agent.connectors.sparkplug import SparkplugDecoder, SparkplugField, encode_command
 from edge_agent.errors import ConnectorError
+from edge_agent.platform_clock import PlatformClock
 from edge_agent.platform_link import PlatformLink
 from plant.errors import WireError
 from plant.setpoints import (
@@ -153,23 +154,24 @@ class CommandExecutor:
         gateway: this gateway's id.
         journal: the command journal.
         writer: what writes to the machine.
-        clock_offset_us: µs to add to this machine's clock for the platform's time (the agent's estimate).
+        clock: this machine's clock corrected by its estimated offset to the platform's (``CommandChannel``
+            feeds it the round-trips of its report batches); uncorrected until then.
     """
 
     def __init__(self, site: Site, gateway: str, journal: Journal, writer: Writer,
-                 clock_offset_us: Callable[[], int] = lambda: 0) -> None:
+                 clock: PlatformClock | None = None) -> None:
         self.site = site
         self.gateway = gateway
         self.journal = journal
         self.writer = writer
-        self.clock_offset_us = clock_offset_us
+        self.clock = clock or PlatformClock()
         self.owners = site.owners()
         self.lock = asyncio.Lock()  # one write at a time: a duplicate waits for the first to end
         self.applied = 0
 
     def now(self) -> int:
         """This gateway's corrected clock, µs."""
-        return now_us() + self.clock_offset_us()
+        return self.clock.now()
 
     async def handle(self, payload: bytes) -> CommandReport | None:
         """One command message; the report to send, or None for an undecodable message (logged)."""
@@ -511,33 +513,41 @@ class Writers:
         await self.opcua.close()
 
 
-def report_payload(gateway: str, reports: list[CommandReport], sent_us: int) -> tuple[str, bytes]:
-    """An uplink batch carrying only command reports: its id, and its JSON."""
-    batch = "cmd-" + reports[0].id[:40]
+def report_payload(gateway: str, batch: str, reports: list[CommandReport], sent_us: int) -> bytes:
+    """An uplink batch carrying only command reports (none: a clock probe), as JSON."""
     body = {"v": 1, "gateway": gateway, "batch": batch, "sent": sent_us,
             "commands": [json.loads(r.model_dump_json()) for r in reports]}
-    return batch, json.dumps(body).encode()
+    return json.dumps(body).encode()
 
 
 class CommandChannel:
     """The executor on the platform link: commands in, reports out (in uplink batches) until acknowledged.
 
+    The acks of the report batches carry the platform's clock: their round-trips give the executor's clock its
+    offset (``edge_agent.platform_clock``). With no report to send for ``probe_s``, an empty report batch goes
+    out to keep the estimate fresh; a command that arrives before the first estimate waits for it (the
+    platform's expiry is judged on the platform's time, or not at all).
+
     Args:
         executor: checks and applies commands.
         link: the platform link (subscribed to ``command_topic(gateway)``).
         topic_root: the topic root.
-        resend_s: how often unacknowledged reports are published again.
+        resend_s: how often unacknowledged reports are published again (and the clock probed while unknown).
+        probe_s: how often the clock is probed once known.
     """
 
     def __init__(self, executor: CommandExecutor, link: PlatformLink, topic_root: str = TOPIC_ROOT,
-                 resend_s: float = 2.0) -> None:
+                 resend_s: float = 2.0, probe_s: float = 30.0) -> None:
         self.executor = executor
         self.link = link
         self.topic = command_topic(executor.gateway, topic_root)
         self.uplink = uplink_topic(executor.gateway, topic_root)
         self.resend_s = resend_s
+        self.probe_s = probe_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent: dict[str, list[str]] = {}
+        self._clock_known = asyncio.Event()
+        self._last_publish = -1e9  # monotonic
 
     def on_message(self, topic: str, payload: bytes) -> bool:
         """Take a command, or the ack of a report batch; False for anything else (the uplink's acks)."""
@@ -553,12 +563,18 @@ class CommandChannel:
                 return False
             ids = self._sent.pop(ack.batch, None)
             if ids is not None:
+                self.executor.clock.answered(ack.batch, ack.at)
+                if self.executor.clock.known:
+                    self._clock_known.set()
                 if ack.stored:
                     self.executor.journal.reported(ids)
                 return True
         return False
 
     async def _command(self, payload: bytes) -> None:
+        if not self._clock_known.is_set():
+            log.info("command_waits_for_platform_clock")
+            await self._clock_known.wait()
         try:
             report = await self.executor.handle(payload)
         except Exception:  # a bug must not end the channel: the command is in the journal or was never begun
@@ -568,19 +584,25 @@ class CommandChannel:
             self._publish([report])
 
     def _publish(self, reports: list[CommandReport]) -> None:
-        batch, body = report_payload(self.executor.gateway, reports, self.executor.now())
+        batch = "cmd-" + (reports[0].id[:40] if reports else "probe") + "-" + secrets.token_hex(4)
+        sent = self.executor.clock.sent(batch)
+        body = report_payload(self.executor.gateway, batch, reports, sent)
         try:
             self.link.publish(self.uplink, body)
         except ConnectorError as exc:
             log.info("command report waits for the link", error=str(exc))
             return
         self._sent[batch] = [r.id for r in reports]
+        self._last_publish = time.monotonic()
 
     async def run(self) -> None:
-        """Finish what a previous run began, then publish unacknowledged reports every ``resend_s``."""
+        """Finish what a previous run began, then publish unacknowledged reports every ``resend_s``, and an
+        empty report batch when the clock needs a round-trip."""
         await self.executor.recover()
         while True:
             reports = self.executor.journal.unreported()
-            if reports and self.link.connected.is_set():
+            probe_s = self.probe_s if self._clock_known.is_set() else self.resend_s
+            due = time.monotonic() - self._last_publish >= probe_s
+            if (reports or due) and self.link.connected.is_set():
                 self._publish(reports)
             await asyncio.sleep(self.resend_s)

@@ -201,12 +201,14 @@ class Ack(_Wire):
     error: str | None = None
     code: str | None = Field(None, description="why nothing was stored, as a stable code, e.g. 'over_budget'")
     retry_after: float | None = Field(None, ge=0, description="send this batch again after so many seconds")
+    at: int | None = Field(None, description="µs, the platform's clock when it answered (on acks of batches that "
+                                             "carry the 'commands' key: the agent's clock offset)")
 
     @model_serializer(mode="wrap")
     def _without_unset_codes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # an agent of an earlier version refuses keys it does not know: send them only when they say something
         data: dict[str, Any] = handler(self)
-        for key in ("code", "retry_after"):
+        for key in ("code", "retry_after", "at"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

@@ -8,7 +8,8 @@
 4. the sender's budget (``twin.budget``: over it, the whole batch is refused ``over_budget`` with a
    ``retry_after``) and its ownership (``twin.ownership``: items of another gateway's nodes are ``not_owner``);
 5. ``TwinStore.apply`` (the twin's own validation, then one transaction);
-6. the ``Ack`` to publish.
+6. the ``Ack`` to publish, stamped with the platform's clock when the batch carries the ``commands`` key (the
+   agent's command channel estimates its clock offset from these round-trips: ``edge_agent.platform_clock``).
 
 A database that fails (down, timed out) is answered ``stored: false``: the agent resends later. A message the
 database refuses for its content, or that meets a bug, is dead-lettered with the reason; the agent is then told
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from plant.wire import (
     UplinkBatch,
     command_reports,
     decode_batch,
+    now_us,
     topic_gateway,
 )
 from twin.budget import GatewayBudget
@@ -164,7 +166,10 @@ class Intake:
         except Exception as exc:  # a bug in decoding: the message still ends
             log.exception("uplink check failed", topic=topic[:200])
             return self._refused(INTERNAL_ERROR, _describe(exc), topic, data, batch, record, deferred)
-        return self._store(topic, data, batch, record)
+        outcome = self._store(topic, data, batch, record)
+        if outcome.ack is not None and "commands" in batch.model_fields_set:  # an agent that executes commands:
+            outcome = replace(outcome, ack=outcome.ack.model_copy(update={"at": now_us()}))  # its clock offset
+        return outcome
 
     def _store(self, topic: str, data: bytes, batch: UplinkBatch, record: bool) -> Outcome:
         sender = batch.gateway  # the topic's gateway (check_envelope), which the broker's ACL ties to its login

@@ -1,0 +1,125 @@
+"""The agent judges a command's expiry on the platform's time: its own clock corrected by the offset it
+estimates from the round-trips of its report batches (the platform stamps their acks with its clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.commands import CommandChannel, CommandExecutor, Journal
+from edge_agent.config import BrokerUrl
+from edge_agent.platform_clock import PlatformClock
+from edge_agent.platform_link import PlatformLink
+from plant.site import Binding, parse_site
+from plant.wire import Command, ack_topic, command_topic, now_us
+from tests.edge.conftest import AckResponder
+
+SITE = """
+site: {{id: plant}}
+sources:
+  ua: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}}
+asset_types:
+  pump:
+    properties:
+      speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
+nodes:
+  - id: plant
+    kind: site
+    gateway: {gateway}
+    children:
+      - id: area
+        kind: area
+        children:
+          - id: p1
+            kind: machine
+            type: pump
+            bindings:
+              speed: {{source: ua, node_id: "ns=2;s=speed"}}
+"""
+
+
+class Device:
+    """The machine: takes each write and gives it back (the agent's writers are tested against real servers)."""
+
+    def __init__(self) -> None:
+        self.writes: list[float | int] = []
+
+    async def write(self, _binding: Binding, value: float | int) -> None:
+        self.writes.append(value)
+
+    async def read(self, _binding: Binding) -> object:
+        return self.writes[-1] if self.writes else None
+
+
+def test_the_estimate_is_the_narrowest_round_trip_and_never_behind_the_platform() -> None:
+    local = [1_000_000_000]
+    clock = PlatformClock(clock=lambda: local[0])
+    assert (clock.known, clock.now()) == (False, 1_000_000_000)
+    for batch, rtt, platform in (("a", 400_000, 5_000_150_000), ("b", 20_000, 5_001_010_000)):
+        clock.sent(batch)
+        local[0] += rtt
+        clock.answered(batch, platform)
+        local[0] += 1_000_000 - rtt
+    # "b": sent at 1_001_000_000 local, answered between: offset in [4_000_000_000 - 10_000... ] upper end taken
+    assert clock.offset_us() == 5_001_010_000 - 1_001_000_000
+    clock.answered("unknown", 9)  # an ack of nothing sent here: ignored
+    clock.sent("c")
+    local[0] -= 5_000_000  # this machine's clock stepped back: that round-trip says nothing
+    clock.answered("c", 1)
+    assert clock.offset_us() == 5_001_010_000 - 1_001_000_000
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("skew_s", [-3600, 3600])
+def test_a_skewed_agent_refuses_an_expired_command_and_applies_a_fresh_one(
+    tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str, responder: AckResponder, skew_s: int
+) -> None:
+    asyncio.run(_skewed(tmp_path, mqtt_broker, topic_prefix, responder, skew_s))
+
+
+async def _skewed(tmp_path: Path, broker: tuple[str, int], gateway: str, responder: AckResponder,
+                  skew_s: int) -> None:
+    host, port = broker
+    device = Device()
+    clock = PlatformClock(clock=lambda: now_us() + skew_s * 1_000_000)  # this gateway's clock is an hour off
+    executor = CommandExecutor(parse_site(SITE.format(gateway=gateway)), gateway, Journal(tmp_path / "c.db"),
+                               device, clock)
+    link = PlatformLink(BrokerUrl.parse(f"mqtt://{host}:{port}"), f"agent-{gateway}", [ack_topic(gateway)],
+                        lambda _t, _p: None)
+    channel = CommandChannel(executor, link, resend_s=0.2)
+    link.subscribe(channel.topic)
+    link.on_message = lambda topic, payload: channel.on_message(topic, payload) and None
+    await link.start()
+    run = asyncio.create_task(channel.run())
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        now = now_us()  # the platform's clock
+        _send(host, port, gateway, Command(id="stale001", gateway=gateway, node="p1", prop="speed", value=700.0,
+                                           issued=now - 65_000_000, expires=now - 5_000_000))
+        _send(host, port, gateway, Command(id="fresh001", gateway=gateway, node="p1", prop="speed", value=900.0,
+                                           issued=now, expires=now + 30_000_000))
+        for _ in range(200):
+            states = {r.id: r.state for r in responder.reports}
+            if len(states) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert states == {"stale001": "expired", "fresh001": "applied"}
+        assert device.writes == [900.0]
+        assert abs(clock.now() - now_us()) < 1_000_000  # corrected to within the round-trip
+    finally:
+        run.cancel()
+        await link.stop()
+
+
+def _send(host: str, port: int, gateway: str, cmd: Command) -> None:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"platform-{cmd.id}-{gateway}")
+    c.connect(host, port)
+    c.loop_start()
+    c.publish(command_topic(gateway), json.dumps(cmd.model_dump()), qos=1).wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
