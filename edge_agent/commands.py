@@ -600,9 +600,10 @@ class CommandChannel:
         empty report batch when the clock needs a round-trip."""
         await self.executor.recover()
         while True:
-            reports = self.executor.journal.unreported()
-            probe_s = self.probe_s if self._clock_known.is_set() else self.resend_s
-            due = time.monotonic() - self._last_publish >= probe_s
-            if (reports or due) and self.link.connected.is_set():
-                self._publish(reports)
-            await asyncio.sleep(self.resend_s)
+            known = self._clock_known.is_set()
+            since = time.monotonic() - self._last_publish
+            if self.link.connected.is_set() and since >= (self.resend_s if known else min(self.resend_s, 1.0)):
+                reports = self.executor.journal.unreported()
+                if reports or since >= (self.probe_s if known else 0):
+                    self._publish(reports)
+            await asyncio.sleep(self.resend_s if known else 0.05)  # unknown: probe as soon as the link is up
