@@ -10,14 +10,22 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
 
-SITE = """
+SPEED_ON_UA = 'speed: {source: ua, node_id: "ns=2;s=speed"}'  # the pump's speed on the source ``ua``
+
+
+def pump_site(gateway: str, source: str, bindings: str, properties: str = "") -> str:
+    """A site of one pump ``p1`` (plant/area/p1) owned by ``gateway``, its speed writable (0 to 3000 rpm, by a
+    technician). ``source``: the one source entry; ``bindings``: p1's bindings as a YAML flow mapping's content;
+    ``properties``: more properties of the pump type, each a flow entry on one line."""
+    return f"""
 site: {{id: plant}}
 sources:
-  ua: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{port}/plc/"}}
+  {source}
 asset_types:
   pump:
     properties:
       speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
+      {properties}
 nodes:
   - id: plant
     kind: site
@@ -26,11 +34,7 @@ nodes:
       - id: area
         kind: area
         children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-              speed: {{source: ua, node_id: "ns=2;s=speed"}}
+          - {{id: p1, kind: machine, type: pump, bindings: {{{bindings}}}}}
 """
 
 
@@ -95,4 +99,4 @@ class PlcServer:
 
 def site_text(plc: PlcServer, gateway: str) -> str:
     """The site file for ``plc``, its pump owned by ``gateway``."""
-    return SITE.format(port=plc.port, gateway=gateway)
+    return pump_site(gateway, f'ua: {{kind: opcua, endpoint: "{plc.endpoint}"}}', SPEED_ON_UA)

@@ -18,29 +18,9 @@ from edge_agent.platform_link import PlatformLink
 from plant.site import Binding, parse_site
 from plant.wire import Command, ack_topic, command_topic, now_us
 from tests.edge.conftest import AckResponder
+from tests.edge.setpoint_plant import SPEED_ON_UA, pump_site
 
-SITE = """
-site: {{id: plant}}
-sources:
-  ua: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}}
-asset_types:
-  pump:
-    properties:
-      speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
-nodes:
-  - id: plant
-    kind: site
-    gateway: {gateway}
-    children:
-      - id: area
-        kind: area
-        children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-              speed: {{source: ua, node_id: "ns=2;s=speed"}}
-"""
+UA = 'ua: {kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}'
 
 
 class Device:
@@ -87,7 +67,7 @@ async def _skewed(tmp_path: Path, broker: tuple[str, int], gateway: str, respond
     host, port = broker
     device = Device()
     clock = PlatformClock(clock=lambda: now_us() + skew_s * 1_000_000)  # this gateway's clock is an hour off
-    executor = CommandExecutor(parse_site(SITE.format(gateway=gateway)), gateway, Journal(tmp_path / "c.db"),
+    executor = CommandExecutor(parse_site(pump_site(gateway, UA, SPEED_ON_UA)), gateway, Journal(tmp_path / "c.db"),
                                device, clock)
     link = PlatformLink(BrokerUrl.parse(f"mqtt://{host}:{port}"), f"agent-{gateway}", [ack_topic(gateway)],
                         lambda _t, _p: None)
@@ -97,7 +77,10 @@ async def _skewed(tmp_path: Path, broker: tuple[str, int], gateway: str, respond
     await link.start()
     run = asyncio.create_task(channel.run())
     try:
-        await asyncio.wait_for(link.connected.wait(), 10)
+        for _ in range(200):  # the first round-trip: the command topic is subscribed by then (same connection)
+            if clock.known:
+                break
+            await asyncio.sleep(0.05)
         now = now_us()  # the platform's clock
         _send(host, port, gateway, Command(id="stale001", gateway=gateway, node="p1", prop="speed", value=700.0,
                                            issued=now - 65_000_000, expires=now - 5_000_000))

@@ -17,33 +17,16 @@ from edge_agent.connectors import sparkplug_b_pb2 as pb
 from edge_agent.connectors.sparkplug import REBIRTH_METRIC
 from plant.site import parse_site
 from plant.wire import Command, CommandReport, now_us
+from tests.edge.setpoint_plant import pump_site
 
 pytestmark = [pytest.mark.mosquitto]
 
-SITE = """
-site: {{id: plant}}
-sources:
-  bus: {{kind: mqtt, url: "mqtt://{host}:{port}", format: sparkplug}}
-asset_types:
-  pump:
-    properties:
-      speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
-      stroke: {{unit: mm, dtype: int, writable: {{limits: [-50, 50], role: technician}}}}
-nodes:
-  - id: plant
-    kind: site
-    gateway: gw1
-    children:
-      - id: area
-        kind: area
-        children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-              speed: {{source: bus, device: "{group}/edge1", metric: Motor/Speed}}
-              stroke: {{source: bus, device: "{group}/edge1/valve", metric: Stroke, scale: 0.5}}
-"""
+def _site(host: str, port: int, group: str) -> str:
+    return pump_site(
+        "gw1", f'bus: {{kind: mqtt, url: "mqtt://{host}:{port}", format: sparkplug}}',
+        f'speed: {{source: bus, device: "{group}/edge1", metric: Motor/Speed}}, '
+        f'stroke: {{source: bus, device: "{group}/edge1/valve", metric: Stroke, scale: 0.5}}',
+        "stroke: {unit: mm, dtype: int, writable: {limits: [-50, 50], role: technician}}")
 
 
 class EdgeNode:
@@ -103,7 +86,7 @@ def test_a_sparkplug_edge_node_and_device_are_written_and_read_back(
     tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str, answer: bool
 ) -> None:
     host, port = mqtt_broker
-    site = parse_site(SITE.format(host=host, port=port, group=topic_prefix))
+    site = parse_site(_site(host, port, topic_prefix))
     node = EdgeNode(host, port, topic_prefix, answer)
     writers = Writers(site)
     writers.mqtt.readback_s = 3.0 if answer else 1.0
