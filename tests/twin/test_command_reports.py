@@ -16,14 +16,14 @@ from twin.dead_letters import DeadLetters
 from twin.intake import Intake
 from twin.tables import AuditRecord, DeadLetter, HistoryPoint, SetpointCommand
 
-from .store_helpers import NOW, make_store
+from .store_helpers import NOW, SITE_YAML, make_store, site
 
 ROOT = "t/v1"
 
 
 @pytest.fixture
 def intake(db_url: str) -> Iterator[Intake]:
-    store = make_store(db_url)
+    store = make_store(db_url, site(SITE_YAML.replace("type: pump}", "type: pump, gateway: gw2}")))  # p2: gw2's
     with Session(store.engine) as s:
         for cid, gateway in (("cmd0001", "gw1"), ("cmd0002", "gw2")):
             s.add(SetpointCommand(id=cid, node_id="p1", prop="temp", gateway=gateway, value=50.0, state="sent",
@@ -39,7 +39,8 @@ def _report(cid: str, **kw: Any) -> dict[str, Any]:
 
 def test_reports_are_stored_with_the_values_and_bad_ones_refused_alone(intake: Intake) -> None:
     body = {"v": 1, "gateway": "gw1", "batch": "b-reports", "sent": NOW,
-            "values": [{"node": "p1", "prop": "temp", "value": 21.5, "ts": NOW}],
+            "values": [{"node": "p2", "prop": "temp", "value": 1.0, "ts": NOW},  # another gateway's node
+                       {"node": "p1", "prop": "temp", "value": 21.5, "ts": NOW}],
             "commands": [_report("cmd0001"), _report("cmd0001", detail="Bad\x00"), "not a report",
                          _report("cmd0002"), _report("nosuchcmd")]}
     outcome = intake.handle(uplink_topic("gw1", ROOT), json.dumps(body).encode())
@@ -47,9 +48,9 @@ def test_reports_are_stored_with_the_values_and_bad_ones_refused_alone(intake: I
     assert outcome.ack is not None
     assert outcome.ack.accepted == 1
     refused = {(r.kind, r.index, r.reason) for r in outcome.ack.rejected}
-    assert refused == {("command", 1, "bad_report"), ("command", 2, "bad_report"),
+    assert refused == {("value", 0, "not_owner"), ("command", 1, "bad_report"), ("command", 2, "bad_report"),
                        ("command", 3, "not_owner"), ("command", 4, "not_owner")}
-    assert "detail" in next(r.detail for r in outcome.ack.rejected if r.index == 1)
+    assert "detail" in next(r.detail for r in outcome.ack.rejected if (r.kind, r.index) == ("command", 1))
     with Session(intake.store.engine) as s:
         assert s.get(SetpointCommand, "cmd0001").state == "applied"  # type: ignore[union-attr]
         assert s.get(SetpointCommand, "cmd0002").state == "sent"  # another gateway's: untouched
