@@ -116,7 +116,10 @@ def run(commands: int) -> dict[str, Any]:
                 app.state.commands = dispatcher
                 headers = {"Authorization": f"Bearer {key}"}
                 url = "/api/v1/nodes/p1/properties/speed/desired"
-                time.sleep(3.0)  # the agent connects and subscribes
+                deadline = time.monotonic() + 60  # the agent is ready for commands once its clock probe came
+                while ingestor.stats().batches == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.2)  # its ack back at the agent
                 for i in range(commands):
                     value = 1000.0 + i
                     t0 = time.perf_counter()
