@@ -3,8 +3,10 @@
     command (QoS 1, <root>/<gateway>/cmd/setpoint)
       → decode → ours? (gateway, node owner) → seen before? (journal: report again, never write again)
       → writable, type, limits, rate (plant/setpoints.py, this gateway's own site file)
-      → expired? (own clock + clock offset) → journal "writing" (durable) → expired? → write → read back
-      → journal the report → report in an uplink batch until the platform acks it
+      → expired? (own clock + its offset to the platform's, edge_agent/platform_clock.py) → journal "writing"
+      (durable) → expired? → write (asyncua, MQTT JSON, Sparkplug NCMD/DCMD) → read back
+      → journal the report → report in an uplink batch until the platform acks it (the ack's clock stamp
+      keeps the offset estimate fresh)
 
 The journal is a SQLite file in the agent's data directory, written with ``synchronous=FULL`` before the write
 reaches the machine. An agent killed after the write and before the report finds the command "writing" at
