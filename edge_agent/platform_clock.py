@@ -1,14 +1,17 @@
 """The platform's clock as this gateway estimates it, from the round-trips of its command-report batches.
 
 The platform stamps the ack of a batch that carries command reports with its own clock (``Ack.at``). A batch
-published at ``t0`` and acknowledged at ``t1`` (this machine's clock) was answered somewhere between, so the
-offset to add to this machine's clock lies in ``[at - t1, at - t0]``. The estimate is the upper end of the
-narrowest interval among the last few (the shortest round-trip): the corrected clock is never behind the
-platform's, so a command's expiry is judged at worst one round-trip early, never late.
+published at ``t0`` and acknowledged at ``t1`` was answered somewhere between, so the platform's time now lies
+within ``at + (now - t1)`` and ``at + (now - t0)``. The estimate is the upper end of the narrowest of the last
+few such intervals (the shortest round-trip): the corrected clock is never behind the platform's, so a
+command's expiry is judged at worst one round-trip early, never late. The times here are taken on a monotonic
+clock, so the estimate holds when this machine's wall clock is set or stepped (NTP coming back, a person);
+the wall clock only serves before the first ack.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
@@ -21,52 +24,58 @@ log = structlog.get_logger(__name__)
 _PENDING = 256  # batches awaiting their ack whose send time is kept
 
 
+def _monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
 class PlatformClock:
-    """This machine's clock corrected by its estimated offset to the platform's.
+    """This machine's clock corrected to the platform's.
 
     Args:
-        clock: this machine's clock, µs since the epoch (a seam: tests give a skewed one).
+        clock: this machine's wall clock, µs since the epoch, used until the first estimate (a seam: tests give
+            a skewed one).
+        monotonic: a clock that never steps, µs (for the time since each round-trip).
         window: how many recent round-trips the estimate is chosen from.
     """
 
-    def __init__(self, clock: Callable[[], int] = now_us, window: int = 8) -> None:
+    def __init__(self, clock: Callable[[], int] = now_us, monotonic: Callable[[], int] = _monotonic_us,
+                 window: int = 8) -> None:
         self.clock = clock
+        self.monotonic = monotonic
         self._sent: OrderedDict[str, int] = OrderedDict()
-        self._samples: deque[tuple[int, int]] = deque(maxlen=window)  # (round-trip, offset's upper bound), µs
-        self._offset = 0
+        self._samples: deque[tuple[int, int]] = deque(maxlen=window)  # (round-trip, platform - monotonic), µs
+        self._base: int | None = None  # the platform's time minus the monotonic clock, once estimated
 
     @property
     def known(self) -> bool:
-        """Whether an ack has given an estimate yet (before that the offset is 0)."""
-        return bool(self._samples)
+        """Whether an ack has given an estimate yet."""
+        return self._base is not None
 
     def offset_us(self) -> int:
-        """µs to add to this machine's clock for the platform's."""
-        return self._offset
+        """µs to add to this machine's wall clock for the platform's (0 before the first estimate)."""
+        return 0 if self._base is None else self.now() - self.clock()
 
     def now(self) -> int:
-        """The platform's time as estimated here, µs."""
-        return self.clock() + self._offset
+        """The platform's time as estimated here, µs (this machine's wall clock before the first estimate)."""
+        return self.clock() if self._base is None else self.monotonic() + self._base
 
     def sent(self, batch: str) -> int:
-        """Remember when ``batch`` was published (this machine's clock); returns that time."""
-        t0 = self.clock()
-        self._sent[batch] = t0
+        """Remember when ``batch`` was published; returns the time to put in it (this machine's wall clock)."""
+        self._sent[batch] = self.monotonic()
         while len(self._sent) > _PENDING:
             self._sent.popitem(last=False)
-        return t0
+        return self.clock()
 
     def answered(self, batch: str, platform_us: int | None) -> None:
         """The ack of ``batch`` came, stamped with the platform's clock (None: an ack without one)."""
         t0 = self._sent.pop(batch, None)
         if t0 is None or platform_us is None:
             return
-        t1 = self.clock()
-        if t1 < t0:  # this machine's clock stepped back meanwhile: the interval means nothing
-            return
+        t1 = self.monotonic()
+        first = self._base is None
         self._samples.append((t1 - t0, platform_us - t0))
-        offset = min(self._samples)[1]
-        if abs(offset - self._offset) > 1_000_000 or len(self._samples) == 1:
-            log.info("platform_clock_offset", offset_ms=round(offset / 1000, 1),
+        base = min(self._samples)[1]
+        if first or abs(base - (self._base or 0)) > 1_000_000:
+            log.info("platform_clock_offset", offset_ms=round((self.monotonic() + base - self.clock()) / 1000, 1),
                      round_trip_ms=round((t1 - t0) / 1000, 1))
-        self._offset = offset
+        self._base = base

@@ -37,21 +37,27 @@ class Device:
 
 
 def test_the_estimate_is_the_narrowest_round_trip_and_never_behind_the_platform() -> None:
-    local = [1_000_000_000]
-    clock = PlatformClock(clock=lambda: local[0])
-    assert (clock.known, clock.now()) == (False, 1_000_000_000)
+    wall, steady = [1_000_000_000], [7]
+    clock = PlatformClock(clock=lambda: wall[0], monotonic=lambda: steady[0])
+
+    def elapse(us: int) -> None:
+        wall[0] += us
+        steady[0] += us
+
+    assert (clock.known, clock.now()) == (False, 1_000_000_000)  # no estimate: this machine's clock
     for batch, rtt, platform in (("a", 400_000, 5_000_150_000), ("b", 20_000, 5_001_010_000)):
         clock.sent(batch)
-        local[0] += rtt
+        elapse(rtt)
         clock.answered(batch, platform)
-        local[0] += 1_000_000 - rtt
-    # "b": sent at 1_001_000_000 local, answered between: offset in [4_000_000_000 - 10_000... ] upper end taken
-    assert clock.offset_us() == 5_001_010_000 - 1_001_000_000
+        elapse(1_000_000 - rtt)
+    # "b" was answered at most 20 ms after it left, and 980 ms have passed since: the upper end is taken
+    assert clock.now() == 5_001_010_000 + 1_000_000
     clock.answered("unknown", 9)  # an ack of nothing sent here: ignored
-    clock.sent("c")
-    local[0] -= 5_000_000  # this machine's clock stepped back: that round-trip says nothing
-    clock.answered("c", 1)
-    assert clock.offset_us() == 5_001_010_000 - 1_001_000_000
+    before = clock.now()
+    wall[0] -= 3_600_000_000  # this machine's clock set back an hour: the platform's time goes on
+    elapse(500_000)
+    assert clock.now() == before + 500_000
+    assert clock.offset_us() == clock.now() - wall[0]
 
 
 @pytest.mark.mosquitto
