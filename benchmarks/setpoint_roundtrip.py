@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asyncua import Client, Server, ua
+from asyncua import Client, ua
 from fastapi.testclient import TestClient
 
 from benchmarks._mosquitto import free_port, private_mosquitto
 from plant.site import parse_site
 from plant.wire import command_topic
+from tests.edge.setpoint_plant import PlcServer, site_text
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.commands import CommandDispatcher, to_wire
@@ -53,75 +53,10 @@ from twin.tables import Base, SetpointCommand
 GATEWAY = "bench-gw"
 TARGET_P99_MS = 500.0
 SENTINEL = 0.5
-SITE = """
-site: {{id: plant}}
-sources:
-  ua: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{port}/bench/"}}
-asset_types:
-  pump:
-    properties:
-      speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
-nodes:
-  - id: plant
-    kind: site
-    gateway: {gateway}
-    children:
-      - id: area
-        kind: area
-        children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-              speed: {{source: ua, node_id: "ns=2;s=speed"}}
-"""
-
-
-class Plc:
-    """An asyncua server with one writable Double, on its own thread."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.stop_event: asyncio.Event | None = None
-        self.var: Any = None
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
-
-    async def _main(self) -> None:
-        server = Server()
-        await server.init()
-        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/bench/")
-        idx = await server.register_namespace("urn:factory-twin:bench")
-        obj = await server.nodes.objects.add_object(idx, "Plant")
-        self.var = await obj.add_variable(ua.NodeId("speed", idx), f"{idx}:speed", 0.0)
-        await self.var.set_writable()
-        self.stop_event = asyncio.Event()
-        async with server:
-            self.ready.set()
-            await self.stop_event.wait()
-
-    def value(self) -> float:
-        return float(asyncio.run_coroutine_threadsafe(self.var.read_value(), self.loop).result(10))
-
-    def set(self, value: float) -> None:
-        asyncio.run_coroutine_threadsafe(self.var.write_value(value), self.loop).result(10)
-
-    def start(self) -> Plc:
-        self.thread.start()
-        self.ready.wait(20)
-        return self
-
-    def close(self) -> None:
-        assert self.stop_event is not None
-        self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(20)
-
-
-async def direct_p99(port: int, n: int) -> float:
+async def direct_p99(endpoint: str, n: int) -> float:
     """p99 ms of a write and read back with asyncua from this process (the baseline)."""
     times = []
-    async with Client(f"opc.tcp://127.0.0.1:{port}/bench/") as client:
+    async with Client(endpoint) as client:
         node = client.get_node("ns=2;s=speed")
         for i in range(n):
             t0 = time.perf_counter()
@@ -151,10 +86,9 @@ def _wait_state(sessions: Any, cid: str, timeout: float = 10.0) -> SetpointComma
 
 def run(commands: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="setpoint-bench-"))
-    plc = Plc(free_port()).start()
-    with private_mosquitto() as mport:
+    with PlcServer(free_port()) as plc, private_mosquitto() as mport:
         site_file = tmp / "site.yaml"
-        site_file.write_text(SITE.format(port=plc.port, gateway=GATEWAY))
+        site_file.write_text(site_text(plc, GATEWAY))
         engine = make_engine(f"sqlite:///{tmp / 'twin.db'}")
         Base.metadata.create_all(engine)
         store = TwinStore(engine)
@@ -182,7 +116,10 @@ def run(commands: int) -> dict[str, Any]:
                 app.state.commands = dispatcher
                 headers = {"Authorization": f"Bearer {key}"}
                 url = "/api/v1/nodes/p1/properties/speed/desired"
-                time.sleep(3.0)  # the agent connects and subscribes
+                deadline = time.monotonic() + 60  # the agent is ready for commands once its clock probe came
+                while ingestor.stats().batches == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.2)  # its ack back at the agent
                 for i in range(commands):
                     value = 1000.0 + i
                     t0 = time.perf_counter()
@@ -218,8 +155,7 @@ def run(commands: int) -> dict[str, Any]:
             dispatcher.stop()
             ingestor.stop()
             engine.dispose()
-    baseline = asyncio.run(direct_p99(plc.port, max(50, commands)))
-    plc.close()
+        baseline = asyncio.run(direct_p99(plc.endpoint, max(50, commands)))
     p50, p99 = _pct(latencies, 50), _pct(latencies, 99)
     ok = (p99 < TARGET_P99_MS and counts["expired_applied"] == 0 and counts["duplicated"] == 0
           and counts["applied"] == commands)

@@ -3,8 +3,10 @@
     command (QoS 1, <root>/<gateway>/cmd/setpoint)
       → decode → ours? (gateway, node owner) → seen before? (journal: report again, never write again)
       → writable, type, limits, rate (plant/setpoints.py, this gateway's own site file)
-      → expired? (own clock + clock offset) → journal "writing" (durable) → expired? → write → read back
-      → journal the report → report in an uplink batch until the platform acks it
+      → expired? (own clock + its offset to the platform's, edge_agent/platform_clock.py) → journal "writing"
+      (durable) → expired? → write (asyncua, MQTT JSON, Sparkplug NCMD/DCMD) → read back
+      → journal the report → report in an uplink batch until the platform acks it (the ack's clock stamp
+      keeps the offset estimate fresh)
 
 The journal is a SQLite file in the agent's data directory, written with ``synchronous=FULL`` before the write
 reaches the machine. An agent killed after the write and before the report finds the command "writing" at
@@ -16,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +33,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import BrokerUrl
 from edge_agent.connectors.opcua_session import connect_client, status_of
+from edge_agent.connectors.sparkplug import SparkplugDecoder, SparkplugField, encode_command
 from edge_agent.errors import ConnectorError
+from edge_agent.platform_clock import PlatformClock
 from edge_agent.platform_link import PlatformLink
 from plant.errors import WireError
 from plant.setpoints import (
@@ -152,23 +156,24 @@ class CommandExecutor:
         gateway: this gateway's id.
         journal: the command journal.
         writer: what writes to the machine.
-        clock_offset_us: µs to add to this machine's clock for the platform's time (the agent's estimate).
+        clock: this machine's clock corrected by its estimated offset to the platform's (``CommandChannel``
+            feeds it the round-trips of its report batches); uncorrected until then.
     """
 
     def __init__(self, site: Site, gateway: str, journal: Journal, writer: Writer,
-                 clock_offset_us: Callable[[], int] = lambda: 0) -> None:
+                 clock: PlatformClock | None = None) -> None:
         self.site = site
         self.gateway = gateway
         self.journal = journal
         self.writer = writer
-        self.clock_offset_us = clock_offset_us
+        self.clock = clock or PlatformClock()
         self.owners = site.owners()
         self.lock = asyncio.Lock()  # one write at a time: a duplicate waits for the first to end
         self.applied = 0
 
     def now(self) -> int:
         """This gateway's corrected clock, µs."""
-        return now_us() + self.clock_offset_us()
+        return self.clock.now()
 
     async def handle(self, payload: bytes) -> CommandReport | None:
         """One command message; the report to send, or None for an undecodable message (logged)."""
@@ -194,13 +199,12 @@ class CommandExecutor:
         late = check_expiry(cmd.expires, self.now())  # the journal write took time: look once more
         if late is not None:
             return self._end(cmd, self._report(cmd, "expired", late))
-        _, _, binding = self.site.writable(cmd.node, cmd.prop)
+        pdef, _, binding = self.site.writable(cmd.node, cmd.prop)
         try:
-            await self.writer.write(binding, cmd.value)
+            await self.writer.write(binding, int(cmd.value) if pdef.dtype is DataType.INT else float(cmd.value))
             back = await self.writer.read(binding)
         except WriteFailed as exc:
             return self._end(cmd, self._report(cmd, "failed", Refusal(exc.reason, exc.detail)))
-        await _hold_for_test(cmd)
         if not _same(back, cmd.value):
             return self._end(cmd, self._report(cmd, "failed", Refusal(READBACK_DIFFERS,
                              f"wrote {cmd.value}, read back {back}"), back))
@@ -253,17 +257,6 @@ class CommandExecutor:
                                                                           f"{why}; not written again"), back)
             out.append(self._end(cmd, report))
         return out
-
-
-# test hook: block after the write and its read-back, before the journal records the end and the report goes
-# out, so a test can kill -9 the agent in that window
-_HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_WRITE"
-
-
-async def _hold_for_test(cmd: Command) -> None:
-    if os.environ.get(_HOLD_ENV):
-        log.warning("command_written_holding", command=cmd.id)
-        await asyncio.Event().wait()
 
 
 def _same(back: object, value: float | int) -> bool:
@@ -341,24 +334,31 @@ class OpcUaWriter:
         self.clients.clear()
 
 
-class MqttJsonWriter:
-    """Writes a property bound to a plain-JSON MQTT topic: ``{command_field: value}`` on its ``command_topic``
-    (QoS 1, the broker's PUBACK awaited), then reads back the next value the device sends on its telemetry
-    topic. Sparkplug B (NCMD/DCMD) bindings are not written: refused before anything is sent.
+class MqttWriter:
+    """Writes a property bound to an MQTT broker and reads it back from what the device sends next.
+
+    * plain JSON: ``{command_field: value}`` on the binding's ``command_topic`` at QoS 1 (the broker's PUBACK
+      awaited), read back from the binding's telemetry topic;
+    * Sparkplug B: NCMD (a metric of the edge node) or DCMD (a metric of one of its devices) at QoS 0, as the
+      specification requires of commands, read back from the next NDATA/DDATA (or birth) carrying the metric;
+      data that names the metric only by an alias unknown yet makes it ask the edge node for a rebirth.
+
+    The read-back waits for the written value; a device that sends another value until ``readback_s`` has
+    passed is reported with the last one it sent (``readback_differs``), one that sends nothing ``no_readback``.
 
     Args:
         site: where the sources are.
         passwords: a source's password by source id.
-        readback_s: how long to wait for the device's next telemetry message.
+        readback_s: how long to wait for the device to send the written value.
     """
 
     def __init__(self, site: Site, passwords: dict[str, str | None] | None = None, readback_s: float = 10.0) -> None:
         self.site = site
         self.passwords = passwords or {}
         self.readback_s = readback_s
-        self._pending: tuple[mqtt.Client, asyncio.Queue[bytes]] | None = None  # subscribed before the write
+        self._pending: _Readback | None = None  # subscribed before the write
 
-    def _client(self, binding: MqttBinding, topic: str | None, got: asyncio.Queue[bytes]) -> mqtt.Client:
+    def _client(self, binding: MqttBinding, filters: list[str], got: asyncio.Queue[tuple[str, bytes]]) -> mqtt.Client:
         source = self.site.sources[binding.source]
         if not isinstance(source, MqttSource) or source.url is None:
             raise WriteFailed(NOT_WRITABLE, f"source {binding.source} has no broker URL to write to")
@@ -371,7 +371,7 @@ class MqttJsonWriter:
             client.tls_set(ca_certs=source.ca_file)
 
         def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-            loop.call_soon_threadsafe(got.put_nowait, bytes(m.payload))
+            loop.call_soon_threadsafe(got.put_nowait, (m.topic, bytes(m.payload)))
 
         client.on_message = on_message
         subscribed = threading.Event()
@@ -381,20 +381,37 @@ class MqttJsonWriter:
         except (OSError, ValueError) as exc:
             raise WriteFailed("unreachable", f"MQTT {url.redacted()}: {exc}") from exc
         client.loop_start()
-        if topic is not None:
-            client.subscribe(topic, qos=1)
+        if filters:
+            client.subscribe([(f, 1) for f in filters])
             subscribed.wait(5)
         return client
 
+    def _readback(self, binding: MqttBinding, expected: float | int | None) -> _Readback:
+        """A client subscribed to where the device answers, before anything is written."""
+        got: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        if binding.metric and binding.device:
+            decoder = SparkplugDecoder(binding.source, [SparkplugField(binding.device, binding.metric, "", "")])
+            return _Readback(self._client(binding, decoder.filters(), got), got, expected, decoder)
+        if binding.topic is None:
+            raise WriteFailed(NOT_WRITABLE, "the binding names no topic to read back from")
+        return _Readback(self._client(binding, [binding.topic], got), got, expected, None)
+
     async def write(self, binding: Binding, value: float | int) -> None:
-        """Publish the command and wait for the broker's PUBACK; WriteFailed if it does not come."""
-        if not isinstance(binding, MqttBinding) or binding.command_topic is None:
-            raise WriteFailed(NOT_WRITABLE, "only JSON MQTT bindings with a command_topic are written")
+        """Publish the command (QoS 1 for JSON, 0 for Sparkplug) and wait until paho has sent it."""
+        if not isinstance(binding, MqttBinding):
+            raise WriteFailed(NOT_WRITABLE, "only MQTT bindings are written by this writer")
         raw = (value - binding.offset) / binding.scale
-        got: asyncio.Queue[bytes] = asyncio.Queue()
-        self._pending = (self._client(binding, binding.topic, got), got)
-        payload = json.dumps({binding.command_field: raw}).encode()
-        info = self._pending[0].publish(binding.command_topic, payload, qos=1)
+        native: float | int = round(raw) if isinstance(value, int) and float(raw).is_integer() else raw
+        if binding.metric and binding.device:
+            topic, payload = encode_command(binding.device, binding.metric, native)
+            qos = 0
+        elif binding.command_topic is not None:
+            topic, payload, qos = binding.command_topic, json.dumps({binding.command_field: native}).encode(), 1
+        else:
+            raise WriteFailed(NOT_WRITABLE, "a written MQTT binding needs a command_topic (JSON) or a metric")
+        self._close()
+        self._pending = self._readback(binding, value)
+        info = self._pending.client.publish(topic, payload, qos=qos)
         try:
             await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 10.0)
         except (RuntimeError, ValueError) as exc:
@@ -402,36 +419,67 @@ class MqttJsonWriter:
             raise WriteFailed(BAD_STATUS, f"the broker did not take the command: {exc}") from exc
 
     async def read(self, binding: Binding) -> object:
-        """The next value the device sends on the binding's topic after the write."""
-        if not isinstance(binding, MqttBinding) or binding.topic is None:
-            raise WriteFailed(NOT_WRITABLE, "only JSON MQTT bindings are read back")
-        if self._pending is None:
-            fresh: asyncio.Queue[bytes] = asyncio.Queue()
-            self._pending = (self._client(binding, binding.topic, fresh), fresh)
-        client, got = self._pending
+        """The written value once the device sends it, else the last value it sent within ``readback_s``."""
+        if not isinstance(binding, MqttBinding):
+            raise WriteFailed(NOT_WRITABLE, "only MQTT bindings are read back by this writer")
+        pending, self._pending = self._pending, None
+        if pending is None:  # a read without a write (after a restart): the next value the device sends
+            pending = self._readback(binding, None)
         try:
-            deadline = asyncio.get_running_loop().time() + self.readback_s
-            while True:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    raise WriteFailed(NO_READBACK, f"no value on {binding.topic} within {self.readback_s:g} s")
-                try:
-                    payload = await asyncio.wait_for(got.get(), left)
-                except TimeoutError:
-                    continue
-                value = _json_value(payload, binding.path)
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    return value * binding.scale + binding.offset
+            last = await pending.wait(binding, self.readback_s)
         finally:
-            self._pending = None
-            client.disconnect()
-            client.loop_stop()
+            pending.close()
+        if last is None:
+            where = binding.topic or f"{binding.device} {binding.metric}"
+            raise WriteFailed(NO_READBACK, f"no value from {where} within {self.readback_s:g} s")
+        return last
 
     def _close(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending[0].disconnect()
-            pending[0].loop_stop()
+            pending.close()
+
+
+@dataclass
+class _Readback:
+    """A subscription waiting for a device's answer to one write."""
+
+    client: mqtt.Client
+    got: asyncio.Queue[tuple[str, bytes]]
+    expected: float | int | None
+    decoder: SparkplugDecoder | None
+
+    async def wait(self, binding: MqttBinding, timeout_s: float) -> float | None:
+        """The expected value when it comes; else the last value seen (None: none) when ``timeout_s`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last: float | None = None
+        while (left := deadline - loop.time()) > 0:
+            try:
+                topic, payload = await asyncio.wait_for(self.got.get(), left)
+            except TimeoutError:
+                break
+            for raw in self._values(topic, payload, binding):
+                last = raw * binding.scale + binding.offset
+                if self.expected is None or _same(last, self.expected):
+                    return last
+        return last
+
+    def _values(self, topic: str, payload: bytes, binding: MqttBinding) -> list[float]:
+        if self.decoder is None:
+            found = [_json_value(payload, binding.path)]
+        else:
+            readings, _ = self.decoder.decode(topic, payload, now_us())
+            for cmd_topic, cmd in self.decoder.commands:  # a rebirth request: aliases not known yet
+                self.client.publish(cmd_topic, cmd, qos=0)
+            self.decoder.commands.clear()
+            found = [r.raw for r in readings]
+        return [float(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def _json_value(payload: bytes, path: str | None) -> object:
@@ -445,11 +493,11 @@ def _json_value(payload: bytes, path: str | None) -> object:
 
 
 class Writers:
-    """The writer for each kind of binding: OPC-UA through asyncua, plain-JSON MQTT through paho."""
+    """The writer for each kind of binding: OPC-UA through asyncua, MQTT (JSON and Sparkplug B) through paho."""
 
     def __init__(self, site: Site, passwords: dict[str, str | None] | None = None) -> None:
         self.opcua = OpcUaWriter(site, passwords)
-        self.mqtt = MqttJsonWriter(site, passwords)
+        self.mqtt = MqttWriter(site, passwords)
 
     def _for(self, binding: Binding) -> Writer:
         return self.opcua if isinstance(binding, OpcUaBinding) else self.mqtt
@@ -467,33 +515,41 @@ class Writers:
         await self.opcua.close()
 
 
-def report_payload(gateway: str, reports: list[CommandReport], sent_us: int) -> tuple[str, bytes]:
-    """An uplink batch carrying only command reports: its id, and its JSON."""
-    batch = "cmd-" + reports[0].id[:40]
+def report_payload(gateway: str, batch: str, reports: list[CommandReport], sent_us: int) -> bytes:
+    """An uplink batch carrying only command reports (none: a clock probe), as JSON."""
     body = {"v": 1, "gateway": gateway, "batch": batch, "sent": sent_us,
             "commands": [json.loads(r.model_dump_json()) for r in reports]}
-    return batch, json.dumps(body).encode()
+    return json.dumps(body).encode()
 
 
 class CommandChannel:
     """The executor on the platform link: commands in, reports out (in uplink batches) until acknowledged.
 
+    The acks of the report batches carry the platform's clock: their round-trips give the executor's clock its
+    offset (``edge_agent.platform_clock``). With no report to send for ``probe_s``, an empty report batch goes
+    out to keep the estimate fresh; a command that arrives before the first estimate waits for it (the
+    platform's expiry is judged on the platform's time, or not at all).
+
     Args:
         executor: checks and applies commands.
         link: the platform link (subscribed to ``command_topic(gateway)``).
         topic_root: the topic root.
-        resend_s: how often unacknowledged reports are published again.
+        resend_s: how often unacknowledged reports are published again (and the clock probed while unknown).
+        probe_s: how often the clock is probed once known.
     """
 
     def __init__(self, executor: CommandExecutor, link: PlatformLink, topic_root: str = TOPIC_ROOT,
-                 resend_s: float = 2.0) -> None:
+                 resend_s: float = 2.0, probe_s: float = 30.0) -> None:
         self.executor = executor
         self.link = link
         self.topic = command_topic(executor.gateway, topic_root)
         self.uplink = uplink_topic(executor.gateway, topic_root)
         self.resend_s = resend_s
+        self.probe_s = probe_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent: dict[str, list[str]] = {}
+        self._clock_known = asyncio.Event()
+        self._last_publish = -1e9  # monotonic
 
     def on_message(self, topic: str, payload: bytes) -> bool:
         """Take a command, or the ack of a report batch; False for anything else (the uplink's acks)."""
@@ -509,12 +565,18 @@ class CommandChannel:
                 return False
             ids = self._sent.pop(ack.batch, None)
             if ids is not None:
+                self.executor.clock.answered(ack.batch, ack.at)
+                if self.executor.clock.known:
+                    self._clock_known.set()
                 if ack.stored:
                     self.executor.journal.reported(ids)
                 return True
         return False
 
     async def _command(self, payload: bytes) -> None:
+        if not self._clock_known.is_set():
+            log.info("command_waits_for_platform_clock")
+            await self._clock_known.wait()
         try:
             report = await self.executor.handle(payload)
         except Exception:  # a bug must not end the channel: the command is in the journal or was never begun
@@ -524,19 +586,26 @@ class CommandChannel:
             self._publish([report])
 
     def _publish(self, reports: list[CommandReport]) -> None:
-        batch, body = report_payload(self.executor.gateway, reports, self.executor.now())
+        batch = "cmd-" + (reports[0].id[:40] if reports else "probe") + "-" + secrets.token_hex(4)
+        sent = self.executor.clock.sent(batch)
+        body = report_payload(self.executor.gateway, batch, reports, sent)
         try:
             self.link.publish(self.uplink, body)
         except ConnectorError as exc:
             log.info("command report waits for the link", error=str(exc))
             return
         self._sent[batch] = [r.id for r in reports]
+        self._last_publish = time.monotonic()
 
     async def run(self) -> None:
-        """Finish what a previous run began, then publish unacknowledged reports every ``resend_s``."""
+        """Finish what a previous run began, then publish unacknowledged reports every ``resend_s``, and an
+        empty report batch when the clock needs a round-trip."""
         await self.executor.recover()
         while True:
-            reports = self.executor.journal.unreported()
-            if reports and self.link.connected.is_set():
-                self._publish(reports)
-            await asyncio.sleep(self.resend_s)
+            known = self._clock_known.is_set()
+            since = time.monotonic() - self._last_publish
+            if self.link.connected.is_set() and since >= (self.resend_s if known else min(self.resend_s, 1.0)):
+                reports = self.executor.journal.unreported()
+                if reports or since >= (self.probe_s if known else 0):
+                    self._publish(reports)
+            await asyncio.sleep(self.resend_s if known else 0.05)  # unknown: probe as soon as the link is up

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -50,9 +48,6 @@ from plant.wire import Frame, Value
 log = structlog.get_logger(__name__)
 _SLICE = 4096
 _PRUNE_EVERY = 256  # commits between prunes of the stored fingerprint window (or half a window of messages)
-# test hook: block the loop forever right after the first COMMIT that has acks, before any PUBACK, so a test
-# can kill -9 the agent in the window between them
-_HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_COMMIT"
 
 
 @dataclass(slots=True, frozen=True)
@@ -148,7 +143,6 @@ class Pipeline:
         self.commit_messages = commit_messages
         self._unacked = 0  # source messages queued whose acks wait for the next commit
         self._enough = asyncio.Event()
-        self._hold = os.environ.get(_HOLD_ENV) == "1"
         self._writing = False  # a commit's transaction is being written (on the outbox thread)
         self.on_frames: Callable[[list[Frame]], None] | None = None  # told each commit's frames (diagnostics)
 
@@ -337,10 +331,6 @@ class Pipeline:
                 self.on_frames(frames)
             except Exception:  # diagnostics must never hold back the acks
                 log.exception("frame_listener_failed")
-        if self._hold and acks:
-            log.warning("test_hold_after_commit")
-            sys.stderr.flush()
-            time.sleep(3600)  # noqa: ASYNC251 - on purpose: blocks the loop: no PUBACK, no uplink, until the test kills the process
         for ack in acks:
             try:
                 ack()

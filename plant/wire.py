@@ -173,7 +173,8 @@ class UplinkBatch(_Wire):
     values: list[Value] = []
     frames: list[Frame] = []
     diagnoses: list[Diagnosis] = []
-    commands: list[CommandReport] = Field([], max_length=1000)
+    commands: list[Any] = Field([], max_length=1000, description="command reports (CommandReport), each checked "
+                                "on its own: a bad one is rejected alone (``command_reports``)")
 
     def __len__(self) -> int:
         return len(self.values) + len(self.frames) + len(self.diagnoses)
@@ -182,7 +183,7 @@ class UplinkBatch(_Wire):
 class Rejection(_Wire):
     """One item of a batch the platform refused, and why."""
 
-    kind: Literal["value", "frame", "diagnosis"]
+    kind: Literal["value", "frame", "diagnosis", "command"]
     index: int
     reason: str = Field(description="short stable code, e.g. 'unknown_property', 'not_finite'")
     detail: str = Field("", description="what was wrong, for people")
@@ -200,12 +201,14 @@ class Ack(_Wire):
     error: str | None = None
     code: str | None = Field(None, description="why nothing was stored, as a stable code, e.g. 'over_budget'")
     retry_after: float | None = Field(None, ge=0, description="send this batch again after so many seconds")
+    at: int | None = Field(None, description="µs, the platform's clock when it answered (on acks of batches that "
+                                             "carry the 'commands' key: the agent's clock offset)")
 
     @model_serializer(mode="wrap")
     def _without_unset_codes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # an agent of an earlier version refuses keys it does not know: send them only when they say something
         data: dict[str, Any] = handler(self)
-        for key in ("code", "retry_after"):
+        for key in ("code", "retry_after", "at"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -271,6 +274,27 @@ def decode_batch(payload: bytes | str) -> UplinkBatch:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise WireError(f"invalid uplink batch: {loc}: {first['msg']} ({exc.error_count()} errors)") from None
+
+
+def decode_report(item: Any) -> CommandReport:
+    """One command report of an uplink batch; raises WireError naming the first bad field."""
+    try:
+        return CommandReport.model_validate(item)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "report"
+        raise WireError(f"invalid command report: {loc}: {first['msg']}") from None
+
+
+def command_reports(batch: UplinkBatch) -> list[tuple[int, CommandReport]]:
+    """The batch's valid command reports with their index; the others are left out (``decode_report`` says why)."""
+    out = []
+    for i, item in enumerate(batch.commands):
+        try:
+            out.append((i, decode_report(item)))
+        except WireError:
+            continue
+    return out
 
 
 def decode_ack(payload: bytes | str) -> Ack:

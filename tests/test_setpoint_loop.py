@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from plant.site import parse_site
 from tests.edge.agent_process import AgentProcess
 from tests.edge.connectors.conftest import free_port
-from tests.edge.test_setpoint_end_to_end import SITE, PlcServer
+from tests.edge.setpoint_plant import PlcServer, site_text
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.broker import EmbeddedBroker
@@ -74,7 +74,7 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
     broker = EmbeddedBroker(port=0).start()
     with PlcServer(free_port()) as plc:
         site_file = tmp_path / "site.yaml"
-        site_file.write_text(SITE.format(port=plc.port, gateway=GATEWAY))
+        site_file.write_text(site_text(plc, GATEWAY))
         engine = make_engine(f"sqlite:///{tmp_path / 'twin.db'}")
         Base.metadata.create_all(engine)
         store = TwinStore(engine)

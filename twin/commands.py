@@ -24,8 +24,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 from plant.setpoints import (
@@ -38,11 +37,20 @@ from plant.setpoints import (
     check_value,
 )
 from plant.site import DataType, PropertyDef, Writable
-from plant.wire import FINAL_STATES, TOPIC_ROOT, Command, CommandReport, CommandState, command_topic, now_us
+from plant.wire import (
+    FINAL_STATES,
+    TOPIC_ROOT,
+    Command,
+    CommandReport,
+    CommandState,
+    Rejection,
+    command_topic,
+    now_us,
+)
 from twin import audit
 from twin.auth import Principal, Role
 from twin.db import make_sessionmaker
-from twin.errors import Forbidden, InvalidRequest, NotFound, StoreError
+from twin.errors import Forbidden, InvalidRequest, NotFound
 from twin.tables import AssetTypeRecord, SetpointCommand, TwinNode
 
 log = structlog.get_logger(__name__)
@@ -188,38 +196,34 @@ def confirm(session: Session, who: Principal, command_id: str, now: int | None =
     return cmd
 
 
-def apply_reports(session: Session, gateway: str, reports: list[CommandReport], now: int | None = None) -> int:
-    """Record what the gateway says became of its commands; returns how many changed. Commits.
+def apply_reports(conn: Connection, gateway: str, reports: list[tuple[int, CommandReport]],
+                  now: int | None = None) -> list[Rejection]:
+    """Record what the gateway says became of its commands, in the caller's transaction (the batch's own).
 
-    A report for a command of another gateway, or an unknown one, is ignored and logged; a repeat changes
-    nothing.
+    ``reports`` are (index in the batch, report). A report of an unknown command or of another gateway's is
+    rejected (kind ``command``, ``not_owner``) and changes nothing; a repeat changes nothing.
     """
-    try:
-        return _apply_reports(session, gateway, reports, now if now is not None else now_us())
-    except SQLAlchemyError as exc:  # the agent gets "not stored" and sends the reports again
-        session.rollback()
-        raise StoreError(f"could not store command reports: {str(exc).splitlines()[0]}") from exc
-
-
-def _apply_reports(session: Session, gateway: str, reports: list[CommandReport], now: int) -> int:
-    changed = 0
-    for report in reports:
-        cmd = session.get(SetpointCommand, report.id)
-        if cmd is None or cmd.gateway != gateway:
-            log.warning("command report refused", gateway=gateway, command=report.id[:64], reason=NOT_OWNER)
-            continue
-        if cmd.state == report.state and cmd.outcome != "no_report":
-            continue
-        before = _state(cmd)
-        cmd.state, cmd.outcome, cmd.detail = report.state, report.reason, report.detail
-        cmd.ended_at = now
-        if isinstance(report.value, int | float) and not isinstance(report.value, bool):
-            cmd.reported = float(report.value)
-        audit.record(session, f"gateway:{gateway}", f"setpoint.{report.state}",
-                     f"setpoint:{cmd.node_id}.{cmd.prop}", before=before, after=_state(cmd))
-        changed += 1
-    session.commit()
-    return changed
+    at = now if now is not None else now_us()
+    rejected: list[Rejection] = []
+    with Session(bind=conn) as session:  # joins the batch's transaction: its commit or rollback is the batch's
+        for index, report in reports:
+            cmd = session.get(SetpointCommand, report.id)
+            if cmd is None or cmd.gateway != gateway:
+                log.warning("command report refused", gateway=gateway, command=report.id, reason=NOT_OWNER)
+                rejected.append(Rejection(kind="command", index=index, reason=NOT_OWNER,
+                                          detail=f"no command {report.id} of gateway {gateway}"))
+                continue
+            if cmd.state == report.state and cmd.outcome != "no_report":
+                continue
+            before = _state(cmd)
+            cmd.state, cmd.outcome, cmd.detail = report.state, report.reason, report.detail
+            cmd.ended_at = at
+            if isinstance(report.value, int | float) and not isinstance(report.value, bool):
+                cmd.reported = float(report.value)
+            audit.record(session, f"gateway:{gateway}", f"setpoint.{report.state}",
+                         f"setpoint:{cmd.node_id}.{cmd.prop}", before=before, after=_state(cmd))
+        session.flush()
+    return rejected
 
 
 def to_wire(cmd: SetpointCommand, value_type: DataType = DataType.FLOAT) -> Command:

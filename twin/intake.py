@@ -8,7 +8,8 @@
 4. the sender's budget (``twin.budget``: over it, the whole batch is refused ``over_budget`` with a
    ``retry_after``) and its ownership (``twin.ownership``: items of another gateway's nodes are ``not_owner``);
 5. ``TwinStore.apply`` (the twin's own validation, then one transaction);
-6. the ``Ack`` to publish.
+6. the ``Ack`` to publish, stamped with the platform's clock when the batch carries the ``commands`` key (the
+   agent's command channel estimates its clock offset from these round-trips: ``edge_agent.platform_clock``).
 
 A database that fails (down, timed out) is answered ``stored: false``: the agent resends later. A message the
 database refuses for its content, or that meets a bug, is dead-lettered with the reason; the agent is then told
@@ -23,15 +24,27 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any, Literal
 
 import structlog
+from sqlalchemy import Connection
 
 from plant.errors import WireError
-from plant.wire import OVER_BUDGET, Ack, Rejection, UplinkBatch, decode_batch, topic_gateway
+from plant.wire import (
+    OVER_BUDGET,
+    Ack,
+    CommandReport,
+    Rejection,
+    UplinkBatch,
+    command_reports,
+    decode_batch,
+    now_us,
+    topic_gateway,
+)
 from twin.budget import GatewayBudget
 from twin.commands import apply_reports
-from twin.db import make_sessionmaker
 from twin.dead_letters import DeadLetters, Row
 from twin.errors import StoreError, StoreRefused
 from twin.ownership import Ownership
@@ -153,7 +166,10 @@ class Intake:
         except Exception as exc:  # a bug in decoding: the message still ends
             log.exception("uplink check failed", topic=topic[:200])
             return self._refused(INTERNAL_ERROR, _describe(exc), topic, data, batch, record, deferred)
-        return self._store(topic, data, batch, record)
+        outcome = self._store(topic, data, batch, record)
+        if outcome.ack is not None and "commands" in batch.model_fields_set:  # an agent that executes commands:
+            outcome = replace(outcome, ack=outcome.ack.model_copy(update={"at": now_us()}))  # its clock offset
+        return outcome
 
     def _store(self, topic: str, data: bytes, batch: UplinkBatch, record: bool) -> Outcome:
         sender = batch.gateway  # the topic's gateway (check_envelope), which the broker's ACL ties to its login
@@ -163,10 +179,9 @@ class Intake:
         try:
             split = self.ownership.split(sender, batch)
             screened = screen(split.batch, self.limits)
-            result = split.merge(self.store.apply(screened.batch, screened=screened))
-            if batch.commands:  # what became of this gateway's setpoint commands (twin/commands.py)
-                with make_sessionmaker(self.store.engine)() as session:
-                    apply_reports(session, sender, batch.commands)
+            reports = command_reports(screened.batch)  # what became of the sender's setpoint commands
+            also = partial(_reports, sender, reports) if reports else None
+            result = split.merge(self.store.apply(screened.batch, screened=screened, also=also))
         except StoreRefused as exc:
             return self._dead_letter(STORE_REFUSED, str(exc), topic, data, batch, record)
         except StoreError as exc:
@@ -275,10 +290,15 @@ class Intake:
 def _held_ack(batch: UplinkBatch, dead_id: int, detail: str) -> Ack:
     """Every item answered as held in dead letter ``dead_id``: the agent stops sending what would fail again."""
     why = f"batch kept as dead letter {dead_id} for replay: {detail[:200]}"
+    kinds: tuple[tuple[Literal["value", "frame", "diagnosis", "command"], list[Any]], ...] = (
+        ("value", batch.values), ("frame", batch.frames), ("diagnosis", batch.diagnoses), ("command", batch.commands))
     rejected = [Rejection(kind=kind, index=i, reason=DEAD_LETTERED, detail=why)
-                for kind, items in (("value", batch.values), ("frame", batch.frames), ("diagnosis", batch.diagnoses))
-                for i in range(len(items))]
+                for kind, items in kinds for i in range(len(items))]
     return Ack(gateway=batch.gateway, batch=batch.batch, stored=True, rejected=rejected)
+
+
+def _reports(gateway: str, reports: list[tuple[int, CommandReport]], conn: Connection, now: int) -> list[Rejection]:
+    return apply_reports(conn, gateway, reports, now)
 
 
 def _describe(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from twin.tables import TwinNode
 log = structlog.get_logger(__name__)
 
 _KINDS: tuple[Literal["value", "frame", "diagnosis"], ...] = ("value", "frame", "diagnosis")
+_ORDER = (*_KINDS, "command")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,10 @@ class Split:
         """The store's result for the cut batch, with indices of the original batch and the refusals."""
         if self.kept is None:
             return result
-        moved = tuple(r.model_copy(update={"index": self.kept[_KINDS.index(r.kind)][r.index]}) for r in result.rejected)
-        rejected = tuple(sorted((*moved, *self.refused), key=lambda r: (_KINDS.index(r.kind), r.index)))
+        moved = tuple(r if r.kind not in _KINDS else  # command reports are not cut: their indexes stand
+                      r.model_copy(update={"index": self.kept[_KINDS.index(r.kind)][r.index]})
+                      for r in result.rejected)
+        rejected = tuple(sorted((*moved, *self.refused), key=lambda r: (_ORDER.index(r.kind), r.index)))
         return replace(result, rejected=rejected)
 
 

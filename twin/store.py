@@ -17,6 +17,7 @@ The returned ``ApplyResult`` lists the latest-state changes and the diagnoses st
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -98,6 +99,9 @@ class ApplyResult:
                    duplicates=self.duplicates, rejected=list(self.rejected))
 
 
+AlsoInTransaction = Callable[[Connection, int], list[Rejection]]  # (the batch's connection, now µs) → rejections
+
+
 class TwinStore:
     """Writes to the twin. Thread-safe: one instance serves every ingest worker of a process.
 
@@ -125,12 +129,15 @@ class TwinStore:
         sync_site(self.engine, site)
         self.catalog.invalidate()
 
-    def apply(self, batch: UplinkBatch, now_us: int | None = None, screened: Screened | None = None) -> ApplyResult:
+    def apply(self, batch: UplinkBatch, now_us: int | None = None, screened: Screened | None = None,
+              also: AlsoInTransaction | None = None) -> ApplyResult:
         """Store a batch; raises StoreError if the database fails (nothing of the batch is then kept).
 
         ``screened`` is the wire screening ``batch`` came out of: its rejections join the result, and the
-        indexes of the twin's rejections are those of the original batch. A database that refuses the data
-        itself (a value it cannot hold, a constraint) raises StoreRefused: sending it again would not help.
+        indexes of the twin's rejections are those of the original batch. ``also`` is more work of the same
+        batch (its command reports) done in the same transaction: its rejections join the result too. A
+        database that refuses the data itself (a value it cannot hold, a constraint) raises StoreRefused:
+        sending it again would not help.
         """
         now = now_us if now_us is not None else _now()
         bounds = Bounds.at(now, self.settings.max_future_s, self.settings.min_valid_year)
@@ -145,6 +152,9 @@ class TwinStore:
             if screened is not None and screened.rejected:
                 rejected = [*screened.rejected, *(screened.original(r) for r in rejected)]
             with self.engine.begin() as conn:
+                if also is not None:
+                    more = also(conn, now)
+                    rejected += [screened.original(r) for r in more] if screened is not None else more
                 result = self._write(conn, batch, view, rows, frames, diags, rejected, offered, now)
         except (SQLAlchemyError, self._dbapi_error) as exc:
             self.catalog.invalidate()  # properties created in the failed transaction are gone

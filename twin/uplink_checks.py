@@ -18,6 +18,7 @@ Two levels, both pure and cheap (they run on every message):
       out_of_range      an integer beyond int64 (a 400-digit number, 2**63), a frame revision beyond int32
       bad_string        a string with a NUL character, or longer than ``TWIN_INGEST_MAX_STRING``
       bad_timestamp     a server or receive timestamp outside 0..2**63-1 µs
+      bad_report        a command report that is not one (``plant.wire.CommandReport``: the field named)
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from plant.wire import Diagnosis, Frame, Rejection, UplinkBatch, Value, topic_gateway, valid_gateway_id
+from plant.errors import WireError
+from plant.wire import (
+    Diagnosis,
+    Frame,
+    Rejection,
+    UplinkBatch,
+    Value,
+    decode_report,
+    topic_gateway,
+    valid_gateway_id,
+)
 
 TOO_LARGE = "too_large"
 UNDECODABLE = "undecodable"
@@ -37,6 +48,7 @@ BAD_BATCH_ID = "bad_batch_id"
 OUT_OF_RANGE = "out_of_range"
 BAD_STRING = "bad_string"
 BAD_TIMESTAMP = "bad_timestamp"
+BAD_REPORT = "bad_report"
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -45,7 +57,7 @@ MAX_BATCH_ID = 64
 DIAG_TEXT_LIMITS = {"model": 128, "version": 64, "unit": 32}  # the columns that hold them
 
 Problem = tuple[str, str]  # (code, detail)
-ItemKind = Literal["value", "frame", "diagnosis"]
+ItemKind = Literal["value", "frame", "diagnosis", "command"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +202,17 @@ def _diagnosis_problem(d: Diagnosis, limits: WireLimits) -> Problem | None:
     return None
 
 
+def _report_problem(item: Any, _limits: WireLimits) -> Problem | None:
+    try:
+        decode_report(item)
+    except WireError as exc:
+        return BAD_REPORT, str(exc)[:300]
+    return None
+
+
 _ITEMS: tuple[tuple[ItemKind, str, Callable[[Any, WireLimits], Problem | None]], ...] = (
     ("value", "values", _value_problem),
     ("frame", "frames", _frame_problem),
     ("diagnosis", "diagnoses", _diagnosis_problem),
+    ("command", "commands", _report_problem),
 )

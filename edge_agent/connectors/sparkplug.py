@@ -258,13 +258,31 @@ class SparkplugDecoder:
         if not force and now - state.last_rebirth < self.rebirth_interval_s:
             return
         state.last_rebirth = now
-        cmd = pb.Payload(timestamp=int(time.time() * 1000))
-        metric = cmd.metrics.add()
-        metric.name = REBIRTH_METRIC
-        metric.datatype = pb.Boolean
-        metric.boolean_value = True
-        self.commands.append((f"{NAMESPACE}/{group}/NCMD/{edge}", cmd.SerializeToString()))
+        self.commands.append(encode_command(f"{group}/{edge}", REBIRTH_METRIC, True))
         log.info("sparkplug_rebirth_requested", group=group, edge=edge)
+
+
+def encode_command(device: str, metric: str, value: bool | int | float) -> tuple[str, bytes]:
+    """Topic and payload of a command setting one metric: NCMD for ``group/edge``, DCMD for ``group/edge/device``.
+
+    A bool is sent as Boolean, an int as Int64 (two's complement, as Sparkplug carries signed integers), a float
+    as Double. Sparkplug commands travel at QoS 0, not retained (the specification's rule for NCMD and DCMD).
+    """
+    parts = device.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"Sparkplug device must be 'group/edge[/device]', not {device!r}")
+    cmd = pb.Payload(timestamp=int(time.time() * 1000))
+    m = cmd.metrics.add()
+    m.name = metric
+    if isinstance(value, bool):
+        m.datatype, m.boolean_value = pb.Boolean, value
+    elif isinstance(value, int):
+        m.datatype, m.long_value = pb.Int64, value % (1 << 64)
+    else:
+        m.datatype, m.double_value = pb.Double, value
+    kind = "NCMD" if len(parts) == 2 else "DCMD"
+    topic = "/".join([NAMESPACE, parts[0], kind, *parts[1:]])
+    return topic, cmd.SerializeToString()
 
 
 def _next(seq: int | None) -> int | None:

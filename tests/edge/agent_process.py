@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-
-# the agent's test hook: block right after the first COMMIT that has acks, before any PUBACK
-HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_COMMIT"
 
 
 class AgentProcess:
@@ -22,10 +20,9 @@ class AgentProcess:
         gateway: gateway id.
         host: platform broker host.
         port: platform broker port.
-        hold: set the test hook that blocks the agent between its first commit and the PUBACKs.
     """
 
-    def __init__(self, site: Path, data: Path, gateway: str, host: str, port: int, hold: bool = False) -> None:
+    def __init__(self, site: Path, data: Path, gateway: str, host: str, port: int) -> None:
         args = [
             sys.executable,
             "-m",
@@ -43,10 +40,7 @@ class AgentProcess:
             "--metrics-port",
             "-1",
         ]
-        env = {k: v for k, v in os.environ.items() if k != HOLD_ENV}
-        if hold:
-            env[HOLD_ENV] = "1"
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -72,3 +66,54 @@ class AgentProcess:
         self._reader.join(5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+class MuteProxy:
+    """A TCP proxy to a broker whose client-to-broker direction can be muted: after ``mute()`` the broker hears
+    nothing more from the connections then open (no PUBACK reaches it), while they still receive. Later
+    connections pass both ways.
+
+    Args:
+        host: the broker's host.
+        port: the broker's port.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._muted: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._open.append(client)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if not (from_client and src in self._muted):
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def mute(self) -> None:
+        """From now on drop what the connections open now send to the broker."""
+        self._muted.update(self._open)
+
+    def close(self) -> None:
+        """Stop accepting; open connections end with their ends."""
+        self.listener.close()

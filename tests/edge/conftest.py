@@ -92,12 +92,12 @@ class AckResponder:
         self._client.loop_start()
 
     def _on_message(self, client: object, _u: object, msg: object) -> None:
-        from plant.wire import Ack, Rejection, ack_topic, decode_batch
+        from plant.wire import Ack, Rejection, ack_topic, decode_batch, decode_report, now_us
 
         batch = decode_batch(msg.payload)  # type: ignore[attr-defined]
         with self._lock:
             self.batches += 1
-            self.reports.extend(batch.commands)
+            self.reports.extend(decode_report(c) for c in batch.commands)
             mode = self.modes.pop(0) if self.modes else "ack"
             if mode == "silent":
                 return
@@ -124,6 +124,8 @@ class AckResponder:
                     duplicates=len(batch) - (len(self.keys) - before),
                     rejected=rejected,
                 )
+        if "commands" in batch.model_fields_set:  # as the platform does: its clock for the agent's offset
+            ack = ack.model_copy(update={"at": now_us()})
         self._client.publish(ack_topic(batch.gateway), ack.model_dump_json(), qos=1)
 
     def value_keys(self) -> set[tuple[object, ...]]:

@@ -14,32 +14,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.commands import CommandExecutor, Journal, Writers
 from plant.site import parse_site
 from plant.wire import Command, now_us
+from tests.edge.setpoint_plant import pump_site
 
 pytestmark = [pytest.mark.mosquitto]
 
-SITE = """
-site: {{id: plant}}
-sources:
-  bus: {{kind: mqtt, url: "mqtt://{host}:{port}"}}
-asset_types:
-  pump:
-    properties:
-      speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
-nodes:
-  - id: plant
-    kind: site
-    gateway: gw1
-    children:
-      - id: area
-        kind: area
-        children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-              speed: {{source: bus, topic: {prefix}/p1/telemetry, path: motor.speed,
-                      command_topic: {prefix}/p1/set, command_field: speed}}
-"""
+def _site(host: str, port: int, prefix: str) -> str:
+    return pump_site("gw1", f'bus: {{kind: mqtt, url: "mqtt://{host}:{port}"}}',
+                     f"speed: {{source: bus, topic: {prefix}/p1/telemetry, path: motor.speed, "
+                     f"command_topic: {prefix}/p1/set, command_field: speed}}")
 
 
 def _device(host: str, port: int, prefix: str, answer: bool) -> mqtt.Client:
@@ -62,7 +44,7 @@ def _device(host: str, port: int, prefix: str, answer: bool) -> mqtt.Client:
 def test_a_json_device_is_written_and_read_back(tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str,
                                                 answer: bool) -> None:
     host, port = mqtt_broker
-    site = parse_site(SITE.format(host=host, port=port, prefix=topic_prefix))
+    site = parse_site(_site(host, port, topic_prefix))
     device = _device(host, port, topic_prefix, answer)
     writers = Writers(site)
     writers.mqtt.readback_s = 2.0

@@ -1,5 +1,8 @@
 """kill -9 between the outbox COMMIT and the PUBACK: the broker's redelivery must not be stored twice.
 
+The agent reaches its broker through a proxy that stops passing what the agent sends once the test mutes it:
+the agent commits and forwards what it receives, its PUBACKs never reach the broker, and it is killed then.
+
 Values stamped with receive time (no source timestamp, or an absurd clock) would get a new time, so a new
 idempotency key, when redelivered; the agent recognises the redelivery by the message's fingerprint.
 """
@@ -14,7 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.edge.agent_process import AgentProcess
+from tests.edge.agent_process import AgentProcess, MuteProxy
 from tests.edge.conftest import SITE_YAML, AckResponder
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -38,26 +41,31 @@ def test_kill_9_between_commit_and_puback_stores_receive_time_values_once(
     tmp_path: Path, mqtt_broker: tuple[str, int], topic_prefix: str, responder: AckResponder
 ) -> None:
     host, port = mqtt_broker
+    proxy = MuteProxy(host, port)
     site = tmp_path / "site.yaml"
     site.write_text(
         SITE_YAML.replace("topic: p/1", f"topic: {topic_prefix}/p/1")
         .replace("topic: p/2, path:", f"topic: {topic_prefix}/p/2, ts_path: ts, path:")
         .replace(
             "plc: {kind: mqtt, format: json}",
-            f"plc: {{kind: mqtt, url: 'mqtt://{host}:{port}', client_id: agent-{topic_prefix}}}",
+            f"plc: {{kind: mqtt, url: 'mqtt://127.0.0.1:{proxy.port}', client_id: agent-{topic_prefix}}}",
         )
     )
     data = tmp_path / "data"
-    agent = AgentProcess(site, data, topic_prefix, host, port, hold=True)
+    agent = AgentProcess(site, data, topic_prefix, host, port)
     try:
-        agent.wait_for("mqtt_connected")
+        agent.wait_for("mqtt_connected")  # subscribed
+        proxy.mute()  # from here the broker gets no PUBACK from this agent
         _publish(host, port, topic_prefix)
-        agent.wait_for("test_hold_after_commit")  # committed, PUBACKs not sent
+        seen, deadline = -1, time.monotonic() + 30
+        while (seen == 0 or len(responder.value_keys()) != seen) and time.monotonic() < deadline:
+            seen = len(responder.value_keys())  # committed and forwarded: wait until it stops growing
+            time.sleep(0.5)
+        assert seen > 0
     finally:
         agent.stop(signal.SIGKILL)
-    assert responder.value_keys() == set()  # nothing reached the platform: all of it is in the outbox
 
-    agent = AgentProcess(site, data, topic_prefix, host, port, hold=False)
+    agent = AgentProcess(site, data, topic_prefix, host, port)
     try:
         agent.wait_for("mqtt_connected")
         want = MESSAGES * 6 + MESSAGES * 2
@@ -67,6 +75,7 @@ def test_kill_9_between_commit_and_puback_stores_receive_time_values_once(
         time.sleep(1.5)  # room for duplicates to show up
     finally:
         agent.stop(signal.SIGTERM)
+        proxy.close()
     counts = sorted(v for k, v in responder.values.items() if k[1] == "pump-1" and k[2] == "count")
     assert counts == [2 * i for i in range(MESSAGES)]  # every message once: none lost, none twice
     temps = sorted(v for k, v in responder.values.items() if k[1] == "pump-2" and k[2] == "temp")
@@ -88,7 +97,7 @@ def test_identical_payloads_without_redelivery_are_all_kept(
             f"plc: {{kind: mqtt, url: 'mqtt://{host}:{port}', client_id: agent-{topic_prefix}}}",
         )
     )
-    agent = AgentProcess(site, tmp_path / "data", topic_prefix, host, port, hold=False)
+    agent = AgentProcess(site, tmp_path / "data", topic_prefix, host, port)
     try:
         agent.wait_for("mqtt_connected")
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{topic_prefix}")

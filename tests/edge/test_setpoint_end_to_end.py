@@ -1,99 +1,27 @@
 """Setpoint commands through Mosquitto to a real agent process and a real asyncua server: applied once and
 reported; a command that waited past its expiry while the agent was down is never applied; an agent killed
-(-9) after the write and before the report never writes again after its restart and still reports."""
+(-9) after the write and before the report (the test's server holds its answer to the write) never writes again
+after its restart and still reports."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from asyncua import Server
 from paho.mqtt.enums import CallbackAPIVersion
 
 from plant.wire import Command, CommandReport, command_topic, now_us
 from tests.edge.agent_process import AgentProcess
 from tests.edge.conftest import AckResponder
 from tests.edge.connectors.conftest import free_port
+from tests.edge.setpoint_plant import PlcServer, site_text
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
-HOLD_ENV = "FACTORY_TWIN_TEST_HOLD_AFTER_WRITE"
-
-SITE = """
-site: {{id: plant}}
-sources:
-  ua: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{port}/test/"}}
-asset_types:
-  pump:
-    properties:
-      speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
-nodes:
-  - id: plant
-    kind: site
-    gateway: {gateway}
-    children:
-      - id: area
-        kind: area
-        children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-              speed: {{source: ua, node_id: "ns=2;s=speed"}}
-"""
-
-
-class PlcServer:
-    """An asyncua server with one writable variable, on its own thread and loop."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.var: Any = None
-        self._stop: asyncio.Event | None = None
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
-
-    async def _main(self) -> None:
-        server = Server()
-        await server.init()
-        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/test/")
-        idx = await server.register_namespace("urn:factory-twin:test")
-        obj = await server.nodes.objects.add_object(idx, "Plant")
-        from asyncua import ua
-
-        self.var = await obj.add_variable(ua.NodeId("speed", idx), f"{idx}:speed", 0.0)
-        await self.var.set_writable()
-        self._stop = asyncio.Event()
-        async with server:
-            self.ready.set()
-            await self._stop.wait()
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def value(self) -> float:
-        return float(self.call(self.var.read_value()))
-
-    def set(self, value: float) -> None:
-        self.call(self.var.write_value(value))
-
-    def __enter__(self) -> PlcServer:
-        self.thread.start()
-        assert self.ready.wait(20)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(20)
 
 
 @pytest.fixture
@@ -104,7 +32,7 @@ def plc() -> Iterator[PlcServer]:
 
 def _site(tmp_path: Path, plc: PlcServer, gateway: str) -> Path:
     path = tmp_path / "site.yaml"
-    path.write_text(SITE.format(port=plc.port, gateway=gateway))
+    path.write_text(site_text(plc, gateway))
     return path
 
 
@@ -130,15 +58,8 @@ def _report(responder: AckResponder, cid: str, timeout: float = 30.0) -> Command
     raise AssertionError(f"no report for {cid}")
 
 
-def _agent(site: Path, data: Path, gateway: str, host: str, port: int, hold: bool = False) -> AgentProcess:
-    import os
-
-    if hold:
-        os.environ[HOLD_ENV] = "1"
-    try:
-        agent = AgentProcess(site, data, gateway, host, port)
-    finally:
-        os.environ.pop(HOLD_ENV, None)
+def _agent(site: Path, data: Path, gateway: str, host: str, port: int) -> AgentProcess:
+    agent = AgentProcess(site, data, gateway, host, port)
     agent.wait_for("platform_connected")
     time.sleep(0.3)  # the command topic's subscription follows the connect
     return agent
@@ -186,12 +107,15 @@ def test_killed_after_the_write_before_the_report_never_writes_again(
     host, port = mqtt_broker
     site = _site(tmp_path, plc, topic_prefix)
     data = tmp_path / "data"
-    agent = _agent(site, data, topic_prefix, host, port, hold=True)
+    agent = _agent(site, data, topic_prefix, host, port)
+    plc.holding = True  # the write is done at the machine; the agent waits for the server's answer
     try:
         _send(host, port, topic_prefix, 1200.0, "e2e-kill-1")
-        agent.wait_for("command_written_holding")
+        assert plc.written.wait(30)
     finally:
         agent.stop(signal.SIGKILL)
+        plc.holding = False
+        plc.release.set()
     assert plc.value() == 1200.0
     assert not [r for r in responder.reports if r.id == "e2e-kill-1"]  # no report went out
     plc.set(7.0)  # someone moves it at the machine while the agent is down

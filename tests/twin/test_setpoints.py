@@ -250,11 +250,14 @@ def test_dispatch_publishes_once_on_the_owning_gateway_topic_and_never_resends_f
         assert (cmd.id, cmd.node, cmd.prop, cmd.value) == (cid, "p1", "speed", 50)
         assert api.command(cid).state == "sent"
         assert dispatcher.cycle() == 0  # not again before the resend interval
-        with make_sessionmaker(api.engine)() as s:
-            report = CommandReport(id=cid, node="p1", prop="speed", state="applied", value=50.0, at=now_us())
-            assert commands.apply_reports(s, "gw-other", [report]) == 0  # another gateway's report: ignored
-            assert commands.apply_reports(s, "gw1", [report]) == 1
-            assert commands.apply_reports(s, "gw1", [report]) == 0  # a repeat changes nothing
+        report = CommandReport(id=cid, node="p1", prop="speed", state="applied", value=50.0, at=now_us())
+        with api.engine.begin() as conn:  # another gateway's report: refused, changes nothing
+            assert [r.reason for r in commands.apply_reports(conn, "gw-other", [(0, report)])] == ["not_owner"]
+        assert api.command(cid).state == "sent"
+        for _ in range(2):  # a repeat changes nothing
+            with api.engine.begin() as conn:
+                assert commands.apply_reports(conn, "gw1", [(0, report)]) == []
+        assert len(api.audit("setpoint.applied")) == 1
         assert api.command(cid).state == "applied"
         assert api.command(cid).reported == 50.0
         # a restarted platform (a new dispatcher), much later: a finished command is not sent again
@@ -299,9 +302,9 @@ def _wait(cond: Any, timeout: float = 5.0) -> None:
 
 def test_the_logbook_shows_the_request_and_what_the_machine_said(api: Api) -> None:
     cid = api.desired("p1", "speed", {"value": 50, "reason": "bearing wear"}).json()["id"]
-    with make_sessionmaker(api.engine)() as s:
-        report = CommandReport(id=cid, node="p1", prop="speed", state="applied", value=50.0, at=now_us())
-        commands.apply_reports(s, "gw1", [report])
+    report = CommandReport(id=cid, node="p1", prop="speed", state="applied", value=50.0, at=now_us())
+    with api.engine.begin() as conn:
+        commands.apply_reports(conn, "gw1", [(0, report)])
     r = api.client.get("/api/v1/logbook", params={"node": "p1", "source": "setpoints"},
                        headers={"Authorization": f"Bearer {api.keys[Role.VIEWER]}"})
     assert r.status_code == 200, r.text
