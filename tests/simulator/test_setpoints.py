@@ -7,6 +7,7 @@ import asyncio
 import math
 
 import pytest
+import yaml
 from asyncua import ua
 from asyncua.client.client import Client
 
@@ -17,37 +18,24 @@ from factory_twin.simulator.faults import parse_fault
 from factory_twin.simulator.plan import plan_site
 from factory_twin.simulator.run import Simulator, SimulatorConfig
 from factory_twin.simulator.setpoints import Drive, Driven, Setpoint
-from plant.site import load_site, parse_site
+from plant.site import Site, load_site, parse_site
 from tests.simulator.test_opcua import free_endpoint
 
 NOMINAL = PUMP.setpoints["speed"].nominal
-PUMP_SITE = """
-site: {{id: t}}
-sources:
-  drive: {{kind: opcua, endpoint: "{endpoint}"}}
-asset_types:
-  pump:
-    properties:
-      flow_rate: {{unit: l/min}}
-      pressure: {{unit: kPa}}
-      voltage: {{unit: V}}
-      speed: {{unit: rpm, writable: {{limits: [1800, 2900], role: technician}}}}
-nodes:
-  - id: t
-    kind: site
-    children:
-      - id: a
-        kind: area
-        children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-              flow_rate: {{source: drive, node_id: "ns=2;s=p1.flow"}}
-              pressure: {{source: drive, node_id: "ns=2;s=p1.pressure", unit: bar}}
-              voltage: {{source: drive, node_id: "ns=2;s=p1.voltage"}}
-              speed: {{source: drive, node_id: "ns=2;s=p1.speed"}}
-"""
+
+
+def _pump_site(endpoint: str) -> Site:
+    """The example plant's pump alone, its flow, pressure and voltage read over OPC-UA like its speed: no broker."""
+    data = yaml.safe_load(examples.example_site_path().read_text(encoding="utf-8"))
+    data["sources"] = {"cell-opcua": {**data["sources"]["cell-opcua"], "endpoint": endpoint}}
+    data["asset_types"] = {"pump": data["asset_types"]["pump"]}
+    (root,) = data["nodes"]
+    root["children"] = [area for area in root["children"] if area["id"] == "utilities"]
+    (pump,) = root["children"][0]["children"]
+    read = {p: {"source": "cell-opcua", "node_id": f"ns=2;s=pump-1.{p}"} for p in ("flow_rate", "pressure", "voltage")}
+    read["pressure"]["unit"] = "bar"  # the data set's unit, as over MQTT
+    pump["bindings"] = {**read, "speed": pump["bindings"]["speed"]}
+    return Site.model_validate(data)
 
 
 def _drive(lag_s: float = 1.0) -> Drive:
@@ -118,15 +106,15 @@ def test_the_example_pump_serves_its_speed_writable_and_replays_no_column_for_it
 
 def test_a_client_writes_the_speed_the_replay_keeps_it_and_the_driven_signals_follow() -> None:
     endpoint = free_endpoint()
-    site = parse_site(PUMP_SITE.format(endpoint=endpoint))
+    site = _pump_site(endpoint)
     (plan,) = plan_site(site, examples.data_dir())
     rows = plan.rows
 
     async def scenario() -> None:
         config = SimulatorConfig(site=site, data_dir=examples.data_dir())
         async with Simulator(config) as sim, Client(endpoint, timeout=10) as client:
-            speed, flow = client.get_node("ns=2;s=p1.speed"), client.get_node("ns=2;s=p1.flow")
-            pressure, voltage = client.get_node("ns=2;s=p1.pressure"), client.get_node("ns=2;s=p1.voltage")
+            speed, flow = client.get_node("ns=2;s=pump-1.speed"), client.get_node("ns=2;s=pump-1.flow_rate")
+            pressure, voltage = client.get_node("ns=2;s=pump-1.pressure"), client.get_node("ns=2;s=pump-1.voltage")
             assert await speed.read_value() == NOMINAL
             await sim.tick()
             assert await flow.read_value() == rows[0]["flow_rate"]  # nominal: the data set's own
