@@ -66,7 +66,7 @@ def _fleet_site(asset_type: str, n: int) -> Any:
 
     example = load_site(example_site_path())
     atype = example.asset_types[asset_type]
-    props = list(atype.properties)
+    props = [p for p, d in atype.properties.items() if d.writable is None]  # a setpoint would need a command topic
     machines = [
         {"id": f"m{i}", "kind": "machine", "type": asset_type,
          "bindings": {p: {"source": "plc", "topic": f"m/{i}", "path": p} for p in props}}
@@ -95,6 +95,8 @@ def _rows(site: Any, asset_type: str) -> list[dict[str, Any]]:
     for raw in feed.load(data_dir()):
         row: dict[str, Any] = {}
         for p, pdef in props.items():
+            if p in feed.setpoints:  # written, not replayed: no column of the data set
+                continue
             v = convert(raw[feed.columns[p]], pdef.dtype, p)
             if isinstance(v, float):
                 scale, offset = affine(feed.units[p], pdef.unit)

@@ -111,6 +111,7 @@ class Agent:
         self._stopping = False
         self.pipeline: Pipeline | None = None
         self.uplink: Uplink | None = None
+        self.writers: Writers | None = None  # the sessions setpoint commands write through, closed at stop
         self.outbox: Outbox | None = None
         self.diagnoser: Diagnoser | None = None
         self.model_sync: ModelSync | None = None
@@ -208,6 +209,8 @@ class Agent:
             self._remove_signals()
             if link is not None:
                 await link.stop()
+            if self.writers is not None:
+                await self.writers.close()
             await outbox.close()
             log.info("agent_stopped", accepted=pipeline.accepted, rejected=pipeline.rejected)
 
@@ -246,8 +249,8 @@ class Agent:
                     and any(p.writable for p in self.site.asset_types[n.type].properties.values())]
         if not writable:
             return None
-        executor = CommandExecutor(self.site, s.gateway_id, Journal(s.data_dir / "commands.sqlite"),
-                                   Writers(self.site))
+        self.writers = Writers(self.site)
+        executor = CommandExecutor(self.site, s.gateway_id, Journal(s.data_dir / "commands.sqlite"), self.writers)
         channel = CommandChannel(executor, link)
         link.subscribe(channel.topic)
 

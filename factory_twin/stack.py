@@ -53,7 +53,8 @@ class StackConfig:
         http_host: where the REST API listens.
         http_port: REST API port; 0 picks a free one.
         speed: simulator ticks per second (a row per tick, or with ``paced`` the demo's pace times this).
-        gateway_id: the agent's gateway id (unique per run when sharing a broker).
+        gateway_id: the agent's gateway id (unique per run when sharing a broker); it owns the machines with
+            setpoints that the site gives no owner, so their setpoints can be written.
         paced: replay at the demo's pace (simulator/datasets.py ``Feed.demo_row_s``); an asset type whose data
             set has one row per cycle gets a grid of one row, so its models still see one frame per cycle.
     """
@@ -277,11 +278,27 @@ class Stack:
                     log.info("opcua endpoint moved", was=source.endpoint, now=new)
         if self.config.paced:
             self._pace_grids(site, data)
+        self._own_setpoints(site, data)
         copy = self.config.data_dir / "plant.yaml"
-        header = f"# {path} as this run uses it (OPC-UA ports that were taken moved, grids of paced data sets)\n"
+        header = (f"# {path} as this run uses it (OPC-UA ports that were taken moved, grids of paced data sets, "
+                  f"machines with setpoints owned by gateway {self.config.gateway_id})\n")
         copy.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
         load_site(copy)  # still a valid site
         return copy
+
+    def _own_setpoints(self, site: Site, data: dict[str, Any]) -> None:
+        """A setpoint is written only through the gateway that owns its machine: the stack's one agent owns each
+        machine with a writable property that the site gives no owner (other nodes stay as the site has them)."""
+        owners = site.owners()
+        unowned = {
+            node.id for node in site.assets()
+            if owners[node.id] is None and node.type is not None
+            and any(site.asset_types[node.type].properties[p].writable for p in node.bindings)
+        }
+        for entry in _node_entries(data.get("nodes") or []):
+            if entry.get("id") in unowned:
+                entry["gateway"] = self.config.gateway_id
+                log.info("setpoints owned by the stack's gateway", node=entry["id"], gateway=self.config.gateway_id)
 
     def _pace_grids(self, site: Site, data: dict[str, Any]) -> None:
         """At the demo's pace a row of a per-cycle data set lasts several seconds: one frame per row (cycle)."""
@@ -298,6 +315,15 @@ class Stack:
                 **({"hold_ms": old.hold_ms} if old.hold_ms is not None else {}),
             }
             log.info("grid follows the replay pace", asset_type=type_id, grid_ms=grid_ms)
+
+
+def _node_entries(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every node mapping of a site file's ``nodes`` tree, parents before children."""
+    out: list[dict[str, Any]] = []
+    for node in nodes:
+        out.append(node)
+        out.extend(_node_entries(node.get("children") or []))
+    return out
 
 
 def _example_knowledge() -> Path | None:

@@ -5,7 +5,8 @@ It serves exactly the signals the site file binds (``examples/plant.yaml`` by de
     engine-1   NASA C-MAPSS FD001, one flight cycle per row, over OPC-UA at the endpoint of its source
                (``cell-opcua``); node ids ``ns=2;s=engine-1.<prop>``, namespace ``urn:factory-twin:simulator``
     mill-1     AI4I 2020, one process per row, JSON over MQTT on ``plant/machining/line-1/mill-1/telemetry``
-    pump-1     SKAB, one second per row, JSON over MQTT on ``plant/utilities/pump-1/sensors``
+    pump-1     SKAB, one second per row, JSON over MQTT on ``plant/utilities/pump-1/sensors``; its speed setpoint
+               a writable OPC-UA variable ``ns=2;s=pump-1.speed`` (2900 rpm until a client writes it)
 
 Each machine sends one row per tick, ``speed`` ticks a second (default 1), and loops at the end of its slice.
 Slices: ``examples/data/`` (built by ``examples/data/make_slices.py``; licences in its LICENSES.md).
@@ -27,6 +28,9 @@ on from there), to exercise the agent's clock checks.
 
 **Units** are the data sets' own, as the bindings declare them: SKAB's pressure is sent in bar (the plant's
 property is kPa; the binding's ``unit: bar`` has the agent convert).
+
+**Setpoints** (``setpoints.py``): a value a client may write, such as the pump's speed, scales the signals it
+drives after a short lag (the pump's flow with the speed, its pressure, vibration and current with its square).
 
 **Faults** (``faults.py``): a signal can be pushed above or below its range, or go stale, from a given
 second of the run on.

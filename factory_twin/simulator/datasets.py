@@ -17,10 +17,11 @@ import csv
 import gzip
 import io
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from factory_twin.simulator.errors import SliceError
+from factory_twin.simulator.setpoints import Setpoint
 from plant.site import DataType
 from plant.wire import Scalar
 
@@ -94,6 +95,8 @@ class Feed:
         per_cycle: one row is one cycle of the machine and its models read one frame per row: at the demo's
             pace rows are held, not interpolated, and the asset type's grid is the row's duration.
         counters: properties that count up and reset (stepped, never interpolated downwards).
+        setpoints: property → a value the machine takes (served writable over OPC-UA) and the signals it
+            drives (``setpoints.py``); not a column of the data set.
     """
 
     dataset: str
@@ -104,6 +107,7 @@ class Feed:
     demo_row_s: float = 1.0
     per_cycle: bool = False
     counters: frozenset[str] = frozenset()
+    setpoints: Mapping[str, Setpoint] = field(default_factory=dict)
 
     def load(self, data_dir: Path) -> list[RawRow]:
         """All rows of the feed's files, in replay order; every mapped column must be present."""
@@ -194,6 +198,13 @@ PUMP = Feed(
     units={
         "accelerometer1_rms": "g", "accelerometer2_rms": "g", "current": "A", "pressure": "bar",
         "temperature": "°C", "thermocouple": "°C", "voltage": "V", "flow_rate": "l/min",
+    },
+    # SKAB does not record the pump's speed: the replay takes it as a two-pole motor's on 50 Hz mains, and a
+    # written speed scales flow (∝ n), pressure, vibration and current (∝ n²), as the affinity laws have it
+    setpoints={
+        "speed": Setpoint(nominal=2900.0, unit=_RPM, drives={
+            "flow_rate": 1.0, "pressure": 2.0, "accelerometer1_rms": 2.0, "accelerometer2_rms": 2.0, "current": 2.0,
+        }),
     },
 )  # fmt: skip
 

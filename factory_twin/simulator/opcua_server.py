@@ -4,7 +4,9 @@ Address space: the namespace ``urn:factory-twin:simulator`` is registered first,
 site's node ids (``ns=2;s=engine-1.t2``) resolve. Under Objects there is one object per machine
 (``ns=2;s=engine-1``) holding its variables. Each variable has its property's DataType (Double, Int32, Boolean
 or String); numeric ones are ``AnalogUnitType`` with an ``EngineeringUnits`` property (UNECE code where one is
-known, else UnitId -1 and the unit's text) and, when the property has a range, an ``EURange``.
+known, else UnitId -1 and the unit's text) and, when the property has a range, an ``EURange``. Variables are
+read-only, except a machine's setpoints (``OpcUaSignal.initial``): clients may write those, the replay never does,
+and ``value`` reads what was written.
 
 Timestamps: the SourceTimestamp is the device's clock (``SourceClock``: skewed or reset when asked), the
 ServerTimestamp the simulator's own wall clock, as a gateway server in front of a PLC reports them.
@@ -90,7 +92,8 @@ def engineering_units(unit: str) -> ua.EUInformation:
 
 
 class OpcUaSimServer:
-    """An asyncua server at ``endpoint`` serving ``signals``; ``write`` sets a tick's values in one batch.
+    """An asyncua server at ``endpoint`` serving ``signals``; ``write`` sets a tick's values in one batch,
+    ``value`` reads one (a setpoint a client wrote).
 
     Args:
         endpoint: the ``opc.tcp://host:port/path`` URL to listen on.
@@ -184,6 +187,15 @@ class OpcUaSimServer:
         self.written += len(items) - len(bad)
         return len(items) - len(bad)
 
+    def value(self, node_id: str) -> Scalar | None:
+        """The value a variable holds now (None when it has none, or the server is not running)."""
+        nid = self._node_ids.get(node_id)
+        if self._server is None or nid is None:
+            return None
+        dv = self._server.read_attribute_value(nid)
+        value = dv.Value.Value if dv.Value is not None else None
+        return value if isinstance(value, int | float | bool | str) else None
+
     async def _build(self, server: Server, idx: int) -> None:
         machines: dict[str, Node] = {}
         items: list[ua.AddNodesItem] = []
@@ -226,14 +238,16 @@ def _variable_items(
         type_def = ObjectIds.BaseAnalogType
     else:
         type_def = ObjectIds.BaseDataVariableType
+    initial = _INITIAL[pdef.dtype] if signal.initial is None else _coerce(signal.initial, pdef.dtype)
     variable = _item(
         parent,
         node_id,
         ua.QualifiedName(signal.prop, idx),
-        ua.Variant(_INITIAL[pdef.dtype], _VARIANT[pdef.dtype]),
+        ua.Variant(initial, _VARIANT[pdef.dtype]),
         type_def=type_def,
         data_type=_VARIANT[pdef.dtype].value,  # built-in types: the VariantType number is the DataType id
         description=pdef.description or signal.prop,
+        writable=signal.initial is not None,
     )
     items = [variable]
     if numeric and signal.unit:
@@ -270,6 +284,7 @@ def _item(
     data_type: int,
     description: str,
     reference: int = ObjectIds.HasComponent,
+    writable: bool = False,
 ) -> ua.AddNodesItem:
     attrs = ua.VariableAttributes()
     attrs.DisplayName = ua.LocalizedText(name.Name)
@@ -277,8 +292,9 @@ def _item(
     attrs.DataType = _node_id(data_type)
     attrs.Value = value
     attrs.ValueRank = ua.ValueRank.Scalar
-    attrs.AccessLevel = ua.AccessLevel.CurrentRead.mask
-    attrs.UserAccessLevel = ua.AccessLevel.CurrentRead.mask
+    access = ua.AccessLevel.CurrentRead.mask | (ua.AccessLevel.CurrentWrite.mask if writable else 0)
+    attrs.AccessLevel = access
+    attrs.UserAccessLevel = access
     item = ua.AddNodesItem()
     item.RequestedNewNodeId = node_id
     item.BrowseName = name

@@ -4,7 +4,8 @@ The simulator serves exactly the signals the site binds. For every machine whose
 (``datasets.FEEDS``), each binding becomes an OPC-UA variable (its ``node_id`` on the server of its
 source) or a field of a JSON message (its ``path`` in the message on its ``topic``, with the source
 timestamp at its ``ts_path``). A binding's ``scale`` and ``offset`` are undone before sending, so the
-agent's conversion gives back the data set's value.
+agent's conversion gives back the data set's value. A property the feed declares a setpoint (``Feed.setpoints``)
+is no column of the data set: it becomes a writable OPC-UA variable starting at its nominal value.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import structlog
 
 from factory_twin.simulator.datasets import FEEDS, Feed, convert
 from factory_twin.simulator.errors import ScenarioError
-from plant.site import DataType, MqttBinding, Node, OpcUaBinding, PropertyDef, Site
+from factory_twin.simulator.setpoints import Driven
+from plant.site import Binding, DataType, MqttBinding, Node, OpcUaBinding, PropertyDef, Site
 from plant.wire import Scalar
 
 log = structlog.get_logger(__name__)
@@ -37,6 +39,7 @@ class OpcUaSignal:
         node_id: the binding's node id, e.g. ``ns=2;s=engine-1.t2``.
         pdef: the property's definition (data type, unit, range, description).
         unit: the unit the value is sent in (the binding's, else the property's).
+        initial: for a setpoint, the value it starts at: clients may write it, the replay never does.
     """
 
     machine: str
@@ -44,6 +47,7 @@ class OpcUaSignal:
     node_id: str
     pdef: PropertyDef
     unit: str
+    initial: Scalar | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,8 @@ class MachinePlan:
         start: the row to start at (machines of one type start at different rows).
         opcua: OPC-UA source id → variables.
         mqtt: MQTT source id → messages.
+        setpoints: OPC-UA source id → the machine's setpoint variables.
+        driven: setpoint property → the bound signals it drives.
     """
 
     node: str
@@ -115,6 +121,8 @@ class MachinePlan:
     start: int = 0
     opcua: dict[str, list[OpcUaSignal]] = field(default_factory=dict)
     mqtt: dict[str, list[MqttMessage]] = field(default_factory=dict)
+    setpoints: dict[str, list[OpcUaSignal]] = field(default_factory=dict)
+    driven: dict[str, tuple[Driven, ...]] = field(default_factory=dict)
 
 
 def plan_site(site: Site, data_dir: Path, machines: Collection[str] | None = None) -> list[MachinePlan]:
@@ -148,7 +156,8 @@ def _plan_machine(
     site: Site, node: Node, asset_type: str, feed: Feed, raw: list[dict[str, str]], start: int
 ) -> MachinePlan:
     pdefs = site.asset_types[asset_type].properties
-    for prop, binding in node.bindings.items():
+    bound = {p: b for p, b in node.bindings.items() if p not in feed.setpoints}
+    for prop, binding in bound.items():
         if prop not in feed.columns:
             raise ScenarioError(f"{node.id}.{prop}: the {feed.dataset} feed has no signal for {prop!r}")
         sent_unit = binding.unit or pdefs[prop].unit
@@ -157,9 +166,10 @@ def _plan_machine(
                 "simulator_unit_mismatch", node=node.id, prop=prop, data=feed.units[prop], site=sent_unit
             )
     plan = MachinePlan(node=node.id, asset_type=asset_type, feed=feed, rows=[], start=start)
-    plan.rows = [_row(node, pdefs, feed, r, i) for i, r in enumerate(raw)]
+    plan.rows = [_row(bound, pdefs, feed, r, i) for i, r in enumerate(raw)]
+    _plan_setpoints(node, pdefs, feed, plan)
     messages: dict[tuple[str, str], tuple[list[MqttField], set[str]]] = {}
-    for prop, binding in node.bindings.items():
+    for prop, binding in bound.items():
         if isinstance(binding, OpcUaBinding):
             signal = OpcUaSignal(
                 node.id, prop, binding.node_id, pdefs[prop], binding.unit or pdefs[prop].unit
@@ -172,6 +182,27 @@ def _plan_machine(
         message.payload(plan.rows[0], 0)  # paths that clash fail now, not on the first tick
         plan.mqtt.setdefault(source, []).append(message)
     return plan
+
+
+def _plan_setpoints(node: Node, pdefs: dict[str, PropertyDef], feed: Feed, plan: MachinePlan) -> None:
+    """The machine's bound setpoints as writable OPC-UA variables, and the bound signals each drives."""
+    for prop, setpoint in feed.setpoints.items():
+        binding = node.bindings.get(prop)
+        if binding is None:
+            continue
+        if not isinstance(binding, OpcUaBinding):
+            raise ScenarioError(f"{node.id}.{prop}: the simulator serves a setpoint over OPC-UA only")
+        if (binding.unit or pdefs[prop].unit) != setpoint.unit or (binding.scale, binding.offset) != (1.0, 0.0):
+            raise ScenarioError(f"{node.id}.{prop}: the simulated setpoint is in {setpoint.unit}, unscaled")
+        if pdefs[prop].dtype is not DataType.FLOAT:
+            raise ScenarioError(f"{node.id}.{prop}: the simulated setpoint is a float")
+        signal = OpcUaSignal(node.id, prop, binding.node_id, pdefs[prop], setpoint.unit, initial=setpoint.nominal)
+        plan.setpoints.setdefault(binding.source, []).append(signal)
+        plan.driven[prop] = tuple(
+            Driven(p, exponent, node.bindings[p].scale, node.bindings[p].offset)
+            for p, exponent in setpoint.drives.items()
+            if p in node.bindings and pdefs[p].dtype is DataType.FLOAT
+        )
 
 
 def _add_field(
@@ -190,9 +221,10 @@ def _add_field(
         ts_paths.add(binding.ts_path)
 
 
-def _row(node: Node, pdefs: dict[str, PropertyDef], feed: Feed, raw: dict[str, str], index: int) -> Row:
+def _row(bound: Mapping[str, Binding], pdefs: dict[str, PropertyDef], feed: Feed, raw: dict[str, str],
+         index: int) -> Row:
     row: Row = {}
-    for prop, binding in node.bindings.items():
+    for prop, binding in bound.items():
         where = f"{feed.dataset} row {index}, column {feed.columns[prop]!r}"
         value = convert(raw[feed.columns[prop]], pdefs[prop].dtype, where)
         row[prop] = _unscale(value, binding.scale, binding.offset, pdefs[prop].dtype)

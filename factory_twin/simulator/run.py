@@ -1,7 +1,8 @@
 """Run the simulated plant: OPC-UA servers and MQTT publishing together, until cancelled or for N seconds.
 
 Each tick every machine takes its next row; the OPC-UA values of a tick go to each server in one batch
-write, the MQTT values as one JSON message per bound topic. Ticks come ``speed`` times a second on an
+write, the MQTT values as one JSON message per bound topic; a machine's setpoints (``setpoints.py``), as written
+on its OPC-UA server, scale the signals they drive first. Ticks come ``speed`` times a second on an
 absolute schedule. ``Simulator`` is an async context manager for tests and the demo; ``run_simulator`` is
 the whole run.
 """
@@ -24,6 +25,7 @@ from factory_twin.simulator.mqtt_publisher import MqttPublisher
 from factory_twin.simulator.opcua_server import OpcUaSimServer
 from factory_twin.simulator.plan import MachinePlan, MqttMessage, OpcUaSignal, plan_site
 from factory_twin.simulator.replay import PacedReplay, Replay, SourceClock, ticks
+from factory_twin.simulator.setpoints import Drive
 from plant.site import MqttSource, OpcUaSource, PropertyDef, Site
 from plant.wire import Scalar
 
@@ -88,6 +90,7 @@ class _Machine:
     plan: MachinePlan
     replay: Replay[dict[str, Scalar]] | PacedReplay
     faults: list[tuple[Fault, PropertyDef]]
+    drives: list[tuple[str, OpcUaSignal, Drive]] = field(default_factory=list)  # source, variable, drive
 
 
 class Simulator:
@@ -113,7 +116,7 @@ class Simulator:
             raise ScenarioError(
                 f"site {config.site.site.id!r} has no bound machine the simulator has data for"
             )
-        self._machines = [_Machine(p, _replay(p, config.paced), []) for p in plans]
+        self._machines = [_Machine(p, _replay(p, config.paced), [], _drives(p)) for p in plans]
         self._attach_faults()
         self._clocks = self._make_clocks()
         self._signals = self._opcua_signals()
@@ -196,6 +199,13 @@ class Simulator:
 
     def _values(self, machine: _Machine, elapsed: float) -> dict[str, Scalar | None]:
         values = cast(dict[str, Scalar | None], machine.replay.next())
+        if machine.drives:
+            values = dict(values)  # a plain replay gives its own row: scale a copy
+            for source, signal, drive in machine.drives:
+                written = self._servers[source].value(signal.node_id)
+                if drive.follow(written, elapsed):
+                    log.info("simulator_setpoint", node=signal.machine, prop=signal.prop, value=drive.target)
+                drive.apply(values)
         for fault, pdef in machine.faults:
             value = values[fault.prop]
             if fault.active(elapsed) and value is not None:
@@ -223,6 +233,8 @@ class Simulator:
             pdef = check_fault(fault, self.config.site)
             if fault.node not in by_node:
                 raise ScenarioError(f"fault on {fault.node}.{fault.prop}: {fault.node} is not simulated")
+            if fault.prop in by_node[fault.node].plan.feed.setpoints:
+                raise ScenarioError(f"fault on {fault.node}.{fault.prop}: a setpoint is written, not replayed")
             by_node[fault.node].faults.append((fault, pdef))
 
     def _make_clocks(self) -> dict[str, SourceClock]:
@@ -250,10 +262,11 @@ class Simulator:
                 )
         out: dict[str, tuple[str, list[OpcUaSignal]]] = {}
         for machine in self._machines:
-            for source, signals in machine.plan.opcua.items():
-                src = cfg.site.sources[source]
-                assert isinstance(src, OpcUaSource)  # the site checks binding kinds against sources
-                out.setdefault(source, (cfg.opcua_endpoints.get(source, src.endpoint), []))[1].extend(signals)
+            for served in (machine.plan.opcua, machine.plan.setpoints):
+                for source, signals in served.items():
+                    src = cfg.site.sources[source]
+                    assert isinstance(src, OpcUaSource)  # the site checks binding kinds against sources
+                    out.setdefault(source, (cfg.opcua_endpoints.get(source, src.endpoint), []))[1].extend(signals)
         return out
 
 
@@ -262,6 +275,14 @@ def _replay(plan: MachinePlan, paced: bool) -> Replay[dict[str, Scalar]] | Paced
     if not paced or feed.demo_row_s <= 1:
         return Replay(plan.rows, plan.start)
     return PacedReplay(plan.rows, feed.demo_row_s, plan.start, hold=feed.per_cycle, counters=feed.counters)
+
+
+def _drives(plan: MachinePlan) -> list[tuple[str, OpcUaSignal, Drive]]:
+    return [
+        (source, signal, Drive(plan.feed.setpoints[signal.prop], plan.driven[signal.prop]))
+        for source, signals in plan.setpoints.items()
+        for signal in signals
+    ]
 
 
 def _present(signals: list[OpcUaSignal], values: dict[str, Scalar | None]) -> dict[str, Scalar]:

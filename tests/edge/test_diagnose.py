@@ -76,6 +76,8 @@ def feed_rows(site: Site, node_id: str, files: tuple[str, ...] | None = None) ->
     for raw in feed.load(data_dir()):
         row: dict[str, Scalar] = {}
         for prop in node.bindings:
+            if prop in feed.setpoints:  # written, not replayed: no column of the data set
+                continue
             v = convert(raw[feed.columns[prop]], atype.properties[prop].dtype, prop)
             if isinstance(v, float):
                 scale, offset = affine(feed.units[prop], atype.properties[prop].unit)

@@ -21,11 +21,22 @@ from factory_twin.simulator.errors import EndpointError, ScenarioError
 from factory_twin.simulator.faults import parse_fault
 from factory_twin.simulator.mqtt_publisher import MqttPublisher, parse_broker_url
 from factory_twin.simulator.run import SimulatorConfig, SimulatorStats, run_simulator
-from plant.site import load_site
+from plant.site import Site, parse_site
 
 pytestmark = pytest.mark.mosquitto
 
-SITE = load_site(examples.example_site_path())
+SPEED_BINDING = '              speed: {source: cell-opcua, node_id: "ns=2;s=pump-1.speed"}\n'
+
+
+def _mqtt_site() -> Site:
+    """The example plant without the pump's speed setpoint, the one thing of mill-1 and pump-1 served over
+    OPC-UA: these tests start no OPC-UA server (tests/simulator/test_setpoints.py covers the setpoint)."""
+    text = examples.example_site_path().read_text(encoding="utf-8")
+    assert SPEED_BINDING in text, "the example plant's pump speed binding moved: update SPEED_BINDING"
+    return parse_site(text.replace(SPEED_BINDING, ""))
+
+
+SITE = _mqtt_site()
 MILL = "plant/machining/line-1/mill-1/telemetry"
 PUMP = "plant/utilities/pump-1/sensors"
 MILL_KEYS = {"type", "air_temp_k", "process_temp_k", "speed_rpm", "torque_nm", "tool_wear_min", "ts"}
