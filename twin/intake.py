@@ -10,6 +10,10 @@
 5. ``TwinStore.apply`` (the twin's own validation, then one transaction);
 6. the ``Ack`` to publish.
 
+An ingest worker hands the messages in hand to ``handle_many``: each is checked as above and the batches are
+stored together (``TwinStore.apply_many``, one commit); a group that fails is stored batch by batch, so each
+ends as ``handle`` would end it.
+
 A database that fails (down, timed out) is answered ``stored: false``: the agent resends later. A message the
 database refuses for its content, or that meets a bug, is dead-lettered with the reason; the agent is then told
 each item is held as a dead letter, so it stops resending what would fail again, and nothing is lost: the
