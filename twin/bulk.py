@@ -58,7 +58,7 @@ def latest_rows(rows: list[Row]) -> list[Row]:
         cur = best.get(r[0])
         if cur is None or r[1] > cur[1]:
             best[r[0]] = r
-    # in id order: concurrent writers then lock the property rows in the same order and cannot deadlock
+    # in id order (PostgreSQL locks the property rows in this order first: concurrent writers cannot deadlock)
     return [best[k] for k in sorted(best)]
 
 
@@ -139,6 +139,9 @@ _PG_LATEST = """l AS (
     WHERE p.id = s.id AND (p.ts IS NULL OR p.ts < s.ts)
     RETURNING p.id
 )"""
+# the properties to update, locked in id order first: whatever plan the UPDATE gets (a hash join may lock them
+# in the table's physical order), concurrent transactions then lock them in the same order and cannot deadlock
+_PG_LOCK = "SELECT 1 FROM twin_properties WHERE id = ANY(%b::integer[]) ORDER BY id FOR NO KEY UPDATE"
 # the last batch of a transaction: its history, its feed row and the latest state of every batch, in one statement
 _PG_WRITE = f"WITH {_PG_NEW_ROWS}, {_PG_LATEST}\nSELECT (SELECT count(*) FROM h), ARRAY(SELECT id FROM l)"  # noqa: S608
 
@@ -157,6 +160,8 @@ class PostgresWriter:
             for history in histories[:-1]:
                 cur.execute(_PG_HISTORY, [*_columns(history, 5), stored_ts])
                 counts.append(int(cur.fetchone()[0]))
+            if latest:
+                cur.execute(_PG_LOCK, [[r[0] for r in latest]])
             last = histories[-1] if histories else []
             cur.execute(_PG_WRITE, [*_columns(last, 5), stored_ts, stored_ts, *_columns(latest, 8)])
             count, ids = cur.fetchone()
