@@ -5,8 +5,13 @@ DBAPI connection (SQLAlchemy's statement layer costs more than the writes here).
 forward: the UPDATE's ``WHERE ts IS NULL OR ts < new`` decides in the database, so it holds with several
 ingest workers or processes at once, and ``RETURNING`` says exactly which properties moved.
 
-Both add the history keys that were new (not duplicates) as one row of ``alert_feed``, in the same transaction:
-what the alert evaluator judges (twin/alerts/feed.py). A batch stored again adds nothing to judge.
+Both add the history keys that were new (not duplicates) as one row of ``alert_feed`` per batch, in the same
+transaction: what the alert evaluator judges (twin/alerts/feed.py). A batch stored again adds nothing to judge.
+
+A writer takes the history rows of one or several batches (an ingest worker stores the batches it has in hand
+in one transaction) and the newest row of each property over all of them: the latest state is updated once
+per transaction, in property id order, so concurrent transactions lock the properties in the same order, and
+a property is not rewritten once per batch.
 
 SQLite: ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` (the new rows, when some were duplicates, are
 the last rowids: the transaction holds the write lock), then one ``UPDATE ... FROM (VALUES ...) RETURNING``
@@ -22,6 +27,7 @@ extra round trips cost more than COPY saves; text-format arrays cost about 0.1 o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any, Protocol
 
@@ -34,11 +40,13 @@ class BulkWriter(Protocol):
     """Writes admitted rows for one dialect."""
 
     def write(
-        self, conn: Connection, history: list[Row], latest: list[Row], stored_ts: int
-    ) -> tuple[int, set[int]]:
-        """Insert ``history`` (known keys skipped) and move each property to its ``latest`` row if newer.
+        self, conn: Connection, histories: Sequence[list[Row]], latest: list[Row], stored_ts: int
+    ) -> tuple[list[int], set[int]]:
+        """Insert each batch's ``histories`` (known keys skipped) and move each property to its ``latest`` row
+        if newer.
 
-        Returns how many history rows were new and the ids of the properties whose latest state moved.
+        Returns how many history rows of each batch were new and the ids of the properties whose latest state
+        moved.
         """
         ...
 
@@ -50,7 +58,7 @@ def latest_rows(rows: list[Row]) -> list[Row]:
         cur = best.get(r[0])
         if cur is None or r[1] > cur[1]:
             best[r[0]] = r
-    # in id order: concurrent writers then lock the property rows in the same order and cannot deadlock
+    # in id order (PostgreSQL locks the property rows in this order first: concurrent writers cannot deadlock)
     return [best[k] for k in sorted(best)]
 
 
@@ -79,35 +87,40 @@ class SqliteWriter:
     """SQLite: executemany on the sqlite3 connection, then one UPDATE per thousand properties."""
 
     def write(
-        self, conn: Connection, history: list[Row], latest: list[Row], stored_ts: int
-    ) -> tuple[int, set[int]]:
-        """Insert history rows and move latest state forward; returns (new rows, ids moved)."""
+        self, conn: Connection, histories: Sequence[list[Row]], latest: list[Row], stored_ts: int
+    ) -> tuple[list[int], set[int]]:
+        """Insert history rows and move latest state forward; returns (new rows per batch, ids moved)."""
         cur = _driver(conn).cursor()
         try:
-            inserted = 0
-            if history:
-                cur.executemany(_SQLITE_INSERT, [r[:5] for r in history])
-                inserted = int(cur.rowcount)
-            if inserted:
-                if inserted == len(history):  # no duplicates: every row is new
-                    pids, stamps = [r[0] for r in history], [r[1] for r in history]
-                else:
-                    cur.execute(_SQLITE_ADDED, (inserted,))
-                    pids, stamps = map(list, zip(*cur.fetchall(), strict=True))
-                cur.execute(_SQLITE_FEED, (json.dumps(pids), json.dumps(stamps), stored_ts))
+            counts = [self._insert(cur, history, stored_ts) for history in histories]
             moved: set[int] = set()
             for start in range(0, len(latest), _SQLITE_CHUNK):
                 chunk = latest[start : start + _SQLITE_CHUNK]
                 values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
                 cur.execute(_SQLITE_UPDATE.format(values=values), [stored_ts, *chain.from_iterable(chunk)])
                 moved.update(r[0] for r in cur.fetchall())
-            return inserted, moved
+            return counts, moved
         finally:
             cur.close()
 
+    @staticmethod
+    def _insert(cur: Any, history: list[Row], stored_ts: int) -> int:
+        """One batch's history rows and its feed row; returns how many rows were new."""
+        if not history:
+            return 0
+        cur.executemany(_SQLITE_INSERT, [r[:5] for r in history])
+        inserted = int(cur.rowcount)
+        if inserted:
+            if inserted == len(history):  # no duplicates: every row is new
+                pids, stamps = [r[0] for r in history], [r[1] for r in history]
+            else:
+                cur.execute(_SQLITE_ADDED, (inserted,))
+                pids, stamps = map(list, zip(*cur.fetchall(), strict=True))
+            cur.execute(_SQLITE_FEED, (json.dumps(pids), json.dumps(stamps), stored_ts))
+        return inserted
 
-_PG_WRITE = """
-WITH h AS (
+
+_PG_NEW_ROWS = """h AS (
     INSERT INTO twin_history (property_id, ts, value_num, value_text, quality)
     SELECT * FROM unnest(%b::integer[], %b::bigint[], %b::float8[], %b::text[], %b::smallint[])
     ON CONFLICT DO NOTHING
@@ -115,7 +128,9 @@ WITH h AS (
 ), f AS (
     INSERT INTO alert_feed (property_ids, ts, stored_at)
     SELECT array_agg(property_id), array_agg(ts), %b FROM h HAVING count(*) > 0
-), l AS (
+)"""
+_PG_HISTORY = f"WITH {_PG_NEW_ROWS}\nSELECT count(*) FROM h"
+_PG_LATEST = """l AS (
     UPDATE twin_properties AS p
     SET value_num = s.num, value_text = s.txt, ts = s.ts, quality = s.q,
         server_ts = s.sts, recv_ts = s.rts, flags = s.flags, stored_ts = %b
@@ -123,26 +138,36 @@ WITH h AS (
                 %b::bigint[], %b::bigint[], %b::text[]) AS s(id, ts, num, txt, q, sts, rts, flags)
     WHERE p.id = s.id AND (p.ts IS NULL OR p.ts < s.ts)
     RETURNING p.id
-)
-SELECT (SELECT count(*) FROM h), ARRAY(SELECT id FROM l)
-"""
+)"""
+# the properties to update, locked in id order first: whatever plan the UPDATE gets (a hash join may lock them
+# in the table's physical order), concurrent transactions then lock them in the same order and cannot deadlock
+_PG_LOCK = "SELECT 1 FROM twin_properties WHERE id = ANY(%b::integer[]) ORDER BY id FOR NO KEY UPDATE"
+# the last batch of a transaction: its history, its feed row and the latest state of every batch, in one statement
+_PG_WRITE = f"WITH {_PG_NEW_ROWS}, {_PG_LATEST}\nSELECT (SELECT count(*) FROM h), ARRAY(SELECT id FROM l)"  # noqa: S608
 
 
 class PostgresWriter:
-    """PostgreSQL: history insert and latest update in one statement, rows passed as arrays."""
+    """PostgreSQL: a statement per batch, the last one with the latest-state update; rows passed as arrays."""
 
     def write(
-        self, conn: Connection, history: list[Row], latest: list[Row], stored_ts: int
-    ) -> tuple[int, set[int]]:
-        """Insert history rows and move latest state forward; returns (new rows, ids moved)."""
-        if not history and not latest:
-            return 0, set()
-        hist_cols = _columns(history, 5)
-        latest_cols = _columns(latest, 8)
+        self, conn: Connection, histories: Sequence[list[Row]], latest: list[Row], stored_ts: int
+    ) -> tuple[list[int], set[int]]:
+        """Insert history rows and move latest state forward; returns (new rows per batch, ids moved)."""
+        if not latest and not any(histories):
+            return [0] * len(histories), set()
+        counts: list[int] = []
         with _driver(conn).cursor() as cur:
-            cur.execute(_PG_WRITE, [*hist_cols, stored_ts, stored_ts, *latest_cols])
+            for history in histories[:-1]:
+                cur.execute(_PG_HISTORY, [*_columns(history, 5), stored_ts])
+                counts.append(int(cur.fetchone()[0]))
+            if latest:
+                cur.execute(_PG_LOCK, [[r[0] for r in latest]])
+            last = histories[-1] if histories else []
+            cur.execute(_PG_WRITE, [*_columns(last, 5), stored_ts, stored_ts, *_columns(latest, 8)])
             count, ids = cur.fetchone()
-        return int(count), set(ids)
+        if histories:
+            counts.append(int(count))
+        return counts, set(ids)
 
 
 def _columns(rows: list[Row], width: int) -> list[list[Any]]:

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 # Who may read GET /metrics and the API's documentation (/docs, /redoc, /openapi.json): anyone, holders of a
@@ -27,6 +27,8 @@ class TwinSettings(BaseSettings):
 
     data_dir: Path = Field(Path("var"), description="where the SQLite file and other local state live")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/twin.db")
+    database_read_url: str | None = Field(
+        None, description="SQLAlchemy URL of a read replica for the API's history and frames reads; default: primary")
     mqtt_url: str | None = Field(None, description="mqtt[s]://[user:pass@]host:port; none starts an embedded broker")
     embedded_mqtt_host: str = Field("127.0.0.1", description="where the embedded broker listens (no mqtt_url)")
     embedded_mqtt_port: int = Field(1883, ge=0, le=65535, description="embedded broker port; 0 picks a free one")
@@ -85,6 +87,8 @@ class TwinSettings(BaseSettings):
     alert_leader_retry_s: float = Field(2.0, gt=0, description="a standby tries to become the alert leader this often")
     history_retention_days: float = Field(0, ge=0, description="raw history kept, days; 0 keeps all")
     rollup_retention_days: float = Field(0, ge=0, description="1m/1h rollups kept, days; 0 keeps all")
+    history_compress_after_days: float = Field(
+        0, ge=0, description="TimescaleDB only: raw history chunks older than this are compressed, days; 0: never")
     history_partition_hours: int = Field(24, ge=1, le=24 * 31, description="PostgreSQL partition span")
     history_partitions_ahead: int = Field(3, ge=1, le=1000, description="partitions created ahead of now")
     history_maintenance_s: float = Field(60.0, gt=0, description="partition and rollup job interval (ingest)")
@@ -102,13 +106,13 @@ class TwinSettings(BaseSettings):
     model_max_bytes: int = Field(64 << 20, ge=1 << 16, description="largest model archive an upload may send")
     config: Path | None = Field(None, description="optional YAML config file")
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_read_url")
     @classmethod
-    def _no_placeholder_password(cls, v: str | None) -> str | None:
+    def _no_placeholder_password(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v and "@" in v and ":" in v.split("@", 1)[0].split("//", 1)[-1]:
             password = v.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1]
             if password.lower() in _PLACEHOLDERS:
-                raise ValueError("database_url uses a placeholder password; set a real one")
+                raise ValueError(f"{info.field_name} uses a placeholder password; set a real one")
         return v
 
     @model_validator(mode="after")

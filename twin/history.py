@@ -4,7 +4,8 @@ One repository, three storages, chosen when the schema is created (migrations/ve
 ``twin_history_state``:
 
 - ``timescaledb``: PostgreSQL with the extension; twin_history is a hypertable, old chunks dropped by
-  ``drop_chunks``;
+  ``drop_chunks`` and, with ``TWIN_HISTORY_COMPRESS_AFTER_DAYS``, chunks older than that compressed
+  (segmented by property, newest first; the store's idempotent insert still works on them, only slower);
 - ``partitioned``: plain PostgreSQL; twin_history is range-partitioned on ``ts`` (µs). Partitions live in the
   schema ``twin_partitions`` (out of the way of schema comparisons), are created ``partitions_ahead`` spans
   ahead of now and dropped once wholly older than the retention. A DEFAULT partition catches what no
@@ -84,6 +85,7 @@ class Maintenance:
         created: partitions created.
         dropped: partitions (or chunks) dropped.
         deleted: raw rows deleted one by one (SQLite, the DEFAULT partition).
+        compressed: TimescaleDB chunks compressed (none on any other storage).
         rollup_to: rollups complete up to here, µs.
     """
 
@@ -92,6 +94,7 @@ class Maintenance:
     dropped: tuple[str, ...] = ()
     deleted: int = 0
     rollup_to: int = 0
+    compressed: tuple[str, ...] = ()
 
 
 def floor_to(ts: int, span: int) -> int:
@@ -319,6 +322,7 @@ class HistoryJob:
                 return None
             storage = storage_of(conn)
             created, dropped, deleted = self._storage(conn, storage, now)
+            compressed = self._compress(conn, storage, now)
         with self._lock:
             dirty, self._dirty = self._dirty, None
         try:
@@ -327,7 +331,7 @@ class HistoryJob:
             if dirty is not None:  # keep the mark for the next pass
                 self.note_written(dirty)
             raise
-        self.last = Maintenance(storage, tuple(created), tuple(dropped), deleted, done)
+        self.last = Maintenance(storage, tuple(created), tuple(dropped), deleted, done, tuple(compressed))
         return self.last
 
     def _storage(self, conn: Connection, storage: Storage, now: int) -> tuple[list[str], list[str], int]:
@@ -356,6 +360,23 @@ class HistoryJob:
             for table in _TABLE.values():
                 conn.execute(text(f"DELETE FROM {table} WHERE bucket < :c"), {"c": cutoff})  # noqa: S608
         return created, dropped, deleted
+
+    def _compress(self, conn: Connection, storage: Storage, now: int) -> list[str]:
+        """On TimescaleDB, compress the chunks older than the setting (compression switched on first)."""
+        days = self.settings.history_compress_after_days
+        if storage != "timescaledb" or days <= 0:
+            return []
+        enabled = conn.execute(text(
+            "SELECT compression_enabled FROM timescaledb_information.hypertables "
+            "WHERE hypertable_name = 'twin_history'")).scalar()
+        if not enabled:
+            conn.execute(text("ALTER TABLE twin_history SET (timescaledb.compress, timescaledb.compress_segmentby "
+                              "= 'property_id', timescaledb.compress_orderby = 'ts DESC')"))
+        rows = conn.execute(text(
+            "SELECT compress_chunk(c, if_not_compressed => true) "
+            "FROM show_chunks('twin_history', older_than => CAST(:c AS bigint)) AS c"),
+            {"c": now - int(days * DAY_US)})
+        return [str(r[0]) for r in rows if r[0] is not None]
 
     def _refresh(self, now: int, dirty: int | None) -> int:
         hi = floor_to(now, MINUTE_US)

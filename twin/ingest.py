@@ -2,7 +2,11 @@
 
 Each worker is one paho-mqtt client (persistent session, QoS 1, manual MQTT acknowledgement) and one thread:
 
-    on_message → queue → Intake.handle (check → decode → check → TwinStore.apply → commit) → publish Ack → PUBACK
+    on_message → queue → Intake.handle_many (check → decode → check → TwinStore.apply_many → commit)
+               → publish each Ack → PUBACK each
+
+A worker takes what its inbox holds (up to ``GROUP`` messages) and stores their batches in one transaction
+(``Intake.handle_many``: one commit for several batches; a transaction that fails is redone batch by batch).
 
 The MQTT PUBACK goes out only after the batch is stored (or dead-lettered) and its ``Ack`` published, so a
 batch in hand when the process dies is delivered again by the broker (the persistent session keeps it); the
@@ -27,7 +31,7 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
-from plant.wire import TOPIC_ROOT, ack_topic, uplink_topic
+from plant.wire import TOPIC_ROOT, Ack, ack_topic, uplink_topic
 from twin.budget import GatewayBudget
 from twin.config import TwinSettings
 from twin.dead_letters import DeadLetters, Row
@@ -42,7 +46,7 @@ __all__ = ["BrokerAddress", "IngestStats", "Ingestor", "Listener", "Outcome"]
 log = structlog.get_logger(__name__)
 
 SUPERVISE_EVERY_S = 0.5
-GROUP = 256  # messages a worker takes from its inbox at once: their dead letters are written together
+GROUP = 256  # messages a worker takes from its inbox at once: their batches stored and dead letters written together
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,12 +350,29 @@ class _Worker:
                 except queue.Empty:
                     break
             self.in_hand = list(group)
-            waiting = [m for m in group if self._process(m, deferred)]
+            waiting = self._handle_group(group, deferred)
             if waiting:
                 self.owner.intake.flush(deferred)
                 for m in waiting:
                     self._puback(m)
         # what is still queued is not acknowledged: the broker delivers it again to this session
+
+    def _handle_group(self, group: list[mqtt.MQTTMessage], deferred: list[Row]) -> list[mqtt.MQTTMessage]:
+        """Handle the messages in hand, their batches stored together (``Intake.handle_many``), publish their
+        acks and PUBACK them; returns those whose dead letter waits in ``deferred``."""
+        try:
+            outcomes = self.owner.intake.handle_many([(m.topic, m.payload) for m in group], deferred)
+        except Exception:  # a topic that is not UTF-8, or a bug: each message on its own, and each still ends
+            log.exception("ingest failed on a group of messages, handling them one by one", messages=len(group))
+            return [m for m in group if self._process(m, deferred)]
+        waiting = []
+        for msg, outcome in zip(group, outcomes, strict=True):
+            self._publish_ack(outcome.ack)
+            if outcome.ack is None and outcome.dead_letter is not None:
+                waiting.append(msg)
+            else:
+                self._puback(msg)
+        return waiting
 
     def _process(self, msg: mqtt.MQTTMessage, deferred: list[Row]) -> bool:
         """Handle one message and publish its ack; PUBACK it unless its dead letter waits in ``deferred``.
@@ -360,18 +381,24 @@ class _Worker:
         """
         before = len(deferred)
         try:
-            ack = self.owner.handle(msg.topic, msg.payload, deferred).ack
-            if ack is not None:
-                topic = ack_topic(ack.gateway, self.owner.topic_root)
-                info = self.client.publish(topic, ack.model_dump_json(), qos=1)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    log.warning("ack not published", gateway=ack.gateway, batch=ack.batch, rc=info.rc)
+            self._publish_ack(self.owner.handle(msg.topic, msg.payload, deferred).ack)
         except Exception:  # only a bug gets here (handle never raises): log it, the message still ends
             log.exception("ingest failed on a message", topic=msg.topic[:200])
         if len(deferred) > before:
             return True
         self._puback(msg)
         return False
+
+    def _publish_ack(self, ack: Ack | None) -> None:
+        if ack is None:
+            return
+        try:
+            info = self.client.publish(ack_topic(ack.gateway, self.owner.topic_root), ack.model_dump_json(), qos=1)
+        except Exception:  # a bug: the message still ends
+            log.exception("ack not published", gateway=ack.gateway, batch=ack.batch)
+            return
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("ack not published", gateway=ack.gateway, batch=ack.batch, rc=info.rc)
 
     def _puback(self, msg: mqtt.MQTTMessage) -> None:
         with contextlib.suppress(ValueError):

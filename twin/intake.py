@@ -11,6 +11,11 @@
 6. the ``Ack`` to publish, stamped with the platform's clock when the batch carries the ``commands`` key (the
    agent's command channel estimates its clock offset from these round-trips: ``edge_agent.platform_clock``).
 
+An ingest worker hands the messages in hand to ``handle_many``: each is checked as above and the batches are
+stored together (``TwinStore.apply_many``, one commit); a group that fails is stored batch by batch, so each
+ends as ``handle`` would end it. A batch with the ``commands`` key is stored alone, its command reports in the
+same transaction as its values.
+
 A database that fails (down, timed out) is answered ``stored: false``: the agent resends later. A message the
 database refuses for its content, or that meets a bug, is dead-lettered with the reason; the agent is then told
 each item is held as a dead letter, so it stops resending what would fail again, and nothing is lost: the
@@ -23,10 +28,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import structlog
 from sqlalchemy import Connection
@@ -47,9 +52,17 @@ from twin.budget import GatewayBudget
 from twin.commands import apply_reports
 from twin.dead_letters import DeadLetters, Row
 from twin.errors import StoreError, StoreRefused
-from twin.ownership import Ownership
+from twin.ownership import Ownership, Split
 from twin.store import ApplyResult, TwinStore
-from twin.uplink_checks import UNDECODABLE, Refused, WireLimits, check_envelope, check_message, screen
+from twin.uplink_checks import (
+    UNDECODABLE,
+    Refused,
+    Screened,
+    WireLimits,
+    check_envelope,
+    check_message,
+    screen,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -58,8 +71,17 @@ INTERNAL_ERROR = "internal_error"  # a bug met on the way
 WORKER_DIED = "worker_died"  # the message a worker held when it died
 DEAD_LETTERED = "dead_lettered"  # rejection code of each item of a dead-lettered batch
 LOG_EVERY_S = 1.0  # at most one log line per dead-letter reason this often
+GROUP_ITEMS = 20_000  # items stored in one transaction by handle_many (one commit for several batches)
 
 Listener = Callable[[UplinkBatch, ApplyResult], None]
+
+
+class _Checked(NamedTuple):
+    """A message whose batch passed the checks before any I/O."""
+
+    topic: str
+    data: bytes
+    batch: UplinkBatch
 
 
 @dataclass
@@ -152,7 +174,52 @@ class Intake:
         With ``deferred``, a dead letter that needs no answer is added there instead of written: the caller
         writes them together (``flush``) before acknowledging their messages, one transaction for many.
         """
-        data = bytes(payload)
+        checked = self._check(topic, bytes(payload), record, deferred)
+        if isinstance(checked, Outcome):
+            return checked
+        return self._store(topic, checked.data, checked.batch, record)
+
+    def handle_many(self, messages: Sequence[tuple[str, bytes | bytearray]], deferred: list[Row],
+                    most_items: int = GROUP_ITEMS) -> list[Outcome]:
+        """The ends of several messages, as ``handle`` gives each, with their batches stored together.
+
+        Batches that pass the checks are stored in transactions of up to ``most_items`` items (one commit for
+        several batches); when such a transaction fails, each of its batches is stored alone, so one batch the
+        database refuses ends as ``handle`` would end it and the others are stored.
+        """
+        outcomes: dict[int, Outcome] = {}
+        ready: list[tuple[int, _Checked, Split, Screened]] = []
+        for i, (topic, payload) in enumerate(messages):
+            checked = self._check(topic, bytes(payload), True, deferred)
+            if isinstance(checked, Outcome):
+                outcomes[i] = checked
+                continue
+            batch = checked.batch
+            if "commands" in batch.model_fields_set:  # an agent that executes commands: stored on its own
+                outcomes[i] = self._store(topic, checked.data, batch, True)
+                continue
+            wait = self.budget.take(batch.gateway, len(batch))
+            if wait is not None:
+                outcomes[i] = self._over_budget(batch.gateway, batch, wait)
+            else:
+                try:
+                    split = self.ownership.split(batch.gateway, batch)
+                    ready.append((i, checked, split, screen(split.batch, self.limits)))
+                except Exception:  # a bug on the way: stored alone, where it ends as handle ends it
+                    outcomes[i] = self._apply(topic, checked.data, batch, True)
+        for group in _groups(ready, most_items):
+            try:
+                results = self.store.apply_many([(screened.batch, screened) for _i, _c, _s, screened in group])
+            except Exception:
+                for i, checked, _split, _screened in group:
+                    outcomes[i] = self._apply(checked.topic, checked.data, checked.batch, True)
+                continue
+            for (i, checked, split, _screened), result in zip(group, results, strict=True):
+                outcomes[i] = self._stored(checked.batch, split, split.merge(result))
+        return [outcomes[i] for i in range(len(messages))]
+
+    def _check(self, topic: str, data: bytes, record: bool, deferred: list[Row] | None) -> Outcome | _Checked:
+        """The checks before any I/O: the decoded batch, or the end of a message refused as a whole."""
         batch: UplinkBatch | None = None
         try:
             check_message(topic, len(data), self.topic_root, self.limits)
@@ -166,16 +233,21 @@ class Intake:
         except Exception as exc:  # a bug in decoding: the message still ends
             log.exception("uplink check failed", topic=topic[:200])
             return self._refused(INTERNAL_ERROR, _describe(exc), topic, data, batch, record, deferred)
-        outcome = self._store(topic, data, batch, record)
-        if outcome.ack is not None and "commands" in batch.model_fields_set:  # an agent that executes commands:
-            outcome = replace(outcome, ack=outcome.ack.model_copy(update={"at": now_us()}))  # its clock offset
-        return outcome
+        return _Checked(topic, data, batch)
 
     def _store(self, topic: str, data: bytes, batch: UplinkBatch, record: bool) -> Outcome:
         sender = batch.gateway  # the topic's gateway (check_envelope), which the broker's ACL ties to its login
         wait = self.budget.take(sender, len(batch))
         if wait is not None:
             return self._over_budget(sender, batch, wait)
+        outcome = self._apply(topic, data, batch, record)
+        if outcome.ack is not None and "commands" in batch.model_fields_set:  # an agent that executes commands:
+            outcome = replace(outcome, ack=outcome.ack.model_copy(update={"at": now_us()}))  # its clock offset
+        return outcome
+
+    def _apply(self, topic: str, data: bytes, batch: UplinkBatch, record: bool) -> Outcome:
+        """Store one batch within its budget: stored, answered stored=false, or dead-lettered."""
+        sender = batch.gateway
         try:
             split = self.ownership.split(sender, batch)
             screened = screen(split.batch, self.limits)
@@ -191,6 +263,10 @@ class Intake:
         except Exception as exc:
             log.exception("storing a batch failed", gateway=batch.gateway, batch=batch.batch)
             return self._dead_letter(INTERNAL_ERROR, _describe(exc), topic, data, batch, record)
+        return self._stored(batch, split, result)
+
+    def _stored(self, batch: UplinkBatch, split: Split, result: ApplyResult) -> Outcome:
+        """Count a stored batch, tell the listeners, and answer it."""
         self._count(result)
         log.info("batch stored", gateway=batch.gateway, batch=batch.batch, accepted=result.accepted,
                  duplicates=result.duplicates, rejected=len(result.rejected), changes=len(result.changes))
@@ -285,6 +361,22 @@ class Intake:
             return IngestStats(s.batches, s.values, s.accepted, s.duplicates, dict(self._rejected),
                                s.undecodable, s.failed, len(self._nodes), dict(self._dead), s.worker_restarts,
                                s.messages)
+
+
+def _groups(ready: list[tuple[int, _Checked, Split, Screened]],
+            most_items: int) -> Iterator[list[tuple[int, _Checked, Split, Screened]]]:
+    """``ready`` in runs of at most ``most_items`` items (a larger batch alone)."""
+    group: list[tuple[int, _Checked, Split, Screened]] = []
+    items = 0
+    for entry in ready:
+        size = len(entry[3].batch)
+        if group and items + size > most_items:
+            yield group
+            group, items = [], 0
+        group.append(entry)
+        items += size
+    if group:
+        yield group
 
 
 def _held_ack(batch: UplinkBatch, dead_id: int, detail: str) -> Ack:

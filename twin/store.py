@@ -17,8 +17,9 @@ The returned ``ApplyResult`` lists the latest-state changes and the diagnoses st
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import NamedTuple
 
 import structlog
@@ -139,34 +140,60 @@ class TwinStore:
         database that refuses the data itself (a value it cannot hold, a constraint) raises StoreRefused:
         sending it again would not help.
         """
+        return self.apply_many([(batch, screened)], now_us, also=also)[0]
+
+    def apply_many(
+        self, batches: Sequence[tuple[UplinkBatch, Screened | None]], now_us: int | None = None,
+        also: AlsoInTransaction | None = None,
+    ) -> list[ApplyResult]:
+        """Store several batches in one transaction, all or none, with one result each (as ``apply``).
+
+        The result of each batch is the one ``apply`` would give applying them one after another in this order:
+        an item two batches hold is new in the first only, and a property's change is reported by the batch
+        holding its newest value. Raises like ``apply``, for the whole group. ``also`` is as in ``apply``, for
+        a group of one batch only.
+        """
+        if not batches:
+            return []
+        if also is not None and len(batches) != 1:
+            raise ValueError("work done in the same transaction belongs to a group of one batch")
         now = now_us if now_us is not None else _now()
         bounds = Bounds.at(now, self.settings.max_future_s, self.settings.min_valid_year)
+        first = batches[0][0]
         try:
-            view = self._view()
-            rows, frames, diags, rejected = _admit(batch, view, bounds)
-            if any(r.reason in _NAME_REASONS for r in rejected) and self.catalog.may_refresh():
-                # another process may have synchronised the site: look again, once per refresh interval
-                view = self._view(reload=True)
-                rows, frames, diags, rejected = _admit(batch, view, bounds)
-            offered = len(batch) - len(rejected)
-            if screened is not None and screened.rejected:
-                rejected = [*screened.rejected, *(screened.original(r) for r in rejected)]
+            admitted = [self._admit(batch, screened, bounds) for batch, screened in batches]
             with self.engine.begin() as conn:
                 if also is not None:
                     more = also(conn, now)
-                    rejected += [screened.original(r) for r in more] if screened is not None else more
-                result = self._write(conn, batch, view, rows, frames, diags, rejected, offered, now)
+                    screened = batches[0][1]
+                    admitted[0].rejected.extend([screened.original(r) for r in more] if screened is not None else more)
+                results = self._write(conn, admitted, now)
         except (SQLAlchemyError, self._dbapi_error) as exc:
             self.catalog.invalidate()  # properties created in the failed transaction are gone
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("apply failed", gateway=batch.gateway, batch=batch.batch, error=reason)
+            more = f" (and {len(batches) - 1} more)" if len(batches) > 1 else ""
+            log.warning("apply failed", gateway=first.gateway, batch=first.batch, more=len(batches) - 1,
+                        error=reason)
             refused = isinstance(exc, (DataError, IntegrityError, *self._dbapi_data_errors))
             error = StoreRefused if refused else StoreError
-            raise error(f"could not store batch {batch.batch!r}: {reason}") from exc
+            raise error(f"could not store batch {first.batch!r}{more}: {reason}") from exc
         except BaseException:
             self.catalog.invalidate()
             raise
-        return result
+        return results
+
+    def _admit(self, batch: UplinkBatch, screened: Screened | None, bounds: Bounds) -> _Admitted:
+        """The twin's validation of one batch, against the catalog (looked at again once on unknown names)."""
+        view = self._view()
+        rows, frames, diags, rejected = _admit(batch, view, bounds)
+        if any(r.reason in _NAME_REASONS for r in rejected) and self.catalog.may_refresh():
+            # another process may have synchronised the site: look again, once per refresh interval
+            view = self._view(reload=True)
+            rows, frames, diags, rejected = _admit(batch, view, bounds)
+        offered = len(batch) - len(rejected)
+        if screened is not None and screened.rejected:
+            rejected = [*screened.rejected, *(screened.original(r) for r in rejected)]
+        return _Admitted(batch, view, rows, frames, diags, rejected, offered)
 
     def _view(self, reload: bool = False) -> CatalogView:
         if self.catalog.loaded and not reload:
@@ -175,43 +202,43 @@ class TwinStore:
             self.catalog.load(conn)
         return self.catalog.snapshot()
 
-    def _write(
-        self,
-        conn: Connection,
-        batch: UplinkBatch,
-        view: CatalogView,
-        rows: list[Row],
-        frames: list[Frame],
-        diags: list[Diagnosis],
-        rejected: list[Rejection],
-        offered: int,
-        now: int,
-    ) -> ApplyResult:
-        new_frames = self._write_frames(conn, frames)
-        stored_diags = self._write_diagnoses(conn, diags)
-        diag_rows, diag_props = self._diagnosis_rows(conn, view, stored_diags)
-        history = rows + diag_rows if diag_rows else rows
-        newest = latest_rows(history)
-        inserted, moved = self._writer.write(conn, history, newest, now)
-        # diagnosis rows are always new: their diagnosis was just stored, and it is their only source
-        new_values = inserted - len(diag_rows)
-        self._record_rejections(conn, batch, rejected, now)
-        for info in diag_props:
+    def _write(self, conn: Connection, group: list[_Admitted], now: int) -> list[ApplyResult]:
+        histories: list[list[Row]] = []
+        stored: list[tuple[int, list[Diagnosis], int]] = []  # new frames, stored diagnoses, their rows
+        created: list[PropInfo] = []
+        for a in group:
+            new_frames = self._write_frames(conn, a.frames)
+            stored_diags = self._write_diagnoses(conn, a.diags)
+            diag_rows, diag_props = self._diagnosis_rows(conn, a.view, stored_diags)
+            histories.append(a.rows + diag_rows if diag_rows else a.rows)
+            stored.append((new_frames, stored_diags, len(diag_rows)))
+            created += diag_props
+        newest = latest_rows([*chain.from_iterable(histories)]) if len(group) > 1 else latest_rows(histories[0])
+        inserted, moved = self._writer.write(conn, histories, newest, now)
+        for a in group:
+            self._record_rejections(conn, a.batch, a.rejected, now)
+        for info in created:
             self.catalog.add(info)
-        by_id = view.by_id
-        if diag_props:
-            by_id = {**by_id, **{p.id: p for p in diag_props}}
-        changes = tuple(_change(by_id[r[0]], r) for r in newest if r[0] in moved)
-        accepted = new_values + new_frames + len(stored_diags)
-        return ApplyResult(
-            accepted=accepted,
-            duplicates=offered - accepted,
-            rejected=tuple(rejected),
-            changes=changes,
-            diagnoses=tuple(stored_diags),
-            values_accepted=new_values,
-            nodes_changed=frozenset(c.node for c in changes),
-        )
+        known = [{p.id: p for p in created}, *{id(a.view): a.view.by_id for a in group}.values()]
+        winner = {r[0]: r for r in newest}
+        results = []
+        for a, history, count, (new_frames, stored_diags, diag_count) in zip(
+                group, histories, inserted, stored, strict=True):
+            # diagnosis rows are always new: their diagnosis was just stored, and it is their only source
+            new_values = count - diag_count
+            changes = tuple(_change(_info(known, r[0]), r) for r in latest_rows(history)
+                            if r[0] in moved and winner[r[0]] is r)
+            accepted = new_values + new_frames + len(stored_diags)
+            results.append(ApplyResult(
+                accepted=accepted,
+                duplicates=a.offered - accepted,
+                rejected=tuple(a.rejected),
+                changes=changes,
+                diagnoses=tuple(stored_diags),
+                values_accepted=new_values,
+                nodes_changed=frozenset(c.node for c in changes),
+            ))
+        return results
 
     def _write_frames(self, conn: Connection, frames: list[Frame]) -> int:
         if not frames:
@@ -305,6 +332,18 @@ def prune_rejections(conn: Connection, keep: int = MAX_REJECTIONS_KEPT) -> int:
 _NAME_REASONS = {UNKNOWN_NODE, UNKNOWN_PROPERTY, RETIRED}
 
 
+class _Admitted(NamedTuple):
+    """One batch after the twin's validation, ready to write."""
+
+    batch: UplinkBatch
+    view: CatalogView
+    rows: list[Row]
+    frames: list[Frame]
+    diags: list[Diagnosis]
+    rejected: list[Rejection]
+    offered: int
+
+
 def _admit(
     batch: UplinkBatch, view: CatalogView, bounds: Bounds
 ) -> tuple[list[Row], list[Frame], list[Diagnosis], list[Rejection]]:
@@ -312,6 +351,15 @@ def _admit(
     frames, frame_rej = admit_frames(batch.frames, view, bounds)
     diags, diag_rej = admit_diagnoses(batch.diagnoses, view, bounds)
     return rows, frames, diags, rejected + frame_rej + diag_rej
+
+
+def _info(known: list[dict[int, PropInfo]], pid: int) -> PropInfo:
+    """A property by id from the first of ``known`` that holds it."""
+    for by_id in known:
+        info = by_id.get(pid)
+        if info is not None:
+            return info
+    raise KeyError(pid)
 
 
 def _change(info: PropInfo, r: Row) -> Change:

@@ -117,13 +117,16 @@ class TwinProperty(Base):
 
 
 class HistoryPoint(Base):
-    """One stored value of one property; the key (property, source timestamp) makes writes idempotent."""
+    """One stored value of one property; the key (property, source timestamp) makes writes idempotent.
+
+    No foreign key on ``property_id``: its per-row check nearly doubled the database's cost of storing a value
+    (benchmarks/scale_ingest.py), and the store writes only ids of its catalog's properties. A trigger on
+    ``twin_properties`` (migrations/versions/0015) deletes a property's history with it, as the cascade did.
+    """
 
     __tablename__ = "twin_history"
 
-    property_id: Mapped[int] = mapped_column(
-        ForeignKey("twin_properties.id", ondelete="CASCADE"), primary_key=True
-    )
+    property_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     ts: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     value_num: Mapped[float | None] = mapped_column(Float)
     value_text: Mapped[str | None] = mapped_column(Text)
@@ -611,6 +614,27 @@ END $$""",
 for _dialect, _statements in AUDIT_TRIGGERS.items():
     for _sql in _statements:
         event.listen(AuditRecord.__table__, "after_create", DDL(_sql).execute_if(dialect=_dialect))  # type: ignore[no-untyped-call]
+
+
+# A property's history goes with it (migration 0015 creates the same triggers; these serve ``create_all``).
+HISTORY_CASCADE: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        "CREATE TRIGGER twin_properties_delete_history BEFORE DELETE ON twin_properties "
+        "BEGIN DELETE FROM twin_history WHERE property_id = OLD.id; END",
+    ),
+    "postgresql": (
+        """CREATE OR REPLACE FUNCTION twin_properties_delete_history() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM twin_history WHERE property_id = OLD.id;
+    RETURN OLD;
+END $$""",
+        "CREATE TRIGGER twin_properties_delete_history BEFORE DELETE ON twin_properties "
+        "FOR EACH ROW EXECUTE FUNCTION twin_properties_delete_history()",
+    ),
+}
+for _dialect, _statements in HISTORY_CASCADE.items():
+    for _sql in _statements:
+        event.listen(TwinProperty.__table__, "after_create", DDL(_sql).execute_if(dialect=_dialect))  # type: ignore[no-untyped-call]
 
 
 class SetpointCommand(Base):

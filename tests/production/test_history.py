@@ -166,9 +166,12 @@ def test_retention_drops_old_partitions_and_rows(store: TwinStore) -> None:
             assert len(made) >= 10
             default = conn.execute(text("SELECT count(*) FROM twin_partitions.twin_history_default"))
             assert default.scalar_one() == 0
-    job = HistoryJob(store.engine, _settings(history_retention_days=7, rollup_retention_days=30))
+    job = HistoryJob(store.engine, _settings(history_retention_days=7, rollup_retention_days=30,
+                                             history_compress_after_days=1))
     report = job.run_once(now=NOW)
     assert report is not None
+    assert report.storage != "timescaledb"  # without the extension, the compression switch is skipped cleanly
+    assert report.compressed == ()
     if pg:
         assert report.dropped  # whole partitions go, no row-by-row delete
         with store.engine.connect() as conn:

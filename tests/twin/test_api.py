@@ -373,3 +373,24 @@ def test_reads_what_the_store_wrote(db_url: str, tmp_path: Path) -> None:
         assert [i["value"] for i in history["items"]] == [40.0, 41.0]
         assert history["next_cursor"]
     engine.dispose()
+
+
+def test_history_and_frames_are_read_from_the_read_replica(engine: Engine, tmp_path: Path) -> None:
+    replica = make_engine(f"sqlite:///{tmp_path / 'replica.db'}")
+    Base.metadata.create_all(replica)
+    seed(replica)
+    with make_sessionmaker(replica)() as s:  # the replica lags: no history, no frames yet
+        s.query(HistoryPoint).delete()
+        s.query(FramePoint).delete()
+        s.commit()
+    with make_sessionmaker(engine)() as s:
+        key = create_key(s, Role.VIEWER, "tests")  # keys are checked on the primary
+    settings = TwinSettings(data_dir=tmp_path, database_url=str(engine.url), database_read_url=str(replica.url))
+    try:
+        with TestClient(create_app(settings, engine), headers={"Authorization": f"Bearer {key}"}) as c:
+            history = c.get("/api/v1/nodes/pump-1/properties/pressure/history")
+            assert (history.status_code, history.json()["items"]) == (200, [])
+            assert c.get("/api/v1/nodes/pump-1/frames").json()["items"] == []
+            assert c.get("/api/v1/nodes/pump-1").status_code == 200  # the rest reads the primary
+    finally:
+        replica.dispose()

@@ -16,7 +16,9 @@ from sqlalchemy import select, text
 
 from plant.wire import Ack, UplinkBatch, ack_topic, decode_ack, uplink_topic
 from twin.api.app import create_app
+from twin.dead_letters import DeadLetters, Row
 from twin.ingest import BrokerAddress, Ingestor
+from twin.intake import Intake
 from twin.metrics import IngestCollector, registry_of
 from twin.store import TwinStore
 from twin.tables import DeadLetter
@@ -274,3 +276,20 @@ def test_a_dead_worker_is_restarted_counted_and_reported(
     health = http.get("/healthz")
     assert health.status_code == 503
     assert "ingest" in health.json()["detail"]
+
+
+def test_a_refused_batch_in_a_group_ends_alone_and_the_others_are_stored(store: TwinStore) -> None:
+    """A worker stores the batches in hand together; one the database refuses is redone alone, the rest land."""
+    _refuse_value(store, 666.0)
+    intake = Intake(store, DeadLetters(store.engine), "grp/v1")
+    topic = uplink_topic(GW, "grp/v1")
+    sent = [batch(value(v=1.0, ts=NOW), name="first", gateway=GW).model_dump_json(),
+            batch(value(v=666.0, ts=NOW + 1), value(v=2.0, ts=NOW + 2), name="refused", gateway=GW).model_dump_json(),
+            "not json",
+            batch(value(v=3.0, ts=NOW + 3), name="last", gateway=GW).model_dump_json()]
+    deferred: list[Row] = []
+    outcomes = intake.handle_many([(topic, s.encode()) for s in sent], deferred)
+    assert [(o.stored, o.dead_letter) for o in outcomes] == [
+        (True, None), (False, "store_refused"), (False, "undecodable"), (True, None)]
+    assert [o.ack.batch if o.ack else None for o in outcomes] == ["first", "refused", None, "last"]
+    assert [len(deferred), history_count(store.engine), prop(store.engine, "p1", "temp").value_num] == [1, 2, 3.0]

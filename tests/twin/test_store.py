@@ -280,3 +280,25 @@ def test_concurrent_writers_keep_the_newest(store: TwinStore) -> None:
     assert history_count(store.engine) == 160
     for n, p in keys:
         assert prop(store.engine, n, p).ts == NOW - 61 * SEC  # the newest, t = 39, whatever the order
+
+
+def test_batches_stored_together_count_as_one_after_another(store: TwinStore) -> None:
+    first = batch(value(v=1.0, ts=NOW - SEC), name="b1")
+    second = batch(value(v=1.0, ts=NOW - SEC), value(v=2.0, ts=NOW), value("p2", "mode", "on"), name="b2")
+    late = batch(value(v=0.5, ts=NOW - 9 * SEC), name="b3")
+    results = store.apply_many([(first, None), (second, None), (late, None)], now_us=NOW)
+    assert [(r.accepted, r.duplicates) for r in results] == [(1, 0), (2, 1), (1, 0)]
+    # each property's change is told once, by the batch holding its newest value
+    assert [set(r.changes) for r in results] == [
+        set(), {Change("p1", "temp", 2.0, NOW, Quality.GOOD), Change("p2", "mode", "on", NOW, Quality.GOOD)}, set()]
+    assert history_count(store.engine) == 4
+    assert prop(store.engine, "p1", "temp").value_num == 2.0
+    with store.engine.connect() as conn:  # one feed row per batch, new keys only
+        assert conn.execute(text("SELECT count(*) FROM alert_feed")).scalar_one() == 3
+
+
+def test_deleting_a_property_deletes_its_history(store: TwinStore) -> None:
+    store.apply(batch(value(v=1.0, ts=NOW - SEC), value("p2", "mode", "on")), now_us=NOW)
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM twin_properties WHERE id = :i"), {"i": prop(store.engine, "p1", "temp").id})
+    assert history_count(store.engine) == 1

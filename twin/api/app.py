@@ -93,6 +93,8 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
     settings = settings or get_settings()
     owned = engine is None
     engine = engine if engine is not None else make_engine(settings.db_url)
+    # history and frames reads may go to a replica (TWIN_DATABASE_READ_URL); everything else reads the primary
+    reader = make_engine(settings.database_read_url) if settings.database_read_url else engine
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -100,6 +102,8 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
         await app.state.live.aclose()
         if owned:  # an engine passed in belongs to the caller
             engine.dispose()
+        if reader is not engine:
+            reader.dispose()
 
     app = FastAPI(
         title="factory-twin",
@@ -120,6 +124,7 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
+    app.state.read_sessionmaker = make_sessionmaker(reader)
     app.state.live = live_bus_for(engine)  # live updates across replicas (twin/live.py), for SSE
     # the teacher's answers to offloaded windows are stored like uplinked diagnoses, and heard live
     app.state.cascade = Cascade(engine, settings, listeners=[app.state.live.listener])

@@ -32,6 +32,12 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_read_session(request: Request) -> Iterator[Session]:
+    """A session for reads a replica may serve (history, frames): ``TWIN_DATABASE_READ_URL``, else the primary."""
+    with request.app.state.read_sessionmaker() as session:
+        yield session
+
+
 def get_app_settings(request: Request) -> TwinSettings:
     """The settings the app was created with."""
     settings: TwinSettings = request.app.state.settings
@@ -50,6 +56,7 @@ def client_address(request: Request) -> str:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 SettingsDep = Annotated[TwinSettings, Depends(get_app_settings)]
 
 # auto_error off: a missing header is our Unauthenticated (401, WWW-Authenticate), not FastAPI's answer.

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 
 from twin import queries
-from twin.api.deps import SessionDep, ViewerDep, require_role
+from twin.api.deps import ReadSessionDep, SessionDep, ViewerDep, require_role
 from twin.auth import Role
 from twin.fields import Key, Name, Timestamp, Token
 from twin.queries import DEFAULT_LIMIT, MAX_LIMIT, Window
@@ -57,7 +57,7 @@ def get_property(session: SessionDep, node_id: NodeId, prop: PropName) -> Proper
 
 @router.get("/{node_id}/properties/{prop}/history", response_model=HistoryPage)
 def get_history(
-    session: SessionDep,
+    session: ReadSessionDep,
     node_id: NodeId,
     prop: PropName,
     start: Start = None,
@@ -74,7 +74,7 @@ def get_history(
 
 @router.get("/{node_id}/frames", response_model=FramesPage)
 def get_frames(
-    session: SessionDep,
+    session: ReadSessionDep,
     node_id: NodeId,
     start: Start = None,
     end: End = None,
