@@ -164,9 +164,11 @@ class TwinStore:
             admitted = [self._admit(batch, screened, bounds) for batch, screened in batches]
             with self.engine.begin() as conn:
                 if also is not None:
-                    more = also(conn, now)
+                    found = also(conn, now)
                     screened = batches[0][1]
-                    admitted[0].rejected.extend([screened.original(r) for r in more] if screened is not None else more)
+                    if screened is not None:
+                        found = [screened.original(r) for r in found]
+                    admitted[0].rejected.extend(found)
                 results = self._write(conn, admitted, now)
         except (SQLAlchemyError, self._dbapi_error) as exc:
             self.catalog.invalidate()  # properties created in the failed transaction are gone
