@@ -176,6 +176,7 @@ class Agent:
                         max_inflight=s.uplink_max_inflight,
                         ack_timeout_s=s.ack_timeout_s,
                         live_share=s.uplink_live_share,
+                        topic_root=s.topic_root,
                     )
                     link.on_message = self.uplink.on_message
                     others.append(tg.create_task(self._guard("uplink", self.uplink.run)))
@@ -239,7 +240,8 @@ class Agent:
             log.warning("no_platform_broker", hint="set EDGE_BROKER_URL; items stay in the outbox")
             return None
         ca = str(s.broker_ca_file) if s.broker_ca_file else None
-        return PlatformLink(url, s.client_id, [ack_topic(s.gateway_id)], lambda _t, _p: None, ca_file=ca)
+        acks = [ack_topic(s.gateway_id, s.topic_root)]
+        return PlatformLink(url, s.client_id, acks, lambda _t, _p: None, ca_file=ca)
 
     def _command_channel(self, link: PlatformLink, uplink: Uplink) -> CommandChannel | None:
         """Setpoint commands, when this gateway owns a writable property; their messages before the uplink's."""
@@ -251,7 +253,7 @@ class Agent:
             return None
         self.writers = Writers(self.site)
         executor = CommandExecutor(self.site, s.gateway_id, Journal(s.data_dir / "commands.sqlite"), self.writers)
-        channel = CommandChannel(executor, link)
+        channel = CommandChannel(executor, link, s.topic_root)
         link.subscribe(channel.topic)
 
         def route(topic: str, payload: bytes) -> None:

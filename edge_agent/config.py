@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from edge_agent.errors import ConfigError
-from plant.wire import GATEWAY_ID_PATTERN
+from plant.wire import GATEWAY_ID_PATTERN, TOPIC_ROOT
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "admin", "xxx"}
 
@@ -79,6 +79,7 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore")
 
     gateway_id: str = Field("gateway-1", pattern=GATEWAY_ID_PATTERN, description="this gateway's id on the wire")
+    topic_root: str = Field(TOPIC_ROOT, min_length=1, description="root of the uplink, ack and command topics")
     site_file: Path | None = Field(None, description="site model YAML")
     data_dir: Path = Field(Path("var/agent"), description="outbox and dead-letter files live here")
     broker_url: str | None = Field(None, description="platform broker, mqtt[s]://user:pass@host:port")

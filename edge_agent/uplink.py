@@ -27,7 +27,7 @@ from edge_agent.errors import ConnectorError, OutboxError
 from edge_agent.outbox import KINDS, Chunk, Outbox
 from edge_agent.platform_link import PlatformLink
 from plant.errors import WireError
-from plant.wire import OVER_BUDGET, WIRE_VERSION, Ack, decode_ack, uplink_topic
+from plant.wire import OVER_BUDGET, TOPIC_ROOT, WIRE_VERSION, Ack, decode_ack, uplink_topic
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +92,7 @@ class Uplink:
         ack_timeout_s: resend after this long without an ack.
         live_share: part of each batch reserved for the newest items.
         retry_delay_s: first wait before resending a batch the platform could not store (doubles, up to 60 s).
+        topic_root: the root of the uplink topic (the platform's ``mqtt_topic_root``).
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class Uplink:
         ack_timeout_s: float = 10.0,
         live_share: float = 0.25,
         retry_delay_s: float = 1.0,
+        topic_root: str = TOPIC_ROOT,
     ) -> None:
         self.outbox = outbox
         self.link = link
@@ -118,7 +120,7 @@ class Uplink:
         self.retry_delay_s = retry_delay_s
         self._refusals = 0
         self._paused_until = 0.0  # monotonic: no new batch before this (the platform's over_budget ack)
-        self.topic = uplink_topic(gateway)
+        self.topic = uplink_topic(gateway, topic_root)
         self.stats = UplinkStats()
         self._inflight: dict[str, _Inflight] = {}
         self._slot = asyncio.Event()

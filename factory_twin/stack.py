@@ -28,7 +28,7 @@ from factory_twin.simulator.examples import example_site_path
 from factory_twin.simulator.faults import parse_fault
 from factory_twin.simulator.run import Simulator, SimulatorConfig
 from plant.site import OpcUaSource, Site, load_site
-from plant.wire import now_us
+from plant.wire import TOPIC_ROOT, now_us
 from twin.broker import BrokerAccess, EmbeddedBroker, free_port
 from twin.config import Access, TwinSettings
 from twin.db import make_engine, make_sessionmaker
@@ -55,6 +55,8 @@ class StackConfig:
         speed: simulator ticks per second (a row per tick, or with ``paced`` the demo's pace times this).
         gateway_id: the agent's gateway id (unique per run when sharing a broker); it owns the machines with
             setpoints that the site gives no owner, so their setpoints can be written.
+        topic_root: root of the uplink, ack and command topics, for the platform and the agent (a run of its
+            own on a shared broker).
         paced: replay at the demo's pace (simulator/datasets.py ``Feed.demo_row_s``); an asset type whose data
             set has one row per cycle gets a grid of one row, so its models still see one frame per cycle.
     """
@@ -67,6 +69,7 @@ class StackConfig:
     http_port: int = 8000
     speed: float = 1.0
     gateway_id: str = "demo-gateway"
+    topic_root: str = TOPIC_ROOT
     knowledge_dir: Path | None = None
     faults: tuple[str, ...] = ()  # simulator fault scenarios, e.g. "pump-1.current:high@5"
     extra_agent_settings: dict[str, Any] = field(default_factory=dict)
@@ -126,7 +129,8 @@ class Stack:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.started_us = now_us()
         settings = TwinSettings(data_dir=cfg.data_dir, database_url=cfg.database_url, mqtt_url=cfg.mqtt_url,
-                                mqtt_client_id=f"ft-ingest-{cfg.gateway_id}", metrics_port=-1,
+                                mqtt_client_id=f"ft-ingest-{cfg.gateway_id}", mqtt_topic_root=cfg.topic_root,
+                                metrics_port=-1,
                                 knowledge_dir=cfg.knowledge_dir or _example_knowledge(),
                                 docs_access=_demo_docs_access(cfg.http_host))
         from migrations import run as migrations
@@ -209,7 +213,7 @@ class Stack:
         platform = {"platform_url": self.api_url, "platform_key": self.agent_key} if self.agent_key else {}
         self.agent = Agent(site_file=self._site_file, gateway_id=self.config.gateway_id,
                            data_dir=self.config.data_dir / "agent", broker_url=self.agent_mqtt_url,
-                           mqtt_url=self.agent_mqtt_url, metrics_port=0,
+                           mqtt_url=self.agent_mqtt_url, topic_root=self.config.topic_root, metrics_port=0,
                            **(platform | self.config.extra_agent_settings))
         async with sim, asyncio.TaskGroup() as tg:
             sim_task = tg.create_task(sim.run(), name="simulator")

@@ -8,34 +8,48 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from factory_twin.stack import Stack, StackConfig
+from tests.twin.alerts.receiver import Received, Receiver
 
 pytestmark = pytest.mark.slow
 
 MACHINES = {"engine-1": "t24", "mill-1": "torque", "pump-1": "pressure"}
 
 
-def _run(
-    config: StackConfig, seconds: float, prop: str = MACHINES["engine-1"]
-) -> tuple[Stack, dict[str, dict[str, object]], dict[str, object]]:
+@dataclass
+class Outcome:
+    """What a run left in the twin, read over REST, and the webhooks the plant's receiver got."""
+
+    stack: Stack
+    states: dict[str, dict[str, object]]
+    history: dict[str, object]
+    alerts: list[dict[str, object]]
+    webhooks: list[Received] = field(default_factory=list)
+
+
+def _run(config: StackConfig, seconds: float, prop: str = MACHINES["engine-1"], webhook: str | None = None) -> Outcome:
     stack = Stack(config)
     stack.start_platform()
     try:
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
-        asyncio.run(stack.run_edge(seconds))
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as api:
+            if webhook is not None:
+                api.post("/api/v1/webhooks", json={"name": "maintenance", "url": webhook}).raise_for_status()
+            asyncio.run(stack.run_edge(seconds))
             states = {node: api.get(f"/api/v1/nodes/{node}").raise_for_status().json() for node in MACHINES}
             history = api.get(f"/api/v1/nodes/engine-1/properties/{prop}/history",
                               params={"limit": 5}).raise_for_status().json()
+            alerts = api.get("/api/v1/alerts", params={"subtree": "pump-1"}).raise_for_status().json()["items"]
             assert api.get("/api/v1/nodes", headers={"Authorization": "Bearer nope"}).status_code == 401
     finally:
         stack.stop_platform()
-    return stack, states, history
+    return Outcome(stack, states, history, alerts)
 
 
 def _latest(state: dict[str, object], prop: str) -> dict[str, object]:
@@ -44,7 +58,8 @@ def _latest(state: dict[str, object], prop: str) -> dict[str, object]:
     return next(p for p in props if p["name"] == prop)
 
 
-def _check(stack: Stack, states: dict[str, dict[str, object]], history: dict[str, object]) -> None:
+def _check(outcome: Outcome) -> None:
+    states, history = outcome.states, outcome.history
     for node, prop in MACHINES.items():
         latest = _latest(states[node], prop)
         assert latest["value"] is not None, f"{node}.{prop} never reached the twin"
@@ -61,18 +76,31 @@ def _check(stack: Stack, states: dict[str, dict[str, object]], history: dict[str
     diagnoses = states["mill-1"]["diagnoses"]
     assert isinstance(diagnoses, list)
     assert [(d["task"], d["model"], d["source"]) for d in diagnoses] == [("faults", "ai4i-faults", "edge")]
-    summary = stack.summary(0)
+    summary = outcome.stack.summary(0)
     assert summary.values_ingested > 0
     assert summary.rejected == 0
     assert summary.nodes_updated == 3
 
 
-def test_embedded_broker_and_sqlite(tmp_path: Path) -> None:
-    """Long enough for the engine's RUL model (15 cycles, one per grid point): its verdict reaches the twin with
-    its interval and history."""
-    config = StackConfig(data_dir=tmp_path, http_port=0, speed=2.0, gateway_id=f"e2e-{uuid.uuid4().hex[:8]}")
-    stack, states, history = _run(config, seconds=21, prop="diag.rul.rul")
-    _check(stack, states, history)
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    """One run on the embedded defaults, shared by the tests below: long enough for the engine's RUL model (15
+    cycles, one per grid point), with a motor-current fault on the pump from the start and a webhook to the
+    plant's receiver."""
+    with pytest.MonkeyPatch.context() as monkeypatch, Receiver() as receiver:
+        # the receiver is the plant's own, on loopback
+        monkeypatch.setenv("TWIN_WEBHOOK_ALLOW_PRIVATE", '["127.0.0.1"]')
+        config = StackConfig(data_dir=tmp_path_factory.mktemp("embedded"), http_port=0, speed=2.0,
+                             gateway_id=f"e2e-{uuid.uuid4().hex[:8]}", faults=("pump-1.current:high@0",))
+        outcome = _run(config, seconds=21, prop="diag.rul.rul", webhook=receiver.url)
+        outcome.webhooks = list(receiver.requests)
+    return outcome
+
+
+def test_embedded_broker_and_sqlite(embedded: Outcome) -> None:
+    """The engine's RUL verdict reaches the twin with its interval and history."""
+    _check(embedded)
+    states = embedded.states
     rul = _latest(states["engine-1"], "diag.rul.rul")
     assert rul["unit"] == "cycle"
     assert 0 <= float(rul["value"]) <= 125  # type: ignore[arg-type]
@@ -85,35 +113,19 @@ def test_embedded_broker_and_sqlite(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.mosquitto
-def test_mosquitto_and_postgresql(tmp_path: Path, pg_url: str, mqtt_broker: tuple[str, int]) -> None:
+def test_mosquitto_and_postgresql(tmp_path: Path, pg_url: str, mqtt_broker: tuple[str, int], topic_prefix: str) -> None:
+    """On the shared Mosquitto under a topic root of its own: no other run's gateways reach this platform."""
     host, port = mqtt_broker
     config = StackConfig(data_dir=tmp_path, database_url=pg_url, mqtt_url=f"mqtt://{host}:{port}", http_port=0,
-                         speed=2.0, gateway_id=f"e2e-{uuid.uuid4().hex[:8]}")
-    _check(*_run(config, seconds=12))
+                         speed=2.0, gateway_id=f"e2e-{uuid.uuid4().hex[:8]}", topic_root=topic_prefix)
+    _check(_run(config, seconds=12))
 
 
-def test_a_fault_raises_one_alert_and_its_webhook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fault_raises_one_alert_and_its_webhook(embedded: Outcome) -> None:
     """A simulated motor-current fault on the pump → the site's rule → one alert → one signed webhook."""
-    from tests.twin.alerts.receiver import Receiver
-
-    monkeypatch.setenv("TWIN_WEBHOOK_ALLOW_PRIVATE", '["127.0.0.1"]')  # the receiver is the plant's own, on loopback
-
-    config = StackConfig(data_dir=tmp_path, http_port=0, speed=2.0, gateway_id=f"e2e-{uuid.uuid4().hex[:8]}",
-                         faults=("pump-1.current:high@0",))
-    stack = Stack(config)
-    stack.start_platform()
-    with Receiver() as receiver:
-        try:
-            headers = {"Authorization": f"Bearer {stack.admin_key}"}
-            with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as api:
-                api.post("/api/v1/webhooks", json={"name": "maintenance", "url": receiver.url}).raise_for_status()
-                asyncio.run(stack.run_edge(18))
-                alerts = api.get("/api/v1/alerts", params={"subtree": "pump-1"}).raise_for_status().json()["items"]
-        finally:
-            stack.stop_platform()
-        current = [a for a in alerts if a["rule"] == "motor-current"]
-        assert len(current) == 1, alerts
-        assert current[0]["state"] == "active_unack"
-        bodies = [r.json() for r in receiver.requests]
-        assert any("motor-current" in str(b) for b in bodies), bodies
-        assert all(r.headers.get("x-factorytwin-signature", "").startswith("sha256=") for r in receiver.requests)
+    current = [a for a in embedded.alerts if a["rule"] == "motor-current"]
+    assert len(current) == 1, embedded.alerts
+    assert current[0]["state"] == "active_unack"
+    bodies = [r.json() for r in embedded.webhooks]
+    assert any("motor-current" in str(b) for b in bodies), bodies
+    assert all(r.headers.get("x-factorytwin-signature", "").startswith("sha256=") for r in embedded.webhooks)

@@ -22,8 +22,8 @@ from twin.tables import HistoryPoint
 
 pytestmark = pytest.mark.slow
 
-ATTACK_AT_S = 8.0
-RUN_S = 26.0
+ATTACK_AT_S = 6.0
+RUN_S = 18.0
 
 
 def test_the_agent_keeps_streaming_while_a_rogue_client_attacks(tmp_path: Path) -> None:

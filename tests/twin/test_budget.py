@@ -3,20 +3,19 @@ and the other gateways are not affected."""
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from plant.wire import Ack, UplinkBatch, ack_topic, decode_ack, uplink_topic
 from twin.budget import GatewayBudget
 from twin.ingest import BrokerAddress, Ingestor
 from twin.metrics import IngestCollector, registry_of
 from twin.store import TwinStore
 
 from .store_helpers import NOW, batch, history_count, make_store, value
+from .uplink_client import UplinkClient
 
 
 class Clock:
@@ -69,30 +68,6 @@ def test_buckets_of_many_gateway_ids_are_bounded(monkeypatch: pytest.MonkeyPatch
     assert len(b.refused_batches()) <= 11  # ten gateways and "other"
 
 
-
-
-class Sender:
-    def __init__(self, host: str, port: int, gateway: str, root: str) -> None:
-        self.gateway, self.root = gateway, root
-        self.acks: queue.Queue[Ack] = queue.Queue()
-        subscribed: queue.Queue[int] = queue.Queue()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{root}-{gateway}")
-        self.client.on_message = lambda _c, _u, m: self.acks.put(decode_ack(m.payload))
-        self.client.on_subscribe = lambda *_a: subscribed.put(1)
-        self.client.connect(host, port)
-        self.client.loop_start()
-        self.client.subscribe(ack_topic(gateway, root), qos=1)
-        subscribed.get(timeout=5)
-
-    def send(self, b: UplinkBatch) -> Ack:
-        self.client.publish(uplink_topic(self.gateway, self.root), b.model_dump_json(), qos=1).wait_for_publish(5)
-        return self.acks.get(timeout=10)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 @pytest.fixture
 def store(sqlite_url: str) -> Iterator[TwinStore]:
     s = make_store(sqlite_url)
@@ -107,18 +82,21 @@ def test_over_budget_batches_are_refused_whole_and_others_still_land(
     root = f"{topic_prefix}/v1"
     ingest = Ingestor(store, BrokerAddress(*mqtt_broker), client_id=f"{root}-ingest", topic_root=root,
                       budget=GatewayBudget(rate=5, burst=10)).start()
-    flood = Sender(*mqtt_broker, "flood", root)
-    calm = Sender(*mqtt_broker, "calm", root)
+    flood = UplinkClient(*mqtt_broker, root, gateway="flood")
+    calm = UplinkClient(*mqtt_broker, root, gateway="calm")
     try:
-        first = flood.send(batch(*(value(v=float(i), ts=NOW + i) for i in range(10)), name="f1", gateway="flood"))
+        flood.send(batch(*(value(v=float(i), ts=NOW + i) for i in range(10)), name="f1", gateway="flood"))
+        first = flood.ack()
         assert (first.stored, first.accepted) == (True, 10)
-        over = flood.send(batch(*(value(v=1.0, ts=NOW + 100 + i) for i in range(5)), name="f2", gateway="flood"))
+        flood.send(batch(*(value(v=1.0, ts=NOW + 100 + i) for i in range(5)), name="f2", gateway="flood"))
+        over = flood.ack()
         assert (over.batch, over.stored, over.code, over.accepted) == ("f2", False, "over_budget", 0)
         assert over.retry_after is not None
         assert 0.5 < over.retry_after <= 1.0
         assert over.error
         assert "budget" in over.error
-        ok = calm.send(batch(value("p2", v=3.0, ts=NOW), name="c1", gateway="calm"))
+        calm.send(batch(value("p2", v=3.0, ts=NOW), name="c1", gateway="calm"))
+        ok = calm.ack()
         assert (ok.stored, ok.accepted) == (True, 1)
         assert history_count(store.engine) == 11  # nothing of f2
         metrics = registry_of([IngestCollector(ingest)])

@@ -13,43 +13,15 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import select, text
 
-from plant.wire import Ack, UplinkBatch, ack_topic, decode_ack, uplink_topic
 from twin.errors import BrokerError
 from twin.ingest import BrokerAddress, Ingestor
 from twin.store import ApplyResult, TwinStore
 from twin.tables import DeadLetter
 
 from .store_helpers import NOW, batch, history_count, make_store, prop, value
+from .uplink_client import GW, UplinkClient
 
 pytestmark = pytest.mark.mosquitto
-GW = "gw1"
-
-
-class Agent:
-    """A stand-in for the edge agent's uplink: publishes batches, collects acks."""
-
-    def __init__(self, host: str, port: int, root: str) -> None:
-        self.root = root
-        self.acks: queue.Queue[Ack] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-agent")
-        subscribed = queue.Queue[int]()
-        self.client.on_message = lambda _c, _u, m: self.acks.put(decode_ack(m.payload))
-        self.client.on_subscribe = lambda *_a: subscribed.put(1)
-        self.client.connect(host, port)
-        self.client.loop_start()
-        self.client.subscribe(ack_topic(GW, root), qos=1)
-        subscribed.get(timeout=5)
-
-    def send(self, payload: UplinkBatch | bytes) -> None:
-        data = payload.model_dump_json() if isinstance(payload, UplinkBatch) else payload
-        self.client.publish(uplink_topic(GW, self.root), data, qos=1).wait_for_publish(5)
-
-    def ack(self, timeout: float = 10.0) -> Ack:
-        return self.acks.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _forget_session(host: str, port: int, client_id: str) -> None:
@@ -70,11 +42,6 @@ def broker(mqtt_broker: tuple[str, int]) -> BrokerAddress:
     return BrokerAddress(*mqtt_broker)
 
 
-@pytest.fixture
-def root(topic_prefix: str) -> str:
-    return f"{topic_prefix}/v1"
-
-
 def _ingestor(store: TwinStore, broker: BrokerAddress, root: str) -> Ingestor:
     return Ingestor(store, broker, client_id=f"{root}-ingest", topic_root=root)
 
@@ -87,18 +54,11 @@ def ingest(store: TwinStore, broker: BrokerAddress, root: str) -> Iterator[Inges
     _forget_session(broker.host, broker.port, f"{root}-ingest")
 
 
-@pytest.fixture
-def agent(broker: BrokerAddress, root: str) -> Iterator[Agent]:
-    a = Agent(broker.host, broker.port, root)
-    yield a
-    a.close()
-
-
-def test_batch_is_stored_then_acknowledged(ingest: Ingestor, agent: Agent, store: TwinStore) -> None:
+def test_batch_is_stored_then_acknowledged(ingest: Ingestor, uplink: UplinkClient, store: TwinStore) -> None:
     seen: list[ApplyResult] = []
     ingest.add_listener(lambda _b, result: seen.append(result))
-    agent.send(batch(value(v=1.0, ts=NOW), value("p2", "count", 3, ts=NOW), value("zz", ts=NOW), gateway=GW))
-    ack = agent.ack()
+    uplink.send(batch(value(v=1.0, ts=NOW), value("p2", "count", 3, ts=NOW), value("zz", ts=NOW), gateway=GW))
+    ack = uplink.ack()
     assert (ack.gateway, ack.batch, ack.stored, ack.accepted, ack.duplicates) == (GW, "b1", True, 2, 0)
     assert [r.reason for r in ack.rejected] == ["unknown_node"]
     assert prop(store.engine, "p2", "count").value_num == 3
@@ -109,25 +69,25 @@ def test_batch_is_stored_then_acknowledged(ingest: Ingestor, agent: Agent, store
     assert stats.rejected == {"unknown_node": 1}
 
 
-def test_duplicate_batch_stores_nothing_twice(ingest: Ingestor, agent: Agent, store: TwinStore) -> None:
+def test_duplicate_batch_stores_nothing_twice(ingest: Ingestor, uplink: UplinkClient, store: TwinStore) -> None:
     b = batch(value(v=1.0, ts=NOW), value(v=2.0, ts=NOW + 1), gateway=GW)
-    agent.send(b)
-    assert agent.ack().accepted == 2
-    agent.send(b)
-    again = agent.ack()
+    uplink.send(b)
+    assert uplink.ack().accepted == 2
+    uplink.send(b)
+    again = uplink.ack()
     assert (again.stored, again.accepted, again.duplicates) == (True, 0, 2)
     assert history_count(store.engine) == 2
     assert ingest.stats().duplicates == 2
 
 
 def test_malformed_payloads_are_counted_and_the_next_batch_lands(
-    ingest: Ingestor, agent: Agent, store: TwinStore
+    ingest: Ingestor, uplink: UplinkClient, store: TwinStore
 ) -> None:
-    agent.send(b"not json at all")
-    agent.send(json.dumps({"gateway": GW, "values": []}).encode())  # no batch id
-    agent.send(b"\xff\xfe")
-    agent.send(batch(value(v=4.0, ts=NOW), name="good", gateway=GW))
-    ack = agent.ack()
+    uplink.send(b"not json at all")
+    uplink.send(json.dumps({"gateway": GW, "values": []}).encode())  # no batch id
+    uplink.send(b"\xff\xfe")
+    uplink.send(batch(value(v=4.0, ts=NOW), name="good", gateway=GW))
+    ack = uplink.ack()
     assert (ack.batch, ack.stored, ack.accepted) == ("good", True, 1)
     assert ingest.stats().undecodable == 3
     deadline = time.monotonic() + 10
@@ -139,14 +99,14 @@ def test_malformed_payloads_are_counted_and_the_next_batch_lands(
     assert rows == [("undecodable", GW, b"not json at all"), ("undecodable", GW, b'{"gateway": "gw1", "values": []}'),
                     ("undecodable", GW, b"\xff\xfe")]
     with pytest.raises(queue.Empty):
-        agent.ack(timeout=0.3)  # nothing answered for the bad ones
+        uplink.ack(timeout=0.3)  # nothing answered for the bad ones
 
 
-def test_database_failure_is_answered_stored_false(ingest: Ingestor, agent: Agent, store: TwinStore) -> None:
+def test_database_failure_is_answered_stored_false(ingest: Ingestor, uplink: UplinkClient, store: TwinStore) -> None:
     with store.engine.begin() as conn:
         conn.execute(text("DROP TABLE twin_history"))
-    agent.send(batch(value(v=1.0, ts=NOW), gateway=GW))
-    ack = agent.ack()
+    uplink.send(batch(value(v=1.0, ts=NOW), gateway=GW))
+    ack = uplink.ack()
     assert (ack.stored, ack.accepted) == (False, 0)
     assert ack.error
     assert "could not store" in ack.error
@@ -154,16 +114,16 @@ def test_database_failure_is_answered_stored_false(ingest: Ingestor, agent: Agen
 
 
 def test_batches_sent_while_stopped_arrive_after_restart(
-    store: TwinStore, broker: BrokerAddress, root: str, agent: Agent
+    store: TwinStore, broker: BrokerAddress, root: str, uplink: UplinkClient
 ) -> None:
     first = _ingestor(store, broker, root).start()
     first.stop()
     try:
         # kept for the ingest client by its persistent session
-        agent.send(batch(value(v=9.0, ts=NOW), name="while-down", gateway=GW))
+        uplink.send(batch(value(v=9.0, ts=NOW), name="while-down", gateway=GW))
         second = _ingestor(store, broker, root).start()
         try:
-            ack = agent.ack()
+            ack = uplink.ack()
             assert (ack.batch, ack.stored, ack.accepted) == ("while-down", True, 1)
         finally:
             second.stop()

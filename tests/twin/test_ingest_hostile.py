@@ -4,17 +4,15 @@ and acknowledged), the worker lives on, and the next good batch lands; a worker 
 from __future__ import annotations
 
 import json
-import queue
 import time
 from collections.abc import Iterator
 
-import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from sqlalchemy import select, text
 
-from plant.wire import Ack, UplinkBatch, ack_topic, decode_ack, uplink_topic
+from plant.wire import Ack, UplinkBatch
 from twin.api.app import create_app
 from twin.dead_letters import DeadLetters, Row
 from twin.ingest import BrokerAddress, Ingestor
@@ -25,36 +23,9 @@ from twin.tables import DeadLetter
 from twin.uplink_checks import WireLimits
 
 from .store_helpers import NOW, batch, history_count, make_store, prop, value
+from .uplink_client import GW, UplinkClient
 
 pytestmark = pytest.mark.mosquitto
-GW = "gw1"
-
-
-class Client:
-    """A client on the broker that publishes anything on any topic and hears the acks of ``GW``."""
-
-    def __init__(self, host: str, port: int, root: str) -> None:
-        self.root = root
-        self.acks: queue.Queue[Ack] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-client")
-        subscribed = queue.Queue[int]()
-        self.client.on_message = lambda _c, _u, m: self.acks.put(decode_ack(m.payload))
-        self.client.on_subscribe = lambda *_a: subscribed.put(1)
-        self.client.connect(host, port)
-        self.client.loop_start()
-        self.client.subscribe(ack_topic(GW, root), qos=1)
-        subscribed.get(timeout=5)
-
-    def send(self, payload: UplinkBatch | bytes | str, gateway: str = GW) -> None:
-        data = payload.model_dump_json() if isinstance(payload, UplinkBatch) else payload
-        self.client.publish(uplink_topic(gateway, self.root), data, qos=1).wait_for_publish(5)
-
-    def ack(self, timeout: float = 10.0) -> Ack:
-        return self.acks.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -66,23 +37,11 @@ def store(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[TwinStore
 
 
 @pytest.fixture
-def root(topic_prefix: str) -> str:
-    return f"{topic_prefix}/v1"
-
-
-@pytest.fixture
 def ingest(store: TwinStore, mqtt_broker: tuple[str, int], root: str) -> Iterator[Ingestor]:
     ing = Ingestor(store, BrokerAddress(*mqtt_broker), client_id=f"{root}-ingest", topic_root=root,
                    limits=WireLimits(max_payload_bytes=256 * 1024)).start()
     yield ing
     ing.stop(leave=True)
-
-
-@pytest.fixture
-def client(mqtt_broker: tuple[str, int], root: str) -> Iterator[Client]:
-    c = Client(*mqtt_broker, root)
-    yield c
-    c.close()
 
 
 def _raw_batch(gateway: str = GW, name: str = "raw", value_json: str = "20.5", prop_name: str = "temp",
@@ -95,12 +54,12 @@ def _raw_batch(gateway: str = GW, name: str = "raw", value_json: str = "20.5", p
             f'"values": [{item}, {good}]}}').encode()
 
 
-def _good(client: Client, name: str = "good", ts: int = NOW + 10) -> Ack:
+def _good(uplink: UplinkClient, name: str = "good", ts: int = NOW + 10) -> Ack:
     """The next good batch still lands and is answered."""
-    client.send(batch(value(v=4.0, ts=ts), name=name, gateway=GW))
-    ack = client.ack()
+    uplink.send(batch(value(v=4.0, ts=ts), name=name, gateway=GW))
+    ack = uplink.ack()
     while ack.batch != name:
-        ack = client.ack()
+        ack = uplink.ack()
     assert (ack.stored, ack.accepted) == (True, 1)
     return ack
 
@@ -122,10 +81,10 @@ def _dead(store: TwinStore) -> list[tuple[str, str, int, bytes | None]]:
 
 @pytest.mark.parametrize("gateway", ["gw1/#", "+", "gw\x001", "g" * 70_000, "gw2"])
 def test_a_foreign_or_unusable_gateway_is_dead_lettered_and_ingest_goes_on(
-    ingest: Ingestor, client: Client, store: TwinStore, gateway: str
+    ingest: Ingestor, uplink: UplinkClient, store: TwinStore, gateway: str
 ) -> None:
-    client.send(_raw_batch(gateway))
-    _good(client)
+    uplink.send(_raw_batch(gateway))
+    _good(uplink)
     _settled(ingest, 2)
     assert ingest.stats().dead_letters == {"bad_gateway" if gateway != "gw2" else "gateway_mismatch": 1}
     ((_reason, claimed, size, payload),) = _dead(store)
@@ -143,10 +102,10 @@ def test_a_foreign_or_unusable_gateway_is_dead_lettered_and_ingest_goes_on(
     (json.dumps("x" * 5000), "mode", "bad_string"),  # over the string limit
 ])
 def test_a_value_no_column_can_hold_is_rejected_and_its_batch_stored(
-    ingest: Ingestor, client: Client, store: TwinStore, value_json: str, prop_name: str, code: str
+    ingest: Ingestor, uplink: UplinkClient, store: TwinStore, value_json: str, prop_name: str, code: str
 ) -> None:
-    client.send(_raw_batch(value_json=value_json, prop_name=prop_name))
-    ack = client.ack()
+    uplink.send(_raw_batch(value_json=value_json, prop_name=prop_name))
+    ack = uplink.ack()
     assert (ack.stored, ack.accepted) == (True, 1)
     assert [(r.kind, r.index, r.reason) for r in ack.rejected] == [("value", 0, code)]
     assert prop(store.engine, "p1", "temp").value_num == 1.5  # the good item of the batch
@@ -154,18 +113,20 @@ def test_a_value_no_column_can_hold_is_rejected_and_its_batch_stored(
 
 
 @pytest.mark.parametrize("field", ["recv_ts", "server_ts"])
-def test_a_timestamp_beyond_int64_is_rejected(ingest: Ingestor, client: Client, store: TwinStore, field: str) -> None:
-    client.send(_raw_batch(**{field: 2**63}))
-    ack = client.ack()
+def test_a_timestamp_beyond_int64_is_rejected(
+    ingest: Ingestor, uplink: UplinkClient, store: TwinStore, field: str
+) -> None:
+    uplink.send(_raw_batch(**{field: 2**63}))
+    ack = uplink.ack()
     assert [(r.index, r.reason) for r in ack.rejected] == [(0, "bad_timestamp")]
     assert ack.accepted == 1
-    _good(client)
+    _good(uplink)
 
 
-def test_an_oversized_payload_is_refused_unparsed(ingest: Ingestor, client: Client, store: TwinStore) -> None:
+def test_an_oversized_payload_is_refused_unparsed(ingest: Ingestor, uplink: UplinkClient, store: TwinStore) -> None:
     big = _raw_batch(value_json=json.dumps("y" * 300_000))
-    client.send(big)
-    _good(client)
+    uplink.send(big)
+    _good(uplink)
     _settled(ingest, 2)
     ((reason, claimed, size, payload),) = _dead(store)
     assert (reason, claimed, size, payload) == ("too_large", GW, len(big), None)
@@ -173,24 +134,24 @@ def test_an_oversized_payload_is_refused_unparsed(ingest: Ingestor, client: Clie
         assert conn.execute(select(DeadLetter.head)).scalar_one() == big[:256]
 
 
-def test_garbage_bytes_are_dead_lettered(ingest: Ingestor, client: Client, store: TwinStore) -> None:
+def test_garbage_bytes_are_dead_lettered(ingest: Ingestor, uplink: UplinkClient, store: TwinStore) -> None:
     for junk in (b"\x00\xff" * 40, b"[]", b'{"gateway": "gw1"', b"null", b"1e999999"):
-        client.send(junk)
-    _good(client)
+        uplink.send(junk)
+    _good(uplink)
     _settled(ingest, 6)
     assert [r[0] for r in _dead(store)] == ["undecodable"] * 5
 
 
-def test_many_poisoned_batches_do_not_stall_ingest(ingest: Ingestor, client: Client, store: TwinStore) -> None:
+def test_many_poisoned_batches_do_not_stall_ingest(ingest: Ingestor, uplink: UplinkClient, store: TwinStore) -> None:
     """More than the broker's in-flight window (20 by default): each must end, or the good batch never comes."""
     for n in range(40):
-        client.send(_raw_batch(name=f"poison-{n}", recv_ts=2**64))
-    _good(client, ts=NOW + 99)
+        uplink.send(_raw_batch(name=f"poison-{n}", recv_ts=2**64))
+    _good(uplink, ts=NOW + 99)
     assert ingest.stats().rejected == {"bad_timestamp": 40}
 
 
 def test_a_refused_batch_is_dead_lettered_and_replayed_after_a_fix(
-    ingest: Ingestor, client: Client, store: TwinStore
+    ingest: Ingestor, uplink: UplinkClient, store: TwinStore
 ) -> None:
     """The database refuses a batch for its content: it is kept as a dead letter, the agent told to drop it."""
     from click.testing import CliRunner
@@ -198,12 +159,12 @@ def test_a_refused_batch_is_dead_lettered_and_replayed_after_a_fix(
     from factory_twin.cli import cli
 
     _refuse_value(store, 666.0)
-    client.send(batch(value(v=666.0, ts=NOW), value(v=1.0, ts=NOW + 1), name="refused", gateway=GW))
-    ack = client.ack()
+    uplink.send(batch(value(v=666.0, ts=NOW), value(v=1.0, ts=NOW + 1), name="refused", gateway=GW))
+    ack = uplink.ack()
     assert ack.stored
     assert [r.reason for r in ack.rejected] == ["dead_lettered"] * 2
     assert ingest.stats().dead_letters == {"store_refused": 1}
-    _good(client)
+    _good(uplink)
     listed = CliRunner().invoke(cli, ["ingest", "dead-letters", "--json", "--database-url", _url(store)])
     assert listed.exit_code == 0, listed.output
     (row,) = [json.loads(line) for line in listed.output.splitlines()]
@@ -247,7 +208,7 @@ def _refuse_value(store: TwinStore, bad: float | None) -> None:
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread is meant to die
 def test_a_dead_worker_is_restarted_counted_and_reported(
-    ingest: Ingestor, client: Client, store: TwinStore
+    ingest: Ingestor, uplink: UplinkClient, store: TwinStore
 ) -> None:
     app = create_app(engine=store.engine)
     app.state.ingestor = ingest
@@ -259,14 +220,14 @@ def test_a_dead_worker_is_restarted_counted_and_reported(
             raise SystemExit("a listener ended its thread")
 
     ingest.add_listener(die)
-    client.send(batch(value(v=2.0, ts=NOW), name="fatal", gateway=GW))
+    uplink.send(batch(value(v=2.0, ts=NOW), name="fatal", gateway=GW))
     deadline = time.monotonic() + 10
     while ingest.stats().worker_restarts == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ingest.stats().worker_restarts == 1
-    _good(client)
+    _good(uplink)
     assert ingest.consuming() == 1
-    client.send(b"garbage")
+    uplink.send(b"garbage")
     _settled(ingest, 3)
     scraped = generate_latest(registry_of([IngestCollector(ingest)])).decode()
     assert "twin_ingest_worker_restarts_total 1.0" in scraped

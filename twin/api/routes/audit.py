@@ -13,6 +13,7 @@ from twin import audit
 from twin.api.deps import AdminDep, SessionDep
 from twin.errors import InvalidRequest
 from twin.exports import filename_stamp
+from twin.fields import MAX_ROW_ID
 from twin.tables import AuditRecord
 
 router = APIRouter(tags=["audit"])
@@ -26,7 +27,7 @@ Target = Annotated[str | None, Query(max_length=256, pattern=_PRINTABLE,
                                      description="exactly this target (alert:42, user:alice)")]
 Since = Annotated[AwareDatetime | None, Query(description="at or after")]
 Until = Annotated[AwareDatetime | None, Query(description="before")]
-BeforeId = Annotated[int | None, Query(ge=1, le=2**62, description="older than this record (the next page)")]
+BeforeId = Annotated[int | None, Query(ge=1, le=MAX_ROW_ID, description="older than this record (the next page)")]
 
 
 class AuditPublic(BaseModel):
