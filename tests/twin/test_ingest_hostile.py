@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from sqlalchemy import select, text
 
-from plant.wire import Ack, UplinkBatch
+from plant.wire import Ack, UplinkBatch, uplink_topic
 from twin.api.app import create_app
 from twin.dead_letters import DeadLetters, Row
 from twin.ingest import BrokerAddress, Ingestor
