@@ -88,6 +88,8 @@ class Ingestor:
         client_id: MQTT client id (with ``-<n>`` per worker when several); keep it stable for the session.
         workers: clients and threads; more than one uses a shared subscription.
         share_group: the shared subscription's group.
+        shared: use the shared subscription even with one worker (several processes, one worker each);
+            None: when ``workers`` > 1.
         topic_root: topic root of the uplink and ack topics.
         gateway: subscribe to this gateway only (``+`` for every gateway).
         keepalive: MQTT keepalive, seconds.
@@ -104,6 +106,7 @@ class Ingestor:
         client_id: str = "factory-twin-ingest",
         workers: int = 1,
         share_group: str = "ingest",
+        shared: bool | None = None,
         topic_root: str = TOPIC_ROOT,
         gateway: str = "+",
         keepalive: int = 30,
@@ -121,7 +124,7 @@ class Ingestor:
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         topic = uplink_topic(gateway, topic_root)  # gateway "+" gives the filter of every gateway
-        if workers > 1:
+        if workers > 1 if shared is None else shared:
             topic = f"$share/{share_group}/{topic}"  # as plant.wire.shared_uplink_filter
         self._workers = [
             _Worker(self, f"{client_id}-{n}" if workers > 1 else client_id, topic, keepalive)
