@@ -65,8 +65,8 @@ def register(adapters: Any) -> None:
 
 
 def pack(values: list[Any], kind: Kind) -> PackedArray | None:
-    """``values`` as a binary array of ``kind``, or None when psycopg should dump them (a NULL among
-    numbers, text elements that differ)."""
+    """``values`` as a binary array of ``kind``, or None when psycopg should dump them: a NULL among numbers,
+    anything but Python ints (and floats, for float8) or ints the type cannot hold, text elements that differ."""
     _oid, elem, dtype = _TYPES[kind]
     n = len(values)
     if n == 0:
@@ -75,14 +75,20 @@ def pack(values: list[Any], kind: Kind) -> PackedArray | None:
         return _same_text(values, n, elem, kind)
     if None in values:
         return None
-    width = np.dtype(dtype).itemsize
-    body = np.empty(n, dtype=[("length", ">i4"), ("value", dtype)])
-    body["length"] = width
-    try:
-        body["value"] = np.asarray(values, dtype=dtype)
-    except (TypeError, ValueError, OverflowError):  # not numbers of this kind: psycopg says what is wrong
+    numbers = np.asarray(values)
+    if numbers.dtype.kind not in ("if" if kind == "float8" else "i"):  # bools, strings, ints beyond int64
         return None
+    if kind in ("int2", "int4") and not _fits(numbers, dtype):
+        return None
+    body = np.empty(n, dtype=[("length", ">i4"), ("value", dtype)])
+    body["length"] = np.dtype(dtype).itemsize
+    body["value"] = numbers
     return _CLASSES[kind][0](_HEAD.pack(1, 0, elem, n, 1) + body.tobytes())
+
+
+def _fits(numbers: Any, dtype: str) -> bool:
+    bounds = np.iinfo(np.dtype(dtype))
+    return bool(bounds.min <= numbers.min() and numbers.max() <= bounds.max)
 
 
 def _same_text(values: list[Any], n: int, elem: int, kind: Kind) -> PackedArray | None:
