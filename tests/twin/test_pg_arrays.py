@@ -62,7 +62,7 @@ def test_packed_array_reads_as_the_list(conn: psycopg.Connection[Any], kind: Kin
     packed = pack(values, kind)
     assert isinstance(packed, PackedArray)
     cast = CASTS[kind]
-    row = conn.execute(f"SELECT %b::{cast}, %b::{cast}", [packed, values]).fetchone()  # noqa: S608
+    row = conn.execute(f"SELECT %b::{cast}, %b::{cast}", [packed, values]).fetchone()
     assert row is not None
     assert _same(row[0], row[1])
 
