@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
+from twin.pg_arrays import Kind, pack, register
 from twin.validation import Row
 
 
@@ -157,24 +158,37 @@ class PostgresWriter:
             return [0] * len(histories), set()
         counts: list[int] = []
         with _driver(conn).cursor() as cur:
+            register(cur.adapters)
             for history in histories[:-1]:
-                cur.execute(_PG_HISTORY, [*_columns(history, 5), stored_ts])
+                cur.execute(_PG_HISTORY, [*_columns(history, _HISTORY_KINDS), stored_ts])
                 counts.append(int(cur.fetchone()[0]))
             if latest:
-                cur.execute(_PG_LOCK, [[r[0] for r in latest]])
+                cur.execute(_PG_LOCK, [_array([r[0] for r in latest], "int4")])
             last = histories[-1] if histories else []
-            cur.execute(_PG_WRITE, [*_columns(last, 5), stored_ts, stored_ts, *_columns(latest, 8)])
+            cur.execute(_PG_WRITE, [*_columns(last, _HISTORY_KINDS), stored_ts, stored_ts,
+                                    *_columns(latest, _LATEST_KINDS)])
             count, ids = cur.fetchone()
         if histories:
             counts.append(int(count))
         return counts, set(ids)
 
 
-def _columns(rows: list[Row], width: int) -> list[list[Any]]:
-    """The first ``width`` columns of ``rows`` as lists (array parameters)."""
+# the array types of a Row's columns: history rows take the first five
+_LATEST_KINDS: tuple[Kind, ...] = ("int4", "int8", "float8", "text", "int2", "int8", "int8", "text")
+_HISTORY_KINDS = _LATEST_KINDS[:5]
+
+
+def _columns(rows: list[Row], kinds: tuple[Kind, ...]) -> list[Any]:
+    """The first ``len(kinds)`` columns of ``rows`` as array parameters."""
     if not rows:
-        return [[] for _ in range(width)]
-    return [list(c) for c in list(zip(*rows, strict=True))[:width]]
+        return [_array([], kind) for kind in kinds]
+    return [_array(list(c), kind) for c, kind in zip(zip(*rows, strict=True), kinds, strict=False)]
+
+
+def _array(values: list[Any], kind: Kind) -> Any:
+    """An array parameter: packed at once when it can be (``twin.pg_arrays``), else the list for psycopg."""
+    packed = pack(values, kind)
+    return values if packed is None else packed
 
 
 def writer_for(dialect: str) -> BulkWriter:

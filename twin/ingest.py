@@ -6,7 +6,8 @@ Each worker is one paho-mqtt client (persistent session, QoS 1, manual MQTT ackn
                → publish each Ack → PUBACK each
 
 A worker takes what its inbox holds (up to ``GROUP`` messages) and stores their batches in one transaction
-(``Intake.handle_many``: one commit for several batches; a transaction that fails is redone batch by batch).
+(``Intake.handle_many``: one commit for several batches; a transaction that fails is redone batch by batch),
+with Python's cycle collector paused meanwhile (``twin.gc_pause``).
 
 The MQTT PUBACK goes out only after the batch is stored (or dead-lettered) and its ``Ack`` published, so a
 batch in hand when the process dies is delivered again by the broker (the persistent session keeps it); the
@@ -32,6 +33,7 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
 from plant.wire import TOPIC_ROOT, Ack, ack_topic, uplink_topic
+from twin import gc_pause
 from twin.budget import GatewayBudget
 from twin.config import TwinSettings
 from twin.dead_letters import DeadLetters, Row
@@ -88,6 +90,8 @@ class Ingestor:
         client_id: MQTT client id (with ``-<n>`` per worker when several); keep it stable for the session.
         workers: clients and threads; more than one uses a shared subscription.
         share_group: the shared subscription's group.
+        shared: use the shared subscription even with one worker (several processes, one worker each);
+            None: when ``workers`` > 1.
         topic_root: topic root of the uplink and ack topics.
         gateway: subscribe to this gateway only (``+`` for every gateway).
         keepalive: MQTT keepalive, seconds.
@@ -104,6 +108,7 @@ class Ingestor:
         client_id: str = "factory-twin-ingest",
         workers: int = 1,
         share_group: str = "ingest",
+        shared: bool | None = None,
         topic_root: str = TOPIC_ROOT,
         gateway: str = "+",
         keepalive: int = 30,
@@ -121,7 +126,7 @@ class Ingestor:
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         topic = uplink_topic(gateway, topic_root)  # gateway "+" gives the filter of every gateway
-        if workers > 1:
+        if workers > 1 if shared is None else shared:
             topic = f"$share/{share_group}/{topic}"  # as plant.wire.shared_uplink_filter
         self._workers = [
             _Worker(self, f"{client_id}-{n}" if workers > 1 else client_id, topic, keepalive)
@@ -361,7 +366,8 @@ class _Worker:
         """Handle the messages in hand, their batches stored together (``Intake.handle_many``), publish their
         acks and PUBACK them; returns those whose dead letter waits in ``deferred``."""
         try:
-            outcomes = self.owner.intake.handle_many([(m.topic, m.payload) for m in group], deferred)
+            with gc_pause.paused():  # the group's items form no cycles: not walked again and again
+                outcomes = self.owner.intake.handle_many([(m.topic, m.payload) for m in group], deferred)
         except Exception:  # a topic that is not UTF-8, or a bug: each message on its own, and each still ends
             log.exception("ingest failed on a group of messages, handling them one by one", messages=len(group))
             return [m for m in group if self._process(m, deferred)]
