@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def feed_rows(site: Site, node_id: str, files: tuple[str, ...] | None = None) ->
     feed = FEEDS[node.type]
     atype = site.asset_types[node.type]
     if files is not None:
-        feed = type(feed)(feed.dataset, files, feed.reader, feed.columns, feed.units)
+        feed = replace(feed, files=files)
     out = []
     for raw in feed.load(data_dir()):
         row: dict[str, Scalar] = {}

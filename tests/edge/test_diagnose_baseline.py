@@ -93,6 +93,7 @@ def _combined_site(**node_fields: object) -> Site:
     example = example_site().asset_types
     props = {**example["cnc_mill"].model_dump(mode="json")["properties"],
              **example["pump"].model_dump(mode="json")["properties"]}  # fmt: skip
+    props = {name: p for name, p in props.items() if not p.get("writable")}  # measured signals only
     rig = {"models": ["faults", "anomaly"], "properties": props}
     return Site.model_validate(site_of({"rig-1": "rig"}, types={"rig": rig}, **node_fields))
 
