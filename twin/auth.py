@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from plant.wire import now_us
 from twin.errors import BadCredentials, Conflict, Forbidden, NotFound, StoreError, Unauthenticated
-from twin.scopes import narrow, normalise
+from twin.scopes import existing, narrow
 from twin.tables import ApiKey, User
 
 log = structlog.get_logger(__name__)
@@ -176,7 +176,7 @@ def create_key(
         key = f"{prefix}_{secrets.token_urlsafe(_SECRET_BYTES)}"
         session.add(
             ApiKey(prefix=prefix, hash=hash_key(key), role=role.value, name=name, created_at=now_us(),
-                   owner=owner, expires_at=expires_at, sites=normalise(sites))
+                   owner=owner, expires_at=expires_at, sites=existing(session, sites))
         )
         if not commit:
             session.flush()

@@ -79,7 +79,7 @@ def create_user(
     _check_password(password)
     user = User(
         username=username, password_hash=hash_password(password), role=role.value, created_at=now_us(),
-        sites=scopes.normalise(sites),
+        sites=scopes.existing(session, sites),
     )
     session.add(user)
     try:
@@ -162,7 +162,7 @@ def set_sites(session: Session, username: str, sites: list[str] | None) -> User:
     """Limit a user to ``sites`` (None: every site); their sessions and keys follow at once. Conflict if it would
     leave no admin for every site."""
     user = get_user(session, username)
-    user.sites = scopes.normalise(sites)
+    user.sites = scopes.existing(session, sites)
     if user.role == Role.ADMIN.value and user.sites is not None:
         keep_an_admin(session, f"{username} cannot be limited to some sites")
     return user
