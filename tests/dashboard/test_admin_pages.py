@@ -1,5 +1,6 @@
 """Users, keys, the audit trail and one's own account in a real browser on the running demo plant, at 1280 px and
-at 360 px: an admin creates a user limited to a site, widens and disables it and finds it in the audit trail; a person changes their password.
+at 360 px: an admin creates a user limited to a site, widens and disables it and finds it in the audit trail;
+a person changes their password.
 """
 
 from __future__ import annotations
