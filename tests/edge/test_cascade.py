@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edge_agent import metrics
-from edge_agent.cascade import CascadeClient
+from edge_agent.cascade_client import CascadeClient
 from edge_agent.config import AgentSettings
 from edge_agent.diagnose import Diagnoser
 from edge_agent.model_slots import PACKAGE_REGISTRY
