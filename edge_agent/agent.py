@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from edge_agent.cascade import CascadeClient
+from edge_agent.cascade_client import CascadeClient
 from edge_agent.commands import CommandChannel, CommandExecutor, Journal, Writers
 from edge_agent.config import AgentSettings, load_settings
 from edge_agent.connectors import Connector

@@ -55,6 +55,7 @@ from plant.wire import (
     TOPIC_ROOT,
     Command,
     CommandReport,
+    UplinkBatch,
     command_topic,
     decode_ack,
     decode_command,
@@ -517,9 +518,8 @@ class Writers:
 
 def report_payload(gateway: str, batch: str, reports: list[CommandReport], sent_us: int) -> bytes:
     """An uplink batch carrying only command reports (none: a clock probe), as JSON."""
-    body = {"v": 1, "gateway": gateway, "batch": batch, "sent": sent_us,
-            "commands": [json.loads(r.model_dump_json()) for r in reports]}
-    return json.dumps(body).encode()
+    commands = [r.model_dump(mode="json") for r in reports]
+    return UplinkBatch(gateway=gateway, batch=batch, sent=sent_us, commands=commands).model_dump_json().encode()
 
 
 class CommandChannel:

@@ -40,7 +40,7 @@ import structlog
 
 from edge_agent import metrics
 from edge_agent.baseline import Adapted, BaselineStore, adapt
-from edge_agent.cascade import CascadeClient
+from edge_agent.cascade_client import CascadeClient
 from edge_agent.config import AgentSettings
 from edge_agent.errors import ModelError, OutboxError
 from edge_agent.load import LoadGovernor
