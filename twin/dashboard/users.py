@@ -87,7 +87,7 @@ def create_user(
     except IntegrityError:
         session.rollback()
         raise Conflict(f"a user named {username!r} exists already") from None
-    log.info("user created", username=username, role=role.value)
+    log.info("user_created", username=username, role=role.value)
     return user
 
 
@@ -108,7 +108,7 @@ def login(session: Session, username: str, password: str, *, commit: bool = True
         raise Unauthenticated(f"the account {user.username} is disabled: ask an administrator")
     _make_room(session, user.username)
     key = create_key(session, Role(user.role), SESSION_PREFIX + user.username, owner=user.username, commit=commit)
-    log.info("user logged in", username=user.username, role=user.role)
+    log.info("user_logged_in", username=user.username, role=user.role)
     return key, user
 
 
