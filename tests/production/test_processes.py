@@ -54,7 +54,7 @@ def test_serve_roles_as_processes(pg_url: str, mqtt_broker: tuple[str, int], top
     sender = None
     try:
         ingest.wait_for("ingest started")
-        api.wait_for("api listening")
+        api.wait_for("api_listening")
         _wait_http(f"http://127.0.0.1:{api_port}/healthz")
         sender = Sender(host, port, topic_prefix, "gw1")
         start = now_us() - 2 * 3600 * SEC
@@ -76,7 +76,7 @@ def test_serve_roles_as_processes(pg_url: str, mqtt_broker: tuple[str, int], top
         assert ingest.stop() == 0, ingest.output()[-2000:]
         assert api.stop() == 0, api.output()[-2000:]
         forget_sessions(host, port, [f"{cid}-0", f"{cid}-1"])
-    assert "ingest stopped" in ingest.output()
+    assert "ingest_stopped" in ingest.output()
 
 
 def test_workers_killed_or_stopped_mid_stream_lose_and_duplicate_nothing(
