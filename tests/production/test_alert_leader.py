@@ -101,7 +101,7 @@ def test_two_ingest_processes_alert_once_per_fault_and_survive_the_leader_killed
     sender = None
     try:
         for p in procs:
-            p.wait_for("ingest started")
+            p.wait_for("ingest_started")
         wait_until(lambda: sorted(_leader(ports)) == [0.0, 1.0], 10, "exactly one alert leader")
         leader = _leader(ports).index(1.0)
         standby = 1 - leader
