@@ -67,7 +67,7 @@ def test_every_log_event_is_a_snake_case_literal_with_snake_case_fields() -> Non
 def test_the_scan_sees_our_log_calls() -> None:
     # guards the test above against passing because it matches nothing
     calls = sum(1 for path in _sources() for _ in _log_calls(ast.parse(path.read_text())))
-    assert calls > 150
+    assert calls > 100
 
 
 @pytest.mark.parametrize(
