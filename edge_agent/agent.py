@@ -152,7 +152,7 @@ class Agent:
         self._install_signals()
         log.info(
             "agent_starting",
-            gateway=s.gateway_id,
+            gateway_id=s.gateway_id,
             site=str(s.site_file),
             connectors=len(self.connectors),
             outbox_items=outbox.db.count(),

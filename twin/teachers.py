@@ -101,7 +101,7 @@ class Teachers:
             try:
                 listener(batch, result)
             except Exception:  # a listener must not turn a stored diagnosis into an error for the agent
-                log.exception("cascade listener failed", listener=repr(listener))
+                log.exception("cascade_listener_failed", listener=repr(listener))
         return diagnosis
 
     @staticmethod
@@ -135,7 +135,7 @@ class Teachers:
             finally:
                 with self._lock:
                     self._loading.pop(source, None)
-        log.info("teacher loaded", task=task, version=source[2], origin=source[0])
+        log.info("teacher_loaded", task=task, version=source[2], origin=source[0])
         return loaded
 
     def _cached(self, source: _Source) -> runtime.LoadedModel | None:
@@ -186,5 +186,5 @@ class Teachers:
             with tempfile.TemporaryDirectory(prefix="ft-teacher-") as tmp:
                 return runtime.load(model_registry.write_files(Path(tmp), files), TEACHER)
         except ModelError as exc:  # a committed teacher damaged on disk, say: the agent keeps its answer
-            log.error("teacher does not load", task=task, version=version, origin=origin, error=str(exc))
+            log.error("teacher_load_failed", task=task, version=version, origin=origin, error=str(exc))
             raise Unavailable(f"the {task} teacher {version} does not load: {exc}") from None

@@ -168,7 +168,7 @@ async def _twin_error(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, errors.TooManyAttempts):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     if status >= 500:
-        log.error("request failed", error=str(exc), kind=type(exc).__name__)
+        log.error("request_failed", error=str(exc), kind=type(exc).__name__)
     return problem(status, str(exc) or type(exc).__name__, headers)
 
 
@@ -204,7 +204,7 @@ def _cut(text: str, limit: int) -> str:
 
 async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     # Where SQLAlchemy's errors become ours: the client learns that the database failed, the log says how.
-    log.error("database error", error=str(exc).splitlines()[0] if str(exc) else "", kind=type(exc).__name__)
+    log.error("database_error", error=str(exc).splitlines()[0] if str(exc) else "", kind=type(exc).__name__)
     return problem(
         503, "the database is unavailable or its schema is outdated (run `factory-twin db upgrade`)"
     )
