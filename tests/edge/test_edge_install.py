@@ -53,7 +53,7 @@ def test_the_base_install_brings_none_of_the_extras_packages() -> None:
 @pytest.mark.parametrize(
     "args",
     [["--help"], ["--version"], ["agent", "--help"], ["agent", "run", "--help"], ["agent", "browse", "--help"],
-     ["simulate", "--help"]],
+     ["simulate", "--help"], ["models", "list", "--help"]],
     ids=" ".join,
 )  # fmt: skip
 def test_the_edge_commands_start(args: list[str]) -> None:
