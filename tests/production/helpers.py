@@ -49,6 +49,17 @@ def prepare(url: str) -> None:
         engine.dispose()
 
 
+def example_plant(tmp: Path, topic_prefix: str) -> Path:
+    """The example plant as a site file under ``tmp``: its OPC-UA server on a free port, its MQTT topics under
+    ``topic_prefix`` (a run of its own on a shared broker)."""
+    plant = (ROOT / "examples" / "plant.yaml").read_text()
+    plant = plant.replace("opc.tcp://127.0.0.1:4841/", f"opc.tcp://127.0.0.1:{free_port()}/")
+    plant = plant.replace("topic: plant/", f"topic: {topic_prefix}/plant/")
+    site = tmp / "plant.yaml"
+    site.write_text(plant)
+    return site
+
+
 def site_file(tmp: Path) -> Path:
     """The test plant as a site file."""
     path = tmp / "site.yaml"
@@ -255,16 +266,17 @@ class Proc:
         args: arguments after ``factory-twin``.
         env: extra environment.
         log: where stdout and stderr go.
+        command: what stands for ``factory-twin`` (the installed console script by default).
     """
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, command: list[str] | None = None) -> None:
         self.args, self.log = args, log
         exe = shutil.which("factory-twin") or str(Path(sys.executable).parent / "factory-twin")
         full = {**os.environ, "TWIN_LOG_JSON": "true", **env}
         full.pop("TWIN_CONFIG", None)
         self._out = log.open("ab")
-        self.proc = subprocess.Popen([exe, *args], env=full, stdout=self._out, stderr=subprocess.STDOUT,
-                                     cwd=log.parent)
+        self.proc = subprocess.Popen([*(command or [exe]), *args], env=full, stdout=self._out,
+                                     stderr=subprocess.STDOUT, cwd=log.parent)  # fmt: skip
 
     def output(self) -> str:
         """Everything the process printed so far."""

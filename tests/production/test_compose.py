@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from factory_twin.cli import cli
 from plant.wire import decode_batch, uplink_topic
 
-from .helpers import ROOT, Proc, free_port
+from .helpers import ROOT, Proc, example_plant, free_port
 
 COMPOSE = ROOT / "compose.yaml"
 SERVICES = {"mosquitto", "mqtt-auth", "postgres", "migrate", "api", "ingest-1", "ingest-2", "agent", "simulator",
@@ -110,7 +110,7 @@ def _rest(ctx: click.Context) -> list[str]:
 def test_platform_services_run_factory_twin_subcommands(compose: dict[str, Any]) -> None:
     seen = set()
     for name, svc in compose["services"].items():
-        if svc.get("build") != ".":
+        if "build" not in svc:
             continue
         command = svc["command"]
         assert command[0] == "factory-twin", name
@@ -126,7 +126,7 @@ def test_dockerfile_is_multi_stage_pinned_and_non_root() -> None:
     assert base
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.group(1))
     assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2
-    assert "COPY --from=build" in text
+    assert re.search(r"^COPY --from=\S*build /opt/venv", text, re.MULTILINE)
     user = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert user
     assert not user[-1].startswith(("root", "0"))
@@ -211,14 +211,51 @@ def test_prometheus_scrapes_the_api_with_a_key_from_a_mounted_secret(compose: di
                (ROOT / ".dockerignore").read_text().split())
 
 
-def test_the_image_installs_exactly_the_locked_files() -> None:
+def test_the_images_install_exactly_the_locked_files() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert "COPY pyproject.toml README.md requirements.lock" in text
+    assert "COPY pyproject.toml README.md requirements-edge.lock" in text
+    assert "pip install --require-hashes --no-deps -r requirements-edge.lock" in text
     assert "pip install --require-hashes --no-deps -r requirements.lock" in text
     assert "pip install --no-deps --no-build-isolation ." in text
     installs = re.findall(r"pip\"?,? \"?install[^\n]*", text)
     assert installs
     assert all("--no-deps" in line for line in installs)  # nothing resolved at build time
+
+
+def _stages(text: str) -> dict[str, tuple[str, str]]:
+    """Each stage of the Dockerfile: name → (the image or stage it starts from, its instructions)."""
+    parts = re.split(r"^FROM (\S+) AS (\S+)\n", text, flags=re.MULTILINE)
+    return {name: (base, body) for base, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True)}
+
+
+def _chain(stages: dict[str, tuple[str, str]], name: str) -> str:
+    """A stage's instructions with those of the stages it starts from, first to last."""
+    base, body = stages[name]
+    return (_chain(stages, base) if base in stages else "") + body
+
+
+def test_dockerfile_builds_a_slim_edge_image_and_a_platform_image(compose: dict[str, Any]) -> None:
+    """``--target edge``: the base install only (requirements-edge.lock); ``--target platform`` (the last stage,
+    so the default) adds the platform's lock; compose runs the agent and the simulator on the edge image."""
+    text = (ROOT / "Dockerfile").read_text()
+    stages = _stages(text)
+    assert {"edge", "platform"} <= set(stages)
+    assert list(stages)[-1] == "platform"
+    for target, lock, other in (("edge", "requirements-edge.lock", "requirements.lock"),
+                                ("platform", "requirements.lock", None)):
+        copied = re.findall(r"^COPY --from=(\S+) /opt/venv /opt/venv$", stages[target][1], re.MULTILINE)
+        assert len(copied) == 1, target
+        build = _chain(stages, copied[0])
+        assert f"-r {lock}" in build, target
+        if other:
+            assert f"-r {other}\n" not in build, f"the {target} image installs {other}"
+        assert "USER factory-twin" in stages[target][1]
+        assert "HEALTHCHECK" in stages[target][1]
+    targets = {name: svc["build"]["target"] for name, svc in compose["services"].items() if "build" in svc}
+    assert {name for name, t in targets.items() if t == "edge"} == {"agent", "simulator"}
+    assert set(targets.values()) == {"edge", "platform"}
+    images = {svc["image"].split(":")[0] for svc in compose["services"].values() if "build" in svc}
+    assert len(images) == 2  # one name per image: the edge build does not overwrite the platform's
 
 
 def test_every_ingest_service_stands_for_alert_evaluation(compose: dict[str, Any]) -> None:
@@ -234,12 +271,7 @@ def test_agent_and_simulator_commands_as_processes(mqtt_broker: tuple[str, int],
                                                   tmp_path: Path) -> None:
     """compose's agent and simulator commands, on the machine's Mosquitto: batches reach the uplink."""
     host, port = mqtt_broker
-    opcua = free_port()
-    plant = (ROOT / "examples" / "plant.yaml").read_text()
-    plant = plant.replace("opc.tcp://127.0.0.1:4841/", f"opc.tcp://127.0.0.1:{opcua}/")
-    plant = plant.replace("topic: plant/", f"topic: {topic_prefix}/plant/")
-    site = tmp_path / "plant.yaml"
-    site.write_text(plant)
+    site = example_plant(tmp_path, topic_prefix)
     gateway = f"gw-{uuid.uuid4().hex[:8]}"
     got: list[int] = []
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{topic_prefix}-uplink")
