@@ -32,9 +32,11 @@ RUN pip install --require-hashes --no-deps -r requirements.lock
 
 # the project itself, built with the locked setuptools: nothing fetched unpinned; pip check fails the build if
 # the lock misses a dependency of the base install, the import of the platform's code one of the platform extra
+# a gateway runs the agent and installs nothing: pip and setuptools leave the edge image once the build is done
 FROM edge-deps AS edge-build
 COPY --from=source /src ./
-RUN pip install --no-deps --no-build-isolation . && pip check && python -m compileall -q /opt/venv/lib
+RUN pip install --no-deps --no-build-isolation . && pip check && python -m pip uninstall -y -q setuptools pip \
+    && python -m compileall -q /opt/venv/lib
 
 FROM platform-deps AS platform-build
 COPY --from=source /src ./
