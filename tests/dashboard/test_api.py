@@ -21,7 +21,6 @@ from plant.wire import now_us, to_us
 from tests.conftest import _create_pg_database, _drop_pg_database
 from twin.alerts import lifecycle
 from twin.api import create_app
-from twin.api.routes.live import ChangeFeed
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.dashboard import users
@@ -29,6 +28,7 @@ from twin.dashboard.health import plant_health
 from twin.db import make_engine, make_sessionmaker
 from twin.downsample import downsample
 from twin.live import LiveBus, LiveEvent
+from twin.live_feed import ChangeFeed
 from twin.tables import ApiKey, Base, DiagnosisRecord, HistoryPoint, TwinNode, TwinProperty
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
