@@ -1,6 +1,6 @@
-"""The live change feed: what changed in the twin, read once and fanned out to every subscriber.
+"""The live feed: what changed in the twin, read once and fanned out to every subscriber.
 
-One ``ChangeFeed`` per application (the ``/api/v1/live`` route, twin/api/routes/live.py, streams it to pages):
+One ``LiveFeed`` per application (the ``/api/v1/live`` route, twin/api/routes/live.py, streams it to pages):
 
 - the live bus (twin/live.py: LISTEN/NOTIFY across replicas on PostgreSQL, in-process on SQLite) says at once
   which properties moved; the feed reads their latest state and sends it;
@@ -42,7 +42,7 @@ QUEUE_LIMIT = 256  # events held for a slow client before it is dropped (it reco
 
 
 @dataclass
-class ChangeFeed:
+class LiveFeed:
     """Polls the database for changes and fans them out to subscribers' queues.
 
     Args:

@@ -116,7 +116,7 @@ class TwinProperty(Base):
     retired_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class HistoryPoint(Base):
+class HistoryRow(Base):
     """One stored value of one property; the key (property, source timestamp) makes writes idempotent.
 
     No foreign key on ``property_id``: its per-row check nearly doubled the database's cost of storing a value

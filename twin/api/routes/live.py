@@ -10,7 +10,7 @@ Events (``event:`` names, JSON ``data:``):
 - ``heartbeat``: every HEARTBEAT_S with the server time, so a page can tell a quiet plant from a lost link;
 - ``bye``: the stream ends after MAX_STREAM_S; reconnect at once (it is not a lost connection).
 
-The source is the application's ``ChangeFeed`` (twin/live_feed.py), filtered to the caller's sites.
+The source is the application's ``LiveFeed`` (twin/live_feed.py), filtered to the caller's sites.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 
 from plant.wire import from_us, now_us
 from twin.api.deps import ViewerDep
-from twin.live_feed import ChangeFeed, SiteFilter
+from twin.live_feed import LiveFeed, SiteFilter
 
 router = APIRouter(tags=["live"])
 
@@ -36,12 +36,12 @@ HEARTBEAT_S = 5.0
 MAX_STREAM_S = 300.0
 
 
-def feed_of(request: Request) -> ChangeFeed:
-    """The app's change feed, made on first use."""
+def feed_of(request: Request) -> LiveFeed:
+    """The app's live feed, made on first use."""
     state = request.app.state
-    feed: ChangeFeed | None = getattr(state, "live_feed", None)
+    feed: LiveFeed | None = getattr(state, "live_feed", None)
     if feed is None:
-        feed = ChangeFeed(state.sessionmaker, bus=getattr(state, "live", None))
+        feed = LiveFeed(state.sessionmaker, bus=getattr(state, "live", None))
         state.live_feed = feed
     return feed
 
@@ -63,7 +63,7 @@ async def live(request: Request, who: ViewerDep) -> StreamingResponse:
     )
 
 
-async def _stream(request: Request, feed: ChangeFeed, sites: SiteFilter) -> AsyncIterator[bytes]:
+async def _stream(request: Request, feed: LiveFeed, sites: SiteFilter) -> AsyncIterator[bytes]:
     q = feed.subscribe()
     loop = asyncio.get_running_loop()
     ends = loop.time() + MAX_STREAM_S
