@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from twin.fields import Key, Name, Reason, RowId, Text, Timestamp
+from twin.knowledge.base import Part
 
 StateName = Literal["open", "in_progress", "done", "cancelled"]
 
@@ -20,14 +21,6 @@ Verdict = Literal["true_fault", "false_alarm", "cause_found"]
 
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Part(_Schema):
-    """A spare part: what, how many, its number."""
-
-    part: Annotated[Name, Field(min_length=1)]
-    quantity: float = Field(1, gt=0, le=1e6)
-    number: Annotated[Name, Field(max_length=100)] = ""
 
 
 class WorkOrderDraft(_Schema):

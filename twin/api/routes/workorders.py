@@ -18,11 +18,11 @@ from twin import audit, workorders
 from twin.api.deps import SessionDep, TechnicianDep, ViewerDep
 from twin.auth import Principal
 from twin.fields import Key, Name, Offset, RowId
+from twin.knowledge.base import Part
 from twin.schemas.workorders import (
     CancelRequest,
     CompleteRequest,
     NoteRequest,
-    Part,
     PriorityName,
     StateName,
     Verdict,
