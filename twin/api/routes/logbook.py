@@ -47,7 +47,7 @@ def _entries(
     if begin >= finish:
         raise InvalidRequest("start must be before end")
     path = queries.get_node(session, node).path if node else ""
-    scope = logbook.Scope(path=path, start=begin, end=finish, limit=limit, sites=who.sites)
+    scope = logbook.LogbookQuery(path=path, start=begin, end=finish, limit=limit, sites=who.sites)
     return logbook.entries(session, scope, list(source) if source else None), begin, finish
 
 
