@@ -1,6 +1,6 @@
 """The read path of the API: the node tree, a node's latest state, a property's history, a node's frames.
 
-Functions take a session and return API schemas (twin/schemas.py); routes stay thin. Time-series pages use
+Functions take a session and return API schemas (twin/schemas/); routes stay thin. Time-series pages use
 keyset paging on the source timestamp (unique per property, and per node for frames): a page costs one index
 range scan however deep it is, and rows arriving meanwhile never shift a page: no row is lost or repeated.
 """

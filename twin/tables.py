@@ -1,4 +1,4 @@
-"""Database tables of the twin (SQLAlchemy 2 typed models). API schemas live in twin/schemas.py.
+"""Database tables of the twin (SQLAlchemy 2 typed models). API schemas live in twin/schemas/.
 
 Timestamps that come from the plant are BIGINT microseconds since the epoch, UTC (see plant/wire.py): exact,
 cheap to compare, the same on SQLite and PostgreSQL. Bookkeeping times (created, acknowledged) are too.
