@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from twin.fields import Reason, Text
+from twin.schemas.base import Schema
 
 StateName = Literal["normal", "active_unack", "active_ack", "returned_unack"]
 
@@ -15,11 +16,7 @@ StateName = Literal["normal", "active_unack", "active_ack", "returned_unack"]
 PriorityName = Literal["critical", "high", "medium", "low"]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AlertPublic(_Schema):
+class AlertPublic(Schema):
     """An alert as the API shows it."""
 
     id: int
@@ -53,7 +50,7 @@ class AlertPublic(_Schema):
     evidence: dict[str, Any]
 
 
-class AlertPage(_Schema):
+class AlertPage(Schema):
     """A page of alerts, newest first."""
 
     items: list[AlertPublic]
@@ -61,7 +58,7 @@ class AlertPage(_Schema):
     total: int
 
 
-class TransitionPublic(_Schema):
+class TransitionPublic(Schema):
     """One stored transition: who, when, why."""
 
     id: int
@@ -74,20 +71,20 @@ class TransitionPublic(_Schema):
     reason: str
 
 
-class ActionRequest(_Schema):
+class ActionRequest(Schema):
     """Why an action is taken (stored with the transition)."""
 
     reason: Reason = ""
 
 
-class ShelveRequest(_Schema):
+class ShelveRequest(Schema):
     """Shelve for ``minutes`` (at most a day): hidden from notifications, back by itself afterwards."""
 
     minutes: float = Field(gt=0, le=1440)
     reason: Annotated[Reason, Field(min_length=1)]
 
 
-class FeedbackCreate(_Schema):
+class FeedbackCreate(Schema):
     """What was found: a true fault, a false alarm, or the cause."""
 
     verdict: Literal["true_fault", "false_alarm", "cause_found"]
@@ -109,7 +106,7 @@ class FeedbackPublic(FeedbackCreate):
     evidence: dict[str, Any]
 
 
-class AreaRate(_Schema):
+class AreaRate(Schema):
     """One operator area's alarm rate and its EEMUA 191 band."""
 
     area: str
@@ -117,7 +114,7 @@ class AreaRate(_Schema):
     band: str = Field(description="very likely acceptable, manageable, likely over-demanding, ...")
 
 
-class AlarmRate(_Schema):
+class AlarmRate(Schema):
     """Alarms annunciated per operator area in the last 10 minutes, judged after EEMUA 191."""
 
     window_s: float
@@ -127,7 +124,7 @@ class AlarmRate(_Schema):
     bands: list[AreaRate]
 
 
-class AlertSummary(_Schema):
+class AlertSummary(Schema):
     """Counts for a badge: what needs a person now, and what is open but quiet."""
 
     needs_ack: int = Field(description="open, unacknowledged, neither shelved nor suppressed")
@@ -139,7 +136,7 @@ class AlertSummary(_Schema):
     by_priority: dict[str, int] = Field(description="needs_ack by priority")
 
 
-class CommentCreate(_Schema):
+class CommentCreate(Schema):
     """A note on an alert, kept in its history."""
 
     text: Annotated[Text, Field(min_length=1)]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from twin.schemas.base import Schema
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LimitPublic(_Schema):
+class LimitPublic(Schema):
     """One alarm limit of a property."""
 
     rule: str
@@ -18,7 +16,7 @@ class LimitPublic(_Schema):
     severity: str
 
 
-class RateLimitPublic(_Schema):
+class RateLimitPublic(Schema):
     """A rate-of-change limit of a property (units per second over a window)."""
 
     rule: str
@@ -27,7 +25,7 @@ class RateLimitPublic(_Schema):
     severity: str
 
 
-class WritablePublic(_Schema):
+class WritablePublic(Schema):
     """How a property may be written (a setpoint): limits, rate, least role, two-person rule, default expiry."""
 
     unit: str
@@ -39,7 +37,7 @@ class WritablePublic(_Schema):
     expiry_s: float
 
 
-class AssetTypePublic(_Schema):
+class AssetTypePublic(Schema):
     """An asset type as people see it."""
 
     id: str

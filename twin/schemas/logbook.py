@@ -5,16 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from twin.schemas.base import Schema
 
 SourceName = Literal["work_orders", "alerts", "models", "setpoints"]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LogEntryPublic(_Schema):
+class LogEntryPublic(Schema):
     """One line of the logbook."""
 
     at: datetime
@@ -27,7 +23,7 @@ class LogEntryPublic(_Schema):
     ref: str
 
 
-class Logbook(_Schema):
+class Logbook(Schema):
     """An asset's logbook over a range."""
 
     node: str | None

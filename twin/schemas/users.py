@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from twin import scopes
 from twin.auth import PERSON_ROLES, Role
 from twin.dashboard import users
 from twin.fields import Key
+from twin.schemas.base import Schema
 
 PersonRole = Annotated[Role, Field(description=f"one of {', '.join(r.value for r in PERSON_ROLES)}")]
 
@@ -19,11 +20,7 @@ SiteScope = Annotated[list[Key] | None, Field(max_length=scopes.MAX_SITES,
                                                description="the site ids they may see and change; null: every site")]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class UserPublic(_Schema):
+class UserPublic(Schema):
     """A user as an admin sees them: never the password or its hash."""
 
     username: str
@@ -36,14 +33,14 @@ class UserPublic(_Schema):
     keys: int = Field(description="standing API keys belonging to the user, not revoked")
 
 
-class UsersPublic(_Schema):
+class UsersPublic(Schema):
     """A counted list of users."""
 
     items: list[UserPublic]
     count: int
 
 
-class UserCreate(_Schema):
+class UserCreate(Schema):
     """A new user: a name, a first password (they can change it) and a role."""
 
     username: str = Field(min_length=1, max_length=64, pattern=users.USERNAME_RE.pattern)
@@ -52,7 +49,7 @@ class UserCreate(_Schema):
     sites: SiteScope = None
 
 
-class UserUpdate(_Schema):
+class UserUpdate(Schema):
     """What an admin changes about a user; fields left out stay as they are."""
 
     role: PersonRole | None = None
@@ -61,20 +58,20 @@ class UserUpdate(_Schema):
                                                "unchanged")
 
 
-class PasswordReset(_Schema):
+class PasswordReset(Schema):
     """An admin sets a user's password; the user's sessions end."""
 
     password: str = Field(min_length=users.MIN_PASSWORD, max_length=1024)
 
 
-class PasswordChange(_Schema):
+class PasswordChange(Schema):
     """A user changes their own password, proving the current one."""
 
     current: str = Field(min_length=1, max_length=1024)
     new: str = Field(min_length=users.MIN_PASSWORD, max_length=1024)
 
 
-class SessionInfo(_Schema):
+class SessionInfo(Schema):
     """One login session: never its token."""
 
     prefix: str

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from twin.fields import Key, Name, RowId, UrlText
+from twin.schemas.base import Schema
 
 Priority = Literal["critical", "high", "medium", "low"]
 
@@ -16,11 +17,7 @@ Priority = Literal["critical", "high", "medium", "low"]
 Kind = Literal["limit", "rate", "stale", "quality", "fault", "anomaly", "rul", "all", "any", "work_order"]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SubscriptionUpdate(_Schema):
+class SubscriptionUpdate(Schema):
     """Fields of a subscription that can change."""
 
     name: Annotated[Name, Field(min_length=1, max_length=128)] | None = None
@@ -33,7 +30,7 @@ class SubscriptionUpdate(_Schema):
     enabled: bool | None = None
 
 
-class SubscriptionCreate(_Schema):
+class SubscriptionCreate(Schema):
     """A new subscription; a secret is generated when none is given."""
 
     name: Annotated[Name, Field(min_length=1, max_length=128)]
@@ -51,7 +48,7 @@ class SubscriptionCreate(_Schema):
     enabled: bool = True
 
 
-class SubscriptionPublic(_Schema):
+class SubscriptionPublic(Schema):
     """A subscription without its secret."""
 
     id: int
@@ -72,7 +69,7 @@ class SubscriptionCreated(SubscriptionPublic):
     secret: str
 
 
-class DeliveryPublic(_Schema):
+class DeliveryPublic(Schema):
     """One queued, delivered or dead-lettered event."""
 
     id: int
@@ -90,14 +87,14 @@ class DeliveryPublic(_Schema):
     delivered_at: datetime | None
 
 
-class ReplayRequest(_Schema):
+class ReplayRequest(Schema):
     """Replay given deliveries, or every delivery of the subscription in ``status``."""
 
     delivery_ids: list[RowId] | None = Field(None, max_length=1000)
     status: Literal["dead", "delivered"] = "dead"
 
 
-class DeliveryPage(_Schema):
+class DeliveryPage(Schema):
     """A page of a subscription's deliveries, newest first."""
 
     items: list[DeliveryPublic]
@@ -105,7 +102,7 @@ class DeliveryPage(_Schema):
     total: int
 
 
-class Replayed(_Schema):
+class Replayed(Schema):
     """How many deliveries were queued again."""
 
     replayed: int

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from twin.fields import Key, Name, Reason, RowId, Text, Timestamp
 from twin.knowledge.base import Part
+from twin.schemas.base import Schema
 
 StateName = Literal["open", "in_progress", "done", "cancelled"]
 
@@ -19,11 +20,7 @@ PriorityName = Literal["critical", "high", "medium", "low"]
 Verdict = Literal["true_fault", "false_alarm", "cause_found"]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class WorkOrderDraft(_Schema):
+class WorkOrderDraft(Schema):
     """A work order as the knowledge base would write it for an alert."""
 
     node: str
@@ -37,7 +34,7 @@ class WorkOrderDraft(_Schema):
     alert_ids: list[int]
 
 
-class WorkOrderCreate(_Schema):
+class WorkOrderCreate(Schema):
     """A new work order: the asset, what to do, how urgent, by when, by whom, and the alerts it deals with."""
 
     node: Key
@@ -51,7 +48,7 @@ class WorkOrderCreate(_Schema):
     alert_ids: list[RowId] = Field(default_factory=list, max_length=100)
 
 
-class WorkOrderUpdate(_Schema):
+class WorkOrderUpdate(Schema):
     """Who does it, how urgent, by when (fields left out stay; ``due: null`` removes the due date)."""
 
     assignee: Annotated[Name, Field(max_length=128)] | None = None
@@ -59,19 +56,19 @@ class WorkOrderUpdate(_Schema):
     due: Timestamp | None = None
 
 
-class NoteRequest(_Schema):
+class NoteRequest(Schema):
     """A note, or why (for start and cancel)."""
 
     text: Text = ""
 
 
-class CancelRequest(_Schema):
+class CancelRequest(Schema):
     """Why the work is not done."""
 
     reason: Annotated[Text, Field(min_length=1)]
 
 
-class CompleteRequest(_Schema):
+class CompleteRequest(Schema):
     """What was done; ``verdict`` (needed when alerts are linked) becomes model feedback on each of them."""
 
     verdict: Verdict | None = None
@@ -81,7 +78,7 @@ class CompleteRequest(_Schema):
     time_spent_h: float | None = Field(None, ge=0, le=10_000)
 
 
-class WorkOrderPublic(_Schema):
+class WorkOrderPublic(Schema):
     """A work order as the API shows it."""
 
     id: int
@@ -108,7 +105,7 @@ class WorkOrderPublic(_Schema):
     finished_at: datetime | None
 
 
-class WorkOrderPage(_Schema):
+class WorkOrderPage(Schema):
     """A page of work orders, by due date (none last), then newest."""
 
     items: list[WorkOrderPublic]
@@ -116,7 +113,7 @@ class WorkOrderPage(_Schema):
     total: int
 
 
-class WorkOrderEventPublic(_Schema):
+class WorkOrderEventPublic(Schema):
     """One change of a work order."""
 
     id: int
