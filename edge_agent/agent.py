@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from edge_agent.cascade import CascadeClient
+from edge_agent.cascade_client import CascadeClient
 from edge_agent.commands import CommandChannel, CommandExecutor, Journal, Writers
 from edge_agent.config import AgentSettings, load_settings
 from edge_agent.connectors import Connector
@@ -151,7 +151,7 @@ class Agent:
         self._install_signals()
         log.info(
             "agent_starting",
-            gateway=s.gateway_id,
+            gateway_id=s.gateway_id,
             site=str(s.site_file),
             connectors=len(self.connectors),
             outbox_items=outbox.db.count(),

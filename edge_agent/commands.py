@@ -55,6 +55,7 @@ from plant.wire import (
     TOPIC_ROOT,
     Command,
     CommandReport,
+    UplinkBatch,
     command_topic,
     decode_ack,
     decode_command,
@@ -180,7 +181,7 @@ class CommandExecutor:
         try:
             cmd = decode_command(payload)
         except WireError as exc:
-            log.warning("command refused", reason="undecodable", error=str(exc))
+            log.warning("command_refused", reason="undecodable", error=str(exc))
             return None
         async with self.lock:
             return await self._handle(cmd)
@@ -189,7 +190,7 @@ class CommandExecutor:
         seen = self.journal.seen(cmd.id)
         if seen is not None:
             state, report = seen
-            log.info("command seen before: not applied again", command=cmd.id, state=state)
+            log.info("command_repeat_ignored", command=cmd.id, state=state)
             return report or self._report(cmd, "failed", Refusal(INTERRUPTED, "the write is in progress"))
         refusal = self._check(cmd)
         if refusal is not None:
@@ -235,7 +236,7 @@ class CommandExecutor:
 
     def _end(self, cmd: Command, report: CommandReport) -> CommandReport:
         self.journal.finish(report, float(cmd.value))
-        log.info("command ended", command=cmd.id, node=cmd.node, prop=cmd.prop, state=report.state,
+        log.info("command_ended", command=cmd.id, node_id=cmd.node, prop=cmd.prop, state=report.state,
                  reason=report.reason)
         return report
 
@@ -330,7 +331,7 @@ class OpcUaWriter:
             try:
                 await client.disconnect()
             except Exception as exc:
-                log.debug("opcua writer disconnect failed", error=str(exc))
+                log.debug("opcua_writer_disconnect_failed", error=str(exc))
         self.clients.clear()
 
 
@@ -517,9 +518,8 @@ class Writers:
 
 def report_payload(gateway: str, batch: str, reports: list[CommandReport], sent_us: int) -> bytes:
     """An uplink batch carrying only command reports (none: a clock probe), as JSON."""
-    body = {"v": 1, "gateway": gateway, "batch": batch, "sent": sent_us,
-            "commands": [json.loads(r.model_dump_json()) for r in reports]}
-    return json.dumps(body).encode()
+    commands = [r.model_dump(mode="json") for r in reports]
+    return UplinkBatch(gateway=gateway, batch=batch, sent=sent_us, commands=commands).model_dump_json().encode()
 
 
 class CommandChannel:
@@ -580,7 +580,7 @@ class CommandChannel:
         try:
             report = await self.executor.handle(payload)
         except Exception:  # a bug must not end the channel: the command is in the journal or was never begun
-            log.exception("command handling failed")
+            log.exception("command_handling_failed")
             return
         if report is not None:
             self._publish([report])
@@ -592,7 +592,7 @@ class CommandChannel:
         try:
             self.link.publish(self.uplink, body)
         except ConnectorError as exc:
-            log.info("command report waits for the link", error=str(exc))
+            log.info("command_report_waiting_for_link", error=str(exc))
             return
         self._sent[batch] = [r.id for r in reports]
         self._last_publish = time.monotonic()

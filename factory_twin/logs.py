@@ -1,7 +1,8 @@
 """Logging, configured once per entry point: JSON lines off a terminal, readable console on one.
 
-structlog renders our own events; stdlib loggers (paho, asyncua, SQLAlchemy, uvicorn) go through the same
-``ProcessorFormatter`` so every line has one shape. ``node_id`` and ``gateway_id`` are bound via contextvars.
+structlog renders our own events (a snake_case name, then snake_case fields: docs/production.md); stdlib loggers
+(paho, asyncua, SQLAlchemy, uvicorn) go through the same ``ProcessorFormatter`` so every line has one shape. Fields
+bound via contextvars (the agent's ``gateway_id``) are on every line.
 """
 
 from __future__ import annotations

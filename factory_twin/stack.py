@@ -231,7 +231,7 @@ class Stack:
         while True:
             await asyncio.sleep(every)
             summary = self.summary(asyncio.get_running_loop().time() - started)
-            log.info("twin status", values=summary.values_ingested, nodes=summary.nodes_updated,
+            log.info("twin_status", values=summary.values_ingested, nodes=summary.nodes_updated,
                      rejected=summary.rejected, batches=summary.batches)
 
     def stop_edge(self) -> None:
@@ -279,7 +279,7 @@ class Stack:
                 if port is not None and not port_free(port):
                     new = source.endpoint.replace(f":{port}", f":{free_port()}", 1)
                     data["sources"][name]["endpoint"] = new
-                    log.info("opcua endpoint moved", was=source.endpoint, now=new)
+                    log.info("opcua_endpoint_moved", was=source.endpoint, now=new)
         if self.config.paced:
             self._pace_grids(site, data)
         self._own_setpoints(site, data)
@@ -302,7 +302,7 @@ class Stack:
         for entry in _node_entries(data.get("nodes") or []):
             if entry.get("id") in unowned:
                 entry["gateway"] = self.config.gateway_id
-                log.info("setpoints owned by the stack's gateway", node=entry["id"], gateway=self.config.gateway_id)
+                log.info("setpoints_owned_by_gateway", node_id=entry["id"], gateway_id=self.config.gateway_id)
 
     def _pace_grids(self, site: Site, data: dict[str, Any]) -> None:
         """At the demo's pace a row of a per-cycle data set lasts several seconds: one frame per row (cycle)."""
@@ -318,7 +318,7 @@ class Stack:
                 "watermark_ms": old.watermark_ms,
                 **({"hold_ms": old.hold_ms} if old.hold_ms is not None else {}),
             }
-            log.info("grid follows the replay pace", asset_type=type_id, grid_ms=grid_ms)
+            log.info("grid_follows_replay_pace", asset_type=type_id, grid_ms=grid_ms)
 
 
 def _node_entries(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -144,7 +144,7 @@ def write(built: Built, directory: Path) -> Path:
     registry.write_model_dir(directory, built.manifest, built.files)
     for name, estimator in built.estimators.items():
         joblib.dump(estimator, directory / f"sklearn-{name}.joblib", compress=3)
-    log.info("model written", task=built.manifest["task"], directory=str(directory))
+    log.info("model_written", task=built.manifest["task"], directory=str(directory))
     return directory
 
 

@@ -174,7 +174,8 @@ def quantize_int8(model_bytes: bytes, per_channel: bool = False) -> bytes:
     use 7 of their 8 bits (``reduce_range``): on x86 CPUs without VNNI (AVX2 only, as many gateways are)
     onnxruntime multiplies uint8 activations by int8 weights with an instruction that saturates at int16 when
     two products add up, so full-range weights give different results on different CPUs (a tree graph reached
-    wrong leaves on 2-3 % of its inputs). With 7-bit weights the same graph gives the same answer everywhere.
+    wrong leaves on some of its inputs; docs/models.md). With 7-bit weights the same graph gives the same answer
+    everywhere.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -2,8 +2,9 @@
 
 Layout: ``<root>/<task>/<version>/`` holding ``manifest.json``, ``MODEL_CARD.md`` and one ONNX file per
 variant (``teacher``, ``student``, ``student-int8``). The manifest records each file's sha256; loading
-refuses a file whose hash or a manifest whose schema does not match. Imports nothing beyond the standard
-library, so the edge can use it.
+refuses a file whose hash or a manifest whose schema does not match. The layout and the manifest's keys are
+the contract's (plant/platform_api.py: a model archive is such a directory). Imports nothing beyond the
+standard library and plant/, so the edge can use it.
 """
 
 from __future__ import annotations
@@ -15,24 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelLoadError
+from plant.platform_api import MANIFEST as MANIFEST
+from plant.platform_api import MANIFEST_SCHEMA, Manifest, VariantEntry, required_keys
+from plant.platform_api import MODEL_CARD as MODEL_CARD
+from plant.platform_api import TASKS as TASKS
+from plant.platform_api import VARIANTS as VARIANTS
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-MODEL_CARD = "MODEL_CARD.md"
-TASKS = ("rul", "faults", "anomaly")
-VARIANTS = ("teacher", "student", "student-int8")
-_REQUIRED = (
-    "schema",
-    "task",
-    "name",
-    "version",
-    "input",
-    "output",
-    "training",
-    "variants",
-    "default_variant",
-)
-_VARIANT_KEYS = ("file", "sha256", "bytes", "output_name", "n_features", "calibration")
+SCHEMA_VERSION = MANIFEST_SCHEMA
+_REQUIRED = required_keys(Manifest)
+_VARIANT_KEYS = required_keys(VariantEntry)
 # What a variant's graph takes (its manifest entry's ``graph_input``, default ``features``): standardised
 # float32 features, or the raw float64 window plus the baseline (mean, 1/std of each feature) it is scored on.
 GRAPH_INPUTS = {

@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from models import build, cascade, faults, registry, runtime, tasks
+from models import build, cascade_threshold, faults, registry, runtime, tasks
 from models.errors import DataError, WindowRejected
 from models.report import HEADLINE
 
@@ -214,7 +214,7 @@ def examples(
 def held_out_rows(model: runtime.LoadedModel, paths: Sequence[Path], truth: Path | None) -> set[bytes]:
     """Every row of the held-out windows, as the runtime validates it: what feedback must not repeat."""
     rows: set[bytes] = set()
-    for part in cascade.held_out(model.task, paths, truth, model, split=_split(model.task)):
+    for part in cascade_threshold.held_out(model.task, paths, truth, model, split=_split(model.task)):
         for w in part.windows:
             rows.update(r.tobytes() for r in model.window_array(w))
     return rows
@@ -294,7 +294,7 @@ def retrain(
             if v in old_scores
         },
         "cascade": {
-            "old": cascade.run(task, old, paths, truth, split=_split(task))["cascade"],
+            "old": cascade_threshold.run(task, old, paths, truth, split=_split(task))["cascade"],
             "new": new_manifest["cascade"]["cascade"],
             "metric": new_manifest["cascade"]["metric"],
         },
@@ -327,7 +327,8 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"{variant:<14}{metric:<12}{shown:>10}{value:>10.4f}{change:>10}")
     c = report["cascade"]
     lines.append(
-        f"cascade {c['metric']} (offloading ≤ {cascade.MAX_OFFLOAD:.0%}): old {c['old']:.4f}, new {c['new']:.4f}"
+        f"cascade {c['metric']} (offloading ≤ {cascade_threshold.MAX_OFFLOAD:.0%}): "
+        f"old {c['old']:.4f}, new {c['new']:.4f}"
     )
     return "\n".join(lines)
 

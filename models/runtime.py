@@ -392,7 +392,7 @@ def load(path: Path | str, variant: str | None = None) -> LoadedModel:
             np.asarray(default["mean"], dtype=np.float64),
             np.asarray(default["std"], dtype=np.float64),
         )
-    log.info("model loaded", model=manifest["name"], version=manifest["version"], variant=chosen)
+    log.info("model_loaded", model=manifest["name"], version=manifest["version"], variant=chosen)
     return LoadedModel(manifest, chosen, session, baseline)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models import build, cascade, datasets, registry, runtime
+from models import build, cascade_threshold, datasets, registry, runtime
 from models.datasets import Rows
 from models.errors import DataError
 
@@ -95,7 +95,7 @@ def train(
     ``test``: data scored only (never fitted or tuned on), the figures of the manifest and the model card; without
     it, each task's own held-out part (see ``scoring_of``). ``rows``: the rows of the AI4I table to train on.
     ``extra``: labelled feedback rows for the training part (faults and anomaly; see ``models.retrain``).
-    The last step measures the edge/platform cascade on the same scored data (``models.cascade``).
+    The last step measures the edge/platform cascade on the same scored data (``models.cascade_threshold``).
     """
     started = time.perf_counter()
     if rows is not None and task != "faults":
@@ -123,7 +123,7 @@ def train(
                 **({"tool_wear_rule": scores["tool_wear_rule"]} if "tool_wear_rule" in scores else {}),
             }
         progress(f"{task}: cascade threshold for {built.manifest['default_variant']}")
-        built.manifest["cascade"] = cascade.run(
+        built.manifest["cascade"] = cascade_threshold.run(
             task,
             directory,
             scoring.paths,

@@ -1,1 +1,4 @@
-"""The contract both sides share: the site model and the wire messages. Imports nothing of ours."""
+"""The contract both sides share: the site model, the wire messages (MQTT) and the agents' HTTP API.
+
+Imports nothing of ours (docs/contract.md).
+"""

@@ -139,7 +139,7 @@ def purge(session: Session, retention_days: float, now: int | None = None) -> in
     deleted = result.rowcount
     session.execute(delete(AuditPurge))
     session.commit()
-    log.info("audit records purged", deleted=deleted, retention_days=retention_days)
+    log.info("audit_records_purged", deleted=deleted, retention_days=retention_days)
     return int(deleted or 0)
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from plant.wire import now_us
 from twin.errors import BadCredentials, Conflict, Forbidden, NotFound, StoreError, Unauthenticated
-from twin.scopes import narrow, normalise
+from twin.scopes import existing, narrow
 from twin.tables import ApiKey, User
 
 log = structlog.get_logger(__name__)
@@ -176,7 +176,7 @@ def create_key(
         key = f"{prefix}_{secrets.token_urlsafe(_SECRET_BYTES)}"
         session.add(
             ApiKey(prefix=prefix, hash=hash_key(key), role=role.value, name=name, created_at=now_us(),
-                   owner=owner, expires_at=expires_at, sites=normalise(sites))
+                   owner=owner, expires_at=expires_at, sites=existing(session, sites))
         )
         if not commit:
             session.flush()
@@ -186,7 +186,7 @@ def create_key(
         except IntegrityError:  # prefix collision, about one in 10^14 per pair
             session.rollback()
             continue
-        log.info("api key created", prefix=prefix, role=role.value, name=name)
+        log.info("api_key_created", prefix=prefix, role=role.value, name=name)
         return key
     raise StoreError("could not find a free key prefix")  # pragma: no cover
 
@@ -277,7 +277,7 @@ def revoke_key(session: Session, prefix: str, *, commit: bool = True) -> ApiKey:
         row.revoked = True
         if commit:
             session.commit()
-        log.info("api key revoked", prefix=row.prefix)
+        log.info("api_key_revoked", prefix=row.prefix)
     return row
 
 
@@ -298,7 +298,7 @@ def rotate_key(session: Session, prefix: str, grace_s: float) -> tuple[str, ApiK
     grace_end = now + int(grace_s * 1e6)
     old.expires_at = grace_end if old.expires_at is None else min(old.expires_at, grace_end)
     old.rotated_to = new.prefix
-    log.info("api key rotated", old=old.prefix, new=new.prefix, grace_s=grace_s)
+    log.info("api_key_rotated", old=old.prefix, new=new.prefix, grace_s=grace_s)
     return key, new, old
 
 

@@ -88,7 +88,7 @@ class BrokerAccess:
             try:
                 hashes = self.credentials()
             except Exception as exc:  # the database is away: keep what we knew
-                log.warning("broker cannot read gateway credentials", error=str(exc).splitlines()[0])
+                log.warning("broker_credentials_unreadable", error=str(exc).splitlines()[0])
             self._cache = (time.monotonic(), hashes)
         return hashes
 
@@ -107,7 +107,7 @@ class GatewayAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt has no t
         access: BrokerAccess = self.context.config.access
         ok = access.authenticate(session.username, session.password)
         if not ok:
-            log.warning("mqtt login refused", user=session.username, client_id=session.client_id)
+            log.warning("mqtt_login_refused", user=session.username, client_id=session.client_id)
         return ok
 
 
@@ -130,7 +130,7 @@ class GatewayTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
         wanted = Access.WRITE if action == Action.PUBLISH else Access.READ
         ok = access.allowed(session.username, wanted, topic)
         if not ok and action != Action.RECEIVE:
-            log.warning("mqtt topic refused", user=session.username, action=str(action), topic=topic[:200])
+            log.warning("mqtt_topic_refused", user=session.username, action=str(action), topic=topic[:200])
         return ok
 
 
@@ -179,7 +179,7 @@ class EmbeddedBroker:
             raise ConfigError(f"embedded MQTT broker did not start on {self.host}:{self.port} in {timeout}s")
         if self._error is not None:
             raise ConfigError(f"embedded MQTT broker failed on {self.host}:{self.port}: {self._error}")
-        log.info("embedded mqtt broker started", url=self.url, gateway_logins=self.access is not None)
+        log.info("embedded_broker_started", url=self.url, gateway_logins=self.access is not None)
         return self
 
     def _run(self) -> None:
@@ -229,7 +229,7 @@ class EmbeddedBroker:
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
-        log.info("embedded mqtt broker stopped", url=self.url)
+        log.info("embedded_broker_stopped", url=self.url)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
@@ -241,6 +241,6 @@ class EmbeddedBroker:
 def _quiet_disconnects(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """A client that hangs up during CONNECT (an MQTT 5 client falling back to 3.1.1) is not an error."""
     if isinstance(context.get("exception"), ConnectionError | OSError):
-        log.debug("mqtt client dropped during connect", error=str(context["exception"]))
+        log.debug("mqtt_client_dropped_during_connect", error=str(context["exception"]))
         return
     loop.default_exception_handler(context)

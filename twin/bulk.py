@@ -19,9 +19,8 @@ the last rowids: the transaction holds the write lock), then one ``UPDATE ... FR
 
 PostgreSQL: one statement. The rows travel as binary arrays (``unnest`` of ``%b`` parameters) into an
 ``INSERT ... ON CONFLICT DO NOTHING``, the feed row and an ``UPDATE ... FROM`` joined in one WITH query. ``COPY`` into a
-temporary staging table followed by ``INSERT ... SELECT`` and the UPDATE measured slower here
-(benchmarks/store_apply.py, ratio about 0.55 against 0.65-0.8): a batch holds about a thousand rows, and the
-extra round trips cost more than COPY saves; text-format arrays cost about 0.1 of the ratio too.
+temporary staging table followed by ``INSERT ... SELECT`` and the UPDATE is slower for batches of about a
+thousand rows: the extra round trips cost more than COPY saves (docs/scaling.md has the figures).
 """
 
 from __future__ import annotations

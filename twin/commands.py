@@ -161,7 +161,7 @@ def request(session: Session, who: Principal, node_id: str, prop: str, req: Setp
     session.add(cmd)
     audit.record(session, who, "setpoint.request", target, after=_state(cmd))
     session.commit()
-    log.info("setpoint requested", command=cmd.id, node=node_id, prop=prop, value=cmd.value, actor=who.actor)
+    log.info("setpoint_requested", command=cmd.id, node_id=node_id, prop=prop, value=cmd.value, actor=who.actor)
     return cmd
 
 
@@ -209,7 +209,7 @@ def apply_reports(conn: Connection, gateway: str, reports: list[tuple[int, Comma
         for index, report in reports:
             cmd = session.get(SetpointCommand, report.id)
             if cmd is None or cmd.gateway != gateway:
-                log.warning("command report refused", gateway=gateway, command=report.id, reason=NOT_OWNER)
+                log.warning("command_report_refused", gateway_id=gateway, command=report.id, reason=NOT_OWNER)
                 rejected.append(Rejection(kind="command", index=index, reason=NOT_OWNER,
                                           detail=f"no command {report.id} of gateway {gateway}"))
                 continue
@@ -321,7 +321,7 @@ class CommandDispatcher:
             try:
                 self.cycle()
             except Exception as exc:  # the database away: try again next cycle
-                log.warning("command dispatch failed", error=str(exc).splitlines()[0] if str(exc) else "")
+                log.warning("command_dispatch_failed", error=str(exc).splitlines()[0] if str(exc) else "")
             self._wake.wait(self.poll_s)
             self._wake.clear()
 
@@ -357,9 +357,9 @@ class CommandDispatcher:
         payload = to_wire(cmd, dtype).model_dump_json().encode()
         info = self.client.publish(command_topic(cmd.gateway, self.topic_root), payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("command publish failed", command=cmd.id, error=mqtt.error_string(info.rc))
+            log.warning("command_publish_failed", command=cmd.id, error=mqtt.error_string(info.rc))
             return False
-        log.info("command sent", command=cmd.id, gateway=cmd.gateway, node=cmd.node_id, prop=cmd.prop)
+        log.info("command_sent", command=cmd.id, gateway_id=cmd.gateway, node_id=cmd.node_id, prop=cmd.prop)
         return True
 
 

@@ -114,7 +114,7 @@ class DeadLetters:
         except Exception as exc:  # the messages are acknowledged either way: say so loudly
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             for r in rows:
-                log.error("dead letter not recorded", reason=r["reason"], topic=r["topic"], size=r["size"],
+                log.error("dead_letter_not_recorded", reason=r["reason"], topic=r["topic"], size=r["size"],
                           head=r["head"][:64], error=error)
             return None
         return int(new_id)

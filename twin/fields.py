@@ -16,59 +16,27 @@ the reason, before any database session sees it. The limits are part of the Open
     Offset     a paging offset
     Timestamp  an ISO 8601 time with a timezone, between 1970 and 2200
     EpochUs    the same range as µs since the epoch
+
+Key, Name, Text and EpochUs are the contract's (plant/fields.py): the agents' requests use them too.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from annotated_types import Ge, Le
-from pydantic import AwareDatetime, GetCoreSchemaHandler, GetJsonSchemaHandler, StringConstraints
-from pydantic.json_schema import JsonSchemaValue
+from pydantic import AwareDatetime, GetCoreSchemaHandler, StringConstraints
 from pydantic_core import PydanticCustomError, core_schema
 
+from plant.fields import EARLIEST, LATEST, LINE, LINES, EpochUs, Key, Name, Text
+
+__all__ = ["EpochUs", "Key", "Name", "Offset", "Reason", "RowId", "Text", "Timestamp", "Token", "UrlText"]
+
 MAX_ROW_ID = 2**31 - 1
-KEY_LENGTH = 64
-NAME_LENGTH = 200
 REASON_LENGTH = 2_000
-TEXT_LENGTH = 4_000
 URL_LENGTH = 2_048
 TOKEN_LENGTH = 512
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-EARLIEST_US = 0
-LATEST_US = int((LATEST - EARLIEST).total_seconds()) * 1_000_000
-
-
-class Printable:
-    """Refuses control characters (C0, DEL, C1); with ``multiline``, tab, newline and carriage return pass."""
-
-    def __init__(self, *, multiline: bool = False) -> None:
-        self.allowed = frozenset("\t\n\r") if multiline else frozenset()
-        self.pattern = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$" if multiline else "^[^\\x00-\\x1f\\x7f]*$"
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self.check, handler(source))
-
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        out = handler(schema)
-        out["pattern"] = self.pattern
-        return out
-
-    def check(self, value: str) -> str:
-        """``value`` unchanged, or a validation error naming the first control character and where it is."""
-        for pos, char in enumerate(value):
-            code = ord(char)
-            if (code < 0x20 or 0x7F <= code < 0xA0) and char not in self.allowed:
-                raise PydanticCustomError(
-                    "control_character",
-                    "must not contain control characters: U+{code} at position {pos}",
-                    {"code": f"{code:04X}", "pos": pos},
-                )
-        return value
 
 
 def _in_range(value: datetime) -> datetime:
@@ -85,15 +53,9 @@ class _TimestampRange:
         return core_schema.no_info_after_validator_function(_in_range, handler(source))
 
 
-_LINE = Printable()
-_LINES = Printable(multiline=True)
-Key = Annotated[str, StringConstraints(min_length=1, max_length=KEY_LENGTH), _LINE]
-Name = Annotated[str, StringConstraints(max_length=NAME_LENGTH), _LINE]
-Reason = Annotated[str, StringConstraints(max_length=REASON_LENGTH), _LINES]
-Text = Annotated[str, StringConstraints(max_length=TEXT_LENGTH), _LINES]
-UrlText = Annotated[str, StringConstraints(min_length=1, max_length=URL_LENGTH), _LINE]
-Token = Annotated[str, StringConstraints(max_length=TOKEN_LENGTH), _LINE]
+Reason = Annotated[str, StringConstraints(max_length=REASON_LENGTH), LINES]
+UrlText = Annotated[str, StringConstraints(min_length=1, max_length=URL_LENGTH), LINE]
+Token = Annotated[str, StringConstraints(max_length=TOKEN_LENGTH), LINE]
 RowId = Annotated[int, Ge(1), Le(MAX_ROW_ID)]
 Offset = Annotated[int, Ge(0), Le(MAX_ROW_ID)]
 Timestamp = Annotated[AwareDatetime, _TimestampRange()]
-EpochUs = Annotated[int, Ge(EARLIEST_US), Le(LATEST_US)]

@@ -86,7 +86,7 @@ def add_gateway(session: Session, name: str, password: str | None = None) -> str
     row.password_hash = hash_password(password)
     row.revoked_at = None
     session.commit()
-    log.info("gateway added", gateway=name)
+    log.info("gateway_added", gateway_id=name)
     return password
 
 
@@ -117,7 +117,7 @@ def revoke_gateway(session: Session, name: str) -> TwinGateway:
     if row.revoked_at is None:
         row.revoked_at = now_us()
         session.commit()
-        log.info("gateway revoked", gateway=name)
+        log.info("gateway_revoked", gateway_id=name)
     return row
 
 

@@ -2,7 +2,7 @@
 
 A group holds up to tens of thousands of decoded items (pydantic models, rows) at once, all alive until it is
 stored. The cycle collector, run every few hundred allocations, walks them again and again as they survive
-into older generations: about 40 % of an ingest worker's CPU (benchmarks/scale_ingest.py). They form no cycles
+into older generations: a large share of an ingest worker's CPU (docs/scaling.md). They form no cycles
 and are freed by reference counting when the group ends, so nothing is gained by walking them.
 
 ``paused()`` disables the collector while any thread is inside it and enables it again when the last one

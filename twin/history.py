@@ -414,12 +414,12 @@ class HistoryJob:
             try:
                 report = self.run_once()
                 if report is not None and (report.created or report.dropped or report.deleted):
-                    log.info("history maintained", **_fields(report))
+                    log.info("history_maintained", **_fields(report))
                 if self.settings.audit_retention_days > 0:  # the audit trail's retention, in the same housekeeping
                     with Session(self.engine) as session:
                         audit.purge(session, self.settings.audit_retention_days)
             except SQLAlchemyError as exc:  # the database may be away: try again next interval
-                log.warning("history maintenance failed", error=str(exc).splitlines()[0])
+                log.warning("history_maintenance_failed", error=str(exc).splitlines()[0])
             self._stop.wait(self.settings.history_maintenance_s)
 
 

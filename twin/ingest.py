@@ -165,7 +165,7 @@ class Ingestor:
                 )
         self._supervisor = threading.Thread(target=self._supervise, name="ingest-supervisor", daemon=True)
         self._supervisor.start()
-        log.info("ingest started", broker=f"{self.broker.host}:{self.broker.port}",
+        log.info("ingest_started", broker=f"{self.broker.host}:{self.broker.port}",
                  workers=len(self._workers))
         return self
 
@@ -184,7 +184,7 @@ class Ingestor:
             w.stop(timeout)
             if leave:
                 w.leave()
-        log.info("ingest stopped", left=leave, **self._summary())
+        log.info("ingest_stopped", left=leave, **self._summary())
 
     def run(self) -> None:
         """Start and serve until ``stop()`` is called from another thread or Ctrl-C."""
@@ -226,7 +226,7 @@ class Ingestor:
             for w in self._workers:
                 if not w.thread.is_alive() and not self._stopping.is_set():
                     self.intake.worker_restarted()
-                    log.error("ingest worker died, restarting it", client_id=w.client_id)
+                    log.error("ingest_worker_restarted", client_id=w.client_id)
                     w.restart()
 
     def _summary(self) -> dict[str, Any]:
@@ -312,16 +312,16 @@ class _Worker:
             c.connect(b.host, b.port, self.keepalive)
             c.loop_start()
             if not connected.wait(timeout):
-                log.warning("could not end the ingest session", client_id=self.client_id)
+                log.warning("ingest_session_end_failed", client_id=self.client_id)
             c.disconnect()
             c.loop_stop()
         except OSError as exc:
-            log.warning("could not end the ingest session", client_id=self.client_id, error=str(exc))
+            log.warning("ingest_session_end_failed", client_id=self.client_id, error=str(exc))
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             self.error = f"connection refused: {rc}"
-            log.warning("mqtt connect refused", reason=str(rc))
+            log.warning("mqtt_connect_refused", reason=str(rc))
             return
         self.error = None
         self.connected = True
@@ -336,7 +336,7 @@ class _Worker:
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.connected = False
         if not self.owner.stopping:
-            log.warning("mqtt disconnected, reconnecting", reason=str(rc))
+            log.warning("mqtt_reconnecting", reason=str(rc))
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self.inbox.put(msg)
@@ -369,7 +369,7 @@ class _Worker:
             with gc_pause.paused():  # the group's items form no cycles: not walked again and again
                 outcomes = self.owner.intake.handle_many([(m.topic, m.payload) for m in group], deferred)
         except Exception:  # a topic that is not UTF-8, or a bug: each message on its own, and each still ends
-            log.exception("ingest failed on a group of messages, handling them one by one", messages=len(group))
+            log.exception("ingest_group_failed_retrying_singly", messages=len(group))
             return [m for m in group if self._process(m, deferred)]
         waiting = []
         for msg, outcome in zip(group, outcomes, strict=True):
@@ -389,7 +389,7 @@ class _Worker:
         try:
             self._publish_ack(self.owner.handle(msg.topic, msg.payload, deferred).ack)
         except Exception:  # only a bug gets here (handle never raises): log it, the message still ends
-            log.exception("ingest failed on a message", topic=msg.topic[:200])
+            log.exception("ingest_message_failed", topic=msg.topic[:200])
         if len(deferred) > before:
             return True
         self._puback(msg)
@@ -401,10 +401,10 @@ class _Worker:
         try:
             info = self.client.publish(ack_topic(ack.gateway, self.owner.topic_root), ack.model_dump_json(), qos=1)
         except Exception:  # a bug: the message still ends
-            log.exception("ack not published", gateway=ack.gateway, batch=ack.batch)
+            log.exception("ack_not_published", gateway_id=ack.gateway, batch=ack.batch)
             return
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("ack not published", gateway=ack.gateway, batch=ack.batch, rc=info.rc)
+            log.warning("ack_not_published", gateway_id=ack.gateway, batch=ack.batch, rc=info.rc)
 
     def _puback(self, msg: mqtt.MQTTMessage) -> None:
         with contextlib.suppress(ValueError):
@@ -412,6 +412,6 @@ class _Worker:
         try:
             self.client.ack(msg.mid, msg.qos)
         except Exception as exc:  # the connection is gone: the broker delivers it again to this session
-            log.warning("puback failed", mid=msg.mid, error=str(exc))
+            log.warning("puback_failed", mid=msg.mid, error=str(exc))
             return
         self.owner.intake.ended()

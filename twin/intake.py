@@ -231,7 +231,7 @@ class Intake:
         except Refused as refused:  # nobody to answer: the claimed gateway may not be the sender
             return self._refused(refused.reason, refused.detail, topic, data, batch, record, deferred)
         except Exception as exc:  # a bug in decoding: the message still ends
-            log.exception("uplink check failed", topic=topic[:200])
+            log.exception("uplink_check_failed", topic=topic[:200])
             return self._refused(INTERNAL_ERROR, _describe(exc), topic, data, batch, record, deferred)
         return _Checked(topic, data, batch)
 
@@ -261,27 +261,27 @@ class Intake:
                 self._stats.failed += 1
             return Outcome(Ack(gateway=batch.gateway, batch=batch.batch, stored=False, error=str(exc)))
         except Exception as exc:
-            log.exception("storing a batch failed", gateway=batch.gateway, batch=batch.batch)
+            log.exception("batch_store_failed", gateway_id=batch.gateway, batch=batch.batch)
             return self._dead_letter(INTERNAL_ERROR, _describe(exc), topic, data, batch, record)
         return self._stored(batch, split, result)
 
     def _stored(self, batch: UplinkBatch, split: Split, result: ApplyResult) -> Outcome:
         """Count a stored batch, tell the listeners, and answer it."""
         self._count(result)
-        log.info("batch stored", gateway=batch.gateway, batch=batch.batch, accepted=result.accepted,
+        log.info("batch_stored", gateway_id=batch.gateway, batch=batch.batch, accepted=result.accepted,
                  duplicates=result.duplicates, rejected=len(result.rejected), changes=len(result.changes))
         for listener in self.listeners:
             try:
                 listener(split.batch, result)
             except Exception:
-                log.exception("ingest listener failed", listener=repr(listener))
+                log.exception("ingest_listener_failed", listener=repr(listener))
         return Outcome(result.ack(batch), stored=True)
 
     def _over_budget(self, sender: str, batch: UplinkBatch, wait: float) -> Outcome:
         """Refuse the whole batch before any database work: the gateway sends it again after ``wait``."""
         retry = round(wait, 3)
         if self.budget.should_report(sender):  # a flood must not flood the log as well
-            log.warning("batches over budget", gateway=sender, batch=batch.batch, items=len(batch),
+            log.warning("batches_over_budget", gateway_id=sender, batch=batch.batch, items=len(batch),
                         retry_after=retry, refused_so_far=self.budget.refused_batches().get(sender, 0))
         return Outcome(Ack(gateway=batch.gateway, batch=batch.batch, stored=False, code=OVER_BUDGET, retry_after=retry,
                            error=f"over budget of {self.budget.rate:g} values/s: send again in {retry:g} s"))
@@ -319,7 +319,7 @@ class Intake:
                 return
             self._logged_at[reason] = now
             unlogged = self._unlogged.pop(reason, 0)
-        log.warning("uplink dead-lettered", reason=reason, detail=detail[:300], topic=topic[:200], size=size,
+        log.warning("uplink_dead_lettered", reason=reason, detail=detail[:300], topic=topic[:200], size=size,
                     **({"more_since_last_logged": unlogged} if unlogged else {}))
 
     def _dead_letter(self, reason: str, detail: str, topic: str, data: bytes, batch: UplinkBatch,

@@ -100,7 +100,7 @@ class LeaderLock:
                 conn.execute(text(f"SET application_name = 'factory-twin leader {self.name}'"))
             conn.commit()
         except SQLAlchemyError as exc:
-            log.warning("leader lock unavailable", role=self.name, error=_first_line(exc))
+            log.warning("leader_lock_unavailable", role=self.name, error=_first_line(exc))
             self._drop()
         return self._held
 
@@ -114,7 +114,7 @@ class LeaderLock:
         except OSError:
             handle.close()
             if not self._said_standby:
-                log.warning("another process leads on this SQLite database", role=self.name, lock=str(self._lock_path),
+                log.warning("leader_lock_held_elsewhere", role=self.name, lock=str(self._lock_path),
                             hint="SQLite serves one platform process; run several on PostgreSQL")  # fmt: skip
             self._said_standby = True
             return False
@@ -157,7 +157,7 @@ class LeaderLock:
                 self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
                 self._conn.commit()
             except SQLAlchemyError as exc:  # the session ends below either way, which frees the lock
-                log.warning("leader unlock failed", role=self.name, error=_first_line(exc))
+                log.warning("leader_unlock_failed", role=self.name, error=_first_line(exc))
         self._drop()
 
     def _drop(self) -> None:

@@ -289,7 +289,7 @@ class NotifyReader:
                 got += self._conn.notifies(timeout=0)  # and whatever came with it
             return [e for n in got for e in decode(n.payload)]
         except psycopg.Error as exc:
-            log.warning("live listen connection lost, reconnecting", error=str(exc).splitlines()[0]
+            log.warning("live_listen_lost", error=str(exc).splitlines()[0]
                         if str(exc) else type(exc).__name__)
             self.close()
             self._lost = True
@@ -334,7 +334,7 @@ def decode(payload: str) -> list[LiveEvent]:
     try:
         return [LiveEvent(str(node), tuple(str(p) for p in props)) for node, props in json.loads(payload)]
     except (ValueError, TypeError):
-        log.warning("unreadable live payload", payload=payload[:200])
+        log.warning("live_payload_unreadable", payload=payload[:200])
         return [RESYNC]
 
 
@@ -372,7 +372,7 @@ class PostgresLiveBus(LiveBus):
                 except psycopg.Error as exc:
                     self._close_notify()
                     if attempt == 2:
-                        log.warning("live notify failed", error=str(exc).splitlines()[0] if str(exc) else "")
+                        log.warning("live_notify_failed", error=str(exc).splitlines()[0] if str(exc) else "")
 
     def _close_notify(self) -> None:
         if self._notify_conn is not None:
@@ -409,8 +409,8 @@ class PostgresLiveBus(LiveBus):
                         self._deliver(decode(n.payload))
             except psycopg.Error as exc:
                 self.listening.clear()
-                log.warning("live listen connection lost, reconnecting", error=str(exc).splitlines()[0]
-                            if str(exc) else type(exc).__name__, retry_in=delay)
+                log.warning("live_listen_lost", error=str(exc).splitlines()[0]
+                            if str(exc) else type(exc).__name__, retry_in_s=delay)
                 first = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)

@@ -106,7 +106,7 @@ class LiveFeed:
                 try:
                     values = await asyncio.to_thread(self.read_changed, events)
                 except SQLAlchemyError as exc:
-                    log.warning("live feed cannot read changed values", error=str(exc).splitlines()[0])
+                    log.warning("live_feed_changes_unreadable", error=str(exc).splitlines()[0])
                     continue
                 if values:
                     self._publish(("values", values))
@@ -157,7 +157,7 @@ class LiveFeed:
                     found = read(session)
             except SQLAlchemyError as exc:  # the database is down or lacks a table: say so once, keep polling
                 if name not in self._failing:
-                    log.warning("live feed cannot read", part=name, error=str(exc).splitlines()[0])
+                    log.warning("live_feed_unreadable", part=name, error=str(exc).splitlines()[0])
                 self._failing.add(name)
                 continue
             self._failing.discard(name)

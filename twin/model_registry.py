@@ -258,7 +258,7 @@ def upload(
             existing = _find(session, task, version)
             assert existing is not None
         else:
-            log.info("model uploaded", task=task, version=version, sha256=row.sha256, by=by, bytes=len(data))
+            log.info("model_uploaded", task=task, version=version, sha256=row.sha256, by=by, bytes=len(data))
             return row, True
     if _canonical(existing.manifest, existing.variants) != _canonical(manifest, checked.variants):
         raise Conflict(f"{task} {version} exists with other content: upload it under a new version")
@@ -348,7 +348,7 @@ def promote(
             break
         except IntegrityError:  # promoted by another request meanwhile: update that row instead
             session.rollback()
-    log.info("model promoted", task=task, version=version, asset_type=asset_type, by=by)
+    log.info("model_promoted", task=task, version=version, asset_type=asset_type, by=by)
     return row
 
 
@@ -413,7 +413,7 @@ def report_failure(session: Session, task: str, version: str, gateway: str, asse
         except IntegrityError:  # the same gateway reported twice at once: count on the row stored first
             session.rollback()
     log.warning(
-        "model failure reported", task=task, version=version, gateway=gateway, asset_type=asset_type, reason=reason
+        "model_failure_reported", task=task, version=version, gateway_id=gateway, asset_type=asset_type, reason=reason
     )
 
 

@@ -85,7 +85,7 @@ class Ownership:
         except SQLAlchemyError as exc:
             if self._read_at == float("-inf"):  # never read: no batch can be checked, so none is stored
                 raise StoreError(f"cannot read the nodes' owners: {str(exc).splitlines()[0]}") from exc
-            log.warning("cannot read the nodes' owners, keeping the last read", error=str(exc).splitlines()[0])
+            log.warning("node_owners_unreadable", error=str(exc).splitlines()[0])
         self._read_at = time.monotonic()
 
     def invalidate(self) -> None:

@@ -138,7 +138,7 @@ class Platform:
                 try:
                     handled = self.delivery.run_batch()
                 except Exception as exc:  # the worker must outlive any one bad cycle
-                    log.error("webhook delivery cycle failed", error=str(exc))
+                    log.error("webhook_cycle_failed", error=str(exc))
                     handled = 0
                 if not handled:
                     self._deliver_now.wait(idle)
@@ -154,7 +154,7 @@ class Platform:
 
         with self._sessions.begin() as session:
             changed = sync_files(session, load_dir(Path(directory)))
-        log.info("knowledge base loaded", directory=str(directory), changed=changed)
+        log.info("knowledge_base_loaded", directory=str(directory), changed=changed)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

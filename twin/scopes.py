@@ -77,6 +77,21 @@ def normalise(sites: Iterable[str] | None) -> list[str] | None:
     return out
 
 
+def existing(session: Session, sites: Iterable[str] | None) -> list[str] | None:
+    """:func:`normalise`, then InvalidRequest unless every site is loaded on this platform (a site file's root node),
+    so a typo does not give a person an empty plant without a word."""
+    out = normalise(sites)
+    if out is None:
+        return None
+    known = set(session.scalars(select(TwinNode.id).where(TwinNode.parent_id.is_(None),
+                                                         TwinNode.retired_at.is_(None))))
+    unknown = [s for s in out if s not in known]
+    if unknown:
+        have = ", ".join(sorted(known)[:MAX_SITES]) or "none yet"
+        raise InvalidRequest(f"no site {unknown[0]!r} on this platform (sites: {have}); load its site file first")
+    return out
+
+
 def parse(text: str | None) -> list[str] | None:
     """A scope from the command line: ``A,B``; empty or ``all`` for every site."""
     if text is None or text.strip().lower() in ("", "all"):

@@ -91,7 +91,7 @@ def sync_site(engine: Engine, site: Site, now: int | None = None) -> SyncReport:
             audit.record(session, SITE_ACTOR, "site.reload", f"site:{site.site.id}", after=dict(vars(counts)),
                          address="local")
     report = SyncReport(**vars(counts))
-    log.info("site synchronised", site=site.site.id, **vars(counts))
+    log.info("site_synchronised", site=site.site.id, **vars(counts))
     return report
 
 
@@ -118,7 +118,7 @@ def stored_sites(session: Session) -> list[Site]:
         try:
             sites.append(Site.model_validate(row.model))
         except ValidationError as exc:
-            log.warning("stored site model unreadable: load its site file again", site=row.id,
+            log.warning("stored_site_unreadable", hint="load its site file again", site=row.id,
                         error=str(exc).splitlines()[0])
     return sites
 

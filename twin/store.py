@@ -174,7 +174,7 @@ class TwinStore:
             self.catalog.invalidate()  # properties created in the failed transaction are gone
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             more = f" (and {len(batches) - 1} more)" if len(batches) > 1 else ""
-            log.warning("apply failed", gateway=first.gateway, batch=first.batch, more=len(batches) - 1,
+            log.warning("apply_failed", gateway_id=first.gateway, batch=first.batch, more=len(batches) - 1,
                         error=reason)
             refused = isinstance(exc, (DataError, IntegrityError, *self._dbapi_data_errors))
             error = StoreRefused if refused else StoreError

@@ -119,8 +119,8 @@ class TwinProperty(Base):
 class HistoryRow(Base):
     """One stored value of one property; the key (property, source timestamp) makes writes idempotent.
 
-    No foreign key on ``property_id``: its per-row check nearly doubled the database's cost of storing a value
-    (benchmarks/scale_ingest.py), and the store writes only ids of its catalog's properties. A trigger on
+    No foreign key on ``property_id``: its per-row check is a large part of the database's cost of storing a
+    value (docs/scaling.md), and the store writes only ids of its catalog's properties. A trigger on
     ``twin_properties`` (migrations/versions/0015) deletes a property's history with it, as the cascade did.
     """
 

@@ -189,7 +189,7 @@ class Throttle:
                 record.locked_until, record.strikes = now + lock_s, record.strikes + 1
                 record.window_start, record.failures = record.locked_until, 0
                 self._stats.lockouts[scope] += 1
-                log.warning("credential checks locked out", scope=scope.value, key=key if scope is Scope.NAME
+                log.warning("credential_checks_locked_out", scope=scope.value, key=key if scope is Scope.NAME
                             else address, kind=kind.value, seconds=lock_s, strikes=record.strikes)
 
     def _forgive(self, keys: list[tuple[Scope, str]], *, success: bool) -> None:

@@ -146,9 +146,9 @@ class BaselineLearner:
         if step != self._logged:
             self._logged = step
             if self.ready:
-                log.info("baseline_ready", node=self.node, task=self.task, rows=len(self.rows))
+                log.info("baseline_ready", node_id=self.node, task=self.task, rows=len(self.rows))
             else:
-                log.info("baseline_learning", node=self.node, task=self.task, progress=self.status())
+                log.info("baseline_learning", node_id=self.node, task=self.task, progress=self.status())
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +223,8 @@ class BaselineStore:
             if row is None:
                 return
             if tuple(json.loads(row[0])) != learner.signals:
-                log.info("baseline_restarted", node=learner.node, task=learner.task, reason="model reads other signals")
+                log.info("baseline_restarted", node_id=learner.node, task=learner.task,
+                         reason="model reads other signals")
                 self._clear(learner)
                 return
             progress = int(row[1]), int(row[2]), bool(row[3])

@@ -39,7 +39,7 @@ from pathlib import Path
 import structlog
 
 from edge_agent import metrics
-from edge_agent.cascade import CascadeClient
+from edge_agent.cascade_client import CascadeClient
 from edge_agent.config import AgentSettings
 from edge_agent.diagnostics.baseline import Adapted, BaselineStore, adapt
 from edge_agent.diagnostics.load import LoadGovernor
@@ -354,7 +354,7 @@ class Diagnoser:
                 elif self._store is not None and rows is not None:
                     self._store.save(t.learner, rows)
             except ModelError as exc:
-                log.error("baseline_store_failed", node=t.learner.node, error=str(exc))
+                log.error("baseline_store_failed", node_id=t.learner.node, error=str(exc))
                 if rows is not None:  # written with the next cycle's rows
                     t.learner.pending[:0] = rows
                     t.learner.saved_ready = False
@@ -386,12 +386,12 @@ class Diagnoser:
         t = job.target
         t.adapting = False
         if not isinstance(job.result, Adapted):
-            log.error("baseline_failed", node=t.learner.node if t.learner else None, task=t.task, error=job.result)
+            log.error("baseline_failed", node_id=t.learner.node if t.learner else None, task=t.task, error=job.result)
             return
         t.adapted, t.adapted_for, t.adapted_rows, t.adapted_final = job.result, job.slot, len(job.rows), job.final
         log.info(
             "baseline_in_use",
-            node=t.learner.node if t.learner else None,
+            node_id=t.learner.node if t.learner else None,
             task=t.task,
             rows=len(job.rows),
             final=job.final,

@@ -31,6 +31,7 @@ from edge_agent.errors import ModelError
 from models import runtime
 from models.errors import ModelError as RuntimeModelError
 from models.runtime import LoadedModel, Prediction
+from plant.platform_api import MANIFEST
 from plant.site import AssetType, Site
 
 log = structlog.get_logger(__name__)
@@ -168,7 +169,7 @@ class ModelSlots:
         """Version directories of a task, newest first, the local registry's before the package's."""
         out: list[Path] = []
         for root in dict.fromkeys([self.registry_dir, PACKAGE_REGISTRY]):
-            found = [p for p in (root / task).glob("*") if (p / "manifest.json").is_file()]
+            found = [p for p in (root / task).glob("*") if (p / MANIFEST).is_file()]
             out += sorted(found, key=_version_key, reverse=True)
         return out
 

@@ -12,6 +12,8 @@ the Diagnoser runs, and not one this gateway found bad:
 3. ``diagnoser.load_model`` (on a thread) then ``use_model``: the Diagnoser loads and checks the new model, then scores
    the next window with it; the frames it holds stay, so the first window after the swap is whole.
 
+Paths, bodies, the digest header and the archive's layout are the contract's (plant/platform_api.py).
+
 A version that fails (integrity, ``ModelError`` or any other error from the swap, or a rollback the Diagnoser
 reports through
 ``on_rollback`` after outputs left their declared range on live data) is reported to the platform
@@ -39,6 +41,7 @@ from typing import Any, Protocol
 
 import httpx
 import structlog
+from pydantic import ValidationError
 
 from edge_agent import metrics
 from edge_agent.config import AgentSettings
@@ -46,13 +49,22 @@ from edge_agent.diagnostics.model_slots import Slot
 from edge_agent.errors import ModelError
 from models import registry
 from models.errors import ModelError as ModelsError
+from plant.fields import TEXT_LENGTH
+from plant.platform_api import (
+    ARCHIVE,
+    FAILURES,
+    PROMOTED,
+    SHA256_HEADER,
+    ModelFailureReport,
+    PromotedModel,
+    url,
+)
 from plant.site import Site
 
 log = structlog.get_logger(__name__)
 
-PROMOTED = "/api/v1/models/promoted"
-SHA256_HEADER = "X-Model-Sha256"
 STATE_FILE = "model_sync.json"
+_JSON = {"Content-Type": "application/json"}
 MAX_ARCHIVE_BYTES = 512 << 20
 BAD_KEPT = 200  # remembered bad versions, newest kept
 
@@ -172,7 +184,7 @@ class ModelSync:
         return swapped
 
     async def _promoted(self) -> dict[str, Any]:
-        response = await self.client.get(self.url + PROMOTED, headers=self._headers)
+        response = await self.client.get(url(self.url, PROMOTED), headers=self._headers)
         response.raise_for_status()
         body = response.json()
         if not isinstance(body, dict):
@@ -187,9 +199,13 @@ class ModelSync:
             if kind is None or not isinstance(tasks, dict):
                 continue
             for task, entry in tasks.items():
-                if task not in kind.models or not isinstance(entry, dict):
+                if task not in kind.models:
                     continue
-                version, sha256 = str(entry.get("version", "")), str(entry.get("sha256", ""))
+                try:
+                    promotion = PromotedModel.model_validate(entry)
+                except ValidationError:
+                    continue
+                version, sha256 = promotion.version, promotion.sha256
                 if not registry_name_ok(version) or running.get(asset_type, {}).get(task) == version:
                     continue
                 if (asset_type, task, version) not in self.bad:
@@ -244,8 +260,8 @@ class ModelSync:
         return final
 
     async def _download(self, task: str, version: str, sha256: str) -> bytes:
-        url = f"{self.url}/api/v1/models/{task}/{version}/archive"
-        async with self.client.stream("GET", url, headers=self._headers) as response:
+        archive = url(self.url, ARCHIVE, task=task, version=version)
+        async with self.client.stream("GET", archive, headers=self._headers) as response:
             response.raise_for_status()
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
@@ -279,10 +295,14 @@ class ModelSync:
         """Send the failures the platform has not taken yet; keep those it could not take for later."""
         kept: list[Failure] = []
         for failure in self.unreported:
-            url = f"{self.url}/api/v1/models/{failure.task}/{failure.version}/failures"
-            body = {"gateway": self.gateway, "asset_type": failure.asset_type, "reason": failure.reason[:4000]}
+            where = url(self.url, FAILURES, task=failure.task, version=failure.version)
+            body = ModelFailureReport.model_construct(
+                gateway=self.gateway, asset_type=failure.asset_type, reason=failure.reason[:TEXT_LENGTH]
+            )
             try:
-                response = await self.client.post(url, json=body, headers=self._headers)
+                response = await self.client.post(
+                    where, content=body.model_dump_json(), headers={**self._headers, **_JSON}
+                )
             except httpx.HTTPError as exc:
                 log.warning("model_failure_report_failed", task=failure.task, error=str(exc) or type(exc).__name__)
                 kept.append(failure)

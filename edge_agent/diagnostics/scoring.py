@@ -66,11 +66,12 @@ def score(group: list[Job]) -> list[Outcome]:
             out.append(Outcome(j, error=exc.reason))
             continue
         except Exception as exc:  # onnxruntime, or a manifest field raising on live data: rolled back
-            log.error("inference_failed", node=j.asset.node, task=j.target.task, error=f"{type(exc).__name__}: {exc}")
+            log.error("inference_failed", node_id=j.asset.node, task=j.target.task,
+                      error=f"{type(exc).__name__}: {exc}")
             out.append(Outcome(j, error="inference_failed"))
             continue
         if wrong:
-            log.error("model_output_out_of_range", node=j.asset.node, task=j.target.task, why=wrong)
+            log.error("model_output_out_of_range", node_id=j.asset.node, task=j.target.task, why=wrong)
             out.append(Outcome(j, error="out_of_range"))
         else:
             out.append(Outcome(j, prediction=p))

@@ -127,7 +127,7 @@ def _target(
     spec = model.spec
     unbound = [s for s in spec.signals if s not in node.bindings]
     if unbound:
-        log.warning("model_inputs_unbound", node=node.id, task=task, signals=unbound)
+        log.warning("model_inputs_unbound", node_id=node.id, task=task, signals=unbound)
         return None
     if old is not None and old.signals == spec.signals:
         old.length, old.min_length = spec.window, spec.min_window

@@ -299,22 +299,22 @@ def cascade_command(
     as_json: bool,
 ) -> None:
     """Student, teacher and cascade on TASK's data (every row, or --split); the threshold offloading ≤ MAX_OFFLOAD."""
-    from models import cascade
+    from models import cascade_threshold
     from models.errors import ModelError
 
     try:
         directory = _model_dir(task, model)
-        result = cascade.run(
+        result = cascade_threshold.run(
             task, directory, _paths(data, extra), truth, variant, teacher_dir, max_offload, split, _rows(rows_text)
         )
         if write:
-            cascade.write(directory, result)
+            cascade_threshold.write(directory, result)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"model": str(directory), **result}, sort_keys=True))
         return
-    click.echo(cascade.summary(task, directory, result))
+    click.echo(cascade_threshold.summary(task, directory, result))
     if write:
         click.echo(f"written to {directory / 'manifest.json'}", err=True)
 
@@ -435,6 +435,7 @@ def _call(method: str, url: str, key: str, **kwargs: Any) -> Any:
 @_KEY
 def upload(directory: Path, platform_url: str, key: str) -> None:
     """Upload the registry model DIRECTORY (manifest.json, ONNX files, model card) to the platform."""
+    from plant.platform_api import MODELS, url
     from twin.errors import InvalidRequest
     from twin.model_registry import pack
 
@@ -442,8 +443,7 @@ def upload(directory: Path, platform_url: str, key: str) -> None:
         data = pack(directory)
     except InvalidRequest as exc:
         raise click.ClickException(str(exc)) from None
-    url = platform_url.rstrip("/") + "/api/v1/models"
-    response = _call("POST", url, key, content=data)
+    response = _call("POST", url(platform_url, MODELS), key, content=data)
     body = response.json()
     state = "uploaded" if response.status_code == 201 else "already uploaded"
     click.echo(f"{state} {body['task']} {body['version']} ({body['name']}, sha256 {body['sha256'][:12]}…)")
@@ -455,7 +455,9 @@ def upload(directory: Path, platform_url: str, key: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="the API's JSON")
 def list_(platform_url: str, key: str, as_json: bool) -> None:
     """List the platform's model versions, the asset types each is promoted for, and reported failures."""
-    body = _call("GET", platform_url.rstrip("/") + "/api/v1/models", key).json()
+    from plant.platform_api import MODELS, url
+
+    body = _call("GET", url(platform_url, MODELS), key).json()
     if as_json:
         click.echo(json.dumps(body, sort_keys=True))
         return
@@ -475,6 +477,7 @@ def list_(platform_url: str, key: str, as_json: bool) -> None:
 @_KEY
 def promote(task: str, version: str, asset_type: str, platform_url: str, key: str) -> None:
     """Have the agents of an asset type run VERSION of TASK (promoting an older version rolls back)."""
-    url = f"{platform_url.rstrip('/')}/api/v1/models/{task}/{version}/promote"
-    _call("POST", url, key, json={"asset_type": asset_type})
+    from plant.platform_api import PROMOTE, url
+
+    _call("POST", url(platform_url, PROMOTE, task=task, version=version), key, json={"asset_type": asset_type})
     click.echo(f"promoted {task} {version} for {asset_type}")

@@ -83,7 +83,7 @@ def _serve(settings: object, role: str) -> None:
             app.state.ingestor = platform.ingestor if platform is not None else None  # /healthz reports it
             for collector in platform_collectors(platform) if platform is not None else ():
                 app.state.metrics.register(collector)  # --role all: GET /metrics shows the platform's too
-            log.info("api listening", url=f"http://{settings.http_host}:{settings.http_port}")
+            log.info("api_listening", url=f"http://{settings.http_host}:{settings.http_port}")
             # uvicorn raises the signal it stopped on again once it is done; with the default handler that
             # kills the process before the ingest workers below finish their batch: make it a no-op
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,8 +112,8 @@ def _broker_access(settings: TwinSettings, engine: Engine) -> BrokerAccess | Non
 
     if not active_credentials(engine):
         structlog.get_logger("factory_twin.serve").warning(
-            "no gateways registered: the embedded broker lets any client publish any uplink; "
-            "`factory-twin gateways add NAME` gives each gateway its login (restart to enforce)")
+            "no_gateways_registered", effect="the embedded broker lets any client publish any uplink",
+            hint="`factory-twin gateways add NAME` gives each gateway its login (restart to enforce)")
         return None
     return BrokerAccess(TopicRules(settings.mqtt_topic_root), lambda: active_credentials(engine))
 

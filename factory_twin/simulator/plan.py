@@ -140,7 +140,7 @@ def plan_site(site: Site, data_dir: Path, machines: Collection[str] | None = Non
         assert node.type is not None  # site.assets() yields typed nodes only
         feed = FEEDS.get(node.type)
         if feed is None:
-            log.warning("simulator_no_feed", node=node.id, asset_type=node.type)
+            log.warning("simulator_no_feed", node_id=node.id, asset_type=node.type)
             continue
         if node.type not in loaded:
             loaded[node.type] = feed.load(data_dir)
@@ -163,7 +163,7 @@ def _plan_machine(
         sent_unit = binding.unit or pdefs[prop].unit
         if sent_unit != feed.units[prop]:
             log.warning(
-                "simulator_unit_mismatch", node=node.id, prop=prop, data=feed.units[prop], site=sent_unit
+                "simulator_unit_mismatch", node_id=node.id, prop=prop, data=feed.units[prop], site=sent_unit
             )
     plan = MachinePlan(node=node.id, asset_type=asset_type, feed=feed, rows=[], start=start)
     plan.rows = [_row(bound, pdefs, feed, r, i) for i, r in enumerate(raw)]

@@ -204,7 +204,7 @@ class Simulator:
             for source, signal, drive in machine.drives:
                 written = self._servers[source].value(signal.node_id)
                 if drive.follow(written, elapsed):
-                    log.info("simulator_setpoint", node=signal.machine, prop=signal.prop, value=drive.target)
+                    log.info("simulator_setpoint", node_id=signal.machine, prop=signal.prop, value=drive.target)
                 drive.apply(values)
         for fault, pdef in machine.faults:
             value = values[fault.prop]

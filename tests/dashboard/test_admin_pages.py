@@ -1,5 +1,6 @@
 """Users, keys, the audit trail and one's own account in a real browser on the running demo plant, at 1280 px and
-at 360 px: an admin creates and disables a user and finds it in the audit trail; a person changes their password.
+at 360 px: an admin creates a user limited to a site, widens and disables it and finds it in the audit trail;
+a person changes their password.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from tests.dashboard.conftest import ARTIFACTS, PASSWORD, Plant
 from twin.auth import Role
 from twin.dashboard.users import create_user
 from twin.db import make_sessionmaker
+from twin.tables import User
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -51,6 +54,13 @@ def _person(plant: Plant, role: Role) -> str:
     return name
 
 
+def _sites_of(plant: Plant, username: str) -> list[str] | None:
+    assert plant.stack.engine is not None
+    with make_sessionmaker(plant.stack.engine)() as s:
+        sites: list[str] | None = s.scalars(select(User.sites).where(User.username == username)).one()
+    return sites
+
+
 def _login(page: Any, plant: Plant, username: str, password: str = PASSWORD) -> None:
     page.goto(plant.url + "/")
     page.fill("#login-password input[name=username]", username)
@@ -69,7 +79,17 @@ def test_an_admin_creates_and_disables_a_user_and_finds_it_in_the_audit_trail(co
     page.fill("#create-user input[name=username]", name)
     page.fill("#create-user input[name=password]", "a long first password")
     page.select_option("#create-user select", "technician")
+    page.uncheck("#create-user input[name=new-user-sites-all]")
+    page.check("#create-user input[name=new-user-sites][value=demo-plant]")
     page.click("#create-user button[type=submit]")
+    row = page.wait_for_selector(f"#users tr[data-user='{name}']")
+    assert row.query_selector("[data-field=sites] summary").text_content() == "Demo plant"
+    assert _sites_of(plant, name) == ["demo-plant"]
+    row.query_selector("[data-field=sites] summary").click()
+    row.query_selector("input[name=user-sites-all]").check()
+    row.query_selector("[data-field=sites] button[type=submit]").click()
+    page.wait_for_selector(f"#users tr[data-user='{name}'] [data-field=sites] summary:text-is('All sites')")
+    assert _sites_of(plant, name) is None
     row = page.wait_for_selector(f"#users tr[data-user='{name}']")
     row.query_selector("button[data-action=disable]").click()
     page.wait_for_selector(f"#users tr[data-user='{name}'] button[data-action=enable]")
@@ -87,10 +107,10 @@ def test_an_admin_creates_and_disables_a_user_and_finds_it_in_the_audit_trail(co
     page.click("#audit-filters button[type=submit]")
     for _ in range(100):
         actions = page.eval_on_selector_all("#audit tr[data-id] code", "els => els.map(e => e.textContent)")
-        if actions == ["user.disable", "user.create"]:
+        if actions == ["user.disable", "user.set_sites", "user.create"]:
             break
         page.wait_for_timeout(100)
-    assert actions == ["user.disable", "user.create"]
+    assert actions == ["user.disable", "user.set_sites", "user.create"]
     with page.expect_download() as got:
         page.click("#audit-filters button[data-action=export]")
     assert got.value.suggested_filename.startswith("audit-")

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 from edge_agent import metrics
-from edge_agent.cascade import CascadeClient
+from edge_agent.cascade_client import CascadeClient
 from edge_agent.config import AgentSettings
 from edge_agent.diagnostics.diagnose import Diagnoser
 from edge_agent.diagnostics.model_slots import PACKAGE_REGISTRY
 from edge_agent.outbox import DIAGNOSIS, Outbox
+from plant.platform_api import CascadeRequest
 from plant.site import Site
 from plant.wire import Diagnosis, DiagnosisSource
 from tests.edge.test_diagnose import HEALTHY_MILL, T0, copy_model, example_site, frame, site_of
@@ -82,8 +83,9 @@ class Platform:
             return "200 OK", b'{"node": 1}'
         if self.mode == "slow":
             await asyncio.sleep(self.delay_s)
-        ts = body["ts"] + (1 if self.mode == "other" else 0)
-        d = Diagnosis(node=body["node"], task=body["task"], ts=ts, model=body["model"], version=body["version"],
+        ask = CascadeRequest.model_validate(body)  # the contract's request, as the platform reads it
+        ts = ask.ts + (1 if self.mode == "other" else 0)
+        d = Diagnosis(node=ask.node, task=ask.task, ts=ts, model=ask.model, version=ask.version,
                       source=DiagnosisSource.PLATFORM, confidence=0.97, label="none", probability=0.97)  # fmt: skip
         return "200 OK", d.model_dump_json().encode()
 

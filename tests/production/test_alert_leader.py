@@ -101,7 +101,7 @@ def test_two_ingest_processes_alert_once_per_fault_and_survive_the_leader_killed
     sender = None
     try:
         for p in procs:
-            p.wait_for("ingest started")
+            p.wait_for("ingest_started")
         wait_until(lambda: sorted(_leader(ports)) == [0.0, 1.0], 10, "exactly one alert leader")
         leader = _leader(ports).index(1.0)
         standby = 1 - leader
@@ -123,7 +123,7 @@ def test_two_ingest_processes_alert_once_per_fault_and_survive_the_leader_killed
         killed_at = time.monotonic()
         wait_until(lambda: scrape(ports[standby]).get("twin_alert_leader") == 1.0, 15, "the standby takes over")
         takeover_s = time.monotonic() - killed_at
-        procs[standby].wait_for("alert leader: evaluating")
+        procs[standby].wait_for("alert_leader_evaluating")
         # the dead process's broker session still takes its share: the sender resends until all are stored
         later = [_fault("p1", "count", 9, "f-p1-count"), _fault("p2", "count", 7, "f-p2-count")]
         sender.deliver(later, timeout=60)
@@ -136,7 +136,7 @@ def test_two_ingest_processes_alert_once_per_fault_and_survive_the_leader_killed
             "p2/count-high/high": (1, 1),
             **STALE,
         }, "\n".join(map(str, _transitions(pg_url)))
-        assert "alert evaluation failed" not in procs[standby].output()
+        assert "alert_evaluation_failed" not in procs[standby].output()
         assert takeover_s < 10, takeover_s
         print(f"takeover after SIGKILL: {takeover_s:.2f} s")  # shown with -s
     finally:
@@ -145,4 +145,4 @@ def test_two_ingest_processes_alert_once_per_fault_and_survive_the_leader_killed
         for p in procs:
             p.stop()
         forget_sessions(host, port, ids)
-    assert "alert leader: stepped down" in procs[standby].output()  # graceful stop lets go of the lock
+    assert "alert_leader_stepped_down" in procs[standby].output()  # graceful stop lets go of the lock

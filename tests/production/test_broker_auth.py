@@ -130,7 +130,7 @@ def test_serve_on_the_embedded_broker_enforces_logins_once_a_gateway_is_register
                  {"TWIN_DATABASE_URL": url, "TWIN_EMBEDDED_MQTT_PORT": str(port)}, tmp_path / "serve.log")
     clients: list[mqtt.Client] = []
     try:
-        serve.wait_for("ingest started")
+        serve.wait_for("ingest_started")
         gateway, ok = _client(port, "gw1", credential)
         clients.append(gateway)
         assert ok

@@ -53,8 +53,8 @@ def test_serve_roles_as_processes(pg_url: str, mqtt_broker: tuple[str, int], top
                tmp_path / "api.log")
     sender = None
     try:
-        ingest.wait_for("ingest started")
-        api.wait_for("api listening")
+        ingest.wait_for("ingest_started")
+        api.wait_for("api_listening")
         _wait_http(f"http://127.0.0.1:{api_port}/healthz")
         sender = Sender(host, port, topic_prefix, "gw1")
         start = now_us() - 2 * 3600 * SEC
@@ -76,7 +76,7 @@ def test_serve_roles_as_processes(pg_url: str, mqtt_broker: tuple[str, int], top
         assert ingest.stop() == 0, ingest.output()[-2000:]
         assert api.stop() == 0, api.output()[-2000:]
         forget_sessions(host, port, [f"{cid}-0", f"{cid}-1"])
-    assert "ingest stopped" in ingest.output()
+    assert "ingest_stopped" in ingest.output()
 
 
 def test_workers_killed_or_stopped_mid_stream_lose_and_duplicate_nothing(
@@ -91,8 +91,8 @@ def test_workers_killed_or_stopped_mid_stream_lose_and_duplicate_nothing(
              serve_env(pg_url, host, port, topic_prefix, b_id, TWIN_INGEST_LEAVE_ON_STOP="true"), tmp_path / "b.log")
     sender = None
     try:
-        a.wait_for("ingest started")
-        b.wait_for("ingest started")
+        a.wait_for("ingest_started")
+        b.wait_for("ingest_started")
         sender = Sender(host, port, topic_prefix, "gw1")
         start = now_us() - 2 * 3600 * SEC
         batches = make_batches("gw1", 80, 100, start)
@@ -106,7 +106,7 @@ def test_workers_killed_or_stopped_mid_stream_lose_and_duplicate_nothing(
             sender.publish(batch)
         a = Proc(["serve", "--role", "ingest"], serve_env(pg_url, host, port, topic_prefix, a_id),
                  tmp_path / "a2.log")
-        a.wait_for("ingest started")
+        a.wait_for("ingest_started")
         # B is scaled down gracefully mid-stream: it finishes its batch, acknowledges nothing unstored, leaves
         for batch in batches[60:]:
             sender.publish(batch)

@@ -158,7 +158,7 @@ CASES: dict[str, tuple[Callable[[Api], Any] | None, Callable[[Api, Any], Respons
                                                                        "role": "viewer"}), "user:olga"),
     "user.set_role": (None, lambda a, _: a.call("PATCH", "/users/tess", json={"role": "engineer"}), "user:tess"),
     "user.disable": (None, lambda a, _: a.call("PATCH", "/users/tess", json={"disabled": True}), "user:tess"),
-    "user.set_sites": (None, lambda a, _: a.call("PATCH", "/users/tess", json={"sites": ["plant"]}), "user:tess"),
+    "user.set_sites": (None, lambda a, _: a.call("PATCH", "/users/tess", json={"sites": ["p1"]}), "user:tess"),
     "user.enable": (lambda a: a.call("PATCH", "/users/tess", json={"disabled": True}),
                     lambda a, _: a.call("PATCH", "/users/tess", json={"disabled": False}), "user:tess"),
     "user.delete": (None, lambda a, _: a.call("DELETE", "/users/tess"), "user:tess"),

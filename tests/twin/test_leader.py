@@ -121,7 +121,7 @@ def test_on_sqlite_a_second_process_stands_by_until_the_first_is_gone(sqlite_url
         with structlog.testing.capture_logs() as logs:
             assert not lock.acquire()
             assert not lock.acquire()  # a standby retries every few seconds: said once
-        assert [e["event"] for e in logs] == ["another process leads on this SQLite database"]
+        assert [e["event"] for e in logs] == ["leader_lock_held_elsewhere"]
         assert not lock.held
         other.kill()  # the OS frees a dead holder's file lock
         other.wait(10)

@@ -358,10 +358,29 @@ def test_a_users_sites_limit_their_sessions_and_keys_and_admins_set_them(world: 
     assert actions.count("user.set_sites") == 2
 
 
+def add_sites(s: Session, *ids: str) -> None:
+    """Root nodes for ``ids``, as loading their site files would leave."""
+    s.add_all(TwinNode(id=i, parent_id=None, path=f"/{i}/", kind="site", name=i) for i in ids)
+    s.commit()
+
+
+def test_a_scope_naming_a_site_not_on_the_platform_is_refused_by_name(world: World) -> None:
+    made = world.call("POST", "/api/v1/users", world.admin,
+                               json={"username": "tina", "password": PASSWORD, "role": "viewer", "sites": ["nort"]})
+    assert made.status_code == 422
+    assert "no site 'nort' on this platform" in made.text
+    key = world.call("POST", "/api/v1/keys", world.admin, json={"name": "k", "role": "viewer", "sites": ["sooth"]})
+    assert key.status_code == 422
+    assert "no site 'sooth'" in key.text
+    with Session(world.engine) as s:
+        assert s.scalar(select(func.count()).select_from(User).where(User.username == "tina")) == 0
+
+
 def test_an_admin_limited_to_a_site_is_not_the_last_admin(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
     Base.metadata.create_all(engine)
     with make_sessionmaker(engine)() as s:
+        add_sites(s, "north")
         create_user(s, "ada", PASSWORD, Role.ADMIN)
         with pytest.raises(Conflict, match="last active admin"):
             set_sites(s, "ada", ["north"])
@@ -372,6 +391,9 @@ def test_an_admin_limited_to_a_site_is_not_the_last_admin(tmp_path: Path) -> Non
 def test_cli_sets_sites_on_users_and_keys(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'twin.db'}"
     run.upgrade(url)
+    engine = make_engine(url)
+    with Session(engine) as s:
+        add_sites(s, "north", "south")
     runner = CliRunner()
     base = ["--data-dir", str(tmp_path)]
     made = runner.invoke(cli, ["users", "create", "sam", "--role", "viewer", "--password-stdin", "--sites",
@@ -385,7 +407,9 @@ def test_cli_sets_sites_on_users_and_keys(tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["keys", "create", "--role", "viewer", "--sites", "no/such", *base])
     assert bad.exit_code != 0
     assert "not a site id" in bad.output
-    engine = make_engine(url)
+    typo = runner.invoke(cli, ["users", "set-sites", "sam", "nrth", *base])
+    assert typo.exit_code != 0
+    assert "no site 'nrth' on this platform (sites: north, south)" in typo.output
     with Session(engine) as s:
         assert s.scalars(select(User.sites).where(User.username == "sam")).one() == ["south"]
     engine.dispose()

@@ -359,7 +359,7 @@ class AlertEngine:
             reason=v.reason,
         )
         self._remember(key, asset.root, now)
-        log.info("alert raised", key=key, condition=v.condition, value=v.value)
+        log.info("alert_raised", key=key, condition=v.condition, value=v.value)
         return 1
 
     def _return(self, session: Session, key: str, now: int) -> int:

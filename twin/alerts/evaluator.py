@@ -146,7 +146,7 @@ class AlertEvaluator:
                         self._serve()
                 except Exception as exc:  # the evaluator must outlive any failure: step down, try again
                     log.error(
-                        "alert evaluation failed, stepping down",
+                        "alert_evaluation_failed",
                         error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                         kind=type(exc).__name__,
                     )
@@ -166,7 +166,7 @@ class AlertEvaluator:
         with self._stats_lock:
             self._stats.leader = True
             self._stats.terms += 1
-        log.info("alert leader: evaluating", assets=len(self.feed.watched))
+        log.info("alert_leader_evaluating", assets=len(self.feed.watched))
         self._decided.set()
         return True
 
@@ -195,7 +195,7 @@ class AlertEvaluator:
             heard = self._reader.wait(max(0.0, min(wait, WAIT_MAX_S)))
             now = time.monotonic()
             if now >= next_sweep and self._sites_changed():  # a site file was loaded: take up its rules
-                log.info("alert leader: site models changed, taking up their rules")
+                log.info("alert_leader_rules_reloaded")
                 self._take_up_rules()
             if heard or now >= next_sweep:  # any stored batch adds a feed row, watched or not: read and delete it
                 self._drain()
@@ -219,7 +219,7 @@ class AlertEvaluator:
         with self._stats_lock:
             self._stats.leader = False
         if was:
-            log.info("alert leader: stepped down")
+            log.info("alert_leader_stepped_down")
 
     def _pass(self, read: Callable[[Session], Read], measure: bool = True) -> Read:
         """Judge what ``read`` finds, in one transaction with the alerts it writes."""

@@ -327,8 +327,8 @@ def _diagnoses(rows: Iterable[DiagnosisRecord]) -> Iterator[Diagnosis]:
             yield diagnosis_of(r)
         except (ValidationError, TypeError) as exc:
             log.warning(
-                "stored diagnosis unreadable, skipped",
-                node=r.node_id,
+                "stored_diagnosis_skipped",
+                node_id=r.node_id,
                 task=r.task,
                 ts=r.ts,
                 error=str(exc).splitlines()[0],

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from plant.platform_api import API_PREFIX
 from twin import errors, metrics
 from twin.api import docs
 from twin.api.exposure import Exposure
@@ -40,18 +41,17 @@ from twin.api.routes import (
     webhooks,
     workorders,
 )
-from twin.cascade import Cascade
 from twin.config import TwinSettings, get_settings
 from twin.dashboard import api as dashboard_api
 from twin.dashboard import router as dashboard_router
 from twin.db import make_engine, make_sessionmaker
 from twin.live import live_bus_for
 from twin.schemas import Problem
+from twin.teachers import Teachers
 from twin.throttle import Throttle, policy_of
 
 log = structlog.get_logger(__name__)
 
-API_PREFIX = "/api/v1"
 # Every resource's router; each protects itself with a role dependency (twin/api/deps.py).
 V1_ROUTERS: tuple[APIRouter, ...] = (
     nodes.router,
@@ -127,7 +127,7 @@ def create_app(settings: TwinSettings | None = None, engine: Engine | None = Non
     app.state.read_sessionmaker = make_sessionmaker(reader)
     app.state.live = live_bus_for(engine)  # live updates across replicas (twin/live.py), for SSE
     # the teacher's answers to offloaded windows are stored like uplinked diagnoses, and heard live
-    app.state.cascade = Cascade(engine, settings, listeners=[app.state.live.listener])
+    app.state.teachers = Teachers(engine, settings, listeners=[app.state.live.listener])
 
     v1 = APIRouter(prefix=API_PREFIX)
     for router in V1_ROUTERS:
@@ -168,7 +168,7 @@ async def _twin_error(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, errors.TooManyAttempts):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     if status >= 500:
-        log.error("request failed", error=str(exc), kind=type(exc).__name__)
+        log.error("request_failed", error=str(exc), kind=type(exc).__name__)
     return problem(status, str(exc) or type(exc).__name__, headers)
 
 
@@ -204,7 +204,7 @@ def _cut(text: str, limit: int) -> str:
 
 async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     # Where SQLAlchemy's errors become ours: the client learns that the database failed, the log says how.
-    log.error("database error", error=str(exc).splitlines()[0] if str(exc) else "", kind=type(exc).__name__)
+    log.error("database_error", error=str(exc).splitlines()[0] if str(exc) else "", kind=type(exc).__name__)
     return problem(
         503, "the database is unavailable or its schema is outdated (run `factory-twin db upgrade`)"
     )

@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 MAX_SESSIONS = 5
 MIN_PASSWORD = 8
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-# scrypt cost: 2^14 × 8 × 128 B = 16 MiB and ~50 ms per check; slow for guessing, fine for a login.
+# scrypt cost: 2^14 × 8 × 128 B = 16 MiB per check; slow for guessing, fine for a login (docs/security.md).
 _N, _R, _P = 2**14, 8, 1
 _SALT_BYTES = 16
 _ADMIN_LOCK = 0x46545F41444D494E  # "FT_ADMIN": serialises the last-admin checks on PostgreSQL
@@ -79,7 +79,7 @@ def create_user(
     _check_password(password)
     user = User(
         username=username, password_hash=hash_password(password), role=role.value, created_at=now_us(),
-        sites=scopes.normalise(sites),
+        sites=scopes.existing(session, sites),
     )
     session.add(user)
     try:
@@ -87,7 +87,7 @@ def create_user(
     except IntegrityError:
         session.rollback()
         raise Conflict(f"a user named {username!r} exists already") from None
-    log.info("user created", username=username, role=role.value)
+    log.info("user_created", username=username, role=role.value)
     return user
 
 
@@ -108,7 +108,7 @@ def login(session: Session, username: str, password: str, *, commit: bool = True
         raise Unauthenticated(f"the account {user.username} is disabled: ask an administrator")
     _make_room(session, user.username)
     key = create_key(session, Role(user.role), SESSION_PREFIX + user.username, owner=user.username, commit=commit)
-    log.info("user logged in", username=user.username, role=user.role)
+    log.info("user_logged_in", username=user.username, role=user.role)
     return key, user
 
 
@@ -162,7 +162,7 @@ def set_sites(session: Session, username: str, sites: list[str] | None) -> User:
     """Limit a user to ``sites`` (None: every site); their sessions and keys follow at once. Conflict if it would
     leave no admin for every site."""
     user = get_user(session, username)
-    user.sites = scopes.normalise(sites)
+    user.sites = scopes.existing(session, sites)
     if user.role == Role.ADMIN.value and user.sites is not None:
         keep_an_admin(session, f"{username} cannot be limited to some sites")
     return user

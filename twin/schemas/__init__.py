@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from twin.auth import Role
-from twin.fields import EpochUs, Key, Name, Text
+from twin.fields import Key, Name
 
 Scalar = float | int | bool | str
 QualityName = Literal["good", "uncertain", "bad"]
@@ -278,43 +278,6 @@ class ModelPromote(_Schema):
     """Which asset type's agents should run a version."""
 
     asset_type: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-class PromotedModel(_Schema):
-    """The version of a task an asset type runs, with its archive's sha256."""
-
-    version: str
-    sha256: str
-
-
-class ModelFailureReport(_Schema):
-    """A gateway could not run a version: it failed to load, or its outputs left their declared range."""
-
-    gateway: Key
-    asset_type: Key
-    reason: Annotated[Text, Field(min_length=1)]
-
-
-class FailureRecorded(_Schema):
-    """A failure report was stored."""
-
-    status: Literal["recorded"] = "recorded"
-
-
-class CascadeRequest(_Schema):
-    """A window the edge student was unsure about, for the platform's teacher."""
-
-    node: Key
-    task: Literal["rul", "faults", "anomaly"]
-    ts: EpochUs = Field(description="window end, µs since the epoch")
-    model: Annotated[Name, Field(max_length=128, description="the student's model name")]
-    version: Annotated[Key, Field(description="the student's registry version")]
-    window: dict[Key, Annotated[list[float | Name | None], Field(max_length=100_000)]] = Field(
-        max_length=256, description="signal → values, oldest first"
-    )
-    units: dict[Key, Annotated[Name, Field(max_length=32)]] = Field(
-        {}, max_length=256, description="signal → unit; default: the declared ones"
-    )
 
 
 class KnowledgeEntryPublic(_Schema):

@@ -233,7 +233,7 @@ class DeliveryWorker:
         try:
             return self.run_batch()
         except StoreError as exc:
-            log.warning("webhook worker: database error", error=str(exc))
+            log.warning("webhook_worker_database_error", error=str(exc))
             return 0
 
     def close(self) -> None:
@@ -358,7 +358,7 @@ class DeliveryWorker:
                     status, due = PENDING, now + int(out.retry_in_s * US)
                 else:
                     status = DEAD
-                    log.warning("webhook dead-lettered", delivery=job.id, error=out.error)
+                    log.warning("webhook_dead_lettered", delivery=job.id, error=out.error)
             params.append(
                 {
                     "b_id": job.id,
@@ -377,4 +377,4 @@ class DeliveryWorker:
         except SQLAlchemyError as exc:
             raise StoreError(f"recording webhook outcomes failed: {exc.__class__.__name__}") from exc
         sent = sum(o.delivered for o in outcomes)
-        log.info("webhooks sent", worker=self.worker_id, delivered=sent, failed=len(outcomes) - sent)
+        log.info("webhooks_sent", worker=self.worker_id, delivered=sent, failed=len(outcomes) - sent)

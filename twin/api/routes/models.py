@@ -1,7 +1,8 @@
 """``/api/v1/models`` (the model registry: upload, list, promote, download, failure reports) and ``/api/v1/cascade``.
 
 Engineers upload and promote; edge gateways (``agent`` keys) download the promoted versions, report the ones
-they could not run and send the windows their student was unsure about; viewers may read the list.
+they could not run and send the windows their student was unsure about; viewers may read the list. What the
+agents call, with its bodies, is the contract's (plant/platform_api.py).
 """
 
 from __future__ import annotations
@@ -11,45 +12,48 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from plant.platform_api import (
+    ARCHIVE,
+    ARCHIVE_MEDIA_TYPE,
+    CASCADE,
+    FAILURES,
+    MODELS,
+    PROMOTE,
+    PROMOTED,
+    SHA256_HEADER,
+    CascadeRequest,
+    FailureRecorded,
+    ModelFailureReport,
+    PromotedModel,
+)
 from plant.wire import Diagnosis
 from twin import model_registry
 from twin.api.deps import AgentOrEngineerDep, AgentOrViewerDep, EngineerDep, SessionDep, SettingsDep
-from twin.cascade import Cascade
 from twin.errors import InvalidRequest
 from twin.fields import Key
-from twin.schemas import (
-    CascadeRequest,
-    FailureRecorded,
-    ModelCreated,
-    ModelFailureReport,
-    ModelPromote,
-    ModelPublic,
-    ModelsPublic,
-    PromotedModel,
-)
+from twin.schemas import ModelCreated, ModelPromote, ModelPublic, ModelsPublic
 from twin.scopes import check_references
+from twin.teachers import Teachers
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(tags=["models"])
 cascade_router = APIRouter(tags=["models"])
 
-SHA256_HEADER = "X-Model-Sha256"
-ARCHIVE_TYPE = "application/gzip"
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
         "description": "tar.gz of one registry model directory: manifest.json, the ONNX files, MODEL_CARD.md",
-        "content": {ARCHIVE_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        "content": {ARCHIVE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
     }
 }
 
 
-def get_cascade(request: Request) -> Cascade:
-    """The app's cascade (teachers loaded once per process)."""
-    cascade: Cascade = request.app.state.cascade
-    return cascade
+def get_teachers(request: Request) -> Teachers:
+    """The app's teachers (loaded once per process)."""
+    teachers: Teachers = request.app.state.teachers
+    return teachers
 
 
-CascadeDep = Annotated[Cascade, Depends(get_cascade)]
+TeachersDep = Annotated[Teachers, Depends(get_teachers)]
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -66,7 +70,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.post("", status_code=201, response_model=ModelCreated, openapi_extra=_UPLOAD_BODY)
+@router.post(MODELS, status_code=201, response_model=ModelCreated, openapi_extra=_UPLOAD_BODY)
 async def upload_model(
     request: Request, response: Response, session: SessionDep, settings: SettingsDep, who: EngineerDep
 ) -> dict[str, Any]:
@@ -80,20 +84,20 @@ async def upload_model(
     return {"task": row.task, "name": row.name, "version": row.version, "sha256": row.sha256}
 
 
-@router.get("", response_model=ModelsPublic)
+@router.get(MODELS, response_model=ModelsPublic)
 def list_models(session: SessionDep, _who: AgentOrViewerDep) -> dict[str, Any]:
     """Every model version, with the asset types it is promoted for and the failures gateways reported."""
     items = [ModelPublic.model_validate(m) for m in model_registry.list_models(session)]
     return {"items": items, "count": len(items)}
 
 
-@router.get("/promoted", response_model=dict[str, dict[str, PromotedModel]])
+@router.get(PROMOTED, response_model=dict[str, dict[str, PromotedModel]])
 def promoted_models(session: SessionDep, _who: AgentOrViewerDep) -> dict[str, Any]:
     """asset type → task → the version its agents should run, with the archive's sha256."""
     return model_registry.promoted(session)
 
 
-@router.post("/{task}/{version}/promote", response_model=ModelCreated)
+@router.post(PROMOTE, response_model=ModelCreated)
 def promote_model(session: SessionDep, who: EngineerDep, task: Key, version: Key, body: ModelPromote) -> dict[str, Any]:
     """Have the agents of an asset type run this version (engineer and up); promoting an older one rolls back."""
     row = model_registry.promote(session, task, version, body.asset_type, who.name or who.prefix, who)
@@ -101,9 +105,9 @@ def promote_model(session: SessionDep, who: EngineerDep, task: Key, version: Key
 
 
 @router.get(
-    "/{task}/{version}/archive",
+    ARCHIVE,
     response_class=Response,
-    responses={200: {"content": {ARCHIVE_TYPE: {}}, "headers": {SHA256_HEADER: {"description": "of the body"}}}},
+    responses={200: {"content": {ARCHIVE_MEDIA_TYPE: {}}, "headers": {SHA256_HEADER: {"description": "of the body"}}}},
 )
 def download_model(session: SessionDep, _who: AgentOrViewerDep, task: Key, version: Key) -> Response:
     """The version's tar.gz; the X-Model-Sha256 header is the sha256 of the body, to check before use."""
@@ -113,10 +117,10 @@ def download_model(session: SessionDep, _who: AgentOrViewerDep, task: Key, versi
         "ETag": f'"{sha256}"',
         "Content-Disposition": f'attachment; filename="{task}-{version}.tar.gz"',
     }
-    return Response(content=data, media_type=ARCHIVE_TYPE, headers=headers)
+    return Response(content=data, media_type=ARCHIVE_MEDIA_TYPE, headers=headers)
 
 
-@router.post("/{task}/{version}/failures", status_code=201, response_model=FailureRecorded)
+@router.post(FAILURES, status_code=201, response_model=FailureRecorded)
 def report_failure(
     session: SessionDep, _who: AgentOrEngineerDep, task: Key, version: Key, body: ModelFailureReport
 ) -> FailureRecorded:
@@ -125,8 +129,8 @@ def report_failure(
     return FailureRecorded()
 
 
-@cascade_router.post("/cascade", response_model=Diagnosis)
-def cascade(session: SessionDep, who: AgentOrEngineerDep, cascade: CascadeDep, body: CascadeRequest) -> Diagnosis:
+@cascade_router.post(CASCADE, response_model=Diagnosis)
+def cascade(session: SessionDep, who: AgentOrEngineerDep, teachers: TeachersDep, body: CascadeRequest) -> Diagnosis:
     """The platform teacher's diagnosis of a window, stored with source ``platform`` (agent keys, engineers)."""
     check_references(session, who, [("node", body.node)])
-    return cascade.diagnose(session, body, gateway=who.name or who.prefix)
+    return teachers.diagnose(session, body, gateway=who.name or who.prefix)

@@ -1,4 +1,4 @@
-"""The platform side of the cascade: the teacher re-checks a window the edge student was unsure about.
+"""The platform's teachers: the side of the cascade that re-checks a window the edge student was unsure about.
 
 An agent whose student answers with a confidence under its threshold sends the window here
 (``POST /api/v1/cascade``). The platform runs the teacher variant of the same registry version when it has one,
@@ -28,12 +28,12 @@ from sqlalchemy.orm import Session
 import models
 from models import registry, runtime
 from models.errors import InferenceError, ModelError, WindowRejected
+from plant.platform_api import CascadeRequest
 from plant.wire import Diagnosis, DiagnosisSource, UplinkBatch, now_us
 from twin import model_registry
 from twin.config import TwinSettings
 from twin.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from twin.queries import diagnosis_of
-from twin.schemas import CascadeRequest
 from twin.store import ApplyResult, TwinStore
 from twin.tables import DiagnosisRecord
 from twin.validation import UNKNOWN_NODE
@@ -48,7 +48,7 @@ Listener = Callable[[UplinkBatch, ApplyResult], None]
 _Source = tuple[str, str, str, str]  # ("db", task, version, sha256) or ("dir", task, version, path)
 
 
-class Cascade:
+class Teachers:
     """Runs teachers on offloaded windows and stores their answers.
 
     Args:
@@ -101,7 +101,7 @@ class Cascade:
             try:
                 listener(batch, result)
             except Exception:  # a listener must not turn a stored diagnosis into an error for the agent
-                log.exception("cascade listener failed", listener=repr(listener))
+                log.exception("cascade_listener_failed", listener=repr(listener))
         return diagnosis
 
     @staticmethod
@@ -135,7 +135,7 @@ class Cascade:
             finally:
                 with self._lock:
                     self._loading.pop(source, None)
-        log.info("teacher loaded", task=task, version=source[2], origin=source[0])
+        log.info("teacher_loaded", task=task, version=source[2], origin=source[0])
         return loaded
 
     def _cached(self, source: _Source) -> runtime.LoadedModel | None:
@@ -186,5 +186,5 @@ class Cascade:
             with tempfile.TemporaryDirectory(prefix="ft-teacher-") as tmp:
                 return runtime.load(model_registry.write_files(Path(tmp), files), TEACHER)
         except ModelError as exc:  # a committed teacher damaged on disk, say: the agent keeps its answer
-            log.error("teacher does not load", task=task, version=version, origin=origin, error=str(exc))
+            log.error("teacher_load_failed", task=task, version=version, origin=origin, error=str(exc))
             raise Unavailable(f"the {task} teacher {version} does not load: {exc}") from None

@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from factory_twin.cli import cli
-from models import cascade, registry, runtime
+from models import cascade_threshold, registry, runtime
 from models.errors import DataError, ModelLoadError
 
 
-def _outcomes(truth, student, teacher, confidence) -> cascade.Outcomes:
-    return cascade.Outcomes(*(np.asarray(x) for x in (truth, student, teacher, confidence)))
+def _outcomes(truth, student, teacher, confidence) -> cascade_threshold.Outcomes:
+    return cascade_threshold.Outcomes(*(np.asarray(x) for x in (truth, student, teacher, confidence)))
 
 
 def test_cross_fitted_figure_scores_each_half_with_the_other_halfs_threshold() -> None:
@@ -28,14 +28,14 @@ def test_cross_fitted_figure_scores_each_half_with_the_other_halfs_threshold() -
     student[:5] = student[90:95] = 10.0  # RUL cycles off
     part = np.repeat([0, 1], 50)
     zeros = np.zeros(100)
-    result = cascade.measure("rul", cascade.Outcomes(zeros, student, zeros, confidence, part))
+    result = cascade_threshold.measure("rul", cascade_threshold.Outcomes(zeros, student, zeros, confidence, part))
     assert result["cascade"] == pytest.approx(np.sqrt(5.0))  # in-sample: asset 0's five errors re-checked
     check = result["cross_fitted"]
     assert check["thresholds"] == [0.0, 0.9]  # fold 0 gets asset 1's threshold (offload nothing), and back
     assert check["cascade"] == pytest.approx(np.sqrt(10.0))  # no better than the student on unseen windows
     assert check["offload_share"] == pytest.approx(0.05)  # asset 1's unsure windows, offloaded for nothing
     assert not check["within_tolerance"]
-    assert "cross-fitted" in cascade.summary("rul", Path("x"), {**result, "student_variant": "student"})
+    assert "cross-fitted" in cascade_threshold.summary("rul", Path("x"), {**result, "student_variant": "student"})
 
 
 def test_threshold_offloads_the_unsure_windows_within_the_limit() -> None:
@@ -44,7 +44,7 @@ def test_threshold_offloads_the_unsure_windows_within_the_limit() -> None:
     student = truth.copy()
     student[:8] = (truth[:8] + 1) % 6  # the student is wrong exactly where it is least sure
     confidence = np.linspace(0.5, 1.0, n)
-    result = cascade.measure("faults", _outcomes(truth, student, truth, confidence))
+    result = cascade_threshold.measure("faults", _outcomes(truth, student, truth, confidence))
     assert result["offload_share"] == pytest.approx(0.08)
     assert result["cascade"] == pytest.approx(1.0)
     assert result["teacher"] == pytest.approx(1.0)
@@ -60,12 +60,12 @@ def test_threshold_never_offloads_more_than_allowed_and_nothing_when_it_does_not
     student = truth.copy()
     student[:30] = 1  # wrong on 30 %: the limit lets the teacher fix only 10 of them
     confidence = np.linspace(0.1, 0.9, n)
-    capped = cascade.measure("faults", _outcomes(truth, student, truth, confidence), max_offload=0.1)
+    capped = cascade_threshold.measure("faults", _outcomes(truth, student, truth, confidence), max_offload=0.1)
     assert capped["offload_share"] <= 0.1
     assert capped["all_metrics"]["cascade"]["accuracy"] == pytest.approx(0.8)
     assert not capped["within_tolerance"]
     # A teacher no better than the student: nothing worth sending.
-    same = cascade.measure("faults", _outcomes(truth, student, student, confidence))
+    same = cascade_threshold.measure("faults", _outcomes(truth, student, student, confidence))
     assert same["offload_share"] == 0.0
     assert same["confidence_threshold"] == 0.0
 
@@ -74,7 +74,7 @@ def test_rul_cascade_minimises_rmse() -> None:
     truth = np.array([10.0, 50.0, 100.0, 120.0] * 5)
     student = truth + np.array([0.0, 0.0, 0.0, 40.0] * 5)
     confidence = np.array([0.9, 0.9, 0.9, 0.5] * 5)
-    result = cascade.measure("rul", _outcomes(truth, student, truth, confidence), max_offload=0.25)
+    result = cascade_threshold.measure("rul", _outcomes(truth, student, truth, confidence), max_offload=0.25)
     assert result["metric"] == "rmse"
     assert not result["higher_is_better"]
     assert result["cascade"] == pytest.approx(0.0)
@@ -83,22 +83,22 @@ def test_rul_cascade_minimises_rmse() -> None:
 
 def test_bad_input_is_refused() -> None:
     with pytest.raises(DataError, match="no held-out window"):
-        cascade.measure("faults", _outcomes([], [], [], []))
+        cascade_threshold.measure("faults", _outcomes([], [], [], []))
     with pytest.raises(DataError, match="not a share"):
-        cascade.measure("faults", _outcomes([0], [0], [0], [0.5]), max_offload=1.5)
+        cascade_threshold.measure("faults", _outcomes([0], [0], [0], [0.5]), max_offload=1.5)
 
 
 @pytest.mark.datasets
 def test_faults_cascade_on_the_test_rows_reproduces_evaluate(datasets: Path, registry_root: Path) -> None:
     directory = registry.latest(registry_root, "faults")
     manifest = registry.read_manifest(directory)
-    result = cascade.run("faults", directory, [datasets / "ai4i2020" / "ai4i2020.csv"], rows=(7001, 10000))
+    result = cascade_threshold.run("faults", directory, [datasets / "ai4i2020" / "ai4i2020.csv"], rows=(7001, 10000))
     # The per-window path (predict_batch) gives the figures the protocol's batch evaluation recorded.
     student = manifest["variants"][result["student_variant"]]["metrics"]
     assert result["student"] == pytest.approx(student["macro_f1"])
     assert result["teacher"] == pytest.approx(manifest["variants"]["teacher"]["metrics"]["macro_f1"])
     assert result["n_windows"] == student["n_rows"]
-    assert result["offload_share"] <= cascade.MAX_OFFLOAD
+    assert result["offload_share"] <= cascade_threshold.MAX_OFFLOAD
     assert result["within_tolerance"], result
     assert 0.0 <= result["all_metrics"]["cascade"]["accuracy"] <= 1.0
     assert [p["offload_share"] for p in result["curve"]] == sorted(p["offload_share"] for p in result["curve"])
@@ -109,11 +109,11 @@ def test_anomaly_cascade_scores_each_file_against_its_baseline(datasets: Path, r
     directory = registry.latest(registry_root, "anomaly")
     manifest = registry.read_manifest(directory)
     skab = datasets / "skab"
-    result = cascade.run("anomaly", directory, [skab / "valve2"])
+    result = cascade_threshold.run("anomaly", directory, [skab / "valve2"])
     recorded = manifest["variants"][result["student_variant"]]["metrics"]
     assert result["student"] == pytest.approx(recorded["f1"], abs=1e-3)
     assert result["n_windows"] == recorded["n_rows"]
-    assert result["offload_share"] <= cascade.MAX_OFFLOAD
+    assert result["offload_share"] <= cascade_threshold.MAX_OFFLOAD
     assert result["within_tolerance"], result
 
 
@@ -147,4 +147,4 @@ def test_missing_large_teacher_asks_for_its_directory(registry_root: Path, tmp_p
     assert result.exit_code != 0
     assert "--teacher DIR" in result.output
     with pytest.raises(ModelLoadError, match="not the one"):
-        cascade.load_pair(directory, teacher_dir=registry.latest(registry_root, "faults"))
+        cascade_threshold.load_pair(directory, teacher_dir=registry.latest(registry_root, "faults"))

@@ -1,10 +1,11 @@
 """The edge side of the cascade: a window the student is unsure about goes to the platform's teacher.
 
-``ask`` posts the window to ``{EDGE_PLATFORM_URL}/api/v1/cascade`` with the agent's key and waits at most
-``EDGE_CASCADE_TIMEOUT_S``. The platform runs the teacher, records its answer (source ``platform``) like an
-uplinked diagnosis and returns it. Any failure (timeout, connection refused, an error status, an answer
-that is not the diagnosis asked for) returns None, and the caller uplinks the student's answer marked
-``edge_fallback``: a slow or absent platform never delays a diagnosis by more than the timeout.
+``ask`` posts the window (plant/platform_api.py ``CascadeRequest``) to ``{EDGE_PLATFORM_URL}/api/v1/cascade``
+with the agent's key and waits at most ``EDGE_CASCADE_TIMEOUT_S``. The platform runs the teacher, records its
+answer (source ``platform``) like an uplinked diagnosis and returns it. Any failure (timeout, connection
+refused, an error status, an answer that is not the diagnosis asked for, a window the contract refuses)
+returns None, and the caller uplinks the student's answer marked ``edge_fallback``: a slow or absent platform
+never delays a diagnosis by more than the timeout.
 
 After ``open_after`` failures in a row the client stops asking for ``cooldown_s`` (answers None at once), so
 an unreachable platform costs no timeout per window; the first request after the pause probes it again.
@@ -22,18 +23,19 @@ from pydantic import ValidationError
 
 from edge_agent import metrics
 from edge_agent.config import AgentSettings
+from plant.platform_api import CASCADE, CascadeRequest, url
 from plant.wire import Diagnosis, Scalar
 
 log = structlog.get_logger(__name__)
 
-PATH = "/api/v1/cascade"
+_JSON = {"Content-Type": "application/json"}
 
 
 class CascadeClient:
     """Asks the platform's teacher about single windows.
 
     Args:
-        url: the platform's REST API base URL.
+        base: the platform's REST API base URL.
         key: the agent's API key (role ``agent``), sent as a Bearer token.
         timeout_s: how long the student's answer waits for the teacher's.
         open_after: failures in a row after which the client pauses.
@@ -42,14 +44,14 @@ class CascadeClient:
 
     def __init__(
         self,
-        url: str,
+        base: str,
         key: str | None,
         *,
         timeout_s: float = 0.5,
         open_after: int = 3,
         cooldown_s: float = 10.0,
     ) -> None:
-        self.url = url.rstrip("/") + PATH
+        self.url = url(base, CASCADE)
         self.timeout_s = timeout_s
         self.open_after = open_after
         self.cooldown_s = cooldown_s
@@ -79,16 +81,16 @@ class CascadeClient:
         if time.monotonic() < self._paused_until:
             metrics.CASCADE.labels(task, "paused").inc()
             return None
-        body = {
-            "node": node,
-            "task": task,
-            "ts": ts,
-            "model": model,
-            "version": version,
-            "window": {k: list(v) for k, v in window.items()},
-            "units": dict(units),
-        }
-        result, answer = await self._post(body)
+        try:
+            body = CascadeRequest.model_validate(
+                {"node": node, "task": task, "ts": ts, "model": model, "version": version,
+                 "window": {k: list(v) for k, v in window.items()}, "units": dict(units)}
+            )  # fmt: skip
+        except ValidationError as exc:
+            log.debug("cascade_window_invalid", error=str(exc.errors()[0]["msg"]))
+            result, answer = "invalid", None
+        else:
+            result, answer = await self._post(body)
         if answer is not None and (answer.node, answer.task, answer.ts) != (node, task, ts):
             result, answer = "mismatch", None
         metrics.CASCADE.labels(task, result).inc()
@@ -98,12 +100,14 @@ class CascadeClient:
         self._failures = 0
         return answer
 
-    async def _post(self, body: dict[str, object]) -> tuple[str, Diagnosis | None]:
+    async def _post(self, body: CascadeRequest) -> tuple[str, Diagnosis | None]:
         if self._client is None:
             self._client = httpx.AsyncClient(headers=self._headers)
         try:  # the timeout bounds the whole exchange, not each of httpx's phases
             async with asyncio.timeout(self.timeout_s):
-                response = await self._client.post(self.url, json=body, timeout=self.timeout_s)
+                response = await self._client.post(
+                    self.url, content=body.model_dump_json(), headers=_JSON, timeout=self.timeout_s
+                )
         except (httpx.TimeoutException, TimeoutError):
             return "timeout", None
         except httpx.HTTPError as exc:
