@@ -41,7 +41,7 @@ from twin.db import make_engine, make_sessionmaker
 from twin.downsample import downsample
 from twin.history import refresh_rollups
 from twin.queries import MAX_LIMIT, Window
-from twin.tables import HistoryPoint, TwinNode, TwinProperty
+from twin.tables import HistoryRow, TwinNode, TwinProperty
 
 TARGET = 10.0
 MAX_TREND_S = 1.5
@@ -73,7 +73,7 @@ def _seed(url: str, points: int) -> TwinProperty:
                 }
                 for i in range(start, min(points, start + chunk))
             ]
-            s.connection().execute(insert(HistoryPoint), rows)
+            s.connection().execute(insert(HistoryRow), rows)
         refresh_rollups(s.connection(), T0, T0 + points * SEC)
         s.commit()
         if engine.dialect.name == "postgresql":

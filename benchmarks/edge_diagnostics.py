@@ -110,8 +110,8 @@ def _throughput(task: str, n_assets: int, steps: int, tmp: Path) -> dict[str, An
     import onnxruntime as ort
 
     from edge_agent.config import AgentSettings
-    from edge_agent.diagnose import Diagnoser
-    from edge_agent.model_slots import PACKAGE_REGISTRY
+    from edge_agent.diagnostics.diagnose import Diagnoser
+    from edge_agent.diagnostics.model_slots import PACKAGE_REGISTRY
     from plant.wire import Frame
 
     asset_type = TASKS[task]

@@ -223,7 +223,7 @@ def run(count: int, pg_admin: str | None, seed: int, workers: int) -> dict[str, 
     from twin.db import make_engine
     from twin.ingest import BrokerAddress, Ingestor
     from twin.store import TwinStore
-    from twin.tables import HistoryPoint
+    from twin.tables import HistoryRow
 
     url, pg = _database(pg_admin)
     migrations.upgrade(url)
@@ -256,10 +256,10 @@ def run(count: int, pg_admin: str | None, seed: int, workers: int) -> dict[str, 
             left = sum(unacknowledged(port, f"{client_id}-{n}" if workers > 1 else client_id, topic)
                        for n in range(workers))
         with engine.connect() as conn:
-            stored_good = conn.execute(select(func.count()).select_from(HistoryPoint)
-                                       .where(HistoryPoint.ts > T0)).scalar_one()
-            stored_forged = conn.execute(select(func.count()).select_from(HistoryPoint)
-                                         .where(HistoryPoint.ts > FORGED_T0, HistoryPoint.ts < T0)).scalar_one()
+            stored_good = conn.execute(select(func.count()).select_from(HistoryRow)
+                                       .where(HistoryRow.ts > T0)).scalar_one()
+            stored_forged = conn.execute(select(func.count()).select_from(HistoryRow)
+                                         .where(HistoryRow.ts > FORGED_T0, HistoryRow.ts < T0)).scalar_one()
             dead_rows = conn.execute(text("SELECT count(*) FROM twin_dead_letters")).scalar_one()
     finally:
         engine.dispose()

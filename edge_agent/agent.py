@@ -27,10 +27,9 @@ from edge_agent.commands import CommandChannel, CommandExecutor, Journal, Writer
 from edge_agent.config import AgentSettings, load_settings
 from edge_agent.connectors import Connector
 from edge_agent.deadletter import DeadLetter
-from edge_agent.diagnose import Diagnoser
+from edge_agent.diagnostics import Diagnoser, ModelSync
 from edge_agent.errors import ConfigError
 from edge_agent.metrics_server import serve_metrics
-from edge_agent.model_sync import ModelSync
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, Stage
 from edge_agent.platform_link import PlatformLink

@@ -133,7 +133,7 @@ class AgentSettings(BaseSettings):
     )
     log_json: bool | None = Field(None, description="JSON logs; default: JSON when stderr is not a terminal")
     config_file: Path | None = Field(None, description="optional YAML config file")
-    # on-device diagnostics (edge_agent/diagnose.py)
+    # on-device diagnostics (edge_agent/diagnostics/diagnose.py)
     diagnose: bool = Field(True, description="run the asset types' models on the aligned frames")
     model_dir: Path | None = Field(
         None,

@@ -3,7 +3,7 @@
 A pump model trained on a fleet ships with a default baseline (the feature mean and spread of the training
 data's normal operation). A new machine differs from it in level and spread (its sensors, its load, its
 installation), so against the default baseline nearly everything it does looks abnormal. Adapted as the edge
-agent adapts it (``edge_agent/baseline.py``): feature normalisation from the machine's first N rows marked
+agent adapts it (``edge_agent/diagnostics/baseline.py``): feature normalisation from the machine's first N rows marked
 healthy (``LoadedModel.with_baseline``), and the threshold the larger of the model's calibrated one and the
 ``threshold_quantile`` quantile of the scores of those healthy windows.
 

@@ -204,8 +204,9 @@ def adapted(
 ) -> tuple[LoadedModel, float]:
     """The model against an asset's own baseline (signal → its healthy rows) and the asset's threshold.
 
-    As the edge agent adapts a machine (``edge_agent/baseline.py``): features standardised on the baseline, the
-    threshold the larger of the calibrated one and the ``quantile`` of the baseline windows' own scores.
+    As the edge agent adapts a machine (``edge_agent/diagnostics/baseline.py``): features standardised on the
+    baseline, the threshold the larger of the calibrated one and the ``quantile`` of the baseline windows' own
+    scores.
     """
     spec = model.spec
     asset = model.with_baseline(baseline)

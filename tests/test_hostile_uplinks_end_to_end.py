@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from factory_twin.simulator.rogue import FORGED_VALUE, Rogue, rogue_against
 from factory_twin.stack import Stack, StackConfig
-from twin.tables import HistoryPoint
+from twin.tables import HistoryRow
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +57,8 @@ def test_the_agent_keeps_streaming_while_a_rogue_client_attacks(tmp_path: Path) 
         agent = stack.agent.uplink.stats
         assert stack.engine is not None
         with stack.engine.connect() as conn:
-            forged = conn.execute(select(func.count()).select_from(HistoryPoint)
-                                  .where(HistoryPoint.value_num == FORGED_VALUE)).scalar_one()
+            forged = conn.execute(select(func.count()).select_from(HistoryRow)
+                                  .where(HistoryRow.value_num == FORGED_VALUE)).scalar_one()
         consuming = ingestor.consuming()
     finally:
         done.set()

@@ -20,7 +20,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from twin.errors import InvalidRequest
-from twin.tables import HistoryPoint, TwinProperty
+from twin.tables import HistoryRow, TwinProperty
 
 MAX_BUCKETS = 5000
 _ROLLUPS = (("1h", 3_600_000_000), ("1m", 60_000_000))  # coarsest first
@@ -57,7 +57,7 @@ def downsample(
         raise InvalidRequest("end must be after start")
     if not 1 <= buckets <= MAX_BUCKETS:
         raise InvalidRequest(f"points must be between 1 and {MAX_BUCKETS}")
-    h = HistoryPoint
+    h = HistoryRow
     in_range = (h.property_id == prop.id, h.ts >= start_us, h.ts < end_us, h.value_num.is_not(None))
     width = max(1, -(-(end_us - start_us) // buckets))  # ceiling: the last slice ends at or after `end`
     span = next((s for res, s in _ROLLUPS if width >= s and _rollups_here(session)), None)
@@ -81,7 +81,7 @@ def _raw_slices(
     session: Session, prop: TwinProperty, lo: int, hi: int, origin: int, width: int
 ) -> list[Bucket]:
     """Slices of ``width`` counted from ``origin``, over raw rows in [lo, hi)."""
-    h = HistoryPoint
+    h = HistoryRow
     slot = ((h.ts - origin) // width).label("slot")  # floor division, rendered for SQLite and PostgreSQL
     stmt = (
         select(slot, func.min(h.value_num), func.max(h.value_num), func.avg(h.value_num), func.count(),

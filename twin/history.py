@@ -56,7 +56,7 @@ BUCKET_US: dict[Resolution, int] = {"1m": MINUTE_US, "1h": HOUR_US}
 _TABLE: dict[Resolution, str] = {"1m": "twin_history_1m", "1h": "twin_history_1h"}
 
 
-class Bucket(NamedTuple):
+class RollupBucket(NamedTuple):
     """One rollup bucket of one property.
 
     Args:
@@ -260,22 +260,22 @@ def refresh_rollups(conn: Connection, lo: int, hi: int) -> None:
 
 def read_buckets(
     conn: Connection, prop_id: int, res: Resolution, lo: int, hi: int, order: str, limit: int
-) -> list[Bucket]:
+) -> list[RollupBucket]:
     """Buckets of one property starting in [lo, hi): complete ones from the tables, the rest computed."""
     span = BUCKET_US[res]
     lo, hi = floor_to(lo, span), floor_to(hi - 1, span) + span
     boundary = floor_to(rollup_to(conn), span)  # buckets before it are complete in the table
     direction = "ASC" if order == "asc" else "DESC"
-    stored: list[Bucket] = []
+    stored: list[RollupBucket] = []
     if lo < boundary:
-        stored = [Bucket(*r) for r in conn.execute(text(
+        stored = [RollupBucket(*r) for r in conn.execute(text(
             f"SELECT bucket, vmin, vmax, vmean, n, vlast FROM {_TABLE[res]} "  # noqa: S608 (our names)
             f"WHERE property_id = :p AND bucket >= :lo AND bucket < :hi "
             f"ORDER BY bucket {direction} LIMIT :limit"
         ), {"p": prop_id, "lo": lo, "hi": min(hi, boundary), "limit": limit})]
-    live: list[Bucket] = []
+    live: list[RollupBucket] = []
     if hi > boundary:
-        live = [Bucket(int(r[0]), *r[1:]) for r in conn.execute(
+        live = [RollupBucket(int(r[0]), *r[1:]) for r in conn.execute(
             text(_LIVE.format(order=direction, b=span)),
             {"p": prop_id, "lo": max(lo, boundary), "hi": hi, "limit": limit},
         )]

@@ -54,7 +54,7 @@ CSV_COLUMNS = ("at", "node", "source", "kind", "title", "detail", "actor", "ref"
 
 
 @dataclass(frozen=True)
-class Scope:
+class LogbookQuery:
     """Which entries: of an asset and everything below it (``path``; the plant when empty), in [start, end).
 
     Args:
@@ -86,10 +86,10 @@ class Entry:
     ref: str  # what it is about: "work-order/12", "alert/5", "model/rul@1.2.0"
 
 
-Source = Callable[[Session, Scope], list[Entry]]
+Source = Callable[[Session, LogbookQuery], list[Entry]]
 
 
-def _work_orders(session: Session, scope: Scope) -> list[Entry]:
+def _work_orders(session: Session, scope: LogbookQuery) -> list[Entry]:
     e, w = WorkOrderEvent, WorkOrder
     stmt = (
         select(e, w.node_id, w.task)
@@ -107,7 +107,7 @@ def _work_orders(session: Session, scope: Scope) -> list[Entry]:
     ]  # fmt: skip
 
 
-def _alerts(session: Session, scope: Scope) -> list[Entry]:
+def _alerts(session: Session, scope: LogbookQuery) -> list[Entry]:
     t, a = AlertTransition, Alert
     stmt = (
         select(t, a.node_id, a.rule, a.condition, a.message)
@@ -130,12 +130,12 @@ def _alerts(session: Session, scope: Scope) -> list[Entry]:
     ]  # fmt: skip
 
 
-def _nodes(scope: Scope) -> Select[str]:
+def _nodes(scope: LogbookQuery) -> Select[str]:
     return select(TwinNode.id).where(TwinNode.path.startswith(scope.path, autoescape=True),
                                      within(TwinNode.path, scope.sites))
 
 
-def _models(session: Session, scope: Scope) -> list[Entry]:
+def _models(session: Session, scope: LogbookQuery) -> list[Entry]:
     nodes = _nodes(scope)
     d = DiagnosisRecord
     stmt = (
@@ -163,7 +163,7 @@ SETPOINT_STATES = {
 }
 
 
-def _setpoints(session: Session, scope: Scope) -> list[Entry]:
+def _setpoints(session: Session, scope: LogbookQuery) -> list[Entry]:
     c = SetpointCommand
     nodes = _nodes(scope)
     stmt = (
@@ -199,7 +199,7 @@ SOURCES: dict[str, Source] = {"work_orders": _work_orders, "alerts": _alerts, "m
                               "setpoints": _setpoints}
 
 
-def entries(session: Session, scope: Scope, sources: list[str] | None = None) -> list[Entry]:
+def entries(session: Session, scope: LogbookQuery, sources: list[str] | None = None) -> list[Entry]:
     """The entries of the chosen sources (all by default), newest first, at most ``scope.limit``."""
     out: list[Entry] = []
     for name in sources or list(SOURCES):

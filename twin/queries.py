@@ -1,6 +1,6 @@
 """The read path of the API: the node tree, a node's latest state, a property's history, a node's frames.
 
-Functions take a session and return API schemas (twin/schemas.py); routes stay thin. Time-series pages use
+Functions take a session and return API schemas (twin/schemas/); routes stay thin. Time-series pages use
 keyset paging on the source timestamp (unique per property, and per node for frames): a page costs one index
 range scan however deep it is, and rows arriving meanwhile never shift a page: no row is lost or repeated.
 """
@@ -26,6 +26,7 @@ from twin.schemas import (
     FramesPage,
     HistoryBucket,
     HistoryPage,
+    HistoryPoint,
     NodeForest,
     NodePublic,
     NodeState,
@@ -36,9 +37,8 @@ from twin.schemas import (
     Resolution,
     Scalar,
 )
-from twin.schemas import HistoryPoint as HistoryPointPublic
 from twin.scopes import Sites, within
-from twin.tables import QUALITY_NAMES, DiagnosisRecord, FramePoint, HistoryPoint, TwinNode, TwinProperty
+from twin.tables import QUALITY_NAMES, DiagnosisRecord, FramePoint, HistoryRow, TwinNode, TwinProperty
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
@@ -214,7 +214,7 @@ def property_history(session: Session, node_id: str, name: str, window: Window) 
     if resolution != "raw":
         return _bucket_history(session, prop, window, resolution)
     # plain rows, not ORM objects: building an entity per point would cost more than the query itself
-    h = HistoryPoint
+    h = HistoryRow
     stmt = select(h.ts, h.value_num, h.value_text, h.quality).where(h.property_id == prop.id)
     rows, next_cursor = _page(session, stmt, h.ts, window, scope=f"p{prop.id}")
     dtype = prop.dtype
@@ -225,7 +225,7 @@ def property_history(session: Session, node_id: str, name: str, window: Window) 
         dtype=dtype,
         order=window.order,
         items=[
-            HistoryPointPublic(
+            HistoryPoint(
                 ts=from_us(ts), value=decode_value(dtype, num, text), quality=_quality(quality)
             )
             for ts, num, text, quality in rows

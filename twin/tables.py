@@ -1,4 +1,4 @@
-"""Database tables of the twin (SQLAlchemy 2 typed models). API schemas live in twin/schemas.py.
+"""Database tables of the twin (SQLAlchemy 2 typed models). API schemas live in twin/schemas/.
 
 Timestamps that come from the plant are BIGINT microseconds since the epoch, UTC (see plant/wire.py): exact,
 cheap to compare, the same on SQLite and PostgreSQL. Bookkeeping times (created, acknowledged) are too.
@@ -116,7 +116,7 @@ class TwinProperty(Base):
     retired_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class HistoryPoint(Base):
+class HistoryRow(Base):
     """One stored value of one property; the key (property, source timestamp) makes writes idempotent.
 
     No foreign key on ``property_id``: its per-row check is a large part of the database's cost of storing a

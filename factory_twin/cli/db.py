@@ -62,7 +62,7 @@ def current(url: str | None) -> None:
 @_URL
 def check(url: str | None) -> None:
     """Exit non-zero if the schema is not the newest."""
-    from twin.schema_check import check_schema
+    from migrations.check import check_schema
 
     try:
         rev = check_schema(_url(url))

@@ -50,6 +50,7 @@ def _serve(settings: object, role: str) -> None:
     import structlog
     import uvicorn
 
+    from migrations.check import check_schema
     from plant.site import load_site
     from twin.api.app import create_app
     from twin.broker import EmbeddedBroker
@@ -57,7 +58,6 @@ def _serve(settings: object, role: str) -> None:
     from twin.db import make_engine
     from twin.metrics import platform_collectors, registry_of, serve_metrics
     from twin.platform import Platform
-    from twin.schema_check import check_schema
 
     assert isinstance(settings, TwinSettings)
     log = structlog.get_logger("factory_twin.serve")

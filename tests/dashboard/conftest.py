@@ -27,7 +27,7 @@ from twin.broker import free_port
 from twin.dashboard.users import create_user
 from twin.db import make_sessionmaker
 from twin.live import live_bus_for
-from twin.tables import Alert, Base, DiagnosisRecord, HistoryPoint, TwinNode, TwinProperty
+from twin.tables import Alert, Base, DiagnosisRecord, HistoryRow, TwinNode, TwinProperty
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
@@ -163,7 +163,7 @@ def _old_press(session: Session, now: int) -> None:
         )
     )
     session.execute(
-        insert(HistoryPoint),
+        insert(HistoryRow),
         [
             {
                 "property_id": force.id,

@@ -21,7 +21,6 @@ from plant.wire import now_us, to_us
 from tests.conftest import _create_pg_database, _drop_pg_database
 from twin.alerts import lifecycle
 from twin.api import create_app
-from twin.api.routes.live import ChangeFeed
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.dashboard import users
@@ -29,7 +28,8 @@ from twin.dashboard.health import plant_health
 from twin.db import make_engine, make_sessionmaker
 from twin.downsample import downsample
 from twin.live import LiveBus, LiveEvent
-from twin.tables import ApiKey, Base, DiagnosisRecord, HistoryPoint, TwinNode, TwinProperty
+from twin.live_feed import LiveFeed
+from twin.tables import ApiKey, Base, DiagnosisRecord, HistoryRow, TwinNode, TwinProperty
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY_POINTS = 86_400  # one day of 1 s data
@@ -124,7 +124,7 @@ def _seed(engine: Engine) -> None:
             }
             for i in range(DAY_POINTS)
         ]
-        s.connection().execute(insert(HistoryPoint), rows)  # Core executemany: no ORM objects
+        s.connection().execute(insert(HistoryRow), rows)  # Core executemany: no ORM objects
         lifecycle.raise_alert(
             s,
             key="pump-1/hi",
@@ -469,7 +469,7 @@ def test_dashboard_api_needs_a_key(env: Env) -> None:
 
 
 def test_the_live_feed_reports_what_changed_since_its_last_look(env: Env) -> None:
-    feed = ChangeFeed(make_sessionmaker(env.engine))
+    feed = LiveFeed(make_sessionmaker(env.engine))
     assert feed.poll() == []  # the first look only sets the marks
     with make_sessionmaker(env.engine)() as s:
         torque = s.query(TwinProperty).filter_by(node_id="mill-1", name="torque").one()
@@ -484,7 +484,7 @@ def test_the_live_feed_reports_what_changed_since_its_last_look(env: Env) -> Non
 
 
 def test_the_live_feed_reads_what_the_bus_names_and_sends_it_once(env: Env) -> None:
-    feed = ChangeFeed(make_sessionmaker(env.engine), bus=LiveBus())
+    feed = LiveFeed(make_sessionmaker(env.engine), bus=LiveBus())
     feed.poll()
     with make_sessionmaker(env.engine)() as s:
         torque = s.query(TwinProperty).filter_by(node_id="mill-1", name="torque").one()
@@ -501,7 +501,7 @@ def test_the_live_feed_survives_a_missing_table(sqlite_url: str) -> None:
     Base.metadata.create_all(
         engine, tables=[Base.metadata.tables[t] for t in ("twin_nodes", "twin_properties", "api_keys")]
     )
-    feed = ChangeFeed(make_sessionmaker(engine))
+    feed = LiveFeed(make_sessionmaker(engine))
     assert feed.poll() == []
     assert feed.poll() == []  # the alerts table is missing: said once in the log, values still flow
     engine.dispose()
@@ -523,7 +523,7 @@ def test_long_ranges_merge_the_rollups_and_agree_with_the_raw_rows(db_url: str) 
         s.add(prop)
         s.flush()
         s.connection().execute(
-            insert(HistoryPoint),
+            insert(HistoryRow),
             [
                 {
                     "property_id": prop.id,

@@ -19,8 +19,8 @@ import pytest
 from edge_agent import metrics
 from edge_agent.cascade_client import CascadeClient
 from edge_agent.config import AgentSettings
-from edge_agent.diagnose import Diagnoser
-from edge_agent.model_slots import PACKAGE_REGISTRY
+from edge_agent.diagnostics.diagnose import Diagnoser
+from edge_agent.diagnostics.model_slots import PACKAGE_REGISTRY
 from edge_agent.outbox import DIAGNOSIS, Outbox
 from plant.platform_api import CascadeRequest
 from plant.site import Site

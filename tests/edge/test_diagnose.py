@@ -16,9 +16,9 @@ import pytest
 
 from edge_agent import metrics
 from edge_agent.config import AgentSettings
-from edge_agent.diagnose import Diagnoser
+from edge_agent.diagnostics.diagnose import Diagnoser
+from edge_agent.diagnostics.model_slots import PACKAGE_REGISTRY
 from edge_agent.errors import ModelError
-from edge_agent.model_slots import PACKAGE_REGISTRY
 from edge_agent.units import affine
 from factory_twin.simulator.datasets import FEEDS, convert
 from factory_twin.simulator.examples import data_dir, example_site_path

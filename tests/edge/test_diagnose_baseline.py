@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from edge_agent import metrics
-from edge_agent.baseline import Adapted, BaselineLearner, BaselineStore, adapt
+from edge_agent.diagnostics.baseline import Adapted, BaselineLearner, BaselineStore, adapt
 from edge_agent.errors import ModelError
 from factory_twin.simulator.datasets import read_skab
 from factory_twin.simulator.examples import data_dir

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from edge_agent import metrics
 from edge_agent.config import AgentSettings
-from edge_agent.diagnose import Diagnoser
-from edge_agent.load import Load, LoadGovernor
-from edge_agent.model_slots import PACKAGE_REGISTRY
+from edge_agent.diagnostics.diagnose import Diagnoser
+from edge_agent.diagnostics.load import Load, LoadGovernor
+from edge_agent.diagnostics.model_slots import PACKAGE_REGISTRY
 from plant.site import Site
 from tests.edge.test_diagnose import FAILING_MILL, HEALTHY_MILL, frame, run_frames, site_of
 

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, update
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentSettings
-from edge_agent.diagnose import Diagnoser
-from edge_agent.model_slots import Slot
-from edge_agent.model_sync import ModelSync
+from edge_agent.diagnostics.diagnose import Diagnoser
+from edge_agent.diagnostics.model_slots import Slot
+from edge_agent.diagnostics.model_sync import ModelSync
 from edge_agent.outbox import Outbox
 from plant.site import Site, parse_site
 from plant.wire import Frame

@@ -12,7 +12,7 @@ from plant.wire import UplinkBatch, Value
 from twin.config import TwinSettings
 from twin.db import make_engine
 from twin.store import TwinStore
-from twin.tables import Base, HistoryPoint, TwinProperty
+from twin.tables import Base, HistoryRow, TwinProperty
 
 SITE_YAML = """
 site: {id: plant}
@@ -65,7 +65,7 @@ def batch(*values: Value, name: str = "b1", gateway: str = "gw1", **kw: Any) -> 
 def history_count(engine: Engine) -> int:
     """Rows in the history table."""
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(HistoryPoint)).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(HistoryRow)).scalar_one())
 
 
 def prop(engine: Engine, node: str, name: str) -> TwinProperty:

@@ -17,7 +17,7 @@ from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.db import make_engine, make_sessionmaker
-from twin.tables import Base, DiagnosisRecord, FramePoint, HistoryPoint, TwinNode, TwinProperty
+from twin.tables import Base, DiagnosisRecord, FramePoint, HistoryRow, TwinNode, TwinProperty
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 HISTORY_ROWS = 250
@@ -84,7 +84,7 @@ def seed(engine: Engine) -> None:
         s.add_all([*mill_props, pressure, other])
         s.flush()
         s.add_all(
-            HistoryPoint(property_id=pressure.id, ts=_us(i), value_num=float(i), quality=i % 3)
+            HistoryRow(property_id=pressure.id, ts=_us(i), value_num=float(i), quality=i % 3)
             for i in range(HISTORY_ROWS)
         )
         s.add_all(
@@ -380,7 +380,7 @@ def test_history_and_frames_are_read_from_the_read_replica(engine: Engine, tmp_p
     Base.metadata.create_all(replica)
     seed(replica)
     with make_sessionmaker(replica)() as s:  # the replica lags: no history, no frames yet
-        s.query(HistoryPoint).delete()
+        s.query(HistoryRow).delete()
         s.query(FramePoint).delete()
         s.commit()
     with make_sessionmaker(engine)() as s:

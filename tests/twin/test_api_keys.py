@@ -16,7 +16,7 @@ from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.db import make_engine, make_sessionmaker
-from twin.tables import ApiKey, Base, HistoryPoint, TwinNode, TwinProperty
+from twin.tables import ApiKey, Base, HistoryRow, TwinNode, TwinProperty
 
 READS = [
     ("GET", "/api/v1/nodes"),
@@ -42,7 +42,7 @@ def engine(db_url: str) -> Iterator[Engine]:
         prop = TwinProperty(node_id="m1", name="temp", unit="°C", value_num=20.5, ts=now_us(), quality=0)
         s.add(prop)
         s.flush()
-        s.add(HistoryPoint(property_id=prop.id, ts=prop.ts, value_num=20.5, quality=0))
+        s.add(HistoryRow(property_id=prop.id, ts=prop.ts, value_num=20.5, quality=0))
         s.commit()
     yield engine
     engine.dispose()

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from plant.wire import uplink_topic
 from twin.dead_letters import DeadLetters
 from twin.intake import Intake
-from twin.tables import AuditRecord, DeadLetter, HistoryPoint, SetpointCommand
+from twin.tables import AuditRecord, DeadLetter, HistoryRow, SetpointCommand
 
 from .store_helpers import NOW, SITE_YAML, make_store, site
 
@@ -54,7 +54,7 @@ def test_reports_are_stored_with_the_values_and_bad_ones_refused_alone(intake: I
     with Session(intake.store.engine) as s:
         assert s.get(SetpointCommand, "cmd0001").state == "applied"  # type: ignore[union-attr]
         assert s.get(SetpointCommand, "cmd0002").state == "sent"  # another gateway's: untouched
-        assert s.scalar(select(func.count()).select_from(HistoryPoint)) == 1
+        assert s.scalar(select(func.count()).select_from(HistoryRow)) == 1
         assert s.scalar(select(func.count()).select_from(DeadLetter)) == 0
         assert s.scalar(select(func.count()).select_from(AuditRecord)
                         .where(AuditRecord.action == "setpoint.applied")) == 1
@@ -77,11 +77,11 @@ def test_a_batch_the_database_cannot_store_keeps_no_report(intake: Intake) -> No
         assert s.get(SetpointCommand, "cmd0001").state == "sent"  # type: ignore[union-attr]
         assert s.scalar(select(func.count()).select_from(AuditRecord)
                         .where(AuditRecord.action == "setpoint.applied")) == 0
-        assert s.scalar(select(func.count()).select_from(HistoryPoint)) == 0
+        assert s.scalar(select(func.count()).select_from(HistoryRow)) == 0
 
 
 def _refuse_history(intake: Intake) -> None:
-    table = HistoryPoint.__tablename__
+    table = HistoryRow.__tablename__
     with intake.store.engine.begin() as conn:
         if conn.dialect.name == "sqlite":
             conn.exec_driver_sql(f"CREATE TRIGGER refuse BEFORE INSERT ON {table} BEGIN "

@@ -35,7 +35,7 @@ from twin.db import make_engine
 from twin.gateways import active_credentials
 from twin.ingest import BrokerAddress, Ingestor
 from twin.store import TwinStore
-from twin.tables import HistoryPoint, TwinProperty
+from twin.tables import HistoryRow, TwinProperty
 from twin.topic_access import TopicRules
 
 from .store_helpers import NOW, batch, site, value
@@ -164,7 +164,7 @@ class Gateway:
 def _history(plant: Plant, node: str) -> list[float]:
     with Session(plant.store.engine) as session:
         rows = session.execute(
-            select(HistoryPoint.value_num).join(TwinProperty, TwinProperty.id == HistoryPoint.property_id)
+            select(HistoryRow.value_num).join(TwinProperty, TwinProperty.id == HistoryRow.property_id)
             .where(TwinProperty.node_id == node)
         ).scalars()
         return sorted(v for v in rows if v is not None)

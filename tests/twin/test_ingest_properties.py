@@ -22,7 +22,7 @@ from plant.wire import uplink_topic
 from twin.dead_letters import DeadLetters
 from twin.intake import Intake
 from twin.store import TwinStore
-from twin.tables import DeadLetter, HistoryPoint
+from twin.tables import DeadLetter, HistoryRow
 from twin.uplink_checks import WireLimits
 
 from .store_helpers import NOW, make_store
@@ -152,7 +152,7 @@ def test_good_items_of_a_batch_are_stored_and_hostile_ones_rejected(
     assert {r.index for r in ack.rejected} == bad_at
     assert ack.accepted == len(goods)
     with intake.store.engine.connect() as conn:
-        stored = set(conn.execute(select(HistoryPoint.ts).where(HistoryPoint.ts.in_([g["ts"] for g in goods])))
+        stored = set(conn.execute(select(HistoryRow.ts).where(HistoryRow.ts.in_([g["ts"] for g in goods])))
                      .scalars())
     assert stored == {g["ts"] for g in goods}
 

@@ -8,9 +8,9 @@ from sqlalchemy import inspect
 
 from factory_twin.cli import cli
 from migrations import run
+from migrations.check import check_schema
 from twin.db import make_engine
 from twin.errors import SchemaOutdated
-from twin.schema_check import check_schema
 
 
 def _tables(url: str) -> set[str]:

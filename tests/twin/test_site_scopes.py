@@ -22,14 +22,14 @@ from plant.site import Site, parse_site
 from twin import scopes
 from twin.alerts.evaluator import AlertEvaluator
 from twin.api import create_app
-from twin.api.routes.live import SiteFilter
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.dashboard.users import create_user, set_sites
 from twin.db import make_engine, make_sessionmaker
 from twin.errors import Conflict
+from twin.live_feed import SiteFilter
 from twin.store import TwinStore
-from twin.tables import Alert, AuditRecord, Base, HistoryPoint, TwinNode, User
+from twin.tables import Alert, AuditRecord, Base, HistoryRow, TwinNode, User
 
 from .store_helpers import NOW, batch, value
 
@@ -424,7 +424,7 @@ def test_reloading_one_site_keeps_the_others_nodes_alerts_and_history(world: Wor
             nodes = sorted((n.id, n.retired_at) for n in s.scalars(select(TwinNode).where(
                 TwinNode.path.startswith("/south/"))))
             alerts = sorted((a.id, a.state) for a in s.scalars(select(Alert).where(Alert.node_id == "south-pump")))
-            history = s.scalar(select(func.count()).select_from(HistoryPoint))
+            history = s.scalar(select(func.count()).select_from(HistoryRow))
         return nodes, alerts, history
 
     before = south_state()

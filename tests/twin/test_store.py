@@ -12,7 +12,7 @@ from plant.wire import Diagnosis, Frame, Quality, UplinkBatch
 from twin.errors import StoreError
 from twin.site_sync import sync_site
 from twin.store import Change, TwinStore, prune_rejections
-from twin.tables import DiagnosisRecord, FramePoint, HistoryPoint, IngestRejection
+from twin.tables import DiagnosisRecord, FramePoint, HistoryRow, IngestRejection
 
 from .store_helpers import NOW, SEC, SITE_YAML, batch, history_count, make_store, prop, site, value
 
@@ -239,7 +239,7 @@ def test_database_failure_raises_store_error(store: TwinStore) -> None:
     with pytest.raises(StoreError, match="could not store batch 'b1'"):
         store.apply(batch(value(v=2.0, ts=NOW + 1)), now_us=NOW)
     with store.engine.begin() as conn:
-        HistoryPoint.__table__.create(conn)
+        HistoryRow.__table__.create(conn)
     assert store.apply(batch(value(v=2.0, ts=NOW + 1)), now_us=NOW).accepted == 1
 
 

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 from plant.site import Site
 from plant.wire import now_us
 from twin.alerts.engine import AlertEngine, NoiseConfig
-from twin.alerts.feed import ChangeFeed, Read
+from twin.alerts.feed import AlertFeed, Read
 from twin.config import TwinSettings
 from twin.leader import LeaderLock
 from twin.live import LiveReader, live_bus_for
@@ -105,7 +105,7 @@ class AlertEvaluator:
         self.noise = noise
         self.lock = LeaderLock(engine, ROLE)
         self.alerts: AlertEngine | None = None  # while leading
-        self.feed = ChangeFeed(AlertEngine(site).watched())
+        self.feed = AlertFeed(AlertEngine(site).watched())
         self._sites_mark: tuple[int, int] | None = None  # of the stored site models the rules come from
         self._stats = EvaluatorStats()
         self._stats_lock = threading.Lock()
@@ -178,7 +178,7 @@ class AlertEvaluator:
             # its own site by the file this process read (as the leader always has), the others as stored
             sites = {s.site.id: s for s in stored_sites(session)} | {self.site.site.id: self.site}
             self.alerts = AlertEngine(list(sites.values()), noise=self.noise)
-            self.feed = ChangeFeed(self.alerts.watched())
+            self.feed = AlertFeed(self.alerts.watched())
             self.alerts.load(session)
         self._pass(self.feed.catch_up, measure=False)
 

@@ -111,7 +111,7 @@ def _moments(
         yield moments[ts]
 
 
-class ChangeFeed:
+class AlertFeed:
     """The alert feed for the watched properties and diagnosis tasks of a site.
 
     Args:

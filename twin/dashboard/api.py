@@ -17,10 +17,10 @@ from twin.api.deps import AddressDep, SessionDep, SettingsDep, ViewerDep, get_th
 from twin.auth import SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.dashboard.health import plant_health
-from twin.dashboard.schemas import Diagnoses, PlantHealth, Trend
 from twin.downsample import MAX_BUCKETS, downsample
 from twin.errors import InvalidRequest, Unauthenticated
 from twin.fields import Key, Name, Timestamp, Token
+from twin.schemas.dashboard import Diagnoses, PlantHealth, Trend
 from twin.tables import QUALITY_NAMES, ApiKey, DiagnosisRecord
 from twin.throttle import Kind
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from tests.production.helpers import alert_site
 from tests.twin.store_helpers import NOW, batch, value
 from twin.alerts import AlertEngine
-from twin.alerts.feed import ChangeFeed
+from twin.alerts.feed import AlertFeed
 from twin.db import make_engine
 from twin.store import TwinStore
 
@@ -35,7 +35,7 @@ def _feed_rows(engine: Engine) -> int:
 
 def test_a_late_batch_is_read_once_then_the_newest_value_again(engine: Engine) -> None:
     store = TwinStore(engine)
-    feed = ChangeFeed(AlertEngine(alert_site()).watched())
+    feed = AlertFeed(AlertEngine(alert_site()).watched())
     with Session(engine) as s, s.begin():
         feed.catch_up(s)
     newer = batch(value("p1", "temp", 50.0, ts=NOW), name="n1")
@@ -64,21 +64,21 @@ def test_a_late_batch_is_read_once_then_the_newest_value_again(engine: Engine) -
 
 def test_rows_stay_when_the_reading_transaction_rolls_back(engine: Engine) -> None:
     TwinStore(engine).apply(batch(value("p1", "temp", 120.0, ts=NOW), name="r1"))
-    feed = ChangeFeed(AlertEngine(alert_site()).watched())
+    feed = AlertFeed(AlertEngine(alert_site()).watched())
     with Session(engine) as s:
         s.begin()
         assert [c.value for c in feed.since(s).changes] == [120.0]
         s.rollback()  # a leader killed before its commit
     assert _feed_rows(engine) == 1
     with Session(engine) as s, s.begin():
-        fresh = ChangeFeed(AlertEngine(alert_site()).watched())
+        fresh = AlertFeed(AlertEngine(alert_site()).watched())
         fresh.catch_up(s)  # the waiting value is left to the feed, not judged from the latest state
         assert [c.value for c in fresh.since(s).changes] == [120.0]
 
 
 def test_a_batch_partly_stored_before_feeds_only_its_new_values(engine: Engine) -> None:
     store = TwinStore(engine)
-    feed = ChangeFeed(AlertEngine(alert_site()).watched())
+    feed = AlertFeed(AlertEngine(alert_site()).watched())
     with Session(engine) as s, s.begin():
         feed.catch_up(s)
     store.apply(batch(value("p1", "temp", 50.0, ts=NOW - 2_000_000), name="a"))

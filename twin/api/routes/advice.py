@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import Field
 from sqlalchemy.orm import Session
 
 from plant.wire import from_us, now_us
@@ -22,16 +21,10 @@ from twin.exports import CalendarEvent, csv_text, filename_stamp, ical_text, iso
 from twin.fields import Key
 from twin.knowledge.base import KnowledgeBody, entry_dict
 from twin.schemas import KnowledgeEntries, KnowledgeEntryPublic, MaintenancePlan
+from twin.schemas.advice import KnowledgeCreate
 from twin.tables import KnowledgeEntry
 
 router = APIRouter(tags=["advice"])
-
-
-class KnowledgeCreate(KnowledgeBody):
-    """A new entry: the asset type and condition it is about, and what is known."""
-
-    asset_type: Key
-    condition: Annotated[Key, Field(description="a fault label, alert rule id or rule kind")]
 
 
 @router.get("/knowledge", response_model=KnowledgeEntries)

@@ -9,62 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from twin.api.deps import SessionDep, require_role
 from twin.auth import Role
 from twin.errors import NotFound
 from twin.fields import Key
+from twin.schemas.asset_types import AssetTypePublic
 from twin.tables import AssetTypeRecord
 
 router = APIRouter(prefix="/asset-types", tags=["nodes"], dependencies=[Depends(require_role(Role.VIEWER))])
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LimitPublic(_Schema):
-    """One alarm limit of a property."""
-
-    rule: str
-    name: str = Field(description="HIHI, HI, LO or LOLO")
-    value: float
-    severity: str
-
-
-class RateLimitPublic(_Schema):
-    """A rate-of-change limit of a property (units per second over a window)."""
-
-    rule: str
-    max_rate: float
-    window_s: float
-    severity: str
-
-
-class WritablePublic(_Schema):
-    """How a property may be written (a setpoint): limits, rate, least role, two-person rule, default expiry."""
-
-    unit: str
-    dtype: str
-    limits: tuple[float, float]
-    max_rate: float | None
-    role: str
-    two_person: bool
-    expiry_s: float
-
-
-class AssetTypePublic(_Schema):
-    """An asset type as people see it."""
-
-    id: str
-    description: str
-    key_signals: list[str]
-    models: list[str]
-    limits: dict[str, list[LimitPublic]]
-    rates: dict[str, list[RateLimitPublic]]
-    writable: dict[str, WritablePublic] = Field({}, description="the setpoints people may write")
 
 
 def _public(row: AssetTypeRecord) -> AssetTypePublic:

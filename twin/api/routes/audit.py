@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime
 
 from plant.wire import from_us, now_us, to_us
 from twin import audit
@@ -14,6 +14,7 @@ from twin.api.deps import AdminDep, SessionDep
 from twin.errors import InvalidRequest
 from twin.exports import filename_stamp
 from twin.fields import MAX_ROW_ID
+from twin.schemas.audit import AuditPage, AuditPublic
 from twin.tables import AuditRecord
 
 router = APIRouter(tags=["audit"])
@@ -28,31 +29,6 @@ Target = Annotated[str | None, Query(max_length=256, pattern=_PRINTABLE,
 Since = Annotated[AwareDatetime | None, Query(description="at or after")]
 Until = Annotated[AwareDatetime | None, Query(description="before")]
 BeforeId = Annotated[int | None, Query(ge=1, le=MAX_ROW_ID, description="older than this record (the next page)")]
-
-
-class AuditPublic(BaseModel):
-    """One audit record."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: int
-    at: datetime
-    actor: str = Field(description="who: a username, or the API key used")
-    address: str = Field(description="the client address the request came from")
-    action: str
-    target: str
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-
-
-class AuditPage(BaseModel):
-    """A page of the audit trail, newest first; ``next_before_id`` asks for the next (older) page."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    items: list[AuditPublic]
-    count: int
-    next_before_id: int | None
 
 
 def _filter(actor: str | None, action: str | None, target: str | None, since: datetime | None,

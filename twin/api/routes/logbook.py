@@ -7,11 +7,10 @@ Sources (twin/logbook.py): work orders, alerts, model versions, setpoint writes.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
 
 from plant.wire import from_us, now_us, to_us
 from twin import logbook, queries
@@ -20,38 +19,11 @@ from twin.auth import Principal
 from twin.errors import InvalidRequest
 from twin.exports import filename_stamp
 from twin.fields import Key, Timestamp
+from twin.schemas.logbook import Logbook, LogEntryPublic, SourceName
 
 router = APIRouter(tags=["logbook"])
 
-SourceName = Literal["work_orders", "alerts", "models", "setpoints"]
 DEFAULT_RANGE = timedelta(days=30)
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LogEntryPublic(_Schema):
-    """One line of the logbook."""
-
-    at: datetime
-    node: str
-    source: SourceName
-    kind: str
-    title: str
-    detail: str
-    actor: str
-    ref: str
-
-
-class Logbook(_Schema):
-    """An asset's logbook over a range."""
-
-    node: str | None
-    start: datetime
-    end: datetime
-    items: list[LogEntryPublic]
-    count: int
 
 
 Node = Annotated[Key | None, Query(description="this asset and everything below it; none: the plant")]
@@ -75,7 +47,7 @@ def _entries(
     if begin >= finish:
         raise InvalidRequest("start must be before end")
     path = queries.get_node(session, node).path if node else ""
-    scope = logbook.Scope(path=path, start=begin, end=finish, limit=limit, sites=who.sites)
+    scope = logbook.LogbookQuery(path=path, start=begin, end=finish, limit=limit, sites=who.sites)
     return logbook.entries(session, scope, list(source) if source else None), begin, finish
 
 

@@ -8,16 +8,16 @@ two-person property. Every refusal is a problem response whose detail starts wit
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 from plant.wire import from_us
 from twin import commands, queries
 from twin.api.deps import SessionDep, TechnicianDep, ViewerDep
 from twin.errors import NotFound
-from twin.fields import Key, Reason
+from twin.fields import Key
+from twin.schemas.setpoints import CommandPublic, DesiredRequest, DesiredState
 from twin.tables import SetpointCommand
 
 router = APIRouter(tags=["setpoints"])
@@ -25,47 +25,6 @@ router = APIRouter(tags=["setpoints"])
 NodeId = Annotated[Key, Path(description="a node id from the site model")]
 PropName = Annotated[Key, Path(description="a writable property")]
 CommandId = Annotated[str, Path(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-
-
-class DesiredRequest(BaseModel):
-    """A setpoint write: the value (checked against the property's type and limits), why, how long it may wait."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    value: Any = Field(description="a number within the property's limits")
-    reason: Reason = ""
-    expires_s: float | None = Field(None, gt=0, le=3600, description="default: the property's (60 s)")
-
-
-class CommandPublic(BaseModel):
-    """One setpoint command and what became of it."""
-
-    id: str
-    node: str
-    prop: str
-    gateway: str
-    value: float
-    previous: float | None
-    state: str
-    actor: str
-    reason: str
-    confirmed_by: str | None
-    created_at: str
-    expires_at: str
-    outcome: str = Field(description="why it was refused or failed, as a code")
-    detail: str
-    reported: float | None = Field(description="the value the gateway read back after writing")
-
-
-class DesiredState(BaseModel):
-    """Desired against reported for one writable property."""
-
-    node: str
-    prop: str
-    desired: float | None
-    reported: float | int | bool | str | None = Field(description="the latest value measured")
-    in_sync: bool
-    command: CommandPublic | None
 
 
 def public(cmd: SetpointCommand) -> CommandPublic:

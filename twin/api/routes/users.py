@@ -5,21 +5,27 @@ password and sessions. Every change is in the audit trail, in the transaction th
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plant.wire import from_us
 from twin import audit, scopes
 from twin.api.deps import AdminDep, SessionDep, ViewerDep
-from twin.auth import PERSON_ROLES, SESSION_PREFIX, Role
+from twin.auth import SESSION_PREFIX, Role
 from twin.dashboard import users
 from twin.errors import Forbidden, NotFound
-from twin.fields import Key
+from twin.schemas.users import (
+    PasswordChange,
+    PasswordReset,
+    SessionInfo,
+    UserCreate,
+    UserPublic,
+    UsersPublic,
+    UserUpdate,
+)
 from twin.tables import ApiKey, User
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -27,73 +33,6 @@ account_router = APIRouter(prefix="/account", tags=["account"])
 
 Username = Annotated[str, Path(min_length=1, max_length=64, pattern=users.USERNAME_RE.pattern)]
 SessionPrefix = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^ftk_[0-9a-f]{12}$")]
-PersonRole = Annotated[Role, Field(description=f"one of {', '.join(r.value for r in PERSON_ROLES)}")]
-SiteScope = Annotated[list[Key] | None, Field(max_length=scopes.MAX_SITES,
-                                               description="the site ids they may see and change; null: every site")]
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class UserPublic(_Schema):
-    """A user as an admin sees them: never the password or its hash."""
-
-    username: str
-    role: Role
-    disabled: bool
-    created_at: datetime
-    password_changed_at: datetime | None
-    sites: list[str] | None = Field(description="the sites they may see and change; null: every site")
-    sessions: int = Field(description="live login sessions")
-    keys: int = Field(description="standing API keys belonging to the user, not revoked")
-
-
-class UsersPublic(_Schema):
-    """A counted list of users."""
-
-    items: list[UserPublic]
-    count: int
-
-
-class UserCreate(_Schema):
-    """A new user: a name, a first password (they can change it) and a role."""
-
-    username: str = Field(min_length=1, max_length=64, pattern=users.USERNAME_RE.pattern)
-    password: str = Field(min_length=users.MIN_PASSWORD, max_length=1024)
-    role: PersonRole
-    sites: SiteScope = None
-
-
-class UserUpdate(_Schema):
-    """What an admin changes about a user; fields left out stay as they are."""
-
-    role: PersonRole | None = None
-    disabled: bool | None = None
-    sites: SiteScope = Field(None, description="the site ids they may see and change; null: every site; left out: "
-                                               "unchanged")
-
-
-class PasswordReset(_Schema):
-    """An admin sets a user's password; the user's sessions end."""
-
-    password: str = Field(min_length=users.MIN_PASSWORD, max_length=1024)
-
-
-class PasswordChange(_Schema):
-    """A user changes their own password, proving the current one."""
-
-    current: str = Field(min_length=1, max_length=1024)
-    new: str = Field(min_length=users.MIN_PASSWORD, max_length=1024)
-
-
-class SessionInfo(_Schema):
-    """One login session: never its token."""
-
-    prefix: str
-    created_at: datetime
-    last_used_at: datetime | None = Field(description="to the minute")
-    current: bool = Field(False, description="the session making this request")
 
 
 def _public(session: Session, user: User) -> UserPublic:

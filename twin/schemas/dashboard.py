@@ -5,16 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from twin.schemas.base import Schema
 
 Level = Literal["unknown", "ok", "warning", "alarm"]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class NodeHealthPublic(_Schema):
+class NodeHealthPublic(Schema):
     """One node's health: its own and the worst of its subtree, and why."""
 
     level: Level = Field(description="the worst level in the node's subtree, itself included")
@@ -23,14 +21,14 @@ class NodeHealthPublic(_Schema):
     open_alerts: int = Field(description="open alerts on the node and below")
 
 
-class PlantHealth(_Schema):
+class PlantHealth(Schema):
     """Every current node's health, by node id."""
 
     generated_at: datetime
     nodes: dict[str, NodeHealthPublic]
 
 
-class Trend(_Schema):
+class Trend(Schema):
     """A property's history over a range in at most ``points`` buckets, as columns (one entry per bucket)."""
 
     node_id: str
@@ -52,7 +50,7 @@ class Trend(_Schema):
     )
 
 
-class Diagnoses(_Schema):
+class Diagnoses(Schema):
     """A node's diagnoses over a range, oldest first, by task (each: ts in ms, source, confidence, payload)."""
 
     node_id: str

@@ -1,5 +1,8 @@
 """API schemas: what the REST API accepts and returns, apart from the tables (twin/tables.py).
 
+Here the schemas several routes and queries share; those of one resource in ``twin/schemas/<name>.py``, named
+as its route module ``twin/api/routes/<name>.py``.
+
 Timestamps are ISO 8601 with a timezone (UTC) here, µs integers in the database. Every value carries what a
 dashboard needs to show it without a second request: unit, quality, flags, and the node's kind, type and
 criticality.

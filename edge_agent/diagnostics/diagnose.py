@@ -6,11 +6,11 @@ property of it, in the right unit) and passes a probe window. Model sync may swa
 time (``swap_model``); the model in use stays until the new one has passed the same checks.
 
 Flow: the pipeline hands every committed frame to ``observe`` (cheap: it files the frame and wakes the loop).
-``run`` takes, per asset and task, the window ending at each new grid point (``edge_agent/windows.py``; of a
+``run`` takes, per asset and task, the window ending at each new grid point (``windows.py``; of a
 burst, the newest ``CATCH_UP``), scores the windows on its own thread (so ingestion never waits on a model) and
 stores each verdict as a ``Diagnosis`` in the outbox, which uplinks it with the values. A window lacking a
 signal, or holding a bad value, is skipped and counted (``ft_agent_windows_skipped``), as is an anomaly window
-of a machine still learning its first baseline (reason ``baseline_learning``, see ``edge_agent/baseline.py``).
+of a machine still learning its first baseline (reason ``baseline_learning``, see ``baseline.py``).
 
 Cascade: when the student's confidence is below the task's threshold (the manifest's
 ``cascade.confidence_threshold``, else ``EDGE_CASCADE_THRESHOLDS[task]``, else ``EDGE_CASCADE_THRESHOLD``) and a
@@ -23,7 +23,7 @@ probability outside [0, 1], RUL outside [0, cap], a label it does not declare) o
 replaced at once by the version it replaced, and ``on_rollback`` reports it. The version is remembered
 (``<data_dir>/rejected_models.json``) and not loaded again at start.
 
-Load awareness and per-machine baselines: see ``edge_agent/load.py`` and ``edge_agent/baseline.py``.
+Load awareness and per-machine baselines: see ``load.py`` and ``baseline.py``.
 """
 
 from __future__ import annotations
@@ -39,15 +39,15 @@ from pathlib import Path
 import structlog
 
 from edge_agent import metrics
-from edge_agent.baseline import Adapted, BaselineStore, adapt
 from edge_agent.cascade_client import CascadeClient
 from edge_agent.config import AgentSettings
+from edge_agent.diagnostics.baseline import Adapted, BaselineStore, adapt
+from edge_agent.diagnostics.load import LoadGovernor
+from edge_agent.diagnostics.model_slots import ModelSlots, Slot
+from edge_agent.diagnostics.scoring import Job, Outcome, diagnosis, score
+from edge_agent.diagnostics.targets import Asset, Target, build_assets
 from edge_agent.errors import ModelError, OutboxError
-from edge_agent.load import LoadGovernor
-from edge_agent.model_slots import ModelSlots, Slot
 from edge_agent.outbox import Outbox
-from edge_agent.scoring import Job, Outcome, diagnosis, score
-from edge_agent.targets import Asset, Target, build_assets
 from plant.site import Site
 from plant.wire import Diagnosis, DiagnosisSource, Frame
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from edge_agent.baseline import Adapted
-from edge_agent.model_slots import Slot, out_of_range
-from edge_agent.targets import Asset, Target
-from edge_agent.windows import Window
+from edge_agent.diagnostics.baseline import Adapted
+from edge_agent.diagnostics.model_slots import Slot, out_of_range
+from edge_agent.diagnostics.targets import Asset, Target
+from edge_agent.diagnostics.windows import Window
 from models.errors import WindowRejected
 from models.runtime import Prediction
 from plant.wire import Diagnosis, DiagnosisSource

@@ -12,10 +12,10 @@ from typing import Literal
 
 import structlog
 
-from edge_agent.baseline import Adapted, BaselineLearner
 from edge_agent.config import AgentSettings
-from edge_agent.model_slots import ModelSlots, Slot
-from edge_agent.windows import AssetFrames
+from edge_agent.diagnostics.baseline import Adapted, BaselineLearner
+from edge_agent.diagnostics.model_slots import ModelSlots, Slot
+from edge_agent.diagnostics.windows import AssetFrames
 from models.runtime import LoadedModel
 from plant.site import AssetType, Node, Site
 
@@ -80,7 +80,7 @@ class Asset:
         return all(self.health.get(t, False) for t in self.targets)
 
     def learning(self) -> bool:
-        """Whether its operation counts as healthy for a baseline (see edge_agent/baseline.py)."""
+        """Whether its operation counts as healthy for a baseline (see edge_agent/diagnostics/baseline.py)."""
         return self.marked_healthy and ("faults" not in self.targets or self.health.get("faults", False))
 
 

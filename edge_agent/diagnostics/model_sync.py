@@ -45,8 +45,8 @@ from pydantic import ValidationError
 
 from edge_agent import metrics
 from edge_agent.config import AgentSettings
+from edge_agent.diagnostics.model_slots import Slot
 from edge_agent.errors import ModelError
-from edge_agent.model_slots import Slot
 from models import registry
 from models.errors import ModelError as ModelsError
 from plant.fields import TEXT_LENGTH
@@ -70,7 +70,7 @@ BAD_KEPT = 200  # remembered bad versions, newest kept
 
 
 class ModelRunner(Protocol):
-    """What model sync needs of the Diagnoser (edge_agent/diagnose.py)."""
+    """What model sync needs of the Diagnoser (edge_agent/diagnostics/diagnose.py)."""
 
     def load_model(self, asset_type: str, task: str, model_dir: Path) -> Slot:
         """Load and check a model directory without using it (called on a worker thread); ModelError if unfit."""
