@@ -31,13 +31,13 @@ import structlog
 from asyncua import Client, ua
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.config import BrokerUrl
 from edge_agent.connectors.opcua_session import connect_client, status_of
 from edge_agent.connectors.sparkplug import SparkplugDecoder, SparkplugField, encode_command
 from edge_agent.errors import ConnectorError
 from edge_agent.platform_clock import PlatformClock
 from edge_agent.platform_link import PlatformLink
 from plant.errors import WireError
+from plant.mqtt import BrokerUrl
 from plant.setpoints import (
     BAD_STATUS,
     INTERRUPTED,

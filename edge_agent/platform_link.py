@@ -18,8 +18,8 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent import metrics
-from edge_agent.config import BrokerUrl
 from edge_agent.errors import ConnectorError
+from plant.mqtt import BrokerUrl
 
 log = structlog.get_logger(__name__)
 
