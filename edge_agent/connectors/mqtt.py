@@ -175,7 +175,7 @@ class MqttConnector:
             raise
         try:
             try:
-                await client.subscribe(self.decoder.filters())
+                await client.subscribe(self.decoder.filters(), stream=True)
             except MqttError as exc:
                 raise ConnectorError(str(exc)) from exc
             self._set_connected(True)

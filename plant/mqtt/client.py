@@ -6,8 +6,13 @@ whatever paho calls from there is handed to the loop with ``call_soon_threadsafe
 ``on_publish`` is a plain callback that its user keeps short. Acknowledgements are manual (``ack``, ``ack_many``):
 a message is PUBACKed when its user says it is stored, so the broker redelivers what was not.
 
-Bursts: one readable event reads up to ``_BURST`` packets, then ``on_burst_end`` is called once, so a user can
-hand a whole burst on as one batch. Errors are plant's ``MqttError`` (``MqttAuthError`` for refused credentials).
+Fast path: ``subscribe(..., stream=True)`` hands the socket over to a ``Stream`` (stream.py) once the SUBACK is
+read: paho is no longer called, packets are read in large chunks and framed there, and PUBACKs are merged into
+one send. Should paho still have bytes to write at that moment, the client stays on paho's path.
+
+Bursts: one readable event reads up to ``_BURST`` PUBLISH packets, then ``on_burst_end`` is called once, so a
+user can hand a whole burst on as one batch. Errors are plant's ``MqttError`` (``MqttAuthError`` for refused
+credentials).
 
     async with MqttClient(MqttOptions.from_url(url, "my-id"), on_publish) as client:
         await client.subscribe(["plant/#"])
@@ -33,12 +38,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from plant.errors import MqttAuthError, MqttError
+from plant.mqtt.stream import DISCONNECT, Stream, publish_packet
 from plant.mqtt.url import BrokerUrl
 
 # topic (raw bytes), payload, QoS, packet id, DUP flag
 PublishCallback = Callable[[bytes, bytes, int, int, bool], None]
 Protocol = Literal["5", "3.1.1", "auto"]
 _BURST = 256  # packets read per readable event at most: the loop must still serve others
+_READS = 64  # socket reads per readable event at most on the fast path (a large packet takes several)
 
 # CONNACK reason codes that mean "fix your credentials", not "try again later".
 _AUTH_CODES = {"Not authorized", "Bad user name or password", "Banned", "Bad authentication method"}
@@ -61,6 +68,9 @@ class MqttOptions:
         receive_maximum: un-acked QoS 1 messages the broker may send before waiting for PUBACKs.
         timeout_s: limit for connect and subscribe.
         protocol: "5", "3.1.1", or "auto" (MQTT 5; its user falls back to 3.1.1 when the broker refuses 5).
+        persistent: keep the session on the broker across connections (False: a clean session, for short-lived
+            clients with a random id).
+        max_inflight: QoS 1 messages we publish that may wait for their PUBACK at once.
     """
 
     host: str
@@ -75,6 +85,8 @@ class MqttOptions:
     receive_maximum: int = 1000
     timeout_s: float = 10.0
     protocol: str = "auto"
+    persistent: bool = True
+    max_inflight: int = 20
 
     @classmethod
     def from_url(cls, url: BrokerUrl | str, client_id: str, **kwargs: Any) -> MqttOptions:
@@ -109,6 +121,9 @@ class MqttClient:
     ) -> None:
         self.options = options
         self._on_burst_end = on_burst_end
+        self._on_message = on_publish
+        self._stream: Stream | None = None
+        self._stream_mid: int | None = None
         self._received = 0
         self.v5 = options.protocol != "3.1.1"
         self._loop = asyncio.get_running_loop()
@@ -116,6 +131,7 @@ class MqttClient:
         self._connected: asyncio.Future[bool] = self._loop.create_future()
         self.disconnected: asyncio.Future[str] = self._loop.create_future()
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._pubacks: dict[int, asyncio.Future[None]] = {}
         self._misc: asyncio.Task[None] | None = None
         self._sock: Any = None
         self._reading_paused = False
@@ -123,19 +139,24 @@ class MqttClient:
             CallbackAPIVersion.VERSION2,
             client_id=options.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self.v5 else False,
+            clean_session=None if self.v5 else not options.persistent,
             reconnect_on_failure=False,
             manual_ack=True,
         )
+        client.max_inflight_messages_set(options.max_inflight)
         self._tls: _TrackingContext | None = None
         if options.tls:
-            self._tls = _TrackingContext(options.ca_file)
+            try:
+                self._tls = _TrackingContext(options.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise MqttError(f"MQTT {options.host}:{options.port}: TLS setup failed: {exc}") from exc
             client.tls_set_context(self._tls)
         if options.username is not None:
             client.username_pw_set(options.username, options.password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_published
 
         def deliver(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
             self._received += 1
@@ -151,6 +172,11 @@ class MqttClient:
         client.on_socket_register_write = lambda _c, _u, sock: self._in_loop(self._register_write, sock)
         client.on_socket_unregister_write = lambda _c, _u, sock: self._in_loop(self._unregister_write, sock)
         self._client = client
+
+    @property
+    def streaming(self) -> bool:
+        """The connection is on its fast path (the socket handed over from paho)."""
+        return self._stream is not None
 
     async def __aenter__(self) -> MqttClient:
         await self.connect()
@@ -169,7 +195,7 @@ class MqttClient:
         props: Properties | None = None
         if self.v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = opts.session_expiry_s
+            props.SessionExpiryInterval = opts.session_expiry_s if opts.persistent else 0
             props.ReceiveMaximum = opts.receive_maximum
         try:
             await asyncio.wait_for(self._loop.run_in_executor(None, self._blocking_connect, props), opts.timeout_s)
@@ -184,13 +210,19 @@ class MqttClient:
     def _blocking_connect(self, props: Properties | None) -> None:
         opts = self.options
         if self.v5:
-            self._client.connect(opts.host, opts.port, keepalive=opts.keepalive_s, clean_start=False, properties=props)
+            self._client.connect(
+                opts.host, opts.port, keepalive=opts.keepalive_s, clean_start=not opts.persistent, properties=props
+            )
         else:  # 3.1.1: the persistent session comes from clean_session=False on the client
             self._client.connect(opts.host, opts.port, keepalive=opts.keepalive_s)
 
     def close(self) -> None:
         """Drop the connection now (no DISCONNECT: the broker keeps the session and our un-acked messages)."""
-        self._flush_pending()
+        if self._stream is not None:
+            self._stream.flush()
+            self._stream.ended = True
+        else:
+            self._flush_pending()
         if self._misc is not None:
             self._misc.cancel()
         if self._sock is not None:
@@ -221,19 +253,30 @@ class MqttClient:
 
     async def disconnect(self) -> None:
         """Send DISCONNECT and close."""
-        with contextlib.suppress(Exception):
-            self._client.disconnect()
+        if self._stream is not None:
+            self._stream.send(DISCONNECT)
+        else:
+            with contextlib.suppress(Exception):
+                self._client.disconnect()
         self.close()
 
     # --- operations ---------------------------------------------------------------------------------------
 
-    async def subscribe(self, filters: list[str], qos: int = 1) -> None:
-        """Subscribe to ``filters`` and wait for the SUBACK; a refused filter is an MqttError."""
+    async def subscribe(self, filters: list[str], qos: int = 1, *, stream: bool = False) -> None:
+        """Subscribe to ``filters`` and wait for the SUBACK; a refused filter is an MqttError.
+
+        ``stream``: then take the fast path (module docstring); the client only receives, acks, and publishes
+        at QoS 0 from then on.
+        """
         if not filters:
             return
+        if self._stream is not None:
+            raise MqttError("MQTT subscribe: the connection is on its fast path (subscribe before)")
         rc, mid = self._client.subscribe([(f, qos) for f in filters])
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise MqttError(f"MQTT subscribe failed: {paho.error_string(rc)}")
+        if stream:
+            self._stream_mid = mid
         fut: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
         self._subacks[mid] = fut
         try:
@@ -261,13 +304,40 @@ class MqttClient:
         if threading.get_ident() != self._thread:
             self._loop.call_soon_threadsafe(self.ack_many, mids, qos)
             return
+        if self._stream is not None:
+            if qos == 1:
+                self._stream.send(b"".join([b"\x40\x02" + mid.to_bytes(2, "big") for mid in mids]))
+            return
         ack = self._client.ack
         for mid in mids:
             ack(mid, qos)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
-        """Queue one message for sending."""
-        self._client.publish(topic, payload, qos=qos)
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> int:
+        """Queue one message for sending and return its packet id; MqttError when paho refuses it."""
+        if self._stream is not None:
+            if qos:
+                raise MqttError("MQTT publish: the connection is on its fast path, which publishes at QoS 0 only")
+            self._stream.send(publish_packet(topic, payload, self.v5))
+            return 0
+        info = self._client.publish(topic, payload, qos=qos)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttError(f"MQTT publish to {topic}: {paho.error_string(info.rc)}")
+        return info.mid
+
+    async def publish_acked(self, topic: str, payload: bytes, qos: int = 1, timeout_s: float | None = None) -> None:
+        """Publish and wait until the broker took it (PUBACK at QoS 1, sent at QoS 0); MqttError otherwise."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        mid = self.publish(topic, payload, qos)
+        self._pubacks[mid] = fut
+        try:
+            waiters: list[asyncio.Future[Any]] = [fut, self.disconnected]
+            timeout = timeout_s or self.options.timeout_s
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._pubacks.pop(mid, None)
+        if fut not in done:
+            raise MqttError(f"MQTT publish to {topic}: the broker did not take it")
+        fut.result()
 
     def pause_reading(self) -> None:
         """Stop reading from the socket (backpressure: the queue downstream is full)."""
@@ -280,7 +350,7 @@ class MqttClient:
         if self._sock is not None and self._reading_paused:
             self._loop.add_reader(self._sock, self._read)
             self._reading_paused = False
-            self._loop.call_soon(self._read_more)  # a TLS buffer may hold bytes epoll does not see
+            self._loop.call_soon(self._read_more)  # bytes read but not handled, or in a TLS buffer
 
     # --- paho callbacks (loop thread) --------------------------------------------------------------------
 
@@ -299,10 +369,40 @@ class MqttClient:
         if not self.disconnected.done():
             self.disconnected.set_result(str(reason))
 
+    def _on_published(self, _c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        fut = self._pubacks.get(mid)
+        if fut is not None and not fut.done():
+            if reason.is_failure:
+                fut.set_exception(MqttError(f"MQTT broker refused the message: {reason}"))
+            else:
+                fut.set_result(None)
+
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
         fut = self._subacks.get(mid)
         if fut is not None and not fut.done():
             fut.set_result(codes)
+        if mid == self._stream_mid and not any(c.is_failure for c in codes):
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Take the socket from paho, in paho's SUBACK callback: the packet read whole, nothing after it."""
+        sock = self._sock
+        for _ in range(4):
+            if not self._client.want_write() or sock is None:
+                break
+            self._client.loop_write()
+        if sock is None or self._client.want_write():
+            return  # paho is still writing: it keeps the socket (the slower path, as correct)
+        if self._misc is not None:
+            self._misc.cancel()
+        self._loop.remove_writer(sock)
+        self._stream = Stream(sock, self._loop, self._on_message, self._stream_ended, self.v5, self.options.keepalive_s)
+        self._misc = self._loop.create_task(self._tick_loop(self._stream))
+
+    def _stream_ended(self, reason: str) -> None:
+        if not self.disconnected.done():
+            self.disconnected.set_result(reason)
+        self._loop.call_soon(self.close)
 
     # --- socket plumbing ----------------------------------------------------------------------------------
 
@@ -314,18 +414,41 @@ class MqttClient:
 
     def _read(self) -> None:
         try:
-            client = self._client
-            for _ in range(_BURST):
-                before = self._received
-                rc = client.loop_read()
-                # stop at an empty socket (no message read), an error, or when the user paused reading
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._received == before or self._reading_paused:
-                    break
-            else:  # the burst limit, not an empty socket: more may wait (in a TLS buffer, unseen by epoll)
-                self._loop.call_soon(self._read_more)
+            budget = _BURST
+            if self._stream is None:
+                budget = self._read_paho()
+            if self._stream is not None and budget > 0:
+                self._read_stream(self._stream, budget)
         finally:
             if self._on_burst_end is not None:
                 self._on_burst_end()
+
+    def _read_paho(self) -> int:
+        """Let paho read packets; returns the burst budget left when the fast path took over meanwhile."""
+        client = self._client
+        for n in range(_BURST):
+            before = self._received
+            rc = client.loop_read()
+            if self._stream is not None:
+                return _BURST - n - 1
+            # stop at an empty socket (no message read), an error, or when the user paused reading
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._received == before or self._reading_paused:
+                return 0
+        # the burst limit, not an empty socket: more may wait (in a TLS buffer, unseen by epoll)
+        self._loop.call_soon(self._read_more)
+        return 0
+
+    def _read_stream(self, stream: Stream, budget: int) -> None:
+        """Handle what is buffered, then read and handle until the socket is empty or a limit is reached."""
+        budget = stream.handle(budget)
+        for _ in range(_READS):
+            if budget <= 0 or self._sock is None or self._reading_paused or stream.ended:
+                break
+            if not stream.receive():  # nothing more now, or the connection is gone
+                return
+            budget = stream.handle(budget)
+        if self._sock is not None and not self._reading_paused and not stream.ended:
+            self._loop.call_soon(self._read_more)  # a limit: more may wait (TLS buffers too)
 
     def _read_more(self) -> None:
         if self._sock is not None and not self._reading_paused:
@@ -355,6 +478,11 @@ class MqttClient:
     def _unregister_write(self, sock: Any) -> None:
         if self._sock is not None:
             self._loop.remove_writer(sock)
+
+    async def _tick_loop(self, stream: Stream) -> None:
+        while not stream.ended:
+            await asyncio.sleep(1)
+            stream.tick()
 
     async def _misc_loop(self) -> None:
         # Keepalive pings and the broker-silence check live in loop_misc, which wants a call every second.

@@ -120,7 +120,7 @@ class Session:
 
 
 @contextlib.asynccontextmanager
-async def session(keepalive_s: int = 10) -> AsyncIterator[Session]:
+async def session(keepalive_s: int = 10, stream: bool = True) -> AsyncIterator[Session]:
     peer = ScriptedPeer()
     port = await peer.start()
     opts = MqttOptions("127.0.0.1", port, "framing-test", protocol="5", keepalive_s=keepalive_s, timeout_s=5)
@@ -132,7 +132,7 @@ async def session(keepalive_s: int = 10) -> AsyncIterator[Session]:
 
     try:
         async with MqttClient(opts, on_publish, lambda: bursts.append(len(got))) as client:
-            await client.subscribe(["plant/#"])
+            await client.subscribe(["plant/#"], stream=stream)
             yield Session(peer, client, got, bursts)
     finally:
         await peer.stop()
@@ -160,9 +160,11 @@ def _stream() -> tuple[bytes, list[int]]:
     return data, cuts
 
 
-def test_publish_packets_cut_anywhere_arrive_whole_in_order_and_are_acked() -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["fast-path", "paho-reads"])
+def test_publish_packets_cut_anywhere_arrive_whole_in_order_and_are_acked(stream: bool) -> None:
     async def main() -> None:
-        async with session() as s:
+        async with session(stream=stream) as s:
+            assert s.client.streaming is stream
             data, cuts = _stream()
             await s.peer.send(data, cuts)
             await until(lambda: len(s.got) == len(MESSAGES))
@@ -191,9 +193,10 @@ def test_one_read_of_many_packets_is_handed_on_in_bursts_of_at_most_256() -> Non
     asyncio.run(main())
 
 
-def test_a_malformed_publish_ends_the_connection() -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["fast-path", "paho-reads"])
+def test_a_malformed_publish_ends_the_connection(stream: bool) -> None:
     async def main() -> None:
-        async with session() as s:
+        async with session(stream=stream) as s:
             bad = _packet(0x32, b"\x00\x50plant/x")  # topic length 80 in a 9-byte packet
             await s.peer.send(_publish(b"plant/ok", b"1", 1, 1, False) + bad, [])
             assert await asyncio.wait_for(s.client.disconnected, 5) == "Protocol error"
@@ -202,11 +205,12 @@ def test_a_malformed_publish_ends_the_connection() -> None:
     asyncio.run(main())
 
 
-def test_messages_keep_the_connection_alive_and_silence_ends_it() -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["fast-path", "paho-reads"])
+def test_messages_keep_the_connection_alive_and_silence_ends_it(stream: bool) -> None:
     """With PINGREQs unanswered, a peer that keeps sending is alive, and one that goes silent is dropped."""
 
     async def main() -> None:
-        async with session(keepalive_s=1) as s:
+        async with session(keepalive_s=1, stream=stream) as s:
             for i in range(32):  # 3.2 s of traffic, 3 keepalive periods
                 await s.peer.send(_publish(b"plant/k", b"%d" % i, 0, 0, False), [])
                 await asyncio.sleep(0.1)
