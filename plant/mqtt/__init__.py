@@ -7,6 +7,7 @@ client.py   MqttClient: async, ``async with``, manual acknowledgements, persiste
 
 from plant.mqtt.backoff import Backoff
 from plant.mqtt.client import MqttClient, MqttOptions
+from plant.mqtt.threaded import ThreadedClient
 from plant.mqtt.url import BrokerUrl
 
-__all__ = ["Backoff", "BrokerUrl", "MqttClient", "MqttOptions"]
+__all__ = ["Backoff", "BrokerUrl", "MqttClient", "MqttOptions", "ThreadedClient"]
