@@ -64,14 +64,21 @@ class ThreadedClient:
         """Whether the client is connected now."""
         return self._connected.is_set()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, timeout_s: float = 5.0) -> None:
-        """Queue one message (from any thread); MqttError when not connected or the message is refused."""
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until connected and subscribed; False when ``timeout_s`` passed first."""
+        return self._connected.wait(timeout_s)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, timeout_s: float = 5.0, *, acked: bool = False) -> None:
+        """Queue one message (from any thread); MqttError when not connected or the message is refused.
+
+        ``acked``: return only once the broker took it (PUBACK at QoS 1), within ``timeout_s``.
+        """
         loop = self._loop
         if loop is None or not self._connected.is_set():
             raise MqttError("MQTT publish: not connected")
-        done = asyncio.run_coroutine_threadsafe(self._publish(topic, payload, qos), loop)
+        done = asyncio.run_coroutine_threadsafe(self._publish(topic, payload, qos, timeout_s if acked else 0), loop)
         try:
-            done.result(timeout_s)
+            done.result(timeout_s + 1)
         except concurrent.futures.TimeoutError as exc:
             raise MqttError("MQTT publish: the client's thread did not answer in time") from exc
 
@@ -84,10 +91,13 @@ class ThreadedClient:
         if self._thread is not None:
             self._thread.join(10)
 
-    async def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+    async def _publish(self, topic: str, payload: bytes, qos: int, acked_within_s: float) -> None:
         if self._client is None:
             raise MqttError("MQTT publish: not connected")
-        self._client.publish(topic, payload, qos)
+        if acked_within_s > 0:
+            await self._client.publish_acked(topic, payload, qos, acked_within_s)
+        else:
+            self._client.publish(topic, payload, qos)
 
     async def _stop(self, task: asyncio.Task[None]) -> None:
         self._connected.clear()
