@@ -11,28 +11,20 @@ import pytest
 
 from plant.errors import BrokerUrlError, MqttError
 from plant.mqtt import BrokerUrl, MqttClient, MqttOptions
+from plant.mqtt.stream import publish_packet, remaining_length
 
 # --- reading, against a scripted peer that splits packets anywhere ------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _packet(head: int, body: bytes) -> bytes:
-    return bytes([head]) + _varint(len(body)) + body
+    return bytes([head]) + remaining_length(len(body)) + body
 
 
 def _publish(topic: bytes, payload: bytes, qos: int, mid: int, dup: bool, props: bytes = b"") -> bytes:
     body = len(topic).to_bytes(2, "big") + topic
     if qos:
         body += mid.to_bytes(2, "big")
-    body += _varint(len(props)) + props + payload
+    body += remaining_length(len(props)) + props + payload
     return _packet(0x30 | (0x08 if dup else 0) | qos << 1, body)
 
 
@@ -276,3 +268,10 @@ def test_bad_broker_urls_say_why(url: str, reason: str) -> None:
         BrokerUrl.parse(url)
     with pytest.raises(ValueError, match=reason):  # settings validators see a ValueError
         BrokerUrl.parse(url)
+
+
+def test_a_qos0_publish_packet_reads_back_as_sent() -> None:
+    for v5, props in ((False, b""), (True, b"\x00")):
+        packet = publish_packet("plant/x", b"42", v5)
+        assert packet == bytes([0x30, 2 + 7 + len(props) + 2]) + b"\x00\x07plant/x" + props + b"42"
+    assert remaining_length(321) == b"\xc1\x02"
