@@ -5,9 +5,11 @@ backoff.py  Backoff: exponential delays with jitter and a cap, for every reconne
 client.py   MqttClient: async, ``async with``, manual acknowledgements, persistent sessions, TLS, auth
 """
 
+from paho.mqtt.client import topic_matches_sub
+
 from plant.mqtt.backoff import Backoff
 from plant.mqtt.client import MqttClient, MqttOptions
 from plant.mqtt.threaded import ThreadedClient
 from plant.mqtt.url import BrokerUrl
 
-__all__ = ["Backoff", "BrokerUrl", "MqttClient", "MqttOptions", "ThreadedClient"]
+__all__ = ["Backoff", "BrokerUrl", "MqttClient", "MqttOptions", "ThreadedClient", "topic_matches_sub"]
