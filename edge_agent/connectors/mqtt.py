@@ -143,7 +143,7 @@ class MqttConnector:
         auto = self.options.protocol == "auto"
         # a broker that does not speak MQTT 5 may just hang up or stay silent: do not wait long for it
         first = self.options.with_protocol("auto", min(self.options.timeout_s, 3.0)) if auto else self.options
-        client = MqttClient(first, self._on_publish, self._on_burst_end)
+        client = MqttClient(first, self._on_publish, self._on_burst_end, stream=True)
         self._client = client
         try:
             present = await client.connect()
@@ -156,7 +156,8 @@ class MqttConnector:
             if not auto:
                 raise
             client.close()
-            fallback = MqttClient(self.options.with_protocol("3.1.1"), self._on_publish, self._on_burst_end)
+            options = self.options.with_protocol("3.1.1")
+            fallback = MqttClient(options, self._on_publish, self._on_burst_end, stream=True)
             self._client = fallback
             try:
                 present = await fallback.connect()
@@ -175,7 +176,7 @@ class MqttConnector:
             raise
         try:
             try:
-                await client.subscribe(self.decoder.filters(), stream=True)
+                await client.subscribe(self.decoder.filters())
             except MqttError as exc:
                 raise ConnectorError(str(exc)) from exc
             self._set_connected(True)

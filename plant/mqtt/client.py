@@ -6,7 +6,7 @@ whatever paho calls from there is handed to the loop with ``call_soon_threadsafe
 ``on_publish`` is a plain callback that its user keeps short. Acknowledgements are manual (``ack``, ``ack_many``):
 a message is PUBACKed when its user says it is stored, so the broker redelivers what was not.
 
-Fast path: ``subscribe(..., stream=True)`` hands the socket over to a ``Stream`` (stream.py) once the SUBACK is
+Fast path: ``MqttClient(..., stream=True)`` hands the socket over to a ``Stream`` (stream.py) once the CONNACK is
 read: paho is no longer called, packets are read in large chunks and framed there, and PUBACKs are merged into
 one send. Should paho still have bytes to write at that moment, the client stays on paho's path.
 
@@ -38,7 +38,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from plant.errors import MqttAuthError, MqttError
-from plant.mqtt.stream import DISCONNECT, Stream, publish_packet
+from plant.mqtt.stream import DISCONNECT, Stream, publish_packet, subscribe_packet
 from plant.mqtt.url import BrokerUrl
 
 # topic (raw bytes), payload, QoS, packet id, DUP flag
@@ -111,6 +111,8 @@ class MqttClient:
         options: where and how to connect.
         on_publish: called on the loop thread for every PUBLISH received (topic, payload, QoS, packet id, DUP).
         on_burst_end: called on the loop thread after each socket read burst (once per readable event).
+        stream: take the fast path once connected (module docstring): the client then subscribes, receives,
+            acks, and publishes at QoS 0 only.
     """
 
     def __init__(
@@ -118,19 +120,22 @@ class MqttClient:
         options: MqttOptions,
         on_publish: PublishCallback,
         on_burst_end: Callable[[], None] | None = None,
+        *,
+        stream: bool = False,
     ) -> None:
         self.options = options
         self._on_burst_end = on_burst_end
         self._on_message = on_publish
         self._stream: Stream | None = None
-        self._stream_mid: int | None = None
+        self._want_stream = stream
+        self._mid = 0  # the last packet id this client chose (SUBSCRIBE on the fast path)
         self._received = 0
         self.v5 = options.protocol != "3.1.1"
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._connected: asyncio.Future[bool] = self._loop.create_future()
         self.disconnected: asyncio.Future[str] = self._loop.create_future()
-        self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._subacks: dict[int, asyncio.Future[list[bool]]] = {}  # refused, per filter
         self._pubacks: dict[int, asyncio.Future[None]] = {}
         self._misc: asyncio.Task[None] | None = None
         self._sock: Any = None
@@ -262,22 +267,19 @@ class MqttClient:
 
     # --- operations ---------------------------------------------------------------------------------------
 
-    async def subscribe(self, filters: list[str], qos: int = 1, *, stream: bool = False) -> None:
-        """Subscribe to ``filters`` and wait for the SUBACK; a refused filter is an MqttError.
-
-        ``stream``: then take the fast path (module docstring); the client only receives, acks, and publishes
-        at QoS 0 from then on.
-        """
+    async def subscribe(self, filters: list[str], qos: int = 1) -> None:
+        """Subscribe to ``filters`` and wait for the SUBACK; a refused filter is an MqttError."""
         if not filters:
             return
         if self._stream is not None:
-            raise MqttError("MQTT subscribe: the connection is on its fast path (subscribe before)")
-        rc, mid = self._client.subscribe([(f, qos) for f in filters])
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            raise MqttError(f"MQTT subscribe failed: {paho.error_string(rc)}")
-        if stream:
-            self._stream_mid = mid
-        fut: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+            self._mid = mid = self._mid % 65_535 + 1
+            self._stream.send(subscribe_packet(mid, filters, qos, self.v5))
+        else:
+            rc, sent = self._client.subscribe([(f, qos) for f in filters])
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sent is None:
+                raise MqttError(f"MQTT subscribe failed: {paho.error_string(rc)}")
+            mid = sent
+        fut: asyncio.Future[list[bool]] = self._loop.create_future()
         self._subacks[mid] = fut
         try:
             codes = await asyncio.wait_for(fut, self.options.timeout_s)
@@ -285,7 +287,7 @@ class MqttClient:
             raise MqttError("MQTT subscribe: no SUBACK in time") from exc
         finally:
             self._subacks.pop(mid, None)
-        refused = [f for f, c in zip(filters, codes, strict=False) if c.is_failure]
+        refused = [f for f, no in zip(filters, codes, strict=False) if no]
         if refused:
             raise MqttError(f"MQTT broker refused subscriptions: {refused}")
 
@@ -362,6 +364,8 @@ class MqttClient:
             self._connected.set_exception(cls(f"MQTT broker refused the connection: {reason}"))
         else:
             self._connected.set_result(bool(flags.session_present))
+            if self._want_stream:
+                self._hand_over()
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         if not self._connected.done():
@@ -378,14 +382,15 @@ class MqttClient:
                 fut.set_result(None)
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
+        self._suback(mid, [c.is_failure for c in codes])
+
+    def _suback(self, mid: int, refused: list[bool]) -> None:
         fut = self._subacks.get(mid)
         if fut is not None and not fut.done():
-            fut.set_result(codes)
-        if mid == self._stream_mid and not any(c.is_failure for c in codes):
-            self._hand_over()
+            fut.set_result(refused)
 
     def _hand_over(self) -> None:
-        """Take the socket from paho, in paho's SUBACK callback: the packet read whole, nothing after it."""
+        """Take the socket from paho, in paho's CONNACK callback: the packet read whole, nothing after it."""
         sock = self._sock
         for _ in range(4):
             if not self._client.want_write() or sock is None:
@@ -396,7 +401,10 @@ class MqttClient:
         if self._misc is not None:
             self._misc.cancel()
         self._loop.remove_writer(sock)
-        self._stream = Stream(sock, self._loop, self._on_message, self._stream_ended, self.v5, self.options.keepalive_s)
+        self._stream = Stream(
+            sock, self._loop, self._on_message, self._stream_ended,
+            lambda mid, codes: self._suback(mid, [c >= 0x80 for c in codes]), self.v5, self.options.keepalive_s,
+        )  # fmt: skip
         self._misc = self._loop.create_task(self._tick_loop(self._stream))
 
     def _stream_ended(self, reason: str) -> None:

@@ -1,14 +1,14 @@
-"""A subscribed connection's steady state, read and written here instead of by paho: the client's fast path.
+"""A connection's steady state, read and written here instead of by paho: the client's fast path.
 
 paho reads a packet with three system calls (type, length, body), decodes a PUBLISH into a message object with
 an MQTT 5 property object, and writes each PUBACK with a system call of its own: for a stream of small messages
-that costs more than everything a consumer does with them. So once a subscription is acknowledged (paho has
-just read the SUBACK packet whole, and nothing after it) the client may hand the socket over to a ``Stream``:
-from then on paho is no longer called, the socket is read here in large chunks and framed here, and what a
-subscriber sends (PUBACKs, PINGREQs, QoS 0 PUBLISHes, DISCONNECT) is written here, merged into one send per
-loop turn. Packets handled: PUBLISH at QoS 0 or 1 (to ``on_publish``), PINGRESP, PUBACK, SUBACK and UNSUBACK
-(nothing to do), DISCONNECT (the end); any other packet is a protocol error for a subscriber at QoS 1 or less.
-"""
+that costs more than everything a consumer does with them. So once connected (paho has just read the CONNACK
+packet whole, and nothing after it) the client may hand the socket over to a ``Stream``: from then on paho is
+no longer called, the socket is read here in large chunks and framed here, and what a subscriber sends
+(SUBSCRIBE, PUBACKs, PINGREQs, QoS 0 PUBLISHes, DISCONNECT) is written here, merged into one send per loop turn.
+Packets handled: PUBLISH at QoS 0 or 1 (to ``on_publish``), SUBACK (to ``on_suback``), PINGRESP, PUBACK and
+UNSUBACK (nothing to do), DISCONNECT (the end); any other packet is a protocol error for a subscriber at QoS 1
+or less."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ RECV = 65_536  # bytes asked of the socket per read
 PINGREQ = b"\xc0\x00"
 DISCONNECT = b"\xe0\x00"
 _PUBLISH = 0x30
-_QUIET = {0x40, 0x90, 0xB0, 0xD0}  # PUBACK, SUBACK, UNSUBACK, PINGRESP: read, nothing to do
+_SUBSCRIBE = 0x82
+_SUBACK = 0x90
+_QUIET = {0x40, 0xB0, 0xD0}  # PUBACK, UNSUBACK, PINGRESP: read, nothing to do
 _DISCONNECT = 0xE0
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -43,6 +45,7 @@ class Stream:
         loop: the event loop the socket is registered with.
         on_publish: called for each PUBLISH (topic, payload, QoS, packet id, DUP).
         on_end: called once with the reason when the connection is lost or ends.
+        on_suback: called for each SUBACK (packet id, reason codes).
         v5: the connection speaks MQTT 5 (a PUBLISH carries properties).
         keepalive_s: send a PINGREQ after this long without sending; drop a peer silent 1.5 times as long.
     """
@@ -53,6 +56,7 @@ class Stream:
         loop: asyncio.AbstractEventLoop,
         on_publish: PublishCallback,
         on_end: Callable[[str], None],
+        on_suback: Callable[[int, list[int]], None],
         v5: bool,
         keepalive_s: int,
     ) -> None:
@@ -60,6 +64,7 @@ class Stream:
         self._loop = loop
         self._on_publish = on_publish
         self._on_end = on_end
+        self._on_suback = on_suback
         self._v5 = v5
         self._keepalive_s = keepalive_s
         self._parts: list[bytes] = []  # bytes read and not handled yet, in order
@@ -128,6 +133,8 @@ class Stream:
                     topic, payload, mid = self._publish(data, i, end, head & 0x06)
                     self._on_publish(topic, payload, (head >> 1) & 3, mid, head & 0x08 != 0)
                     budget -= 1
+                elif kind == _SUBACK:
+                    self._suback(data, i, end)
                 elif kind == _DISCONNECT:
                     self.end("Server disconnect")
                 elif kind not in _QUIET:
@@ -165,6 +172,17 @@ class Stream:
         if p > end:
             raise Malformed("PUBLISH header longer than the packet")
         return topic, data[p:end], mid
+
+    def _suback(self, data: bytes, i: int, end: int) -> None:
+        if end - i < 3:
+            raise Malformed("SUBACK without a packet id and codes")
+        p = i + 2
+        if self._v5:
+            plen, p = varint(data, p, end)
+            if plen < 0:
+                raise Malformed("SUBACK properties cut short")
+            p += plen
+        self._on_suback((data[i] << 8) | data[i + 1], list(data[p:end]))
 
     # --- writing ------------------------------------------------------------------------------------------
 
@@ -236,6 +254,15 @@ def publish_packet(topic: str, payload: bytes, v5: bool) -> bytes:
     name = topic.encode()
     body = len(name).to_bytes(2, "big") + name + (b"\x00" if v5 else b"") + payload
     return bytes([_PUBLISH]) + remaining_length(len(body)) + body
+
+
+def subscribe_packet(mid: int, filters: list[str], qos: int, v5: bool) -> bytes:
+    """A SUBSCRIBE packet for ``filters``, each at ``qos``."""
+    body = mid.to_bytes(2, "big") + (b"\x00" if v5 else b"")
+    for f in filters:
+        name = f.encode()
+        body += len(name).to_bytes(2, "big") + name + bytes([qos])
+    return bytes([_SUBSCRIBE]) + remaining_length(len(body)) + body
 
 
 def remaining_length(n: int) -> bytes:

@@ -123,8 +123,8 @@ async def session(keepalive_s: int = 10, stream: bool = True) -> AsyncIterator[S
         got.append((topic, payload, qos, mid, dup))
 
     try:
-        async with MqttClient(opts, on_publish, lambda: bursts.append(len(got))) as client:
-            await client.subscribe(["plant/#"], stream=stream)
+        async with MqttClient(opts, on_publish, lambda: bursts.append(len(got)), stream=stream) as client:
+            await client.subscribe(["plant/#"])
             yield Session(peer, client, got, bursts)
     finally:
         await peer.stop()
