@@ -351,9 +351,9 @@ class CommandDispatcher:
         try:
             self.client.publish(command_topic(cmd.gateway, self.topic_root), payload, qos=1)
         except MqttError as exc:
-            log.warning("command publish failed", command=cmd.id, error=str(exc))
+            log.warning("command_publish_failed", command=cmd.id, error=str(exc))
             return False
-        log.info("command sent", command=cmd.id, gateway=cmd.gateway, node=cmd.node_id, prop=cmd.prop)
+        log.info("command_sent", command=cmd.id, gateway_id=cmd.gateway, node_id=cmd.node_id, prop=cmd.prop)
         return True
 
 
