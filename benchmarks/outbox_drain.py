@@ -101,12 +101,13 @@ async def live(pipe: object, counter: list[int]) -> None:
 
 async def run(port: int, data_dir: Path, outage_s: float, gateway: str) -> dict[str, object]:
     """Build the backlog, then drain it with live data flowing; the figures."""
-    from edge_agent.config import AgentSettings, BrokerUrl
+    from edge_agent.config import AgentSettings
     from edge_agent.deadletter import DeadLetter
     from edge_agent.outbox import Outbox
     from edge_agent.pipeline import Pipeline, Stage
     from edge_agent.platform_link import PlatformLink
     from edge_agent.uplink import Uplink
+    from plant.mqtt import BrokerUrl
     from plant.site import parse_site
     from plant.wire import ack_topic
 

@@ -17,27 +17,25 @@ writes it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import paho.mqtt.client as mqtt
 import structlog
 from asyncua import Client, ua
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.config import BrokerUrl
 from edge_agent.connectors.opcua_session import connect_client, status_of
 from edge_agent.connectors.sparkplug import SparkplugDecoder, SparkplugField, encode_command
 from edge_agent.errors import ConnectorError
 from edge_agent.platform_clock import PlatformClock
 from edge_agent.platform_link import PlatformLink
-from plant.errors import WireError
+from plant.errors import MqttError, WireError
+from plant.mqtt import BrokerUrl, MqttClient, MqttOptions
 from plant.setpoints import (
     BAD_STATUS,
     INTERRUPTED,
@@ -359,46 +357,46 @@ class MqttWriter:
         self.readback_s = readback_s
         self._pending: _Readback | None = None  # subscribed before the write
 
-    def _client(self, binding: MqttBinding, filters: list[str], got: asyncio.Queue[tuple[str, bytes]]) -> mqtt.Client:
+    async def _client(
+        self, binding: MqttBinding, filters: list[str], got: asyncio.Queue[tuple[str, bytes]]
+    ) -> MqttClient:
         source = self.site.sources[binding.source]
         if not isinstance(source, MqttSource) or source.url is None:
             raise WriteFailed(NOT_WRITABLE, f"source {binding.source} has no broker URL to write to")
         url = BrokerUrl.parse(source.url)
-        loop = asyncio.get_running_loop()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ft-write-{secrets.token_hex(4)}")
-        if source.username:
-            client.username_pw_set(source.username, self.passwords.get(binding.source))
-        if url.tls:
-            client.tls_set(ca_certs=source.ca_file)
+        options = MqttOptions(
+            host=url.host, port=url.port, client_id=f"ft-write-{secrets.token_hex(4)}", tls=url.tls,
+            ca_file=source.ca_file or url.ca_file, username=source.username or url.username,
+            password=self.passwords.get(binding.source) if source.username else url.password, keepalive_s=30,
+            timeout_s=5.0, protocol="3.1.1", persistent=False,
+        )  # fmt: skip
 
-        def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-            loop.call_soon_threadsafe(got.put_nowait, (m.topic, bytes(m.payload)))
+        def on_publish(topic: bytes, payload: bytes, qos: int, mid: int, _dup: bool) -> None:
+            if qos:
+                client.ack(mid, qos)
+            got.put_nowait((topic.decode(errors="replace"), payload))
 
-        client.on_message = on_message
-        subscribed = threading.Event()
-        client.on_subscribe = lambda *_a: subscribed.set()
+        client = MqttClient(options, on_publish)
         try:
-            client.connect(url.host, url.port, keepalive=30)
-        except (OSError, ValueError) as exc:
+            await client.connect()
+        except MqttError as exc:
             raise WriteFailed("unreachable", f"MQTT {url.redacted()}: {exc}") from exc
-        client.loop_start()
-        if filters:
-            client.subscribe([(f, 1) for f in filters])
-            subscribed.wait(5)
+        with contextlib.suppress(MqttError):  # no read-back then: reported as such, the write still goes
+            await client.subscribe(filters)
         return client
 
-    def _readback(self, binding: MqttBinding, expected: float | int | None) -> _Readback:
+    async def _readback(self, binding: MqttBinding, expected: float | int | None) -> _Readback:
         """A client subscribed to where the device answers, before anything is written."""
         got: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         if binding.metric and binding.device:
             decoder = SparkplugDecoder(binding.source, [SparkplugField(binding.device, binding.metric, "", "")])
-            return _Readback(self._client(binding, decoder.filters(), got), got, expected, decoder)
+            return _Readback(await self._client(binding, decoder.filters(), got), got, expected, decoder)
         if binding.topic is None:
             raise WriteFailed(NOT_WRITABLE, "the binding names no topic to read back from")
-        return _Readback(self._client(binding, [binding.topic], got), got, expected, None)
+        return _Readback(await self._client(binding, [binding.topic], got), got, expected, None)
 
     async def write(self, binding: Binding, value: float | int) -> None:
-        """Publish the command (QoS 1 for JSON, 0 for Sparkplug) and wait until paho has sent it."""
+        """Publish the command (QoS 1 for JSON, 0 for Sparkplug) and wait until the broker took it (or it is sent)."""
         if not isinstance(binding, MqttBinding):
             raise WriteFailed(NOT_WRITABLE, "only MQTT bindings are written by this writer")
         raw = (value - binding.offset) / binding.scale
@@ -411,11 +409,10 @@ class MqttWriter:
         else:
             raise WriteFailed(NOT_WRITABLE, "a written MQTT binding needs a command_topic (JSON) or a metric")
         self._close()
-        self._pending = self._readback(binding, value)
-        info = self._pending.client.publish(topic, payload, qos=qos)
+        self._pending = await self._readback(binding, value)
         try:
-            await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 10.0)
-        except (RuntimeError, ValueError) as exc:
+            await self._pending.client.publish_acked(topic, payload, qos, timeout_s=10.0)
+        except MqttError as exc:
             self._close()
             raise WriteFailed(BAD_STATUS, f"the broker did not take the command: {exc}") from exc
 
@@ -425,7 +422,7 @@ class MqttWriter:
             raise WriteFailed(NOT_WRITABLE, "only MQTT bindings are read back by this writer")
         pending, self._pending = self._pending, None
         if pending is None:  # a read without a write (after a restart): the next value the device sends
-            pending = self._readback(binding, None)
+            pending = await self._readback(binding, None)
         try:
             last = await pending.wait(binding, self.readback_s)
         finally:
@@ -445,7 +442,7 @@ class MqttWriter:
 class _Readback:
     """A subscription waiting for a device's answer to one write."""
 
-    client: mqtt.Client
+    client: MqttClient
     got: asyncio.Queue[tuple[str, bytes]]
     expected: float | int | None
     decoder: SparkplugDecoder | None
@@ -478,9 +475,8 @@ class _Readback:
         return [float(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
 
     def close(self) -> None:
-        """Disconnect."""
-        self.client.disconnect()
-        self.client.loop_stop()
+        """Drop the connection (a clean session: the broker forgets it)."""
+        self.client.close()
 
 
 def _json_value(payload: bytes, path: str | None) -> object:
@@ -494,7 +490,7 @@ def _json_value(payload: bytes, path: str | None) -> object:
 
 
 class Writers:
-    """The writer for each kind of binding: OPC-UA through asyncua, MQTT (JSON and Sparkplug B) through paho."""
+    """The writer for each kind of binding: OPC-UA through asyncua, MQTT (JSON and Sparkplug B) through plant.mqtt."""
 
     def __init__(self, site: Site, passwords: dict[str, str | None] | None = None) -> None:
         self.opcua = OpcUaWriter(site, passwords)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -23,54 +21,12 @@ from pydantic_settings import (
 )
 
 from edge_agent.errors import ConfigError
+from plant.mqtt import BrokerUrl
 from plant.wire import GATEWAY_ID_PATTERN, TOPIC_ROOT
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "admin", "xxx"}
 
 DropPolicy = Literal["drop_oldest_raw", "drop_oldest"]
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerUrl:
-    """A parsed ``mqtt[s]://[user:pass@]host[:port]`` URL.
-
-    Args:
-        host: broker host name or address.
-        port: TCP port (1883 plain, 8883 TLS by default).
-        tls: whether to use TLS (``mqtts``).
-        username: optional user name.
-        password: optional password.
-    """
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerUrl:
-        """Parse an MQTT URL; raises ValueError with the reason."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(
-                f"broker URL must start with mqtt:// or mqtts://, not {parts.scheme or '(none)'}://"
-            )
-        if not parts.hostname:
-            raise ValueError("broker URL has no host")
-        tls = parts.scheme == "mqtts"
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as exc:
-            raise ValueError(f"broker URL port: {exc}") from None
-        user = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        return cls(parts.hostname, port, tls, user, password)
-
-    def redacted(self) -> str:
-        """The URL without its password, for logs."""
-        user = f"{self.username}:***@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
 
 class AgentSettings(BaseSettings):

@@ -1,25 +1,24 @@
-"""The agent's MQTT connection to the platform broker (paho-mqtt 2), bridged into asyncio.
+"""The agent's MQTT connection to the platform broker, on plant's MQTT client.
 
-paho runs its network loop on its own thread and reconnects by itself with a capped backoff; its callbacks
-hand everything to the event loop with ``call_soon_threadsafe``. The session is persistent (clean_session
-false), so acks the platform publishes while the link is briefly down are delivered on reconnect. paho errors
-are translated into ConnectorError here.
+One task connects, subscribes and waits for the connection to end, then reconnects after a backoff with jitter.
+The session is persistent (MQTT 3.1.1, clean_session false, stable client id), so acks the platform publishes
+while the link is briefly down are delivered on reconnect; what the link receives is acknowledged on receipt.
+MQTT errors are translated into ConnectorError here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
+import contextlib
+import dataclasses
 from collections.abc import Callable
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent import metrics
-from edge_agent.config import BrokerUrl
 from edge_agent.errors import ConnectorError
+from plant.errors import MqttError
+from plant.mqtt import Backoff, BrokerUrl, MqttClient, MqttOptions
 
 log = structlog.get_logger(__name__)
 
@@ -32,8 +31,9 @@ class PlatformLink:
         client_id: MQTT client id (stable, for the persistent session).
         subscriptions: topics subscribed (QoS 1) at every connect.
         on_message: called on the event loop with (topic, payload).
-        ca_file: CA bundle for TLS.
+        ca_file: CA bundle for TLS (the URL's ``ca_file`` when None).
         keepalive: MQTT keepalive seconds.
+        backoff: delays between connection attempts.
     """
 
     def __init__(
@@ -45,6 +45,7 @@ class PlatformLink:
         *,
         ca_file: str | None = None,
         keepalive: int = 30,
+        backoff: Backoff | None = None,
     ) -> None:
         self.url = url
         self.client_id = client_id
@@ -55,84 +56,84 @@ class PlatformLink:
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()
         self.disconnected.set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: mqtt.Client | None = None
+        self.backoff = backoff or Backoff(initial=1.0, cap=30.0)
+        self._client: MqttClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribing: set[asyncio.Task[None]] = set()
         self.connects = 0
 
     async def start(self) -> None:
         """Start connecting in the background (returns at once; watch ``connected``)."""
-        self._loop = asyncio.get_running_loop()
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=False,
-            protocol=MQTTProtocolVersion.MQTTv311,
-        )
-        if self.url.username:
-            c.username_pw_set(self.url.username, self.url.password)
-        if self.url.tls:
-            try:
-                c.tls_set(ca_certs=self.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ValueError, ssl.SSLError) as exc:
-                raise ConnectorError(f"platform broker TLS setup failed: {exc}") from exc
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
-        c.max_inflight_messages_set(64)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        self._client = c
-        try:
-            c.connect_async(self.url.host, self.url.port, keepalive=self.keepalive)
-        except (OSError, ValueError) as exc:
-            raise ConnectorError(f"cannot connect to {self.url.redacted()}: {exc}") from exc
-        c.loop_start()
+        options = MqttOptions.from_url(self.url, self.client_id, keepalive_s=self.keepalive, protocol="3.1.1",
+                                       max_inflight=64)  # fmt: skip
+        if self.ca_file is not None:
+            options = dataclasses.replace(options, ca_file=self.ca_file)
+        self._task = asyncio.create_task(self._run(options), name="platform-link")
 
     async def stop(self) -> None:
-        """Disconnect and stop the network thread."""
-        c = self._client
-        if c is None:
+        """Disconnect and stop connecting."""
+        task, client = self._task, self._client
+        if task is None:
             return
-        self._client = None
+        self._task = None
         self.connected.clear()  # an asked-for disconnect is not worth a warning
-        c.disconnect()
-        await asyncio.get_running_loop().run_in_executor(None, c.loop_stop)
+        if client is not None:
+            await client.disconnect()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Queue one message; ConnectorError when the link is down."""
         c = self._client
         if c is None or not self.connected.is_set():
             raise ConnectorError("platform link is not connected")
-        info = c.publish(topic, payload, qos=qos)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise ConnectorError(f"publish failed: {mqtt.error_string(info.rc)}")
+        try:
+            c.publish(topic, payload, qos=qos)
+        except MqttError as exc:
+            raise ConnectorError(str(exc)) from exc
 
     def subscribe(self, topic: str) -> None:
         """Subscribe (QoS 1) now if connected, and at every later connect."""
         self.subscriptions.append(topic)
         c = self._client
-        # paho marks itself connected before its on_connect runs: either that callback sees the topic in the
-        # list, or the client says connected here (a second SUBSCRIBE of the same topic is harmless)
-        if c is not None and c.is_connected():
-            c.subscribe(topic, qos=1)
+        if c is not None and self.connected.is_set():
+            task = asyncio.get_running_loop().create_task(self._subscribe(c, [topic]))
+            self._subscribing.add(task)
+            task.add_done_callback(self._subscribing.discard)
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(fn, *args)
+    async def _subscribe(self, client: MqttClient, topics: list[str]) -> None:
+        try:
+            await client.subscribe(topics)
+        except MqttError as exc:  # the next connect subscribes again
+            log.warning("platform_subscribe_failed", broker=self.url.redacted(), error=str(exc))
+            client.close()
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        if rc.is_failure:
-            self._call(self._went_down, f"connect refused: {rc}")
-            return
-        for topic in self.subscriptions:
-            client.subscribe(topic, qos=1)
-        self._call(self._came_up)
+    async def _run(self, options: MqttOptions) -> None:
+        while True:
+            try:
+                await self._session(options)
+            except MqttError as exc:
+                self._went_down(str(exc))
+            await self.backoff.sleep()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        self._call(self._went_down, str(rc))
+    async def _session(self, options: MqttOptions) -> None:
+        async with MqttClient(options, self._on_publish) as client:
+            self._client = client
+            try:
+                await client.subscribe(list(self.subscriptions))
+                self.backoff.reset()
+                self._came_up()
+                reason = await client.disconnected
+            finally:
+                self._client = None
+        raise MqttError(f"connection lost: {reason}")
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._call(self.on_message, msg.topic, msg.payload)
+    def _on_publish(self, topic: bytes, payload: bytes, qos: int, mid: int, _dup: bool) -> None:
+        client = self._client
+        if client is not None and qos:
+            client.ack(mid, qos)
+        self.on_message(topic.decode(errors="replace"), payload)
 
     def _came_up(self) -> None:
         self.connects += 1

@@ -21,12 +21,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
+from plant.errors import MqttError
+from plant.mqtt import MqttOptions, ThreadedClient
 from plant.setpoints import (
     NOT_OWNER,
     NOT_WRITABLE,
@@ -246,13 +246,13 @@ def _jsonable(value: Any) -> Any:
 
 
 class Publisher(Protocol):
-    """What the dispatcher needs of an MQTT client (a paho ``Client``)."""
+    """What the dispatcher needs of an MQTT client (plant's ``ThreadedClient``)."""
 
     def is_connected(self) -> bool:
         """Whether the client is connected now."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> mqtt.MQTTMessageInfo:
-        """Queue one message."""
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        """Queue one message; MqttError when it cannot be."""
 
 
 class CommandDispatcher:
@@ -264,7 +264,7 @@ class CommandDispatcher:
 
     Args:
         engine: the twin's database.
-        client: a connected paho client with the platform's login (publishes on ``<root>/+/cmd/#``).
+        client: a connected MQTT client with the platform's login (publishes on ``<root>/+/cmd/#``).
         topic_root: the topic root.
         poll_s: seconds between cycles.
         report_grace_us: how long after expiry a report may still come before an open command is expired.
@@ -285,16 +285,10 @@ class CommandDispatcher:
     @classmethod
     def connect(cls, engine: Engine, host: str, port: int, username: str | None, password: str | None,
                 client_id: str, topic_root: str = TOPIC_ROOT, tls: bool = False) -> CommandDispatcher:
-        """A dispatcher with its own paho client (reconnecting by itself)."""
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-        if tls:
-            client.tls_set()
-        if username:
-            client.username_pw_set(username, password)
-        client.reconnect_delay_set(1, 10)
-        client.connect_async(host, port, keepalive=30)
-        client.loop_start()
-        return cls(engine, client, topic_root)
+        """A dispatcher with its own MQTT client (reconnecting by itself)."""
+        options = MqttOptions(host, port, client_id, tls=tls, username=username or None, password=password,
+                              keepalive_s=30, protocol="3.1.1", persistent=False)
+        return cls(engine, ThreadedClient(options, name="command-mqtt").start(), topic_root)
 
     def start(self) -> CommandDispatcher:
         """Run cycles on a thread until ``stop``."""
@@ -312,9 +306,8 @@ class CommandDispatcher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if isinstance(self.client, mqtt.Client):
-            self.client.disconnect()
-            self.client.loop_stop()
+        if isinstance(self.client, ThreadedClient):
+            self.client.stop()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -355,9 +348,10 @@ class CommandDispatcher:
             with contextlib.suppress(SetpointRefused):
                 dtype = rules_of(session, node, cmd.prop)[0].dtype
         payload = to_wire(cmd, dtype).model_dump_json().encode()
-        info = self.client.publish(command_topic(cmd.gateway, self.topic_root), payload, qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("command_publish_failed", command=cmd.id, error=mqtt.error_string(info.rc))
+        try:
+            self.client.publish(command_topic(cmd.gateway, self.topic_root), payload, qos=1)
+        except MqttError as exc:
+            log.warning("command_publish_failed", command=cmd.id, error=str(exc))
             return False
         log.info("command_sent", command=cmd.id, gateway_id=cmd.gateway, node_id=cmd.node_id, prop=cmd.prop)
         return True

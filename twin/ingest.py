@@ -26,12 +26,13 @@ import queue
 import threading
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
+from plant.errors import BrokerUrlError
+from plant.mqtt import BrokerUrl
 from plant.wire import TOPIC_ROOT, Ack, ack_topic, uplink_topic
 from twin import gc_pause
 from twin.budget import GatewayBudget
@@ -72,13 +73,11 @@ class BrokerAddress:
     @classmethod
     def from_url(cls, url: str) -> BrokerAddress:
         """Parse ``mqtt[s]://[user:pass@]host[:port]``."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ConfigError(f"MQTT URL must look like mqtt[s]://host:port, got {url!r}")
-        tls = parts.scheme == "mqtts"
-        return cls(parts.hostname, parts.port or (8883 if tls else 1883),
-                   unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None, tls)
+        try:
+            u = BrokerUrl.parse(url)
+        except BrokerUrlError as exc:
+            raise ConfigError(f"MQTT URL {url!r}: {exc}") from None
+        return cls(u.host, u.port, u.username, u.password, u.tls)
 
 
 class Ingestor:

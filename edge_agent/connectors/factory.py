@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from urllib.parse import urlparse
 
 import structlog
 
 from edge_agent.connectors import Connector
-from edge_agent.connectors.backoff import Backoff
 from edge_agent.connectors.json_payload import BOOL, NUMBER, STRING, JsonDecoder, JsonField, split_path
 from edge_agent.connectors.mqtt import MqttConnector
-from edge_agent.connectors.mqtt_client import MqttOptions
 from edge_agent.connectors.opcua import OpcUaConnector, OpcUaSignal
 from edge_agent.connectors.sparkplug import SparkplugDecoder, SparkplugField
 from edge_agent.errors import ConfigError
+from plant.errors import BrokerUrlError
+from plant.mqtt import Backoff, BrokerUrl, MqttOptions
 from plant.site import DataType, MqttBinding, MqttSource, OpcUaBinding, OpcUaSource, Site
 
 log = structlog.get_logger(__name__)
@@ -115,19 +114,19 @@ def _mqtt(
     settings: object | None,
     env: Mapping[str, str],
 ) -> MqttConnector:
-    url = urlparse(source.url or str(_opt(settings, "mqtt_url", "mqtt://127.0.0.1:1883")))
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        raise ConfigError(f"source {source_id!r}: MQTT url must be mqtt://host[:port] or mqtts://host[:port]")
-    tls = url.scheme == "mqtts"
+    try:
+        url = BrokerUrl.parse(source.url or str(_opt(settings, "mqtt_url", "mqtt://127.0.0.1:1883")))
+    except BrokerUrlError as exc:
+        raise ConfigError(f"source {source_id!r}: MQTT url: {exc}") from None
     max_payload = int(_opt(settings, "max_payload_bytes", 256 * 1024))  # type: ignore[call-overload]
     prefix = _opt(settings, "client_id_prefix", "ft-agent")
     gateway = _opt(settings, "gateway_id", site.site.id)
     options = MqttOptions(
-        host=url.hostname,
-        port=url.port or (8883 if tls else 1883),
-        client_id=source.client_id or f"{prefix}-{gateway}-{source_id}",
-        tls=tls,
-        ca_file=source.ca_file,
+        host=url.host,
+        port=url.port,
+        client_id=source.client_id or url.client_id or f"{prefix}-{gateway}-{source_id}",
+        tls=url.tls,
+        ca_file=source.ca_file or url.ca_file,
         username=source.username or url.username,
         password=_password(source_id, source.password_env, env) or url.password,
         keepalive_s=int(_opt(settings, "mqtt_keepalive_s", 10)),  # type: ignore[call-overload]

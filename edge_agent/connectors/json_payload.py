@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from paho.mqtt.client import topic_matches_sub
-
 from edge_agent.reading import Reading
+from plant.mqtt import topic_matches_sub
 
 try:  # orjson is several times faster; plain json is the fallback and accepts NaN (refused below)
     import orjson

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -23,11 +22,11 @@ from typing import Protocol
 import structlog
 
 from edge_agent.connectors import Sink
-from edge_agent.connectors.backoff import Backoff
-from edge_agent.connectors.mqtt_client import MqttClient, MqttOptions
 from edge_agent.errors import ConnectorError, SecurityError
 from edge_agent.metrics import CONNECTED, RECONNECTS, VALUES_IN
 from edge_agent.reading import Reading, ReadingBatch
+from plant.errors import MqttAuthError, MqttError
+from plant.mqtt import Backoff, MqttClient, MqttOptions
 
 log = structlog.get_logger(__name__)
 
@@ -131,30 +130,38 @@ class MqttConnector:
                 await consumer
 
     async def _connect(self) -> tuple[MqttClient, bool]:
+        """Connect, with plant's MQTT errors as the agent's (refused credentials are a SecurityError)."""
+        try:
+            return await self._connect_any()
+        except MqttAuthError as exc:
+            raise SecurityError(str(exc)) from exc
+        except MqttError as exc:
+            raise ConnectorError(str(exc)) from exc
+
+    async def _connect_any(self) -> tuple[MqttClient, bool]:
         """Connect; in "auto" mode a broker refusing MQTT 5 (amqtt, older brokers) is retried with 3.1.1."""
         auto = self.options.protocol == "auto"
         # a broker that does not speak MQTT 5 may just hang up or stay silent: do not wait long for it
-        first = dataclasses.replace(self.options, timeout_s=min(self.options.timeout_s, 3.0)) if auto else self.options
-        client = MqttClient(first, self._on_publish, self._on_burst_end)
+        first = self.options.with_protocol("auto", min(self.options.timeout_s, 3.0)) if auto else self.options
+        client = MqttClient(first, self._on_publish, self._on_burst_end, stream=True)
         self._client = client
         try:
             present = await client.connect()
             if auto:
-                self.options = dataclasses.replace(self.options, protocol="5")
+                self.options = self.options.with_protocol("5")
             return client, present
-        except SecurityError:
+        except MqttAuthError:
             raise
-        except ConnectorError as first:
+        except MqttError as first:
             if not auto:
                 raise
             client.close()
-            fallback = MqttClient(
-                dataclasses.replace(self.options, protocol="3.1.1"), self._on_publish, self._on_burst_end
-            )
+            options = self.options.with_protocol("3.1.1")
+            fallback = MqttClient(options, self._on_publish, self._on_burst_end, stream=True)
             self._client = fallback
             try:
                 present = await fallback.connect()
-            except ConnectorError:
+            except MqttError:
                 fallback.close()
                 raise first from None
             self.options = fallback.options  # remember: this broker speaks 3.1.1
@@ -168,7 +175,10 @@ class MqttConnector:
             self._client = None
             raise
         try:
-            await client.subscribe(self.decoder.filters())
+            try:
+                await client.subscribe(self.decoder.filters())
+            except MqttError as exc:
+                raise ConnectorError(str(exc)) from exc
             self._set_connected(True)
             self.backoff.reset()
             log.info("mqtt_connected", source=self.source_id, host=self.options.host, session_present=present)

@@ -26,7 +26,6 @@ import structlog
 from asyncua import Client, ua
 
 from edge_agent.connectors import Sink
-from edge_agent.connectors.backoff import Backoff
 from edge_agent.connectors.opcua_session import (
     BAD_NODE_CODES,
     FILTER_CODES,
@@ -39,6 +38,7 @@ from edge_agent.connectors.opcua_session import (
 from edge_agent.errors import ConnectorError
 from edge_agent.metrics import BAD_NODES, CONNECTED, RECONNECTS, SIGNAL_MISSING, VALUES_IN
 from edge_agent.reading import Reading, ReadingBatch
+from plant.mqtt.backoff import Backoff
 from plant.site import OpcUaBinding, OpcUaSource
 from plant.wire import Quality
 

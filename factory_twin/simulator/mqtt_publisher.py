@@ -12,47 +12,25 @@ import asyncio
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from factory_twin.simulator.errors import EndpointError, ScenarioError
+from plant.errors import BrokerUrlError
+from plant.mqtt import BrokerUrl
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where a broker listens, from an ``mqtt://`` or ``mqtts://`` URL (credentials optional)."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
+def parse_broker_url(url: str) -> BrokerUrl:
     """The broker address of ``mqtt[s]://[user[:password]@]host[:port]``; ScenarioError if it is not one."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ScenarioError(f"broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
     try:
-        port = parts.port
-    except ValueError:
-        raise ScenarioError(f"broker URL {url!r}: the port is not a number from 0 to 65535") from None
-    tls = parts.scheme == "mqtts"
-    return BrokerAddress(
-        host=parts.hostname,
-        port=port or (8883 if tls else 1883),
-        tls=tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-    )
+        return BrokerUrl.parse(url)
+    except BrokerUrlError as exc:
+        raise ScenarioError(f"broker URL {url!r}: {exc}") from None
 
 
 class MqttPublisher:

@@ -13,11 +13,11 @@ import json
 import threading
 import uuid
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from plant.mqtt import BrokerUrl
 from plant.wire import TOPIC_ROOT, now_us, uplink_topic
 from twin.db import make_sessionmaker
 from twin.gateways import new_credential, set_credential
@@ -108,11 +108,11 @@ def rogue_against(stack: Stack, victim: str, every_s: float = 1.0, name: str = "
     """A rogue on ``stack``'s broker. Where the broker asks for logins (the embedded one), it is a gateway of
     its own, registered here: the threat is a gateway that is compromised or broken, not an anonymous client,
     which the broker refuses before ingest sees anything."""
-    url = urlsplit(stack.mqtt_url)
+    url = BrokerUrl.parse(stack.mqtt_url)
     username = password = None
     if stack.config.mqtt_url is None and stack.engine is not None:
         username, password = name, new_credential()
         with make_sessionmaker(stack.engine)() as session:
             set_credential(session, name, password)
-    return Rogue(url.hostname or "127.0.0.1", url.port or 1883, hostile_uplinks(victim, rogue=name), every_s,
+    return Rogue(url.host, url.port, hostile_uplinks(victim, rogue=name), every_s,
                  username=username, password=password)

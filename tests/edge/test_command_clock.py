@@ -12,9 +12,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.commands import CommandChannel, CommandExecutor, Journal
-from edge_agent.config import BrokerUrl
 from edge_agent.platform_clock import PlatformClock
 from edge_agent.platform_link import PlatformLink
+from plant.mqtt import BrokerUrl
 from plant.site import Binding, parse_site
 from plant.wire import Command, ack_topic, command_topic, now_us
 from tests.edge.conftest import AckResponder

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent import metrics
-from edge_agent.config import BrokerUrl
 from edge_agent.outbox import Chunk, Outbox, encode
 from edge_agent.platform_link import PlatformLink
 from edge_agent.uplink import Uplink, build_payload
+from plant.mqtt import BrokerUrl
 from plant.wire import Frame, Value, ack_topic, decode_batch
 from tests.edge.conftest import AckResponder
 

@@ -11,10 +11,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.config import BrokerUrl
 from edge_agent.outbox import Outbox
 from edge_agent.platform_link import PlatformLink
 from edge_agent.uplink import Uplink
+from plant.mqtt import BrokerUrl
 from plant.wire import Value, ack_topic
 from tests.twin.store_helpers import NOW, history_count, make_store
 from twin.budget import GatewayBudget

@@ -199,9 +199,9 @@ def test_unreachable_broker_is_a_clear_error() -> None:
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
-        ("http://127.0.0.1:1883", "expected mqtt://host"),
-        ("mqtt://", "expected mqtt://host"),
-        ("mqtt://host:99999", "port is not a number"),
+        ("http://127.0.0.1:1883", "must start with mqtt://"),
+        ("mqtt://", "has no host"),
+        ("mqtt://host:99999", "port"),
     ],
 )
 def test_bad_broker_urls(url: str, reason: str) -> None:

@@ -214,11 +214,8 @@ class _Connected:
     def is_connected(self) -> bool:
         return True
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> mqtt.MQTTMessageInfo:
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
         self.sent.append((topic, payload))
-        info = mqtt.MQTTMessageInfo(len(self.sent))
-        info.rc = mqtt.MQTT_ERR_SUCCESS
-        return info
 
 
 def _subscriber(host: str, port: int, topic: str) -> tuple[mqtt.Client, queue.Queue[mqtt.MQTTMessage]]:

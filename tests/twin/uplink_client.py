@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import queue
 
-import paho.mqtt.client as mqtt
-
+from plant.mqtt import MqttOptions, ThreadedClient
 from plant.wire import Ack, UplinkBatch, ack_topic, decode_ack, uplink_topic
 
 GW = "gw1"
@@ -25,22 +24,17 @@ class UplinkClient:
     def __init__(self, host: str, port: int, root: str, gateway: str = GW) -> None:
         self.root, self.gateway = root, gateway
         self.acks: queue.Queue[Ack] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-{gateway}")
-        subscribed = queue.Queue[int]()
-        self.client.on_message = lambda _c, _u, m: self.acks.put(decode_ack(m.payload))
-        self.client.on_subscribe = lambda *_a: subscribed.put(1)
-        self.client.connect(host, port)
-        self.client.loop_start()
-        self.client.subscribe(ack_topic(gateway, root), qos=1)
-        subscribed.get(timeout=5)
+        options = MqttOptions(host, port, f"{root}-{gateway}", protocol="3.1.1", persistent=False)
+        self.client = ThreadedClient(options, [ack_topic(gateway, root)], lambda _t, p: self.acks.put(decode_ack(p)))
+        assert self.client.start().wait_connected(5), "the test broker did not take the uplink client"
 
     def send(self, payload: UplinkBatch | bytes | str, gateway: str | None = None) -> None:
         data = payload.model_dump_json() if isinstance(payload, UplinkBatch) else payload
-        self.client.publish(uplink_topic(gateway or self.gateway, self.root), data, qos=1).wait_for_publish(5)
+        raw = data.encode() if isinstance(data, str) else data
+        self.client.publish(uplink_topic(gateway or self.gateway, self.root), raw, qos=1, acked=True)
 
     def ack(self, timeout: float = 10.0) -> Ack:
         return self.acks.get(timeout=timeout)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()

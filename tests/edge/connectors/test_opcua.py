@@ -10,11 +10,11 @@ import pytest
 from asyncua import ua
 from structlog.testing import capture_logs
 
-from edge_agent.connectors.backoff import Backoff
 from edge_agent.connectors.factory import build_connectors
 from edge_agent.connectors.opcua import OpcUaConnector
 from edge_agent.connectors.opcua_session import status_of, to_us
 from edge_agent.metrics import CONNECTED, REGISTRY, SIGNAL_MISSING
+from plant.mqtt.backoff import Backoff
 from plant.site import Site
 from plant.wire import Quality
 

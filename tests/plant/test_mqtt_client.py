@@ -1,4 +1,4 @@
-"""The paho wrapper without a broker: its helpers, and its packet framing against a scripted peer."""
+"""The MQTT client without a broker: against a scripted peer that splits packets anywhere; and its URL parser."""
 
 from __future__ import annotations
 
@@ -7,51 +7,24 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.connectors.mqtt_client import MqttClient, MqttOptions, _coalesce_pubacks
+from plant.errors import BrokerUrlError, MqttError
+from plant.mqtt import BrokerUrl, MqttClient, MqttOptions
+from plant.mqtt.stream import publish_packet, remaining_length
 
-
-def test_queued_pubacks_are_merged_into_one_write_and_other_packets_keep_their_place() -> None:
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="x", manual_ack=True)
-    for mid in (5, 6, 7):
-        c._send_puback(mid)  # no socket: they stay queued
-    c._packet_queue(0x30, b"\x30\x04\x00\x01tp", 0, 0)  # a QoS 0 PUBLISH (publish() refuses while offline)
-    c._send_puback(8)
-    before = [bytes(p["packet"]) for p in c._out_packet]
-    _coalesce_pubacks(c)
-    after = [bytes(p["packet"]) for p in c._out_packet]
-    assert len(after) == 3
-    assert after[0] == b"\x40\x02\x00\x05\x40\x02\x00\x06\x40\x02\x00\x07"
-    assert after[1:] == before[3:]  # the PUBLISH, then the lone PUBACK, untouched
-    assert b"".join(after) == b"".join(before)  # the same bytes in the same order
-    assert c._out_packet[0]["to_process"] == 12
-    assert c._out_packet[0]["pos"] == 0
-
-
-# --- reading: packets framed by the client, against a scripted peer that splits them anywhere ---------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+# --- reading, against a scripted peer that splits packets anywhere ------------------------------------------
 
 
 def _packet(head: int, body: bytes) -> bytes:
-    return bytes([head]) + _varint(len(body)) + body
+    return bytes([head]) + remaining_length(len(body)) + body
 
 
 def _publish(topic: bytes, payload: bytes, qos: int, mid: int, dup: bool, props: bytes = b"") -> bytes:
     body = len(topic).to_bytes(2, "big") + topic
     if qos:
         body += mid.to_bytes(2, "big")
-    body += _varint(len(props)) + props + payload
+    body += remaining_length(len(props)) + props + payload
     return _packet(0x30 | (0x08 if dup else 0) | qos << 1, body)
 
 
@@ -139,7 +112,7 @@ class Session:
 
 
 @contextlib.asynccontextmanager
-async def session(framing: bool = True, keepalive_s: int = 10) -> AsyncIterator[Session]:
+async def session(keepalive_s: int = 10, stream: bool = True) -> AsyncIterator[Session]:
     peer = ScriptedPeer()
     port = await peer.start()
     opts = MqttOptions("127.0.0.1", port, "framing-test", protocol="5", keepalive_s=keepalive_s, timeout_s=5)
@@ -149,13 +122,11 @@ async def session(framing: bool = True, keepalive_s: int = 10) -> AsyncIterator[
     def on_publish(topic: bytes, payload: bytes, qos: int, mid: int, dup: bool) -> None:
         got.append((topic, payload, qos, mid, dup))
 
-    client = MqttClient(opts, on_publish, lambda: bursts.append(len(got)), framing=framing)
     try:
-        await client.connect()
-        await client.subscribe(["plant/#"])
-        yield Session(peer, client, got, bursts)
+        async with MqttClient(opts, on_publish, lambda: bursts.append(len(got)), stream=stream) as client:
+            await client.subscribe(["plant/#"])
+            yield Session(peer, client, got, bursts)
     finally:
-        client.close()
         await peer.stop()
 
 
@@ -174,17 +145,18 @@ def _stream() -> tuple[bytes, list[int]]:
     for i, (topic, payload, qos, mid, dup) in enumerate(MESSAGES):
         pkt = _publish(topic, payload, qos, mid, dup, PROPS.get(mid, b""))
         if i == 3:
-            pkt += b"\xd0\x00"  # PINGRESP: handed to paho
+            pkt += b"\xd0\x00"  # PINGRESP among the messages
         step = 1 if len(pkt) < 300 else 7_919
         cuts.extend(range(len(data) + step, len(data) + len(pkt), step))
         data += pkt
     return data, cuts
 
 
-@pytest.mark.parametrize("framing", [True, False], ids=["framed-here", "paho-reads"])
-def test_publish_packets_cut_anywhere_arrive_whole_in_order_and_are_acked(framing: bool) -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["fast-path", "paho-reads"])
+def test_publish_packets_cut_anywhere_arrive_whole_in_order_and_are_acked(stream: bool) -> None:
     async def main() -> None:
-        async with session(framing) as s:
+        async with session(stream=stream) as s:
+            assert s.client.streaming is stream
             data, cuts = _stream()
             await s.peer.send(data, cuts)
             await until(lambda: len(s.got) == len(MESSAGES))
@@ -213,9 +185,10 @@ def test_one_read_of_many_packets_is_handed_on_in_bursts_of_at_most_256() -> Non
     asyncio.run(main())
 
 
-def test_a_malformed_publish_ends_the_connection() -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["fast-path", "paho-reads"])
+def test_a_malformed_publish_ends_the_connection(stream: bool) -> None:
     async def main() -> None:
-        async with session() as s:
+        async with session(stream=stream) as s:
             bad = _packet(0x32, b"\x00\x50plant/x")  # topic length 80 in a 9-byte packet
             await s.peer.send(_publish(b"plant/ok", b"1", 1, 1, False) + bad, [])
             assert await asyncio.wait_for(s.client.disconnected, 5) == "Protocol error"
@@ -224,12 +197,12 @@ def test_a_malformed_publish_ends_the_connection() -> None:
     asyncio.run(main())
 
 
-def test_messages_keep_the_connection_alive_and_silence_ends_it() -> None:
-    """paho's keepalive check sees the bytes read here: with PINGREQs unanswered, a peer that keeps sending is
-    alive, and one that goes silent is dropped."""
+@pytest.mark.parametrize("stream", [True, False], ids=["fast-path", "paho-reads"])
+def test_messages_keep_the_connection_alive_and_silence_ends_it(stream: bool) -> None:
+    """With PINGREQs unanswered, a peer that keeps sending is alive, and one that goes silent is dropped."""
 
     async def main() -> None:
-        async with session(keepalive_s=1) as s:
+        async with session(keepalive_s=1, stream=stream) as s:
             for i in range(32):  # 3.2 s of traffic, 3 keepalive periods
                 await s.peer.send(_publish(b"plant/k", b"%d" % i, 0, 0, False), [])
                 await asyncio.sleep(0.1)
@@ -256,10 +229,49 @@ def test_packets_read_before_a_pause_are_handed_on_after_resume() -> None:
     asyncio.run(main())
 
 
-def test_the_installed_paho_has_the_private_state_the_fast_reader_needs() -> None:
-    """The fast reader falls back to paho's own (slower) path when paho's internals change: fail loudly here."""
-    from edge_agent.connectors.mqtt_client import _Framer
+def test_nobody_listening_is_an_mqtt_error() -> None:
+    async def main() -> None:
+        with pytest.raises(MqttError, match="cannot connect"):
+            async with MqttClient(MqttOptions("127.0.0.1", 1, "nobody", timeout_s=2), lambda *_: None):
+                pass
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="fits-check")
-    assert _Framer.fits(client), "paho's private reading state changed: the agent is on its slow path"
-    assert hasattr(client._out_packet, "popleft"), "paho's send queue changed: PUBACKs are no longer merged"
+    asyncio.run(main())
+
+
+# --- broker URLs -------------------------------------------------------------------------------------------
+
+
+def test_broker_url_parts_defaults_and_options() -> None:
+    url = BrokerUrl.parse("mqtts://u:p%40ss@broker:8884?ca_file=/etc/ca.pem&client_id=gw-1")
+    assert url == BrokerUrl("broker", 8884, True, "u", "p@ss", "/etc/ca.pem", "gw-1")
+    assert url.redacted() == "mqtts://u:***@broker:8884"
+    assert BrokerUrl.parse("mqtt://10.0.0.1") == BrokerUrl("10.0.0.1", 1883)
+    assert BrokerUrl.parse("mqtts://h").port == 8883
+    opts = MqttOptions.from_url(url, "fallback-id", keepalive_s=5)
+    assert (opts.host, opts.port, opts.tls, opts.ca_file, opts.client_id, opts.keepalive_s) == (
+        "broker", 8884, True, "/etc/ca.pem", "gw-1", 5,
+    )  # fmt: skip
+    assert MqttOptions.from_url("mqtt://h", "fallback-id").client_id == "fallback-id"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://h:1883", "must start with mqtt://"),
+        ("mqtt://", "has no host"),
+        ("mqtt://h:99999", "port"),
+        ("mqtt://h?cafile=x", "unknown option"),
+    ],
+)
+def test_bad_broker_urls_say_why(url: str, reason: str) -> None:
+    with pytest.raises(BrokerUrlError, match=reason):
+        BrokerUrl.parse(url)
+    with pytest.raises(ValueError, match=reason):  # settings validators see a ValueError
+        BrokerUrl.parse(url)
+
+
+def test_a_qos0_publish_packet_reads_back_as_sent() -> None:
+    for v5, props in ((False, b""), (True, b"\x00")):
+        packet = publish_packet("plant/x", b"42", v5)
+        assert packet == bytes([0x30, 2 + 7 + len(props) + 2]) + b"\x00\x07plant/x" + props + b"42"
+    assert remaining_length(321) == b"\xc1\x02"

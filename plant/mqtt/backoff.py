@@ -1,4 +1,4 @@
-"""Exponential backoff with jitter and a cap, shared by every connector's reconnect loop.
+"""Exponential backoff with jitter and a cap, shared by every reconnect loop (MQTT, OPC-UA).
 
 Jitter spreads the reconnects of many gateways (or many sources of one gateway) after a shared outage, so a
 restarted server is not hit by every client in the same instant.
