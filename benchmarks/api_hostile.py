@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,18 @@ def start_api(data: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("the API did not start")
+
+
+@contextmanager
+def api_server() -> Iterator[str]:
+    """An API process on a fresh database for the ``with`` block; its URL."""
+    with tempfile.TemporaryDirectory(prefix="api-hostile-") as tmp:
+        proc, url = start_api(Path(tmp))
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
 
 def probe(url: str, seconds: float, out: Any) -> None:
@@ -221,35 +235,20 @@ def main() -> None:
     logging.disable(logging.WARNING)  # stdout carries the one JSON line
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     idle_s, flood_s, guess_s, workers = (3.0, 12.0, 5.0, 6) if args.quick else (10.0, 60.0, 60.0, 12)
-    with tempfile.TemporaryDirectory(prefix="api-hostile-") as tmp:
-        proc, url = start_api(Path(tmp))
-        try:
-            prober, pipe = run_probe(url, idle_s)
-            idle = pipe.recv()
-            prober.join()
-            prober, pipe = run_probe(url, flood_s + 1)
-            counts = asyncio.run(flood(url, flood_s, workers))
-            during = pipe.recv()
-            prober.join()
-            single = one_junk_login(url)
-            # new addresses are not at hand: a fresh server per guessing run, so the flood's failures do not count
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    with tempfile.TemporaryDirectory(prefix="api-hostile-") as tmp:
-        proc, url = start_api(Path(tmp))
-        try:
-            one_name = guesses(url, guess_s, new_name_each=False)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    with tempfile.TemporaryDirectory(prefix="api-hostile-") as tmp:
-        proc, url = start_api(Path(tmp))
-        try:
-            many_names = guesses(url, guess_s, new_name_each=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    with api_server() as url:
+        prober, pipe = run_probe(url, idle_s)
+        idle = pipe.recv()
+        prober.join()
+        prober, pipe = run_probe(url, flood_s + 1)
+        counts = asyncio.run(flood(url, flood_s, workers))
+        during = pipe.recv()
+        prober.join()
+        single = one_junk_login(url)
+    # new addresses are not at hand: a fresh server per guessing run, so the flood's failures do not count
+    with api_server() as url:
+        one_name = guesses(url, guess_s, new_name_each=False)
+    with api_server() as url:
+        many_names = guesses(url, guess_s, new_name_each=True)
     idle_p99, worst = p99(idle), max(during)
     ratio = worst / idle_p99
 

@@ -54,32 +54,23 @@ def interval_bands(predicted: Array, true: Array, edges: tuple[float, ...], cove
     return {"edges": list(edges), "lower": lower, "upper": upper, "coverage": coverage}
 
 
-class MahalanobisDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
-    """Distance from normal operation under a shrunk (Ledoit-Wolf) covariance; higher is more anomalous.
+class _DistanceDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
+    """A detector whose anomaly score is a distance, thresholded at the training rows' ``1 - alarm_rate`` quantile.
 
-    Args:
-        alarm_rate: fraction of the training rows allowed above the threshold ``predict`` uses.
+    Subclasses set ``alarm_rate`` in ``__init__`` and define ``_distance`` on validated rows.
     """
 
-    def __init__(self, alarm_rate: float = 0.05) -> None:
-        self.alarm_rate = alarm_rate
-
-    def fit(self, X: Any, y: Any = None) -> MahalanobisDetector:
-        """Learn the centre, the whitening matrix and the threshold from normal rows."""
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
-        cov = LedoitWolf().fit(X)
-        self.location_ = cov.location_
-        # Cholesky factor of the precision: ||(x - c) @ L|| is the Mahalanobis distance.
-        self.whitening_ = np.linalg.cholesky(cov.precision_ + 1e-12 * np.eye(X.shape[1]))
-        self.threshold_ = float(np.quantile(self._distance(X), 1.0 - self.alarm_rate))
-        self.offset_ = -self.threshold_
-        return self
+    alarm_rate: float
 
     def _distance(self, X: Array) -> Array:
-        return np.linalg.norm((X - self.location_) @ self.whitening_, axis=1)  # type: ignore[no-any-return]
+        raise NotImplementedError
+
+    def _set_threshold(self, X: Array) -> None:
+        self.threshold_ = float(np.quantile(self._distance(X), 1.0 - self.alarm_rate))
+        self.offset_ = -self.threshold_
 
     def distance(self, X: Any) -> Array:
-        """Mahalanobis distance of each row: the anomaly score (higher is more anomalous)."""
+        """The anomaly score of each row (higher is more anomalous)."""
         check_is_fitted(self)
         return self._distance(validate_data(self, X, dtype=np.float64, reset=False))
 
@@ -96,7 +87,32 @@ class MahalanobisDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         return np.where(self.decision_function(X) < 0, -1, 1)
 
 
-class KnnDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
+class MahalanobisDetector(_DistanceDetector):
+    """Distance from normal operation under a shrunk (Ledoit-Wolf) covariance; higher is more anomalous.
+
+    Args:
+        alarm_rate: fraction of the training rows allowed above the threshold ``predict`` uses.
+    """
+
+    def __init__(self, alarm_rate: float = 0.05) -> None:
+        self.alarm_rate = alarm_rate
+
+    def fit(self, X: Any, y: Any = None) -> MahalanobisDetector:
+        """Learn the centre, the whitening matrix and the threshold from normal rows."""
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        cov = LedoitWolf().fit(X)
+        self.location_ = cov.location_
+        # Cholesky factor of the precision: ||(x - c) @ L|| is the Mahalanobis distance.
+        self.whitening_ = np.linalg.cholesky(cov.precision_ + 1e-12 * np.eye(X.shape[1]))
+        self._set_threshold(X)
+        return self
+
+    def _distance(self, X: Array) -> Array:
+        """Mahalanobis distance of each row."""
+        return np.linalg.norm((X - self.location_) @ self.whitening_, axis=1)  # type: ignore[no-any-return]
+
+
+class KnnDetector(_DistanceDetector):
     """Mean distance to the k nearest of a sample of normal rows, in whitened space.
 
     Args:
@@ -122,30 +138,13 @@ class KnnDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         rng = np.random.default_rng(self.random_state)
         keep = rng.choice(len(X), size=min(self.max_reference, len(X)), replace=False)
         self.reference_ = (X[np.sort(keep)] - self.location_) @ self.whitening_
-        self.threshold_ = float(np.quantile(self._distance(X), 1.0 - self.alarm_rate))
-        self.offset_ = -self.threshold_
+        self._set_threshold(X)
         return self
 
     def _distance(self, X: Array) -> Array:
+        """Mean distance to the nearest reference rows."""
         w = (X - self.location_) @ self.whitening_
         sq = (w**2).sum(1)[:, None] - 2.0 * w @ self.reference_.T + (self.reference_**2).sum(1)[None, :]
         k = min(self.n_neighbors, self.reference_.shape[0])
         nearest = np.partition(np.maximum(sq, 0.0), k - 1, axis=1)[:, :k]
         return np.sqrt(nearest).mean(axis=1)  # type: ignore[no-any-return]
-
-    def distance(self, X: Any) -> Array:
-        """Mean distance to the nearest reference rows: the anomaly score."""
-        check_is_fitted(self)
-        return self._distance(validate_data(self, X, dtype=np.float64, reset=False))
-
-    def score_samples(self, X: Any) -> Array:
-        """Negated distance (higher is more normal)."""
-        return -self.distance(X)
-
-    def decision_function(self, X: Any) -> Array:
-        """Threshold minus distance: negative for outliers."""
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X: Any) -> NDArray[np.int64]:
-        """-1 for outliers, 1 for inliers."""
-        return np.where(self.decision_function(X) < 0, -1, 1)

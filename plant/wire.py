@@ -243,14 +243,19 @@ def command_topic(gateway: str, root: str = TOPIC_ROOT) -> str:
     return f"{root}/{gateway}/cmd/setpoint"
 
 
+def _first_error(exc: ValidationError, whole: str = "") -> str:
+    """``field.path: message`` of a validation's first error (``whole`` names a payload wrong as a whole)."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or whole
+    return f"{loc}: {first['msg']}"
+
+
 def decode_command(payload: bytes | bytearray | str) -> Command:
     """Parse a command payload; raises WireError with the reason."""
     try:
         return Command.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise WireError(f"invalid command: {loc}: {first['msg']}") from None
+        raise WireError(f"invalid command: {_first_error(exc)}") from None
 
 
 UPLINK_FILTER = f"{TOPIC_ROOT}/+/uplink"
@@ -271,9 +276,7 @@ def decode_batch(payload: bytes | str) -> UplinkBatch:
     try:
         return UplinkBatch.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise WireError(f"invalid uplink batch: {loc}: {first['msg']} ({exc.error_count()} errors)") from None
+        raise WireError(f"invalid uplink batch: {_first_error(exc)} ({exc.error_count()} errors)") from None
 
 
 def decode_report(item: Any) -> CommandReport:
@@ -281,9 +284,7 @@ def decode_report(item: Any) -> CommandReport:
     try:
         return CommandReport.model_validate(item)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "report"
-        raise WireError(f"invalid command report: {loc}: {first['msg']}") from None
+        raise WireError(f"invalid command report: {_first_error(exc, 'report')}") from None
 
 
 def command_reports(batch: UplinkBatch) -> list[tuple[int, CommandReport]]:

@@ -80,12 +80,7 @@ def add_gateway(session: Session, name: str, password: str | None = None) -> str
     row = session.get(TwinGateway, name)
     if row is not None and row.revoked_at is None:
         raise Conflict(f"gateway {name} exists: revoke it first to issue a new credential")
-    if row is None:
-        row = TwinGateway(name=name, created_at=now_us())
-        session.add(row)
-    row.password_hash = hash_password(password)
-    row.revoked_at = None
-    session.commit()
+    _store(session, row, name, password)
     log.info("gateway_added", gateway_id=name)
     return password
 
@@ -96,6 +91,11 @@ def set_credential(session: Session, name: str, password: str) -> None:
     row = session.get(TwinGateway, name)
     if row is not None and row.revoked_at is None and verify_password(password, row.password_hash):
         return
+    _store(session, row, name, password)
+
+
+def _store(session: Session, row: TwinGateway | None, name: str, password: str) -> None:
+    """Give gateway ``name`` (its row, or None when new) the credential ``password``, active, and commit."""
     if row is None:
         row = TwinGateway(name=name, created_at=now_us())
         session.add(row)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import click
 
 from twin.config import get_settings
@@ -19,6 +21,15 @@ def _url(url: str | None) -> str:
     return url or get_settings().db_url
 
 
+def _migrate(url: str | None, revision: str, direction: Literal["upgrade", "downgrade"]) -> None:
+    """Move the schema up or down to ``revision`` and print where it is now."""
+    from migrations import run
+
+    target = _url(url)
+    (run.upgrade if direction == "upgrade" else run.downgrade)(target, revision)
+    click.echo(f"database at revision {run.current(target) or 'base'}")
+
+
 @click.group()
 def db() -> None:
     """Migrate the twin's database."""
@@ -29,11 +40,7 @@ def db() -> None:
 @click.argument("revision", default="head")
 def upgrade(url: str | None, revision: str) -> None:
     """Upgrade the schema to REVISION (the newest by default)."""
-    from migrations import run
-
-    target = _url(url)
-    run.upgrade(target, revision)
-    click.echo(f"database at revision {run.current(target)}")
+    _migrate(url, revision, "upgrade")
 
 
 @db.command()
@@ -41,11 +48,7 @@ def upgrade(url: str | None, revision: str) -> None:
 @click.argument("revision")
 def downgrade(url: str | None, revision: str) -> None:
     """Downgrade the schema to REVISION ('base' removes every table)."""
-    from migrations import run
-
-    target = _url(url)
-    run.downgrade(target, revision)
-    click.echo(f"database at revision {run.current(target) or 'base'}")
+    _migrate(url, revision, "downgrade")
 
 
 @db.command()

@@ -3,9 +3,11 @@ platform's model registry (upload, list, promote) over its API."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -173,10 +175,39 @@ def _remaining_range(text: str | None) -> tuple[float, float] | None:
         raise click.BadParameter(f"{text!r} is not LOW-HIGH in cycles (e.g. 0-145)", param_hint="--remaining") from None
 
 
+@dataclass(frozen=True)
+class _Scoring:
+    """TASK, data files and the model variant to score, as given on the command line."""
+
+    task: str
+    extra: tuple[Path, ...]
+    model: Path
+    data: tuple[Path, ...]
+    truth: Path | None
+    variant: str | None
+    split: bool
+    rows_text: str | None
+
+    def directory(self) -> Path:
+        return _model_dir(self.task, self.model)
+
+    def paths(self) -> list[Path]:
+        return _paths(self.data, self.extra)
+
+    def rows(self) -> Any:
+        return _rows(self.rows_text)
+
+
 def _scoring_options(variant_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """TASK, data files and the model variant to score: what ``evaluate`` and ``cascade`` share."""
+    """TASK, data files and the model variant to score, passed as one ``scoring``: what ``evaluate`` and
+    ``cascade`` share."""
 
     def apply(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def with_scoring(**kwargs: Any) -> None:
+            scoring = _Scoring(**{name: kwargs.pop(name) for name in (f.name for f in fields(_Scoring))})
+            command(scoring=scoring, **kwargs)
+
         existing = click.Path(exists=True, path_type=Path)
         options = [
             click.argument("task", type=click.Choice(TASKS)),
@@ -194,8 +225,8 @@ def _scoring_options(variant_help: str) -> Callable[[Callable[..., None]], Calla
             click.option("--rows", "rows_text", default=None, help="score these " + _ROWS_HELP),
         ]
         for option in reversed(options):
-            command = option(command)
-        return command
+            with_scoring = option(with_scoring)
+        return with_scoring
 
     return apply
 
@@ -203,24 +234,20 @@ def _scoring_options(variant_help: str) -> Callable[[Callable[..., None]], Calla
 @models.command()
 @_scoring_options("default: the edge variant")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
-def evaluate(
-    task: str,
-    extra: tuple[Path, ...],
-    model: Path,
-    data: tuple[Path, ...],
-    truth: Path | None,
-    variant: str | None,
-    split: bool,
-    rows_text: str | None,
-    as_json: bool,
-) -> None:
+def evaluate(scoring: _Scoring, as_json: bool) -> None:
     """Score one variant of a TASK model on data in the data set's own format: every row, unless --split."""
     from models import tasks
     from models.errors import ModelError
 
     try:
         result = tasks.evaluate(
-            task, _model_dir(task, model), _paths(data, extra), truth, variant, split=split, rows=_rows(rows_text)
+            scoring.task,
+            scoring.directory(),
+            scoring.paths(),
+            scoring.truth,
+            scoring.variant,
+            split=scoring.split,
+            rows=scoring.rows(),
         )
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
@@ -285,27 +312,24 @@ def report(root: Path, data_root: Path | None, only: tuple[str, ...], plots: Pat
 @click.option("--write", is_flag=True, help="store the result as the manifest's cascade section")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
 def cascade_command(
-    task: str,
-    extra: tuple[Path, ...],
-    model: Path,
-    data: tuple[Path, ...],
-    truth: Path | None,
-    variant: str | None,
-    split: bool,
-    rows_text: str | None,
-    teacher_dir: Path | None,
-    max_offload: float,
-    write: bool,
-    as_json: bool,
+    scoring: _Scoring, teacher_dir: Path | None, max_offload: float, write: bool, as_json: bool
 ) -> None:
     """Student, teacher and cascade on TASK's data (every row, or --split); the threshold offloading ≤ MAX_OFFLOAD."""
     from models import cascade_threshold
     from models.errors import ModelError
 
     try:
-        directory = _model_dir(task, model)
+        directory = scoring.directory()
         result = cascade_threshold.run(
-            task, directory, _paths(data, extra), truth, variant, teacher_dir, max_offload, split, _rows(rows_text)
+            scoring.task,
+            directory,
+            scoring.paths(),
+            scoring.truth,
+            scoring.variant,
+            teacher_dir,
+            max_offload,
+            scoring.split,
+            scoring.rows(),
         )
         if write:
             cascade_threshold.write(directory, result)
@@ -314,7 +338,7 @@ def cascade_command(
     if as_json:
         click.echo(json.dumps({"model": str(directory), **result}, sort_keys=True))
         return
-    click.echo(cascade_threshold.summary(task, directory, result))
+    click.echo(cascade_threshold.summary(scoring.task, directory, result))
     if write:
         click.echo(f"written to {directory / 'manifest.json'}", err=True)
 

@@ -15,6 +15,7 @@ The last active admin cannot be demoted, disabled or removed. Every change is in
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -52,8 +53,16 @@ def users() -> None:
         configure_logging()
 
 
-@users.command()
-@click.argument("username")
+def _user_command(name: str | None = None) -> Callable[[Callable[..., None]], click.Command]:
+    """A ``users`` subcommand whose first argument is USERNAME."""
+
+    def apply(command: Callable[..., None]) -> click.Command:
+        return users.command(name=name)(click.argument("username")(command))
+
+    return apply
+
+
+@_user_command()
 @click.option("--role", "-r", type=_ROLE, required=True, help="viewer < technician < engineer < admin")
 @click.option("--password-stdin", is_flag=True, help="read the password from stdin instead of prompting")
 @sites_option
@@ -100,8 +109,7 @@ def _change(data_dir: Path, database_url: str | None, username: str, action: str
         session.commit()
 
 
-@users.command()
-@click.argument("username")
+@_user_command()
 @database_options
 def disable(username: str, data_dir: Path, database_url: str | None) -> None:
     """Disable USERNAME: their sessions end, their keys stop, they cannot log in."""
@@ -109,8 +117,7 @@ def disable(username: str, data_dir: Path, database_url: str | None) -> None:
     click.echo(f"disabled {username}", err=True)
 
 
-@users.command()
-@click.argument("username")
+@_user_command()
 @database_options
 def enable(username: str, data_dir: Path, database_url: str | None) -> None:
     """Let USERNAME log in again."""
@@ -118,8 +125,7 @@ def enable(username: str, data_dir: Path, database_url: str | None) -> None:
     click.echo(f"enabled {username}", err=True)
 
 
-@users.command(name="set-role")
-@click.argument("username")
+@_user_command(name="set-role")
 @click.argument("role", type=_ROLE)
 @database_options
 def set_role(username: str, role: str, data_dir: Path, database_url: str | None) -> None:
@@ -128,8 +134,7 @@ def set_role(username: str, role: str, data_dir: Path, database_url: str | None)
     click.echo(f"{username} is now {role}", err=True)
 
 
-@users.command(name="set-sites")
-@click.argument("username")
+@_user_command(name="set-sites")
 @click.argument("sites", callback=_parse_sites, metavar="A,B|all")
 @database_options
 def set_sites(username: str, sites: list[str] | None, data_dir: Path, database_url: str | None) -> None:
@@ -138,8 +143,7 @@ def set_sites(username: str, sites: list[str] | None, data_dir: Path, database_u
     click.echo(f"{username} now sees {scopes.describe(sites)}", err=True)
 
 
-@users.command(name="reset-password")
-@click.argument("username")
+@_user_command(name="reset-password")
 @click.option("--password-stdin", is_flag=True, help="read the new password from stdin instead of prompting")
 @database_options
 def reset_password(username: str, password_stdin: bool, data_dir: Path, database_url: str | None) -> None:
@@ -152,8 +156,7 @@ def reset_password(username: str, password_stdin: bool, data_dir: Path, database
     click.echo(f"password of {username} reset; their sessions have ended", err=True)
 
 
-@users.command()
-@click.argument("username")
+@_user_command()
 @database_options
 def sessions(username: str, data_dir: Path, database_url: str | None) -> None:
     """List USERNAME's live login sessions."""
@@ -167,8 +170,7 @@ def sessions(username: str, data_dir: Path, database_url: str | None) -> None:
         click.echo(f"{username} has no live session", err=True)
 
 
-@users.command(name="end-sessions")
-@click.argument("username")
+@_user_command(name="end-sessions")
 @database_options
 def end_sessions(username: str, data_dir: Path, database_url: str | None) -> None:
     """End every login session of USERNAME (they log in again)."""
@@ -181,8 +183,7 @@ def end_sessions(username: str, data_dir: Path, database_url: str | None) -> Non
     click.echo(f"ended {len(ended)} session(s) of {username}", err=True)
 
 
-@users.command()
-@click.argument("username")
+@_user_command()
 @database_options
 def remove(username: str, data_dir: Path, database_url: str | None) -> None:
     """Remove USERNAME: their sessions and keys are revoked (the audit trail keeps their name)."""
