@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from sqlalchemy import Engine
 
 # Property tests judge what happens, not how fast: a loaded CI machine must not fail them on time (speed is
 # measured by benchmarks/).
@@ -111,3 +112,45 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     url = _create_pg_database()
     yield url
     _drop_pg_database(url)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Like ``db_url``, but one database for a whole test module: its tests empty it with ``clear_rows``."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('module-db') / 'twin.db'}"
+        return
+    url = _create_pg_database()
+    yield url
+    _drop_pg_database(url)
+
+
+def clear_rows(engine: Engine) -> None:
+    """Empty every table of ``engine``'s schema (ids start again at 1), as fresh as ``create_all`` left it.
+
+    The tables' triggers (the audit trail refuses DELETE; foreign keys) are set aside while it runs: on PostgreSQL
+    by the replica role of this transaction, on SQLite by dropping and re-creating them with their own text.
+    """
+    from sqlalchemy import inspect, text
+
+    tables = inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # DELETE of a few rows is much quicker than TRUNCATE (which makes new files for every table)
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            for name in tables:
+                conn.execute(text(f'DELETE FROM "{name}"'))
+            sequences = conn.execute(
+                text("SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = 'public'")
+            ).scalars()
+            for sequence in list(sequences):
+                conn.execute(text(f'ALTER SEQUENCE "{sequence}" RESTART'))
+            return
+        triggers = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
+        for name, _sql in triggers:
+            conn.execute(text(f'DROP TRIGGER "{name}"'))
+        conn.execute(text("PRAGMA defer_foreign_keys = ON"))
+        for name in tables:
+            conn.execute(text(f'DELETE FROM "{name}"'))
+        for _name, sql in triggers:
+            conn.execute(text(sql))
