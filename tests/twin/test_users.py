@@ -21,7 +21,7 @@ from factory_twin.cli import cli
 from factory_twin.credentials import FILE_NAME, demo_credentials
 from migrations import run as migrations
 from plant.wire import now_us
-from tests.conftest import clear_rows
+from tests.conftest import module_app, reset_app
 from twin import auth
 from twin.api import create_app
 from twin.auth import Role, create_key
@@ -29,7 +29,6 @@ from twin.config import TwinSettings
 from twin.dashboard.users import create_user
 from twin.db import make_engine, make_sessionmaker
 from twin.tables import ApiKey, AuditRecord, Base
-from twin.throttle import Throttle, policy_of
 
 PASSWORD = "correct horse battery"
 
@@ -58,20 +57,15 @@ class Api:
 
 @pytest.fixture(scope="module")
 def app(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """One database and app for the module (building the app's routes is the slow part); ``api`` empties it."""
-    engine = make_engine(module_db_url)
-    Base.metadata.create_all(engine)
-    settings = TwinSettings(data_dir=tmp_path_factory.mktemp("users"))
-    with TestClient(create_app(settings, engine)) as client:
+    """One database and app for the module; ``api`` empties them for each test."""
+    with module_app(module_db_url, TwinSettings(data_dir=tmp_path_factory.mktemp("users"))) as (client, engine):
         yield Api(client, engine)
-    engine.dispose()
 
 
 @pytest.fixture
 def api(app: Api) -> Api:
     """Users ada (admin), tess (technician); no standing admin key: ada is the only way to administer."""
-    clear_rows(app.engine)
-    app.client.app.state.throttle = Throttle(policy_of(app.client.app.state.settings))  # no failures counted yet
+    reset_app(app.client)
     with make_sessionmaker(app.engine)() as s:
         create_user(s, "ada", PASSWORD, Role.ADMIN)
         create_user(s, "tess", PASSWORD, Role.TECHNICIAN)
