@@ -129,6 +129,25 @@ def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     _drop_pg_database(url)
 
 
+@pytest.fixture(scope="module")
+def module_engine(module_db_url: str) -> Iterator[Engine]:
+    """An engine on ``module_db_url`` with the schema ``create_all`` makes, for ``empty_engine``."""
+    from twin.db import make_engine
+    from twin.tables import Base
+
+    engine = make_engine(module_db_url)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def empty_engine(module_engine: Engine) -> Engine:
+    """The schema and not a row, once on SQLite and once on PostgreSQL: the module's database, emptied."""
+    clear_rows(module_engine)
+    return module_engine
+
+
 def clear_rows(engine: Engine) -> None:
     """Empty every table of ``engine``'s schema (ids start again at 1), as fresh as ``create_all`` left it.
 
