@@ -10,10 +10,15 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import settings
+from sqlalchemy import Engine
+
+from twin.config import TwinSettings
 
 # Property tests judge what happens, not how fast: a loaded CI machine must not fail them on time (speed is
 # measured by benchmarks/).
@@ -111,3 +116,88 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     url = _create_pg_database()
     yield url
     _drop_pg_database(url)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Like ``db_url``, but one database for a whole test module: its tests empty it with ``clear_rows``."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('module-db') / 'twin.db'}"
+        return
+    url = _create_pg_database()
+    yield url
+    _drop_pg_database(url)
+
+
+@pytest.fixture(scope="module")
+def module_engine(module_db_url: str) -> Iterator[Engine]:
+    """An engine on ``module_db_url`` with the schema ``create_all`` makes, for ``empty_engine``."""
+    from twin.db import make_engine
+    from twin.tables import Base
+
+    engine = make_engine(module_db_url)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def empty_engine(module_engine: Engine) -> Engine:
+    """The schema and not a row, once on SQLite and once on PostgreSQL: the module's database, emptied."""
+    clear_rows(module_engine)
+    return module_engine
+
+
+def clear_rows(engine: Engine) -> None:
+    """Empty every table of ``engine``'s schema (ids start again at 1), as fresh as ``create_all`` left it.
+
+    The tables' triggers (the audit trail refuses DELETE; foreign keys) are set aside while it runs: on PostgreSQL
+    by the replica role of this transaction, on SQLite by dropping and re-creating them with their own text.
+    """
+    from sqlalchemy import inspect, text
+
+    tables = inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # DELETE of a few rows is much quicker than TRUNCATE (which makes new files for every table)
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            for name in tables:
+                conn.execute(text(f'DELETE FROM "{name}"'))
+            sequences = conn.execute(
+                text("SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = 'public'")
+            ).scalars()
+            for sequence in list(sequences):
+                conn.execute(text(f'ALTER SEQUENCE "{sequence}" RESTART'))
+            return
+        triggers = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
+        for name, _sql in triggers:
+            conn.execute(text(f'DROP TRIGGER "{name}"'))
+        conn.execute(text("PRAGMA defer_foreign_keys = ON"))
+        for name in tables:
+            conn.execute(text(f'DELETE FROM "{name}"'))
+        for _name, sql in triggers:
+            conn.execute(text(sql))
+
+
+@contextmanager
+def module_app(db_url: str, settings: TwinSettings) -> Iterator[tuple[TestClient, Engine]]:
+    """The API app on a database made by ``create_all``, for a module's tests to share (building an app's routes
+    takes most of a second); each test starts with ``reset_app``."""
+    from twin.api import create_app
+    from twin.db import make_engine
+    from twin.tables import Base
+
+    engine = make_engine(db_url)
+    Base.metadata.create_all(engine)
+    with TestClient(create_app(settings, engine)) as client:
+        yield client, engine
+    engine.dispose()
+
+
+def reset_app(client: TestClient) -> None:
+    """Empty the app's database and forget its failed credential checks: as a new app on a fresh database."""
+    from twin.throttle import Throttle, policy_of
+
+    state = client.app.state
+    clear_rows(state.engine)
+    state.throttle = Throttle(policy_of(state.settings))

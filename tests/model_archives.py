@@ -87,8 +87,13 @@ def machine_twin(url: str, node: str, asset_type: str) -> Iterator[Engine]:
     """A fresh twin schema at ``url`` holding one machine of an asset type; disposed after."""
     engine = make_engine(url)
     Base.metadata.create_all(engine)
+    yield add_machine(engine, node, asset_type)
+    engine.dispose()
+
+
+def add_machine(engine: Engine, node: str, asset_type: str) -> Engine:
+    """``engine``, its twin now holding one machine of an asset type."""
     with make_sessionmaker(engine)() as s:
         s.add(TwinNode(id=node, parent_id=None, path=f"/{node}/", kind="machine", name=node, type=asset_type))
         s.commit()
-    yield engine
-    engine.dispose()
+    return engine

@@ -18,7 +18,6 @@ from sqlalchemy import Engine, insert, update
 
 from factory_twin.cli.keys import keys as keys_cli
 from plant.wire import now_us, to_us
-from tests.conftest import _create_pg_database, _drop_pg_database
 from twin.alerts import lifecycle
 from twin.api import create_app
 from twin.auth import Role, create_key
@@ -145,21 +144,10 @@ def _seed(engine: Engine) -> None:
         s.commit()
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def module_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One fresh database per backend for the module: seeding a day of 1 s data once is enough."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('dash') / 'twin.db'}"
-        return
-    url = _create_pg_database()
-    yield url
-    _drop_pg_database(url)
-
-
 @pytest.fixture(scope="module")
-def env(module_db: str) -> Iterator[Env]:
+def env(module_db_url: str) -> Iterator[Env]:
     """The seeded database behind an app, with a key of every role (shared by the module's tests)."""
-    engine = make_engine(module_db)
+    engine = make_engine(module_db_url)
     _seed(engine)
     with make_sessionmaker(engine)() as s:
         made = {role.value: create_key(s, role, f"{role.value} key") for role in Role}
@@ -333,9 +321,9 @@ def test_a_person_cannot_have_the_gateway_role(env: Env) -> None:
         users.create_user(s, "gateway-7", "long enough", Role.AGENT)
 
 
-def test_create_user_command(env: Env, module_db: str) -> None:
+def test_create_user_command(env: Env, module_db_url: str) -> None:
     runner = CliRunner()
-    args = ["create-user", "olga", "--role", "engineer", "--url", module_db, "--password-stdin"]
+    args = ["create-user", "olga", "--role", "engineer", "--url", module_db_url, "--password-stdin"]
     result = runner.invoke(keys_cli, args, input="a long password\n")
     assert result.exit_code == 0, result.output
     again = runner.invoke(keys_cli, args, input="a long password\n")
@@ -343,7 +331,7 @@ def test_create_user_command(env: Env, module_db: str) -> None:
     assert "exists already" in again.output
     short = runner.invoke(
         keys_cli,
-        ["create-user", "pia", "--role", "viewer", "--url", module_db, "--password-stdin"],
+        ["create-user", "pia", "--role", "viewer", "--url", module_db_url, "--password-stdin"],
         input="short\n",
     )
     assert short.exit_code != 0

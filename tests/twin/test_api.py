@@ -103,21 +103,22 @@ def seed(engine: Engine) -> None:
         s.commit()
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
+@pytest.fixture(scope="module")
+def engine(module_db_url: str) -> Iterator[Engine]:
+    """The seeded plant, once for the module: the tests that share it only read."""
+    engine = make_engine(module_db_url)
     Base.metadata.create_all(engine)
     seed(engine)
     yield engine
     engine.dispose()
 
 
-@pytest.fixture
-def client(engine: Engine, tmp_path: Path) -> Iterator[TestClient]:
+@pytest.fixture(scope="module")
+def client(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     with make_sessionmaker(engine)() as s:
         key = create_key(s, Role.VIEWER, "tests")
-    app = create_app(TwinSettings(data_dir=tmp_path, database_url=str(engine.url)), engine)
-    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as c:
+    settings = TwinSettings(data_dir=tmp_path_factory.mktemp("api"), database_url=str(engine.url))
+    with TestClient(create_app(settings, engine), headers={"Authorization": f"Bearer {key}"}) as c:
         yield c
 
 

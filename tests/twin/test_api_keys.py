@@ -15,8 +15,8 @@ from plant.wire import now_us
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.db import make_engine, make_sessionmaker
-from twin.tables import ApiKey, Base, HistoryRow, TwinNode, TwinProperty
+from twin.db import make_sessionmaker
+from twin.tables import ApiKey, HistoryRow, TwinNode, TwinProperty
 
 READS = [
     ("GET", "/api/v1/nodes"),
@@ -33,9 +33,8 @@ ADMIN = [
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    Base.metadata.create_all(engine)
+def engine(empty_engine: Engine) -> Engine:
+    engine = empty_engine
     with make_sessionmaker(engine)() as s:
         s.add(TwinNode(id="m1", parent_id=None, path="/m1/", kind="machine", name="Machine 1"))
         s.flush()
@@ -44,8 +43,7 @@ def engine(db_url: str) -> Iterator[Engine]:
         s.flush()
         s.add(HistoryRow(property_id=prop.id, ts=prop.ts, value_num=20.5, quality=0))
         s.commit()
-    yield engine
-    engine.dispose()
+    return engine
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from sqlalchemy.exc import DBAPIError
 
 from migrations import run as migrations
 from plant.wire import now_us
+from tests.conftest import module_app, reset_app
 from twin import audit
 from twin.alerts import lifecycle
-from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.dashboard.users import create_user
@@ -76,17 +76,21 @@ def _seed(engine: Engine) -> tuple[dict[Role, str], int]:
         return {role: create_key(s, role, f"{role.value} key") for role in Role}, alert_id
 
 
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Engine]]:
+    """One app for the module, on SQLite; ``api`` empties its database for each test."""
+    tmp = tmp_path_factory.mktemp("audit")
+    settings = TwinSettings(data_dir=tmp, model_dir=tmp / "no-registry", webhook_allowlist=["cmms.example.com"])
+    with module_app(f"sqlite:///{tmp / 'twin.db'}", settings) as running:
+        yield running
+
+
 @pytest.fixture
-def api(sqlite_url: str, tmp_path: Path) -> Iterator[Api]:
-    engine = make_engine(sqlite_url)
-    Base.metadata.create_all(engine)
+def api(app: tuple[TestClient, Engine], tmp_path: Path) -> Api:
+    client, engine = app
+    reset_app(client)
     keys, alert_id = _seed(engine)
-    settings = TwinSettings(
-        data_dir=tmp_path, model_dir=tmp_path / "no-registry", webhook_allowlist=["cmms.example.com"]
-    )
-    with TestClient(create_app(settings, engine)) as client:
-        yield Api(client, engine, keys, alert_id, tmp_path)
-    engine.dispose()
+    return Api(client, engine, keys, alert_id, tmp_path)
 
 
 # --- each action leaves exactly one record ---------------------------------------------------------------------

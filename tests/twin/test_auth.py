@@ -28,11 +28,8 @@ from twin.tables import ApiKey, Base
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    Base.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
+def engine(empty_engine: Engine) -> Engine:
+    return empty_engine
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from twin.model_registry import pack, version_key
 from twin.store import TwinStore
 from twin.tables import DiagnosisRecord, TwinProperty
 
-from ..model_archives import REGISTRY, ROOT, model_copy, pump_twin
+from ..model_archives import REGISTRY, ROOT, add_machine, model_copy
 
 SKAB = ROOT / "examples" / "data" / "skab_anomaly-free_head600.csv.gz"
 COLUMNS = {
@@ -73,8 +73,8 @@ class Platform:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    yield from pump_twin(db_url)
+def engine(empty_engine: Engine) -> Engine:
+    return add_machine(empty_engine, "p1", "pump")
 
 
 def _platform(engine: Engine, tmp_path: Path, model_dir: Path) -> Iterator[Platform]:

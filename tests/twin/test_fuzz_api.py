@@ -41,7 +41,7 @@ from twin.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
 
-EXAMPLES = 10  # random cases per operation in the fuzzing phase (the coverage phase sends every boundary case anyway)
+EXAMPLES = 5  # random cases per operation in the fuzzing phase (the coverage phase sends every boundary case anyway)
 CHECKS = ["not_a_server_error", "response_schema_conformance"]
 MODES = {  # by dialect
     "sqlite": [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],

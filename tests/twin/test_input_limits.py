@@ -13,28 +13,32 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from tests.conftest import module_app, reset_app
 from tests.twin.test_api import seed
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.db import make_engine
-from twin.tables import Base
 
 HUGE = 2**63
 
 
+@pytest.fixture(scope="module")
+def app(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Engine]]:
+    with module_app(module_db_url, TwinSettings(data_dir=tmp_path_factory.mktemp("limits"))) as running:
+        yield running
+
+
 @pytest.fixture
-def admin(db_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    engine = make_engine(db_url)
-    Base.metadata.create_all(engine)
+def admin(app: tuple[TestClient, Engine]) -> tuple[TestClient, dict[str, str]]:
+    client, engine = app
+    reset_app(client)
     seed(engine)
     with Session(engine) as s:
         headers = {"Authorization": f"Bearer {create_key(s, Role.ADMIN, 'admin')}"}
-    with TestClient(create_app(TwinSettings(data_dir=tmp_path), engine)) as client:
-        yield client, headers
-    engine.dispose()
+    return client, headers
 
 
 def refused(r: Any, field: str, why: str) -> None:

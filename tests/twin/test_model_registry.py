@@ -24,7 +24,7 @@ from twin.model_registry import pack
 from twin.tables import ModelFailure, ModelVersion
 
 from ..api_server import serve_api
-from ..model_archives import files_of, model_copy, pump_twin, set_file, tar_gz
+from ..model_archives import add_machine, files_of, model_copy, set_file, tar_gz
 
 GZIP = {"Content-Type": "application/gzip"}
 
@@ -48,8 +48,8 @@ class Api:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    yield from pump_twin(db_url)
+def engine(empty_engine: Engine) -> Engine:
+    return add_machine(empty_engine, "p1", "pump")
 
 
 def _app(engine: Engine, tmp_path: Path, **settings: Any) -> Any:

@@ -7,7 +7,6 @@ import queue
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -19,13 +18,13 @@ from sqlalchemy import Engine, select
 
 from plant.site import parse_site
 from plant.wire import CommandReport, decode_command, now_us
+from tests.conftest import module_app, reset_app
 from twin import commands
-from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.db import make_engine, make_sessionmaker
+from twin.db import make_sessionmaker
 from twin.store import TwinStore
-from twin.tables import AuditRecord, Base, SetpointCommand
+from twin.tables import AuditRecord, SetpointCommand
 
 SITE = """
 site: {id: plant}
@@ -97,17 +96,23 @@ class Api:
             return cmd
 
 
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Engine]]:
+    """One app for the module, on SQLite; ``api`` empties its database for each test."""
+    tmp = tmp_path_factory.mktemp("setpoints")
+    settings = TwinSettings(data_dir=tmp, model_dir=tmp / "none")
+    with module_app(f"sqlite:///{tmp / 'twin.db'}", settings) as running:
+        yield running
+
+
 @pytest.fixture
-def api(sqlite_url: str, tmp_path: Path) -> Iterator[Api]:
-    engine = make_engine(sqlite_url)
-    Base.metadata.create_all(engine)
+def api(app: tuple[TestClient, Engine]) -> Api:
+    client, engine = app
+    reset_app(client)
     TwinStore(engine).sync_site(parse_site(SITE))
     with make_sessionmaker(engine)() as s:
         keys = {role: create_key(s, role, f"{role.value} key") for role in Role}
-    settings = TwinSettings(data_dir=tmp_path, model_dir=tmp_path / "none")
-    with TestClient(create_app(settings, engine)) as client:
-        yield Api(client, engine, keys)
-    engine.dispose()
+    return Api(client, engine, keys)
 
 
 def test_a_good_write_is_stored_pending_with_expiry_and_audited(api: Api) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant.yaml"
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = make_engine(db_url)
-    Base.metadata.create_all(e)
-    yield e
-    e.dispose()
+def engine(empty_engine: Engine) -> Engine:
+    return empty_engine
 
 
 def _nodes(engine: Engine) -> dict[str, TwinNode]:

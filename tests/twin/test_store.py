@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, select, text
 
 from plant.wire import Diagnosis, Frame, Quality, UplinkBatch
+from twin.config import TwinSettings
 from twin.errors import StoreError
 from twin.site_sync import sync_site
 from twin.store import Change, TwinStore, prune_rejections
 from twin.tables import DiagnosisRecord, FramePoint, HistoryRow, IngestRejection
 
-from .store_helpers import NOW, SEC, SITE_YAML, batch, history_count, make_store, prop, site, value
+from .store_helpers import NOW, SEC, SITE_YAML, batch, history_count, prop, site, value
 
 
 @pytest.fixture
-def store(db_url: str) -> Iterator[TwinStore]:
-    s = make_store(db_url)
-    yield s
-    s.engine.dispose()
+def store(empty_engine: Engine) -> TwinStore:
+    s = TwinStore(empty_engine, TwinSettings())
+    s.sync_site(site())
+    return s
 
 
 def test_values_are_stored_in_history_and_latest(store: TwinStore) -> None:

@@ -21,6 +21,7 @@ from factory_twin.cli import cli
 from factory_twin.credentials import FILE_NAME, demo_credentials
 from migrations import run as migrations
 from plant.wire import now_us
+from tests.conftest import module_app, reset_app
 from twin import auth
 from twin.api import create_app
 from twin.auth import Role, create_key
@@ -54,17 +55,21 @@ class Api:
             return create_key(s, role, f"{role.value} key", **kw)
 
 
+@pytest.fixture(scope="module")
+def app(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One database and app for the module; ``api`` empties them for each test."""
+    with module_app(module_db_url, TwinSettings(data_dir=tmp_path_factory.mktemp("users"))) as (client, engine):
+        yield Api(client, engine)
+
+
 @pytest.fixture
-def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
+def api(app: Api) -> Api:
     """Users ada (admin), tess (technician); no standing admin key: ada is the only way to administer."""
-    engine = make_engine(db_url)
-    Base.metadata.create_all(engine)
-    with make_sessionmaker(engine)() as s:
+    reset_app(app.client)
+    with make_sessionmaker(app.engine)() as s:
         create_user(s, "ada", PASSWORD, Role.ADMIN)
         create_user(s, "tess", PASSWORD, Role.TECHNICIAN)
-    with TestClient(create_app(TwinSettings(data_dir=tmp_path), engine)) as client:
-        yield Api(client, engine)
-    engine.dispose()
+    return app
 
 
 # --- the last admin -----------------------------------------------------------------------------------------------

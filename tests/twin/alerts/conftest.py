@@ -29,9 +29,9 @@ def _schema(url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Engine]:
-    """A fresh schema on SQLite and on PostgreSQL."""
-    yield from _schema(db_url)
+def db(empty_engine: Engine) -> Engine:
+    """A fresh schema on SQLite and on PostgreSQL (the module's database, emptied)."""
+    return empty_engine
 
 
 @pytest.fixture

@@ -155,7 +155,7 @@ def test_dead_letter_after_n_then_replay(db: Engine) -> None:
     assert rx.first_delivery_keys() == keys
 
 
-def test_restart_loses_nothing(db_url: str, db: Engine) -> None:
+def test_restart_loses_nothing(db: Engine) -> None:
     site = fleet_site(2)
     with Receiver() as rx:
         subscribe(db, rx.url)
@@ -165,7 +165,7 @@ def test_restart_loses_nothing(db_url: str, db: Engine) -> None:
         assert len(dying._claim()) == 2  # one per asset: later events of an asset wait for earlier ones
         db.dispose()
         # the platform restarts: a new engine on the same database
-        fresh = make_engine(db_url)
+        fresh = make_engine(db.url.render_as_string(hide_password=False))
         try:
             drain(
                 DeliveryWorker(fresh, policy=LOCAL, config=FAST),
