@@ -2,7 +2,7 @@
 
 Stock Mosquitto queues at most 1,000 messages per subscriber and drops QoS 1 beyond that, so a benchmark on
 the shared broker would measure the broker's drops. This one queues everything and lets 1,000 messages be in
-flight.
+flight by default.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ allow_anonymous true
 persistence false
 max_queued_messages 0
 max_queued_bytes 0
-max_inflight_messages 1000
+max_inflight_messages {inflight}
 message_size_limit 0
 """
 
@@ -35,13 +35,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def private_mosquitto() -> Iterator[int]:
-    """Run mosquitto on a free port for the duration of the block; yields the port."""
+def private_mosquitto(inflight: int = 1000) -> Iterator[int]:
+    """Run mosquitto on a free port for the duration of the block, with ``inflight`` QoS 1 messages in flight
+    per client; yields the port."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         conf = Path(d) / "mosquitto.conf"
-        conf.write_text(CONF.format(port=port))
+        conf.write_text(CONF.format(port=port, inflight=inflight))
         proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 10
