@@ -91,14 +91,15 @@ def test_two_sites_with_their_own_agents_side_by_side(tmp_path: Path) -> None:
     with make_sessionmaker(engine)() as s:
         for name in SITES:
             set_credential(s, f"gw-{name}", credentials[name])
-        create_user(s, "nora", PASSWORD, "viewer", sites=["north"])
-        create_user(s, "sven", PASSWORD, "viewer", sites=["south"])
     with EmbeddedBroker(port=0, access=access) as broker:
         files = {name: _site_file(tmp_path, name, broker.url) for name in SITES}
         # north's platform process runs ingest and alerts; south's site file is loaded into the same twin
         platform = Platform(settings, engine, load_site(files["north"]), broker.platform_url,
                             PlatformParts(webhooks=False)).start()
         TwinStore(engine).sync_site(load_site(files["south"]))
+        with make_sessionmaker(engine)() as s:  # a person's sites name loaded sites
+            create_user(s, "nora", PASSWORD, "viewer", sites=["north"])
+            create_user(s, "sven", PASSWORD, "viewer", sites=["south"])
         try:
             agents = [Agent(site_file=files[name], gateway_id=f"gw-{name}", data_dir=tmp_path / f"agent-{name}",
                             broker_url=broker.url_for(f"gw-{name}", credentials[name]), metrics_port=0,
