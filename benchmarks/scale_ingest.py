@@ -23,7 +23,8 @@ commit, publish the Ack, then PUBACK) on the real ``TwinStore``, measured three 
 
 Each ingestor first stores a dozen batches through its intake (not the broker), so the clock measures a worker
 that has run a while (catalog and ownership loaded, statements prepared), not its start-up. Each run writes
-new timestamps. The processes are started before the clock; the clock runs from their go to the last batch
+new timestamps, from an hour before the benchmark began: into the history's current partitions, as a plant's
+values go (``stored_in_default_partition`` says none went to the DEFAULT partition that catches far back-fills). The processes are started before the clock; the clock runs from their go to the last batch
 stored. CPU seconds are the ingest processes' (from their go) and the database backends'.
 
 Prints one JSON line. ``ratio`` is the best configuration's rate (named in ``best``) over raw COPY;
@@ -76,10 +77,10 @@ from sqlalchemy import create_engine, text
 from store_apply import make_site
 
 from migrations import run
-from plant.wire import UplinkBatch, Value, uplink_topic
+from plant.wire import UplinkBatch, Value, now_us, uplink_topic
 from twin.config import TwinSettings
 from twin.db import make_engine
-from twin.history import HistoryJob
+from twin.history import HOUR_US, HistoryJob, ensure_partitions, storage_of
 from twin.ingest import BrokerAddress, Ingestor
 from twin.live import live_bus_for
 from twin.store import TwinStore
@@ -92,7 +93,10 @@ SUSTAIN_S = 120.0  # the sustained capacity phase, full run (--quick: 15 s)
 WARM_BATCHES = 12  # stored by each ingestor before the clock starts (more than psycopg's prepare threshold, 5)
 TARGET = 0.5  # end to end (broker, decode, validate, store, ack) against a bare COPY of the rows
 PG_ADMIN = os.environ.get("FACTORY_TWIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-T0 = 1_700_000_000_000_000  # µs, Nov 2023
+# µs: an hour before the run began (the spawned processes inherit it), so every value lands in the history's
+# current partition as a plant's values do, not in the DEFAULT partition that catches far back-fills
+T0 = int(os.environ.setdefault("FACTORY_TWIN_BENCH_T0", str(now_us() - 3600 * 10**6)))
+STEP = 5 * 60 * 10**6  # µs between the phases' timestamps (each phase spans less)
 ROOT = "bench/v1"
 MACHINES, PROPS = 20, 10
 
@@ -109,7 +113,7 @@ def payloads(batches: int, size: int, offset: int) -> list[bytes]:
             ts = T0 + offset + (n // len(keys)) * 1000
             values.append(Value(node=node, prop=prop, value=float(n % 97), ts=ts))
             n += 1
-        batch = UplinkBatch(gateway="gw", batch=f"{offset}-{b}", sent=T0, values=values)
+        batch = UplinkBatch(gateway="gw", batch=f"{offset}-{b}", sent=T0 + offset, values=values)
         # no "commands" key: the agent's value batches carry none (a batch with one is stored on its own)
         out.append(batch.model_dump_json(exclude={"commands"}).encode())
     return out
@@ -220,7 +224,7 @@ def ingest_threads(store: TwinStore, port: int, workers: int, data: list[bytes])
 def warm_up(ing: Ingestor) -> None:
     """Store a few batches of new timestamps through the ingestor's intake (not the broker), as a worker that
     has run a while has: catalog and ownership loaded, statements prepared, connections open."""
-    offset = 8 * 10**12 + uuid.uuid4().int % 10**6 * 10**6
+    offset = 4 * STEP + uuid.uuid4().int % 300_000 * 1000
     for p in payloads(WARM_BATCHES, 1000, offset):  # a transaction each
         ing.intake.handle_many([(uplink_topic("gw", ROOT), p)], [])
 
@@ -233,7 +237,7 @@ def worker_process(url: str, port: int, cid: str, group: str, ready: Any, go: An
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
                         logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     engine = make_engine(url, pool_size=2)
-    store = TwinStore(engine, TwinSettings(max_future_s=1e9))
+    store = TwinStore(engine, TwinSettings())
     ing = Ingestor(store, BrokerAddress("127.0.0.1", port), client_id=cid, share_group=group, shared=True,
                    topic_root=ROOT)
     ing.add_listener(live_bus_for(engine).listener)
@@ -354,7 +358,7 @@ def pace(port: int, batches_per_s: float, seconds: float, size: int, offset: int
         base = T0 + offset
         values = ",".join(f'{{{keys[n % len(keys)]},"value":{float(n % 97)},"ts":{base + n // len(keys) * 1000}}}'
                           for n in range(n0, n0 + size))
-        batch = f'{{"gateway":"gw","batch":"s{seq}-{time.time_ns()}","sent":{T0},"values":[{values}]}}'
+        batch = f'{{"gateway":"gw","batch":"s{seq}-{time.time_ns()}","sent":{base},"values":[{values}]}}'
         c.publish(uplink_topic("gw", ROOT), batch.encode(), qos=1)
         seq += 1
         sent.value = seq
@@ -389,7 +393,7 @@ def sustained(store: TwinStore, url: str, port: int, workers: int, seconds: floa
     procs.go.set()
     ctx = multiprocessing.get_context("spawn")
     sent = ctx.Value("q", 0)
-    proc = ctx.Process(target=pace, args=(port, 1e9, seconds, size, 6 * 10**12, sent, procs.stored))
+    proc = ctx.Process(target=pace, args=(port, 1e9, seconds, size, 6 * STEP, sent, procs.stored))
     t0 = time.monotonic()
     proc.start()
     time.sleep(seconds / 3)
@@ -415,7 +419,7 @@ def soak(store: TwinStore, url: str, port: int, workers: int, values_per_s: floa
     t0 = time.time()
     ctx = multiprocessing.get_context("spawn")
     sent = ctx.Value("q", 0)
-    proc = ctx.Process(target=pace, args=(port, values_per_s / size, seconds, size, 7 * 10**12, sent))
+    proc = ctx.Process(target=pace, args=(port, values_per_s / size, seconds, size, 8 * STEP, sent))
     proc.start()
     samples: list[tuple[float, int, float]] = []  # (seconds into the soak, backlog in batches, RSS MiB)
     # at each third's end: (seconds, batches stored, CPU seconds of the ingest processes, of the database backends)
@@ -512,12 +516,17 @@ def main() -> None:
     try:
         run.upgrade(url)
         engine = make_engine(url, pool_size=4)
-        store = TwinStore(engine, TwinSettings(max_future_s=1e9))
+        store = TwinStore(engine, TwinSettings())
         store.sync_site(make_site(MACHINES, PROPS))
+        with engine.begin() as conn:  # the partitions the history job keeps, from the run's first timestamp on
+            if storage_of(conn) == "partitioned":
+                s = store.settings
+                ensure_partitions(conn, now_us(), s.history_partition_hours * HOUR_US, s.history_partitions_ahead,
+                                  since=T0)
         with engine.connect() as conn:
             ids = [int(r[0]) for r in conn.execute(text("SELECT id FROM twin_properties ORDER BY id"))]
         with private_mosquitto(INFLIGHT) as port:
-            data = [payloads(batches, size, k * 10**12) for k in range(4)]
+            data = [payloads(batches, size, k * STEP) for k in range(4)]
             drain_s = drain(port, data[0])
             one_s, one_cpu, one_db = ingest_processes(store, url, port, 1, data[1])
             two_s, two_cpu, two_db = ingest_processes(store, url, port, 2, data[2])
@@ -532,6 +541,9 @@ def main() -> None:
         copy_s = copy_rows(url, ids, batches, size)
         with engine.connect() as conn:
             stored = conn.execute(text("SELECT count(*) FROM twin_history")).scalar_one()
+            # rows no partition covered (a back-fill's place): none, or the run did not write as a plant does
+            in_default = (conn.execute(text("SELECT count(*) FROM twin_partitions.twin_history_default")).scalar_one()
+                          if storage_of(conn) == "partitioned" else 0)
         engine.dispose()
     finally:
         with admin.connect() as conn:
@@ -566,6 +578,7 @@ def main() -> None:
         "values": values,
         "batch_size": size,
         "stored": stored,
+        "stored_in_default_partition": in_default,
         "cpus": os.cpu_count(),
         "quick": args.quick,
         "soak": soaked,
