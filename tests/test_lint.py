@@ -93,3 +93,23 @@ def test_one_class_name_per_concept() -> None:
     assert not unexplained, f"classes sharing a name (rename one, or allow it and say why): {unexplained}"
     stale = allowed.keys() - clashes.keys()
     assert not stale, f"allowed clashes that no longer exist: {sorted(stale)}"
+
+
+# Routes parse, authorise, call a service and shape the answer: the queries are the services' (twin/*.py). The
+# readiness probe is the exception: running ``SELECT 1`` on the database is what it reports on.
+QUERIES_ALLOWED = {"twin/api/routes/health.py"}
+
+
+def test_routes_leave_queries_to_services() -> None:
+    routes = [*sorted((ROOT / "twin/api/routes").glob("*.py")), ROOT / "twin/dashboard/api.py"]
+    building = {}
+    for path in routes:
+        name = path.relative_to(ROOT).as_posix()
+        imported = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sqlalchemy")
+        }
+        if imported - {"sqlalchemy.orm"} and name not in QUERIES_ALLOWED:
+            building[name] = sorted(imported)
+    assert not building, f"routes building queries (move them to a service module): {building}"
