@@ -53,8 +53,8 @@ def start_api(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "TWIN_DATA_DIR": str(data), "TWIN_LOG_JSON": "true"}
     subprocess.run([sys.executable, "-m", "factory_twin", "db", "upgrade"], env=env, check=True,
                    capture_output=True)
-    from twin.dashboard.users import create_user
     from twin.db import make_engine, make_sessionmaker
+    from twin.users import create_user
 
     engine = make_engine(f"sqlite:///{data / 'twin.db'}")
     with make_sessionmaker(engine)() as session:

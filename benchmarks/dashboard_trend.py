@@ -40,7 +40,7 @@ from twin import queries
 from twin.db import make_engine, make_sessionmaker
 from twin.downsample import downsample
 from twin.history import refresh_rollups
-from twin.queries import MAX_LIMIT, Window
+from twin.queries import MAX_LIMIT, SeriesQuery
 from twin.tables import HistoryRow, TwinNode, TwinProperty
 
 TARGET = 10.0
@@ -109,14 +109,14 @@ def _measure(url: str, points: int) -> dict[str, Any]:
             trend_raw_s, (plain, _, _) = _median_time(lambda: downsample(s, prop, T0, end, BUCKETS))
             assert max(b.max for b in plain) == 5000.0
             t = time.perf_counter()
-            window = Window(start=from_us(T0), end=from_us(end), limit=MAX_LIMIT)
+            window = SeriesQuery(start=from_us(T0), end=from_us(end), limit=MAX_LIMIT)
             read = 0
             while True:
                 page = queries.property_history(s, "m", "v", window)
                 read += page.count
                 if page.next_cursor is None:
                     break
-                window = Window(start=window.start, end=window.end, limit=MAX_LIMIT, cursor=page.next_cursor)
+                window = SeriesQuery(start=window.start, end=window.end, limit=MAX_LIMIT, cursor=page.next_cursor)
             raw_s = time.perf_counter() - t
             assert read == points
     finally:

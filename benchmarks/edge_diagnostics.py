@@ -222,7 +222,7 @@ async def _drive(stack: Any, site_file: Path, seconds: float, writes: list[tuple
     """The OPC-UA server and the agent in this loop; every 100 ms all six signals change."""
     from edge_agent.agent import Agent
     from factory_twin.simulator.opcua_server import OpcUaSimServer
-    from factory_twin.simulator.plan import OpcUaSignal
+    from factory_twin.simulator.plan import ServedVariable
     from plant.site import load_site
 
     site = load_site(site_file)
@@ -230,7 +230,7 @@ async def _drive(stack: Any, site_file: Path, seconds: float, writes: list[tuple
     node = site.node("mill-ua")
     atype = site.asset_types["cnc_mill"]
     signals = [
-        OpcUaSignal("mill-ua", p, b.node_id, atype.properties[p], atype.properties[p].unit)  # type: ignore[union-attr]
+        ServedVariable("mill-ua", p, b.node_id, atype.properties[p], atype.properties[p].unit)  # type: ignore[union-attr]
         for p, b in node.bindings.items()
     ]
     agent = Agent(site_file=site_file, gateway_id="bench-latency", data_dir=stack.config.data_dir / "agent",

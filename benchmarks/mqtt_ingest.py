@@ -162,7 +162,7 @@ async def agent(
     """The real connector and pipeline: values/s from the first message to the last value durable."""
     from edge_agent.config import AgentSettings
     from edge_agent.connectors.factory import build_connectors
-    from edge_agent.deadletter import DeadLetter
+    from edge_agent.deadletter import DeadLetterFile
     from edge_agent.outbox import VALUE, Outbox
     from edge_agent.pipeline import Pipeline, Stage
     from edge_agent.reading import ReadingBatch
@@ -188,7 +188,7 @@ async def agent(
     pipe = Pipeline(
         Stage.build(site, settings),
         box,
-        DeadLetter(data_dir / "dead.jsonl"),
+        DeadLetterFile(data_dir / "dead.jsonl"),
         commit_window_ms=settings.commit_window_ms,
         max_pending_items=settings.max_pending_items,
     )

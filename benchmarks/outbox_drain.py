@@ -102,7 +102,7 @@ async def live(pipe: object, counter: list[int]) -> None:
 async def run(port: int, data_dir: Path, outage_s: float, gateway: str) -> dict[str, object]:
     """Build the backlog, then drain it with live data flowing; the figures."""
     from edge_agent.config import AgentSettings
-    from edge_agent.deadletter import DeadLetter
+    from edge_agent.deadletter import DeadLetterFile
     from edge_agent.outbox import Outbox
     from edge_agent.pipeline import Pipeline, Stage
     from edge_agent.platform_link import PlatformLink
@@ -115,7 +115,7 @@ async def run(port: int, data_dir: Path, outage_s: float, gateway: str) -> dict[
     s = AgentSettings(data_dir=data_dir, gateway_id=gateway)
     box = await Outbox.open(s.outbox_path, synchronous=s.outbox_synchronous, chunk_items=s.chunk_items)
     pipe = Pipeline(
-        Stage.build(site, s), box, DeadLetter(s.deadletter_path), commit_window_ms=s.commit_window_ms
+        Stage.build(site, s), box, DeadLetterFile(s.deadletter_path), commit_window_ms=s.commit_window_ms
     )
     t = time.perf_counter()
     await build_backlog(pipe, outage_s)

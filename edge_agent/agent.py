@@ -26,7 +26,7 @@ from edge_agent.cascade_client import CascadeClient
 from edge_agent.commands import CommandChannel, CommandExecutor, Journal, Writers
 from edge_agent.config import AgentSettings, load_settings
 from edge_agent.connectors import Connector
-from edge_agent.deadletter import DeadLetter
+from edge_agent.deadletter import DeadLetterFile
 from edge_agent.diagnostics import Diagnoser, ModelSync
 from edge_agent.errors import ConfigError
 from edge_agent.metrics_server import serve_metrics
@@ -137,7 +137,7 @@ class Agent:
         offsets = outbox.db.clock_offsets()  # the clock corrections in use before a restart
         if offsets:
             self.stage = Stage.build(self.site, s, applied=offsets)
-        deadletter = DeadLetter(s.deadletter_path, s.deadletter_max_bytes, s.deadletter_backups)
+        deadletter = DeadLetterFile(s.deadletter_path, s.deadletter_max_bytes, s.deadletter_backups)
         self.pipeline = pipeline = Pipeline(
             self.stage,
             outbox,

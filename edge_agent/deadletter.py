@@ -19,7 +19,7 @@ from plant.wire import now_us
 log = structlog.get_logger(__name__)
 
 
-class DeadLetter:
+class DeadLetterFile:
     """A bounded, rotated JSON-lines file of refused inputs.
 
     Args:

@@ -5,7 +5,7 @@
     ├── ConnectorError      a source cannot be reached or refused us (retried with backoff)
     │   └── SecurityError   certificates or credentials rejected (retried, but said loudly)
     ├── InputRejected       one input refused (malformed, wrong type, NaN, absurd time): counted, dead-lettered
-    ├── ModelError          a diagnostic model cannot be used here (load failed, inputs the asset lacks, bad probe)
+    ├── ModelUnusable       a diagnostic model cannot be used here (load failed, inputs the asset lacks, bad probe)
     └── OutboxError         the local outbox cannot be opened or written
 """
 
@@ -35,7 +35,7 @@ class InputRejected(AgentError):
         self.detail = detail
 
 
-class ModelError(AgentError):
+class ModelUnusable(AgentError):
     """A diagnostic model cannot be used on this gateway; the model in use is kept."""
 
 

@@ -36,7 +36,7 @@ from edge_agent import metrics
 from edge_agent.align import Aligner
 from edge_agent.config import AgentSettings
 from edge_agent.connectors import Sink
-from edge_agent.deadletter import DeadLetter
+from edge_agent.deadletter import DeadLetterFile
 from edge_agent.errors import OutboxError
 from edge_agent.normalise import Normaliser
 from edge_agent.outbox import Outbox
@@ -106,7 +106,7 @@ class Pipeline:
         self,
         stage: Stage,
         outbox: Outbox,
-        deadletter: DeadLetter,
+        deadletter: DeadLetterFile,
         *,
         commit_window_ms: float = 20.0,
         max_pending_items: int = 50_000,

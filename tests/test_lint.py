@@ -61,3 +61,55 @@ def test_imports_follow_the_arrows(package: str) -> None:
         for path in sorted((ROOT / package).rglob("*.py"))
     }
     assert not {k: v for k, v in wrong.items() if v}, f"{package}/ may import only {sorted(MAY_IMPORT[package])}"
+
+
+# One name per concept: two production classes of the same name must be the same concept. Each pair kept here says
+# why; a new clash fails until one of the classes is renamed for what it holds or the pair is added with its reason.
+PRODUCTION = ("twin", "edge_agent", "plant", "models", "factory_twin")
+SAME_NAME_ALLOWED = {
+    # the same concept, each in its own package's error tree (twin/errors.py, edge_agent/errors.py): settings that
+    # cannot be used. The two packages never import each other, so the names never meet.
+    "ConfigError": "twin/errors.py edge_agent/errors.py",
+    # amqtt reads a plugin's options from a nested class that must be called Config (twin/broker.py, twice).
+    "Config": "twin/broker.py twin/broker.py",
+}
+
+
+def _classes() -> dict[str, list[str]]:
+    """Every class of the production packages by name, with the modules defining it."""
+    found: dict[str, list[str]] = {}
+    for package in PRODUCTION:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef):
+                    found.setdefault(node.name, []).append(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def test_one_class_name_per_concept() -> None:
+    clashes = {name: " ".join(sorted(paths)) for name, paths in _classes().items() if len(paths) > 1}
+    allowed = {name: " ".join(sorted(where.split())) for name, where in SAME_NAME_ALLOWED.items()}
+    unexplained = {name: where for name, where in clashes.items() if allowed.get(name) != where}
+    assert not unexplained, f"classes sharing a name (rename one, or allow it and say why): {unexplained}"
+    stale = allowed.keys() - clashes.keys()
+    assert not stale, f"allowed clashes that no longer exist: {sorted(stale)}"
+
+
+# Routes parse, authorise, call a service and shape the answer: the queries are the services' (twin/*.py). The
+# readiness probe is the exception: running ``SELECT 1`` on the database is what it reports on.
+QUERIES_ALLOWED = {"twin/api/routes/health.py"}
+
+
+def test_routes_leave_queries_to_services() -> None:
+    routes = [*sorted((ROOT / "twin/api/routes").glob("*.py")), ROOT / "twin/dashboard/api.py"]
+    building = {}
+    for path in routes:
+        name = path.relative_to(ROOT).as_posix()
+        imported = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sqlalchemy")
+        }
+        if imported - {"sqlalchemy.orm"} and name not in QUERIES_ALLOWED:
+            building[name] = sorted(imported)
+    assert not building, f"routes building queries (move them to a service module): {building}"

@@ -20,13 +20,13 @@ from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.broker import BrokerAccess, EmbeddedBroker
 from twin.config import TwinSettings
-from twin.dashboard.users import create_user
 from twin.db import make_engine, make_sessionmaker
 from twin.gateways import active_credentials, new_credential, set_credential
 from twin.platform import Platform, PlatformParts
 from twin.store import TwinStore
 from twin.tables import Alert, Base, TwinNode, TwinProperty
 from twin.topic_access import TopicRules
+from twin.users import create_user
 
 PASSWORD = "correct horse battery"
 SITES = ("north", "south")

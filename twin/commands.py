@@ -47,9 +47,9 @@ from plant.wire import (
     command_topic,
     now_us,
 )
-from twin import audit
+from twin import audit, queries
 from twin.auth import Principal, Role
-from twin.db import make_sessionmaker
+from twin.db import get_or_missing, make_sessionmaker
 from twin.errors import Forbidden, InvalidRequest, NotFound
 from twin.tables import AssetTypeRecord, SetpointCommand, TwinNode
 
@@ -116,6 +116,38 @@ def last_desired(session: Session, node_id: str, prop: str) -> SetpointCommand |
                             c.state.not_in((CommandState.REJECTED, CommandState.AWAITING_CONFIRMATION)))
             .order_by(c.created_at.desc()).limit(1))
     return session.scalars(stmt).first()
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredVsReported:
+    """A writable property's last desired value against its latest measured one.
+
+    Args:
+        command: the newest command not refused (``last_desired``), or None.
+        reported: the latest measured value, or None when there is none.
+        in_sync: the measured value equals the desired one.
+    """
+
+    command: SetpointCommand | None
+    reported: Any
+    in_sync: bool
+
+
+def desired_vs_reported(session: Session, node_id: str, prop: str) -> DesiredVsReported:
+    """Where a property stands: the last desired value's command and the value measured now."""
+    cmd = last_desired(session, node_id, prop)
+    try:
+        reported = queries.property_public(queries.get_property(session, node_id, prop)).value
+    except NotFound:
+        reported = None
+    desired = cmd.value if cmd is not None else None
+    in_sync = desired is not None and isinstance(reported, int | float) and abs(float(reported) - desired) < 1e-9
+    return DesiredVsReported(cmd, reported, in_sync)
+
+
+def get_command(session: Session, command_id: str) -> SetpointCommand:
+    """One command; NotFound if there is none of that id."""
+    return get_or_missing(session, SetpointCommand, command_id, f"no command {command_id!r}")
 
 
 def request(session: Session, who: Principal, node_id: str, prop: str, req: SetpointRequest,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from twin.errors import NotFound
+
+Row = TypeVar("Row")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -37,3 +41,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def get_or_missing(session: Session, table: type[Row], key: Any, missing: str) -> Row:
+    """The row of ``table`` whose primary key is ``key``; NotFound saying ``missing`` if there is none."""
+    row = session.get(table, key)
+    if row is None:
+        raise NotFound(missing)
+    return row

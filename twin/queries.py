@@ -48,7 +48,7 @@ AUTO_MINUTE_UP_TO = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
+class SeriesQuery:
     """Which part of a time series to read.
 
     Args:
@@ -207,7 +207,7 @@ def latest_diagnoses(session: Session, node_id: str) -> list[DiagnosisPublic]:
 # ---- time series -------------------------------------------------------------------------------------------
 
 
-def property_history(session: Session, node_id: str, name: str, window: Window) -> HistoryPage:
+def property_history(session: Session, node_id: str, name: str, window: SeriesQuery) -> HistoryPage:
     """A page of one property's history within ``window``."""
     prop = get_property(session, node_id, name)
     resolution = pick_resolution(window, prop.dtype)
@@ -235,7 +235,7 @@ def property_history(session: Session, node_id: str, name: str, window: Window) 
     )
 
 
-def pick_resolution(window: Window, dtype: str) -> Literal["raw", "1m", "1h"]:
+def pick_resolution(window: SeriesQuery, dtype: str) -> Literal["raw", "1m", "1h"]:
     """The resolution a window is served at: ``auto`` by its span (raw when it has no start)."""
     if window.resolution != "raw" and dtype == "string":
         if window.resolution == "auto":
@@ -252,7 +252,7 @@ def pick_resolution(window: Window, dtype: str) -> Literal["raw", "1m", "1h"]:
 
 
 def _bucket_history(
-    session: Session, prop: TwinProperty, window: Window, res: Literal["1m", "1h"]
+    session: Session, prop: TwinProperty, window: SeriesQuery, res: Literal["1m", "1h"]
 ) -> HistoryPage:
     """A page of 1-minute or 1-hour buckets of one property (twin/history.py)."""
     from twin.history import BUCKET_US, read_buckets
@@ -288,7 +288,7 @@ def _bucket_history(
 _FAR_FUTURE_US = 2**62
 
 
-def node_frames(session: Session, node_id: str, window: Window) -> FramesPage:
+def node_frames(session: Session, node_id: str, window: SeriesQuery) -> FramesPage:
     """A page of one node's aligned frames within ``window``."""
     get_node(session, node_id)
     f = FramePoint
@@ -310,7 +310,7 @@ def _page(
     session: Session,
     stmt: Select[*tuple[Any, ...]],
     ts: InstrumentedAttribute[int],
-    window: Window,
+    window: SeriesQuery,
     scope: str,
 ) -> tuple[list[Row[*tuple[Any, ...]]], str | None]:
     """One keyset page of ``stmt`` ordered on ``ts``, and the cursor of the next page (None on the last)."""
@@ -330,7 +330,7 @@ def _page(
     return rows, encode_cursor(rows[-1].ts, scope, window.order)
 
 
-def _check_window(window: Window) -> None:
+def _check_window(window: SeriesQuery) -> None:
     if not 1 <= window.limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}, got {window.limit}")
     if window.start is not None and window.end is not None and window.start >= window.end:

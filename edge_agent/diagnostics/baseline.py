@@ -48,8 +48,8 @@ import numpy as np
 import structlog
 
 from edge_agent import metrics
-from edge_agent.errors import ModelError
-from models.errors import ModelError as RuntimeModelError
+from edge_agent.errors import ModelUnusable
+from models.errors import ModelError
 from models.runtime import LoadedModel, Prediction, judged
 
 log = structlog.get_logger(__name__)
@@ -172,7 +172,7 @@ class Adapted:
 def adapt(model: LoadedModel, rows: list[list[float]], units: dict[str, str], quantile: float) -> Adapted:
     """The model scoring against these healthy rows, and its adapted threshold (see the module docstring).
 
-    Raises ModelError when the rows cannot make a baseline for this model.
+    Raises ModelUnusable when the rows cannot make a baseline for this model.
     """
     signals = model.spec.signals
     array = np.asarray(rows, dtype=np.float64)
@@ -186,8 +186,8 @@ def adapt(model: LoadedModel, rows: list[list[float]], units: dict[str, str], qu
                 for i in range(0, view.shape[0], _CHUNK)
             ]
         )
-    except RuntimeModelError as exc:
-        raise ModelError(f"baseline for {model.manifest['name']} {model.manifest['version']}: {exc}") from None
+    except ModelError as exc:
+        raise ModelUnusable(f"baseline for {model.manifest['name']} {model.manifest['version']}: {exc}") from None
     calibrated = float(model.manifest["variants"][model.variant]["calibration"]["threshold"])
     own = float(np.quantile(scores, quantile)) if scores.size else calibrated
     return Adapted(adapted, max(calibrated, own) if np.isfinite(own) else calibrated)
@@ -208,12 +208,12 @@ class BaselineStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise ModelError(f"{path}: cannot open the baseline store: {exc}") from exc
+            raise ModelUnusable(f"{path}: cannot open the baseline store: {exc}") from exc
 
     def load(self, learner: BaselineLearner) -> None:
         """Fill a fresh learner from what was stored (nothing when its signals changed).
 
-        Raises ModelError (the learner unchanged) when the store cannot be read or holds malformed rows.
+        Raises ModelUnusable (the learner unchanged) when the store cannot be read or holds malformed rows.
         """
         try:
             row = self._db.execute(
@@ -236,7 +236,7 @@ class BaselineStore:
                 )
             ]
         except (sqlite3.Error, ValueError, TypeError) as exc:
-            raise ModelError(f"{self.path}: cannot read the baseline of {learner.node}: {exc}") from exc
+            raise ModelUnusable(f"{self.path}: cannot read the baseline of {learner.node}: {exc}") from exc
         learner.healthy_us, learner.last_ts, learner.ready = progress
         learner.rows = rows
 
@@ -264,7 +264,7 @@ class BaselineStore:
             self._db.execute("COMMIT")
         except (sqlite3.Error, ValueError, TypeError) as exc:
             self._rollback()
-            raise ModelError(f"{self.path}: cannot write baseline rows: {exc}") from exc
+            raise ModelUnusable(f"{self.path}: cannot write baseline rows: {exc}") from exc
 
     def _rollback(self) -> None:
         """Roll back the transaction, if SQLite has not already (it does itself on a full disk)."""
@@ -280,7 +280,7 @@ class BaselineStore:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            raise ModelError(f"{self.path}: cannot clear the baseline of {learner.node}: {exc}") from exc
+            raise ModelUnusable(f"{self.path}: cannot clear the baseline of {learner.node}: {exc}") from exc
 
     def close(self) -> None:
         """Close the file."""

@@ -44,9 +44,9 @@ from edge_agent.config import AgentSettings
 from edge_agent.diagnostics.baseline import Adapted, BaselineStore, adapt
 from edge_agent.diagnostics.load import LoadGovernor
 from edge_agent.diagnostics.model_slots import ModelSlots, Slot
-from edge_agent.diagnostics.scoring import Job, Outcome, diagnosis, score
-from edge_agent.diagnostics.targets import Asset, Target, build_assets
-from edge_agent.errors import ModelError, OutboxError
+from edge_agent.diagnostics.scoring import Job, ScoredWindow, diagnosis, score
+from edge_agent.diagnostics.targets import Asset, AssetTask, build_assets
+from edge_agent.errors import ModelUnusable, OutboxError
 from edge_agent.outbox import Outbox
 from plant.site import Site
 from plant.wire import Diagnosis, DiagnosisSource, Frame
@@ -64,14 +64,14 @@ LEARNING_EVERY_US = 15_000_000  # while a baseline is learnt, a diagnosis saying
 class _Adapting:
     """A baseline to build on the inference thread: provisional while learning, final once ready."""
 
-    target: Target
+    target: AssetTask
     slot: Slot
     rows: list[list[float]]
     final: bool
     result: Adapted | str | None = None
 
 
-_Learning = tuple[Target, list[tuple[int, list[float]]] | None]  # rows to save; None: read it from the store
+_Learning = tuple[AssetTask, list[tuple[int, list[float]]] | None]  # rows to save; None: read it from the store
 
 
 class Diagnoser:
@@ -141,7 +141,7 @@ class Diagnoser:
     def swap_model(self, asset_type: str, task: str, model_dir: Path) -> str:
         """Load and check a model, then use it from the next window on; returns its version.
 
-        Raises ModelError (the model in use is kept) when it does not load, fit the type or pass the probe.
+        Raises ModelUnusable (the model in use is kept) when it does not load, fit the type or pass the probe.
         """
         return self.use_model(asset_type, task, self.load_model(asset_type, task, model_dir))
 
@@ -296,7 +296,7 @@ class Diagnoser:
                         jobs.append(Job(a, t, slot, adapted, w))
         return jobs, learners, to_adapt
 
-    def _say_learning(self, a: Asset, t: Target, slot: Slot, end: int) -> None:
+    def _say_learning(self, a: Asset, t: AssetTask, slot: Slot, end: int) -> None:
         """Now and then a diagnosis that judges nothing but says the model is learning, how far, and when it will
         judge: so the platform can tell people why the machine has no verdict yet."""
         learner = t.learner
@@ -317,7 +317,7 @@ class Diagnoser:
             )
         )
 
-    def _learn(self, a: Asset, t: Target, slot: Slot, learners: list[_Learning], to_adapt: list[_Adapting]) -> None:
+    def _learn(self, a: Asset, t: AssetTask, slot: Slot, learners: list[_Learning], to_adapt: list[_Adapting]) -> None:
         learner = t.learner
         assert learner is not None
         if not t.learner_loaded:
@@ -338,12 +338,12 @@ class Diagnoser:
             t.adapting = True
             to_adapt.append(_Adapting(t, slot, learner.rows[:], learner.ready))
 
-    def _work(self, jobs: list[Job], learners: list[_Learning], to_adapt: list[_Adapting]) -> list[Outcome]:
+    def _work(self, jobs: list[Job], learners: list[_Learning], to_adapt: list[_Adapting]) -> list[ScoredWindow]:
         """On the inference thread: baseline rows to and from disk, baselines built, windows scored."""
         if learners and self._store is None and not self._store_failed:
             try:
                 self._store = BaselineStore(self.settings.data_dir / "baselines.sqlite")
-            except ModelError as exc:
+            except ModelUnusable as exc:
                 self._store_failed = True
                 log.error("baseline_store_unavailable", error=str(exc), effect="baselines learnt in memory only")
         for t, rows in learners:
@@ -353,7 +353,7 @@ class Diagnoser:
                     self._store.load(t.learner)
                 elif self._store is not None and rows is not None:
                     self._store.save(t.learner, rows)
-            except ModelError as exc:
+            except ModelUnusable as exc:
                 log.error("baseline_store_failed", node_id=t.learner.node, error=str(exc))
                 if rows is not None:  # written with the next cycle's rows
                     t.learner.pending[:0] = rows
@@ -369,7 +369,7 @@ class Diagnoser:
         for job in jobs:
             model = job.adapted.model if job.adapted else job.slot.model
             groups.setdefault(id(model), []).append(job)
-        outcomes: list[Outcome] = []
+        outcomes: list[ScoredWindow] = []
         for group in groups.values():
             outcomes += score(group)
         return outcomes
@@ -398,7 +398,7 @@ class Diagnoser:
             threshold=round(job.result.threshold, 4),
         )
 
-    def _judge(self, outcomes: list[Outcome]) -> tuple[list[Diagnosis], list[tuple[Job, Diagnosis]]]:
+    def _judge(self, outcomes: list[ScoredWindow]) -> tuple[list[Diagnosis], list[tuple[Job, Diagnosis]]]:
         """On the loop: verdicts → diagnoses (to store now, or to offload), failures → skips and rollbacks."""
         ready: list[Diagnosis] = []
         offload: list[tuple[Job, Diagnosis]] = []

@@ -27,9 +27,9 @@ from typing import Any
 import structlog
 
 from edge_agent import metrics
-from edge_agent.errors import ModelError
+from edge_agent.errors import ModelUnusable
 from models import runtime
-from models.errors import ModelError as RuntimeModelError
+from models.errors import ModelError
 from models.runtime import LoadedModel, Prediction
 from plant.platform_api import MANIFEST
 from plant.site import AssetType, Site
@@ -89,7 +89,7 @@ class ModelSlots:
         for key in sorted(wanted & self.slots.keys()):
             try:
                 check_model(self.slots[key].model, key[1], site.asset_types[key[0]])
-            except ModelError as exc:
+            except ModelUnusable as exc:
                 log.error("model_no_longer_fits", asset_type=key[0], task=key[1], reason=str(exc))
                 metrics.MODEL_INFO.labels(*key, self.slots.pop(key).version).set(0)
         for key in sorted(wanted - self.slots.keys()):
@@ -100,7 +100,7 @@ class ModelSlots:
             metrics.MODEL_INFO.labels(*gone, self.slots.pop(gone).version).set(0)
 
     def swap(self, site: Site, key: Key, directory: Path) -> Slot:
-        """Check a model directory and put it in; ModelError (nothing changed) when it fails."""
+        """Check a model directory and put it in; ModelUnusable (nothing changed) when it fails."""
         return self.put(key, self.checked(site, key, directory))
 
     def put(self, key: Key, slot: Slot) -> Slot:
@@ -160,7 +160,7 @@ class ModelSlots:
                 continue
             try:
                 return self.checked(site, key, directory)
-            except ModelError as exc:
+            except ModelUnusable as exc:
                 log.warning("model_skipped", asset_type=key[0], task=key[1], model=str(directory), reason=str(exc))
         log.error("model_unavailable", asset_type=key[0], task=key[1], registry=str(self.registry_dir))
         return None
@@ -174,23 +174,23 @@ class ModelSlots:
         return out
 
     def checked(self, site: Site, key: Key, directory: Path) -> Slot:
-        """A model directory loaded and checked against the asset type, not yet in use; ModelError if unfit.
+        """A model directory loaded and checked against the asset type, not yet in use; ModelUnusable if unfit.
 
         Changes nothing here, so it may run on a worker thread while the loop keeps diagnosing.
         """
         asset_type, task = key
         atype = site.asset_types.get(asset_type)
         if atype is None or task not in atype.models:
-            raise ModelError(f"asset type {asset_type!r} has no {task} model in the site")
+            raise ModelUnusable(f"asset type {asset_type!r} has no {task} model in the site")
         try:
             model = runtime.load(directory)
             check_model(model, task, atype)
-        except ModelError:
+        except ModelUnusable:
             raise
-        except RuntimeModelError as exc:
-            raise ModelError(str(exc)) from None
+        except ModelError as exc:
+            raise ModelUnusable(str(exc)) from None
         except Exception as exc:  # a malformed manifest field the runtime does not check
-            raise ModelError(f"{directory}: unusable model ({type(exc).__name__}: {exc})") from None
+            raise ModelUnusable(f"{directory}: unusable model ({type(exc).__name__}: {exc})") from None
         threshold = (model.manifest.get("cascade") or {}).get("confidence_threshold")  # checked on load
         return Slot(model, directory, float(self.default_threshold[task] if threshold is None else threshold))
 
@@ -225,11 +225,11 @@ def check_model(model: LoadedModel, task: str, atype: AssetType) -> None:
     of the probe, a malformed calibration's too). The manifest's own fields were checked on load."""
     name = f"{model.manifest['name']} {model.manifest['version']}"
     if model.task != task:
-        raise ModelError(f"{name} is a {model.task} model, not {task}")
+        raise ModelUnusable(f"{name} is a {model.task} model, not {task}")
     spec = model.spec
     missing = [s for s in spec.signals if s not in atype.properties]
     if missing:
-        raise ModelError(f"{name} reads {missing}, not properties of the asset type")
+        raise ModelUnusable(f"{name} reads {missing}, not properties of the asset type")
     probe: dict[str, list[Any]] = model.probe_window()  # settings in a regime the model knows, if it has regimes
     for s in spec.signals:
         prop = atype.properties[s]
@@ -238,12 +238,12 @@ def check_model(model: LoadedModel, task: str, atype: AssetType) -> None:
     try:
         p = model.predict(probe, {s: atype.properties[s].unit for s in spec.signals})
         wrong = out_of_range(model, p)
-    except RuntimeModelError as exc:
-        raise ModelError(f"{name} fails its probe window: {exc}") from None
+    except ModelError as exc:
+        raise ModelUnusable(f"{name} fails its probe window: {exc}") from None
     except Exception as exc:  # a malformed calibration or output declaration
-        raise ModelError(f"{name} fails its probe window ({type(exc).__name__}: {exc})") from None
+        raise ModelUnusable(f"{name} fails its probe window ({type(exc).__name__}: {exc})") from None
     if wrong:
-        raise ModelError(f"{name} probe output {wrong}")
+        raise ModelUnusable(f"{name} probe output {wrong}")
 
 
 def out_of_range(model: LoadedModel, p: Prediction) -> str | None:

@@ -14,7 +14,7 @@ the Diagnoser runs, and not one this gateway found bad:
 
 Paths, bodies, the digest header and the archive's layout are the contract's (plant/platform_api.py).
 
-A version that fails (integrity, ``ModelError`` or any other error from the swap, or a rollback the Diagnoser
+A version that fails (integrity, ``ModelUnusable`` or any other error from the swap, or a rollback the Diagnoser
 reports through
 ``on_rollback`` after outputs left their declared range on live data) is reported to the platform
 (``POST .../failures``), its directory removed unless another asset type runs it, and remembered in
@@ -46,9 +46,9 @@ from pydantic import ValidationError
 from edge_agent import metrics
 from edge_agent.config import AgentSettings
 from edge_agent.diagnostics.model_slots import Slot
-from edge_agent.errors import ModelError
+from edge_agent.errors import ModelUnusable
 from models import registry
-from models.errors import ModelError as ModelsError
+from models.errors import ModelError
 from plant.fields import TEXT_LENGTH
 from plant.platform_api import (
     ARCHIVE,
@@ -73,7 +73,7 @@ class ModelRunner(Protocol):
     """What model sync needs of the Diagnoser (edge_agent/diagnostics/diagnose.py)."""
 
     def load_model(self, asset_type: str, task: str, model_dir: Path) -> Slot:
-        """Load and check a model directory without using it (called on a worker thread); ModelError if unfit."""
+        """Load and check a model directory without using it (called on a worker thread); ModelUnusable if unfit."""
         ...
 
     def use_model(self, asset_type: str, task: str, slot: Slot) -> str:
@@ -236,9 +236,9 @@ class ModelSync:
         try:  # load and probe on a thread (a large model must not stall ingestion), then swap on the loop
             slot = await asyncio.to_thread(diagnoser.load_model, asset_type, task, directory)
             loaded = diagnoser.use_model(asset_type, task, slot)
-        except Exception as exc:  # ModelError, or anything else a bad model makes the swap raise
+        except Exception as exc:  # ModelUnusable, or anything else a bad model makes the swap raise
             metrics.MODEL_SYNC.labels(task, "failed").inc()
-            reason = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, ModelUnusable) else f"{type(exc).__name__}: {exc}"
             await self._fail(diagnoser, Failure(asset_type, task, version, f"load failed: {reason}"))
             return False
         metrics.MODEL_SYNC.labels(task, "swapped").inc()
@@ -356,7 +356,7 @@ def verify_model_dir(directory: Path, task: str, version: str) -> None:
         for variant, entry in manifest["variants"].items():
             if variant == manifest["default_variant"] or (directory / entry["file"]).exists():
                 registry.read_variant(directory, manifest, variant)
-    except ModelsError as exc:
+    except ModelError as exc:
         raise ArchiveRefused(str(exc)) from None
 
 

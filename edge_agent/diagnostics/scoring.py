@@ -14,7 +14,7 @@ import structlog
 
 from edge_agent.diagnostics.baseline import Adapted
 from edge_agent.diagnostics.model_slots import Slot, out_of_range
-from edge_agent.diagnostics.targets import Asset, Target
+from edge_agent.diagnostics.targets import Asset, AssetTask
 from edge_agent.diagnostics.windows import Window
 from models.errors import WindowRejected
 from models.runtime import Prediction
@@ -28,14 +28,14 @@ class Job:
     """One window to score: whose it is, the model slot (and machine baseline) to score it with."""
 
     asset: Asset
-    target: Target
+    target: AssetTask
     slot: Slot
     adapted: Adapted | None
     window: Window
 
 
 @dataclass(slots=True)
-class Outcome:
+class ScoredWindow:
     """A scored window: its prediction, or why there is none (a skip reason, or a model failure)."""
 
     job: Job
@@ -43,7 +43,7 @@ class Outcome:
     error: str | None = None
 
 
-def score(group: list[Job]) -> list[Outcome]:
+def score(group: list[Job]) -> list[ScoredWindow]:
     """One model's windows in one call; window by window when one of them is refused, to name it.
 
     Units are not passed: every input's unit in the site was checked against the model's when it was put in use
@@ -55,7 +55,7 @@ def score(group: list[Job]) -> list[Outcome]:
         predictions = model.predict_batch([j.window.values for j in group]) if len(group) > 1 else None
     except Exception:  # scored window by window below, which names the window refused or the failure
         predictions = None
-    out: list[Outcome] = []
+    out: list[ScoredWindow] = []
     for i, j in enumerate(group):
         try:
             p = predictions[i] if predictions is not None else model.predict(j.window.values)
@@ -63,18 +63,18 @@ def score(group: list[Job]) -> list[Outcome]:
                 p = j.adapted.apply(p)
             wrong = out_of_range(model, p)
         except WindowRejected as exc:
-            out.append(Outcome(j, error=exc.reason))
+            out.append(ScoredWindow(j, error=exc.reason))
             continue
         except Exception as exc:  # onnxruntime, or a manifest field raising on live data: rolled back
             log.error("inference_failed", node_id=j.asset.node, task=j.target.task,
                       error=f"{type(exc).__name__}: {exc}")
-            out.append(Outcome(j, error="inference_failed"))
+            out.append(ScoredWindow(j, error="inference_failed"))
             continue
         if wrong:
             log.error("model_output_out_of_range", node_id=j.asset.node, task=j.target.task, why=wrong)
-            out.append(Outcome(j, error="out_of_range"))
+            out.append(ScoredWindow(j, error="out_of_range"))
         else:
-            out.append(Outcome(j, prediction=p))
+            out.append(ScoredWindow(j, prediction=p))
     return out
 
 

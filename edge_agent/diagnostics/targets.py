@@ -25,7 +25,7 @@ Task = Literal["rul", "faults", "anomaly"]
 
 
 @dataclass(slots=True)
-class Target:
+class AssetTask:
     """One task of one asset: its inputs, the last window diagnosed, its baseline.
 
     Args:
@@ -71,7 +71,7 @@ class Asset:
     closed_us: int
     marked_healthy: bool
     rul_horizon: float | None
-    targets: dict[str, Target] = field(default_factory=dict)
+    targets: dict[str, AssetTask] = field(default_factory=dict)
     health: dict[str, bool] = field(default_factory=dict)  # task -> latest verdict healthy
     seen: float = 0.0  # monotonic time of the newest frame
 
@@ -122,8 +122,8 @@ def _asset(node: Node, atype: AssetType, old: Asset | None) -> Asset:
 
 
 def _target(
-    node: Node, atype: AssetType, task: Task, model: LoadedModel, settings: AgentSettings, old: Target | None
-) -> Target | None:
+    node: Node, atype: AssetType, task: Task, model: LoadedModel, settings: AgentSettings, old: AssetTask | None
+) -> AssetTask | None:
     spec = model.spec
     unbound = [s for s in spec.signals if s not in node.bindings]
     if unbound:
@@ -133,7 +133,7 @@ def _target(
         old.length, old.min_length = spec.window, spec.min_window
         return old
     units = {s: atype.properties[s].unit for s in spec.signals}
-    target = Target(task, spec.signals, units, spec.window, spec.min_window)
+    target = AssetTask(task, spec.signals, units, spec.window, spec.min_window)
     if settings.baseline_hours > 0 and "baseline" in model.manifest:
         target.learner = BaselineLearner(
             node.id,

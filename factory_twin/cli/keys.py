@@ -52,7 +52,7 @@ def keys() -> None:
 def create(role: str, name: str, expires_in_days: float | None, owner: str | None, sites: list[str] | None,
            data_dir: Path, database_url: str | None) -> None:
     """Create a key and print it: it is shown this once, only its hash is stored."""
-    from twin.dashboard import users
+    from twin import users
 
     expires = None if expires_in_days is None else now_us() + int(expires_in_days * 86_400e6)
     with open_session(data_dir, database_url) as session:
@@ -94,7 +94,7 @@ def list_(as_json: bool, data_dir: Path, database_url: str | None) -> None:
 @database_options
 def revoke(prefix: str, data_dir: Path, database_url: str | None) -> None:
     """Revoke the key with PREFIX (as listed, e.g. ftk_0123456789ab): requests with it get 401 from now on."""
-    from twin.dashboard import users
+    from twin import users
 
     with open_session(data_dir, database_url) as session:
         row = auth.get_key(session, prefix)

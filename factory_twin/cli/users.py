@@ -25,8 +25,8 @@ from factory_twin.cli.database import cli_actor, database_options, open_session,
 from factory_twin.logs import configure_logging
 from plant.wire import from_us
 from twin import audit, scopes
+from twin import users as accounts
 from twin.auth import PERSON_ROLES, Role
-from twin.dashboard import users as accounts
 from twin.errors import InvalidRequest
 
 _LOCAL = "local"

@@ -5,7 +5,7 @@ site's node ids (``ns=2;s=engine-1.t2``) resolve. Under Objects there is one obj
 (``ns=2;s=engine-1``) holding its variables. Each variable has its property's DataType (Double, Int32, Boolean
 or String); numeric ones are ``AnalogUnitType`` with an ``EngineeringUnits`` property (UNECE code where one is
 known, else UnitId -1 and the unit's text) and, when the property has a range, an ``EURange``. Variables are
-read-only, except a machine's setpoints (``OpcUaSignal.initial``): clients may write those, the replay never does,
+read-only, except a machine's setpoints (``ServedVariable.initial``): clients may write those, the replay never does,
 and ``value`` reads what was written.
 
 Timestamps: the SourceTimestamp is the device's clock (``SourceClock``: skewed or reset when asked), the
@@ -29,7 +29,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaStringParsingError
 
 from factory_twin.simulator.errors import EndpointError, ScenarioError
-from factory_twin.simulator.plan import OpcUaSignal
+from factory_twin.simulator.plan import ServedVariable
 from plant.site import DataType
 from plant.wire import Scalar
 
@@ -102,7 +102,7 @@ class OpcUaSimServer:
     """
 
     def __init__(
-        self, endpoint: str, signals: Sequence[OpcUaSignal], *, name: str = "factory-twin simulator"
+        self, endpoint: str, signals: Sequence[ServedVariable], *, name: str = "factory-twin simulator"
     ) -> None:
         self.endpoint = endpoint
         self._signals = list(signals)
@@ -214,7 +214,7 @@ class OpcUaSimServer:
                 )
 
 
-def _parse_node_id(signal: OpcUaSignal, idx: int) -> ua.NodeId:
+def _parse_node_id(signal: ServedVariable, idx: int) -> ua.NodeId:
     where = f"{signal.machine}.{signal.prop}"
     try:
         node_id = ua.NodeId.from_string(signal.node_id)
@@ -228,7 +228,7 @@ def _parse_node_id(signal: OpcUaSignal, idx: int) -> ua.NodeId:
 
 
 def _variable_items(
-    parent: ua.NodeId, node_id: ua.NodeId, signal: OpcUaSignal, idx: int
+    parent: ua.NodeId, node_id: ua.NodeId, signal: ServedVariable, idx: int
 ) -> list[ua.AddNodesItem]:
     pdef = signal.pdef
     numeric = pdef.dtype in (DataType.FLOAT, DataType.INT)

@@ -30,7 +30,7 @@ Row = dict[str, Scalar]
 
 
 @dataclass(frozen=True)
-class OpcUaSignal:
+class ServedVariable:
     """One OPC-UA variable to serve.
 
     Args:
@@ -119,9 +119,9 @@ class MachinePlan:
     feed: Feed
     rows: list[Row]
     start: int = 0
-    opcua: dict[str, list[OpcUaSignal]] = field(default_factory=dict)
+    opcua: dict[str, list[ServedVariable]] = field(default_factory=dict)
     mqtt: dict[str, list[MqttMessage]] = field(default_factory=dict)
-    setpoints: dict[str, list[OpcUaSignal]] = field(default_factory=dict)
+    setpoints: dict[str, list[ServedVariable]] = field(default_factory=dict)
     driven: dict[str, tuple[Driven, ...]] = field(default_factory=dict)
 
 
@@ -171,7 +171,7 @@ def _plan_machine(
     messages: dict[tuple[str, str], tuple[list[MqttField], set[str]]] = {}
     for prop, binding in bound.items():
         if isinstance(binding, OpcUaBinding):
-            signal = OpcUaSignal(
+            signal = ServedVariable(
                 node.id, prop, binding.node_id, pdefs[prop], binding.unit or pdefs[prop].unit
             )
             plan.opcua.setdefault(binding.source, []).append(signal)
@@ -196,7 +196,7 @@ def _plan_setpoints(node: Node, pdefs: dict[str, PropertyDef], feed: Feed, plan:
             raise ScenarioError(f"{node.id}.{prop}: the simulated setpoint is in {setpoint.unit}, unscaled")
         if pdefs[prop].dtype is not DataType.FLOAT:
             raise ScenarioError(f"{node.id}.{prop}: the simulated setpoint is a float")
-        signal = OpcUaSignal(node.id, prop, binding.node_id, pdefs[prop], setpoint.unit, initial=setpoint.nominal)
+        signal = ServedVariable(node.id, prop, binding.node_id, pdefs[prop], setpoint.unit, initial=setpoint.nominal)
         plan.setpoints.setdefault(binding.source, []).append(signal)
         plan.driven[prop] = tuple(
             Driven(p, exponent, node.bindings[p].scale, node.bindings[p].offset)

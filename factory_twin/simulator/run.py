@@ -23,7 +23,7 @@ from factory_twin.simulator.errors import ScenarioError
 from factory_twin.simulator.faults import Fault, apply_fault, check_fault
 from factory_twin.simulator.mqtt_publisher import MqttPublisher
 from factory_twin.simulator.opcua_server import OpcUaSimServer
-from factory_twin.simulator.plan import MachinePlan, MqttMessage, OpcUaSignal, plan_site
+from factory_twin.simulator.plan import MachinePlan, MqttMessage, ServedVariable, plan_site
 from factory_twin.simulator.replay import PacedReplay, Replay, SourceClock, ticks
 from factory_twin.simulator.setpoints import Drive
 from plant.site import MqttSource, OpcUaSource, PropertyDef, Site
@@ -90,7 +90,7 @@ class _Machine:
     plan: MachinePlan
     replay: Replay[dict[str, Scalar]] | PacedReplay
     faults: list[tuple[Fault, PropertyDef]]
-    drives: list[tuple[str, OpcUaSignal, Drive]] = field(default_factory=list)  # source, variable, drive
+    drives: list[tuple[str, ServedVariable, Drive]] = field(default_factory=list)  # source, variable, drive
 
 
 class Simulator:
@@ -252,7 +252,7 @@ class Simulator:
             for name in sources
         }
 
-    def _opcua_signals(self) -> dict[str, tuple[str, list[OpcUaSignal]]]:
+    def _opcua_signals(self) -> dict[str, tuple[str, list[ServedVariable]]]:
         """OPC-UA source id → (endpoint to serve it at, its variables over all machines)."""
         cfg = self.config
         for name in cfg.opcua_endpoints:
@@ -260,7 +260,7 @@ class Simulator:
                 raise ScenarioError(
                     f"--opcua-endpoint names {name!r}, which is not an OPC-UA source of the site"
                 )
-        out: dict[str, tuple[str, list[OpcUaSignal]]] = {}
+        out: dict[str, tuple[str, list[ServedVariable]]] = {}
         for machine in self._machines:
             for served in (machine.plan.opcua, machine.plan.setpoints):
                 for source, signals in served.items():
@@ -277,7 +277,7 @@ def _replay(plan: MachinePlan, paced: bool) -> Replay[dict[str, Scalar]] | Paced
     return PacedReplay(plan.rows, feed.demo_row_s, plan.start, hold=feed.per_cycle, counters=feed.counters)
 
 
-def _drives(plan: MachinePlan) -> list[tuple[str, OpcUaSignal, Drive]]:
+def _drives(plan: MachinePlan) -> list[tuple[str, ServedVariable, Drive]]:
     return [
         (source, signal, Drive(plan.feed.setpoints[signal.prop], plan.driven[signal.prop]))
         for source, signals in plan.setpoints.items()
@@ -285,7 +285,7 @@ def _drives(plan: MachinePlan) -> list[tuple[str, OpcUaSignal, Drive]]:
     ]
 
 
-def _present(signals: list[OpcUaSignal], values: dict[str, Scalar | None]) -> dict[str, Scalar]:
+def _present(signals: list[ServedVariable], values: dict[str, Scalar | None]) -> dict[str, Scalar]:
     """Node id → value of the signals that have one this tick (a stale fault leaves its signal out)."""
     out: dict[str, Scalar] = {}
     for s in signals:

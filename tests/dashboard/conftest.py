@@ -24,10 +24,10 @@ from plant.wire import now_us
 from twin import knowledge
 from twin.alerts import lifecycle
 from twin.broker import free_port
-from twin.dashboard.users import create_user
 from twin.db import make_sessionmaker
 from twin.live import live_bus_for
 from twin.tables import Alert, Base, DiagnosisRecord, HistoryRow, TwinNode, TwinProperty
+from twin.users import create_user
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"

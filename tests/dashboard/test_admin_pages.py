@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from tests.dashboard.conftest import ARTIFACTS, PASSWORD, Plant
 from twin.auth import Role
-from twin.dashboard.users import create_user
 from twin.db import make_sessionmaker
 from twin.tables import User
+from twin.users import create_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -18,16 +18,16 @@ from sqlalchemy import Engine, insert, update
 
 from factory_twin.cli.keys import keys as keys_cli
 from plant.wire import now_us, to_us
+from twin import users
 from twin.alerts import lifecycle
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.dashboard import users
-from twin.dashboard.health import plant_health
 from twin.db import make_engine, make_sessionmaker
 from twin.downsample import downsample
 from twin.live import LiveBus, LiveEvent
 from twin.live_feed import LiveFeed
+from twin.plant_health import plant_health
 from twin.tables import ApiKey, Base, DiagnosisRecord, HistoryRow, TwinNode, TwinProperty
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)

@@ -16,10 +16,10 @@ from tests.dashboard.conftest import ARTIFACTS, PASSWORD
 from tests.twin.test_setpoints import SITE
 from twin.api import create_app
 from twin.config import TwinSettings
-from twin.dashboard.users import create_user
 from twin.db import make_engine, make_sessionmaker
 from twin.store import TwinStore
 from twin.tables import Base, SetpointCommand
+from twin.users import create_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from edge_agent import metrics
 from edge_agent.config import AgentSettings
 from edge_agent.diagnostics.diagnose import Diagnoser
 from edge_agent.diagnostics.model_slots import PACKAGE_REGISTRY
-from edge_agent.errors import ModelError
+from edge_agent.errors import ModelUnusable
 from edge_agent.units import affine
 from factory_twin.simulator.datasets import FEEDS, convert
 from factory_twin.simulator.examples import data_dir, example_site_path
@@ -201,11 +201,11 @@ def test_swap_model_checks_before_use_and_keeps_the_old_one_on_failure(tmp_path:
     assert d.versions()["turbofan"]["rul"] == RUL
     broken = copy_model(PACKAGE_REGISTRY / "rul" / RUL, tmp_path / "reg" / "rul", "2.0.0")
     (broken / "student.onnx").write_bytes(b"not onnx")
-    with pytest.raises(ModelError, match="sha256"):
+    with pytest.raises(ModelUnusable, match="sha256"):
         d.swap_model("turbofan", "rul", broken)
-    with pytest.raises(ModelError, match="not rul"):
+    with pytest.raises(ModelUnusable, match="not rul"):
         d.swap_model("turbofan", "rul", PACKAGE_REGISTRY / "faults" / "1.0.0")
-    with pytest.raises(ModelError, match="no faults model"):
+    with pytest.raises(ModelUnusable, match="no faults model"):
         d.swap_model("turbofan", "faults", PACKAGE_REGISTRY / "faults" / "1.0.0")
     assert d.versions()["turbofan"]["rul"] == RUL
     assert d.swap_model("turbofan", "rul", PACKAGE_REGISTRY / "rul" / "1.0.0") == "1.0.0"
@@ -223,7 +223,7 @@ def test_a_model_reading_signals_the_type_lacks_is_refused(tmp_path: Path) -> No
         "2.0.0",
         lambda m: m["input"]["signals"].__setitem__(1, "spindle_vibration"),
     )
-    with pytest.raises(ModelError, match="spindle_vibration"):
+    with pytest.raises(ModelUnusable, match="spindle_vibration"):
         d.swap_model("cnc_mill", "faults", odd)
     assert d.versions()["cnc_mill"]["faults"] == FAULTS
 
@@ -285,7 +285,7 @@ def test_a_malformed_manifest_field_is_a_model_error_and_the_old_model_stays(
     d = make(tmp_path)
     before = d.versions()[asset_type][task]
     bad = copy_model(PACKAGE_REGISTRY / task / before, tmp_path / "reg" / task, "9.9.9", edit)
-    with pytest.raises(ModelError, match=match):
+    with pytest.raises(ModelUnusable, match=match):
         d.swap_model(asset_type, task, bad)
     assert d.versions()[asset_type][task] == before
     # nor does it stop an agent starting with it as the newest in its registry: the next version is used

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from edge_agent import metrics
 from edge_agent.diagnostics.baseline import Adapted, BaselineLearner, BaselineStore, adapt
-from edge_agent.errors import ModelError
+from edge_agent.errors import ModelUnusable
 from factory_twin.simulator.datasets import read_skab
 from factory_twin.simulator.examples import data_dir
 from models import runtime
@@ -142,7 +142,7 @@ def test_a_full_disk_is_a_model_error(tmp_path: Path) -> None:
     store.save(learner, _fill(learner, 0, 10))
     db = store._db  # a full disk, as SQLite sees it: no page beyond those in use (it rolls back by itself)
     db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
-    with pytest.raises(ModelError, match="cannot write baseline rows"):
+    with pytest.raises(ModelUnusable, match="cannot write baseline rows"):
         store.save(learner, _fill(learner, 10, 1000))
     assert not db.in_transaction
     db.execute("PRAGMA max_page_count = 1000000")
@@ -183,7 +183,7 @@ def test_a_damaged_store_is_reported_and_learning_goes_on(tmp_path: Path) -> Non
 
     learner = BaselineLearner("pump-1", "anomaly", ("a",), GRID, 3600 * GRID, 400, 20_000)
     store = BaselineStore(path)
-    with pytest.raises(ModelError, match="cannot read the baseline"):
+    with pytest.raises(ModelUnusable, match="cannot read the baseline"):
         store.load(learner)
     store.close()
 

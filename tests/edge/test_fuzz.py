@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edge_agent.config import AgentSettings
 from edge_agent.connectors.factory import build_connectors
-from edge_agent.deadletter import DeadLetter
+from edge_agent.deadletter import DeadLetterFile
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, Stage
 from edge_agent.reading import ReadingBatch
@@ -57,7 +57,7 @@ async def _run(site: Site, items: list[tuple[str, bytes]], data: Path) -> tuple[
     (conn,) = build_connectors(site, AgentSettings())
     box = await Outbox.open(data / "o.sqlite")
     pipe = Pipeline(
-        Stage.build(site, AgentSettings()), box, DeadLetter(data / "dead.jsonl"), commit_window_ms=0
+        Stage.build(site, AgentSettings()), box, DeadLetterFile(data / "dead.jsonl"), commit_window_ms=0
     )
     acks: list[int] = []
     readings = 0

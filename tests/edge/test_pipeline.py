@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edge_agent import metrics
 from edge_agent.config import AgentSettings
-from edge_agent.deadletter import DeadLetter
+from edge_agent.deadletter import DeadLetterFile
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, Stage
 from edge_agent.reading import Reading, ReadingBatch
@@ -29,9 +29,9 @@ def batch(t: float, acks: list[float], temp: object = 70.0) -> ReadingBatch:
     return ReadingBatch(rs, ack=lambda: acks.append(t))
 
 
-async def _pipeline(site: Site, tmp_path: Path) -> tuple[Pipeline, Outbox, DeadLetter]:
+async def _pipeline(site: Site, tmp_path: Path) -> tuple[Pipeline, Outbox, DeadLetterFile]:
     box = await Outbox.open(tmp_path / "o.sqlite")
-    dl = DeadLetter(tmp_path / "dead.jsonl")
+    dl = DeadLetterFile(tmp_path / "dead.jsonl")
     return Pipeline(Stage.build(site, AgentSettings()), box, dl, commit_window_ms=2), box, dl
 
 
@@ -112,7 +112,7 @@ def test_backpressure_when_pending_is_full(site: Site, tmp_path: Path) -> None:
 
 
 def test_deadletter_rotates_and_stays_bounded(tmp_path: Path) -> None:
-    dl = DeadLetter(tmp_path / "d.jsonl", max_bytes=4096, backups=2, max_payload=100)
+    dl = DeadLetterFile(tmp_path / "d.jsonl", max_bytes=4096, backups=2, max_payload=100)
     for i in range(500):
         dl.write("src", "malformed_json", f"n={i}", b"\xff\xfe" * 200 if i % 2 else "x" * 300)
     files = dl.files()
@@ -177,7 +177,7 @@ def test_the_fingerprint_window_is_bounded(site: Site, tmp_path: Path) -> None:
     async def main() -> None:
         box = await Outbox.open(tmp_path / "o.sqlite")
         pipe = Pipeline(
-            Stage.build(site, AgentSettings()), box, DeadLetter(tmp_path / "d.jsonl"), dedup_window=5
+            Stage.build(site, AgentSettings()), box, DeadLetterFile(tmp_path / "d.jsonl"), dedup_window=5
         )
         acks: list[int] = []
         for i in range(20):
@@ -200,7 +200,7 @@ def test_enough_unacked_messages_end_the_commit_window_early(site: Site, tmp_pat
         pipe = Pipeline(
             Stage.build(site, AgentSettings()),
             box,
-            DeadLetter(tmp_path / "d.jsonl"),
+            DeadLetterFile(tmp_path / "d.jsonl"),
             commit_window_ms=60_000,
             commit_messages=3,
         )

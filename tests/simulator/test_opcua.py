@@ -15,7 +15,7 @@ from factory_twin.simulator import examples
 from factory_twin.simulator.errors import EndpointError, ScenarioError
 from factory_twin.simulator.faults import parse_fault
 from factory_twin.simulator.opcua_server import NAMESPACE_URI, OpcUaSimServer, engineering_units
-from factory_twin.simulator.plan import OpcUaSignal
+from factory_twin.simulator.plan import ServedVariable
 from factory_twin.simulator.run import Simulator, SimulatorConfig
 from plant.site import DataType, PropertyDef, load_site
 
@@ -127,8 +127,8 @@ def test_range_port_in_use_and_batch_write() -> None:
     endpoint = free_endpoint()
     pdef = PropertyDef(unit="kPa", range=(-100, 1000), description="Outlet pressure")
     signals = [
-        OpcUaSignal("pump-9", "pressure", "ns=2;s=pump-9.pressure", pdef, "kPa"),
-        OpcUaSignal("pump-9", "running", "ns=2;s=pump-9.running", PropertyDef(dtype=DataType.BOOL), ""),
+        ServedVariable("pump-9", "pressure", "ns=2;s=pump-9.pressure", pdef, "kPa"),
+        ServedVariable("pump-9", "running", "ns=2;s=pump-9.running", PropertyDef(dtype=DataType.BOOL), ""),
     ]
 
     async def scenario() -> None:
@@ -157,7 +157,7 @@ def test_range_port_in_use_and_batch_write() -> None:
     ],
 )
 def test_node_ids_the_server_cannot_serve(node_id: str, reason: str) -> None:
-    signal = OpcUaSignal("engine-1", "t2", node_id, PropertyDef(), "")
+    signal = ServedVariable("engine-1", "t2", node_id, PropertyDef(), "")
     with pytest.raises(ScenarioError, match=reason):
         asyncio.run(OpcUaSimServer(free_endpoint(), [signal]).start())
 

@@ -24,10 +24,10 @@ from twin import audit
 from twin.alerts import lifecycle
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.dashboard.users import create_user
 from twin.db import make_engine, make_sessionmaker
 from twin.model_registry import pack
 from twin.tables import AuditRecord, Base, TwinNode
+from twin.users import create_user
 
 from ..model_archives import model_copy
 

@@ -15,9 +15,9 @@ from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.dashboard.pages import STATIC
-from twin.dashboard.users import create_user
 from twin.db import make_engine, make_sessionmaker
 from twin.tables import Base
+from twin.users import create_user
 
 PASSWORD = "the right password"
 

@@ -24,12 +24,12 @@ from twin.alerts.evaluator import AlertEvaluator
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.dashboard.users import create_user, set_sites
 from twin.db import make_engine, make_sessionmaker
 from twin.errors import Conflict
 from twin.live_feed import SiteFilter
 from twin.store import TwinStore
 from twin.tables import Alert, AuditRecord, Base, HistoryRow, TwinNode, User
+from twin.users import create_user, set_sites
 
 from .store_helpers import NOW, batch, value
 

@@ -16,11 +16,11 @@ from sqlalchemy import Engine
 from twin.api import create_app
 from twin.auth import Role, create_key, revoke_key
 from twin.config import TwinSettings
-from twin.dashboard.users import create_user
 from twin.db import make_engine, make_sessionmaker
 from twin.errors import BadCredentials, TooManyAttempts, Unauthenticated
 from twin.tables import Base
 from twin.throttle import Kind, Policy, Throttle
+from twin.users import create_user
 
 PASSWORD = "the right password"
 

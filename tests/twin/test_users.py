@@ -26,9 +26,9 @@ from twin import auth
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.dashboard.users import create_user
 from twin.db import make_engine, make_sessionmaker
 from twin.tables import ApiKey, AuditRecord, Base
+from twin.users import create_user
 
 PASSWORD = "correct horse battery"
 
@@ -396,7 +396,7 @@ def test_the_demo_makes_its_admin_key_once_per_data_directory(tmp_path: Path) ->
 def test_two_admins_demoting_each_other_at_once_leave_one_admin(pg_url: str) -> None:
     import threading
 
-    from twin.dashboard import users
+    from twin import users
     from twin.errors import Conflict
 
     engine = make_engine(pg_url)

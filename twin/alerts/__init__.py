@@ -5,6 +5,8 @@
     noise.py       flapping, grouping by shared cause, alarm rate per 10 minutes
     engine.py      store changes and the clock → rules → lifecycle, in the caller's transaction
     evaluator.py   the one engine per database: leader election, fed from the database, the alert clock
+    listing.py     what people look up: the filtered list of alerts, the badge's counts
+    feedback.py    what people found about an alert, kept as labels for retraining
 
 The platform runs it through ``AlertEvaluator`` (twin/platform.py); by hand, in one process::
 

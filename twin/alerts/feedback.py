@@ -7,9 +7,11 @@ order deals with when it is completed (twin/workorders.py). ``GET /api/v1/alerts
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plant.wire import now_us
+from twin.scopes import Sites, within
 from twin.tables import Alert, AlertFeedback
 
 LOOKBACK_US = 600 * 1_000_000  # the window kept for retraining starts this long before the raise
@@ -45,3 +47,23 @@ def record(
     session.add(fb)
     session.flush()
     return fb
+
+
+def of_alert(session: Session, alert_id: int) -> list[AlertFeedback]:
+    """The feedback recorded on one alert, oldest first."""
+    stmt = select(AlertFeedback).where(AlertFeedback.alert_id == alert_id).order_by(AlertFeedback.id)
+    return list(session.scalars(stmt))
+
+
+def export(
+    session: Session, *, sites: Sites = None, since: int | None = None, verdict: str | None = None, limit: int
+) -> list[AlertFeedback]:
+    """Feedback across alerts (of ``sites`` only, if given), recorded at or after ``since`` (µs), oldest first."""
+    stmt = select(AlertFeedback)
+    if sites is not None:
+        stmt = stmt.join(Alert, Alert.id == AlertFeedback.alert_id).where(within(Alert.node_path, sites))
+    if since is not None:
+        stmt = stmt.where(AlertFeedback.at >= since)
+    if verdict:
+        stmt = stmt.where(AlertFeedback.verdict == verdict)
+    return list(session.scalars(stmt.order_by(AlertFeedback.id).limit(limit)))

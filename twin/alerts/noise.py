@@ -92,6 +92,12 @@ def alarm_rate(
     return dict(Counter(area_of(p) for p in session.scalars(stmt)))
 
 
+def areas_with_alerts(session: Session, sites: Sites = None) -> set[str]:
+    """The operator areas any alert was ever raised in (of ``sites`` only, if given)."""
+    paths = session.scalars(select(Alert.node_path).where(within(Alert.node_path, sites)).distinct())
+    return {area_of(p) for p in paths}
+
+
 def publish_rate(rates: dict[str, int], areas: set[str]) -> None:
     """Set the alarm-rate gauge for every known area (zero where nothing was annunciated)."""
     for area in areas | set(rates):

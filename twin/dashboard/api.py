@@ -8,61 +8,24 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select
 
 from plant.wire import from_us, now_us, to_us
-from twin import audit, auth, queries
+from twin import audit, auth, queries, users
 from twin.api.deps import AddressDep, SessionDep, SettingsDep, ViewerDep, get_throttle
 from twin.auth import SESSION_PREFIX, Role
-from twin.dashboard import users
-from twin.dashboard.health import plant_health
+from twin.diagnoses import diagnoses_over
 from twin.downsample import MAX_BUCKETS, downsample
 from twin.errors import InvalidRequest, Unauthenticated
-from twin.fields import Key, Name, Timestamp, Token
-from twin.schemas.dashboard import Diagnoses, PlantHealth, Trend
-from twin.tables import QUALITY_NAMES, ApiKey, DiagnosisRecord
+from twin.fields import Key, Name, Timestamp
+from twin.plant_health import plant_health
+from twin.schemas.dashboard import Diagnoses, LoginRequest, PlantHealth, SessionCreated, SessionPublic, Trend
+from twin.tables import QUALITY_NAMES
 from twin.throttle import Kind
 
 session_router = APIRouter(prefix="/session", tags=["session"])
 router = APIRouter(prefix="/dashboard", tags=["dashboard"])
 
 DEFAULT_RANGE = timedelta(hours=1)
-MAX_DIAGNOSES = 2000
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoginRequest(_Schema):
-    """Either ``username`` and ``password``, or ``api_key``."""
-
-    username: Annotated[Name, Field(max_length=64)] | None = None
-    password: str | None = Field(None, max_length=1024)
-    api_key: Annotated[Token, Field(max_length=256)] | None = None
-
-    @model_validator(mode="after")
-    def _one_way(self) -> LoginRequest:
-        if self.api_key is None and (self.username is None or self.password is None):
-            raise ValueError("send username and password, or api_key")
-        return self
-
-
-class SessionPublic(_Schema):
-    """Who the token belongs to and what they may do."""
-
-    name: str
-    role: Role
-    prefix: str
-    session: bool = Field(description="a login session (revoked on logout), not a standing API key")
-    sites: list[str] | None = Field(None, description="the sites it may see and change; null: every site")
-
-
-class SessionCreated(SessionPublic):
-    """A login: send ``token`` as ``Authorization: Bearer <token>``."""
-
-    token: str
 
 
 @session_router.post("", response_model=SessionCreated, status_code=201)
@@ -112,12 +75,9 @@ def whoami(who: ViewerDep) -> SessionPublic:
 @session_router.delete("", status_code=204)
 def log_out(session: SessionDep, who: ViewerDep) -> Response:
     """Log out: a session token is revoked; a standing API key is left alone (`keys revoke` does that)."""
-    if who.name.startswith(SESSION_PREFIX):
-        row = session.get(ApiKey, who.key_id)
-        if row is not None and not row.revoked:
-            row.revoked = True
-            audit.record(session, who, "session.logout", f"user:{who.owner}", after={"session": who.prefix})
-            session.commit()
+    if who.name.startswith(SESSION_PREFIX) and users.log_out(session, who.key_id):
+        audit.record(session, who, "session.logout", f"user:{who.owner}", after={"session": who.prefix})
+        session.commit()
     return Response(status_code=204)
 
 
@@ -182,21 +142,11 @@ def diagnoses(
     end: End = None,
     task: Annotated[Key | None, Query(max_length=16)] = None,
 ) -> Diagnoses:
-    """A node's diagnoses over a range (the newest MAX_DIAGNOSES), oldest first, grouped by task."""
+    """A node's diagnoses over a range (the newest MAX_DIAGNOSES of twin/diagnoses.py), oldest first, by task."""
     begin, finish = _range(start, end)
     queries.get_node(session, node_id)
-    d = DiagnosisRecord
-    stmt = select(d.task, d.ts, d.source, d.confidence, d.payload).where(
-        d.node_id == node_id, d.ts >= to_us(begin), d.ts < to_us(finish)
-    )
-    if task:
-        stmt = stmt.where(d.task == task)
-    rows = list(session.execute(stmt.order_by(d.ts.desc()).limit(MAX_DIAGNOSES)))
-    tasks: dict[str, list[dict[str, object]]] = {}
-    for t, ts, source, confidence, payload in reversed(rows):
-        tasks.setdefault(t, []).append({"ts": ts // 1000, "source": source, "confidence": confidence,
-                                        **(payload or {})})
-    return Diagnoses(node_id=node_id, start=begin, end=finish, tasks=tasks, truncated=len(rows) == MAX_DIAGNOSES)
+    tasks, truncated = diagnoses_over(session, node_id, to_us(begin), to_us(finish), task)
+    return Diagnoses(node_id=node_id, start=begin, end=finish, tasks=tasks, truncated=truncated)
 
 
 def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:

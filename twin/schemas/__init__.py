@@ -13,21 +13,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from twin.auth import Role
 from twin.fields import Key, Name
+from twin.schemas.base import Schema
 
 Scalar = float | int | bool | str
 QualityName = Literal["good", "uncertain", "bad"]
 Order = Literal["asc", "desc"]
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class NodePublic(_Schema):
+class NodePublic(Schema):
     """A node of the plant hierarchy as the API shows it."""
 
     id: str
@@ -37,7 +34,7 @@ class NodePublic(_Schema):
     name: str = Field(description="display name")
     type: str | None = Field(description="asset type from the site model, for machines and components")
     criticality: str = Field(description="high, medium or low")
-    attributes: dict[str, Any] = {}
+    attributes: dict[str, Any] = Field({})
     position: int = Field(0, description="order among its siblings, as in the site file")
     retired_at: datetime | None = Field(
         None, description="when the node left the site file; kept for its history"
@@ -47,17 +44,17 @@ class NodePublic(_Schema):
 class NodeTree(NodePublic):
     """A node with its children, in site-file order."""
 
-    children: list[NodeTree] = []
+    children: list[NodeTree] = Field([])
 
 
-class NodeForest(_Schema):
+class NodeForest(Schema):
     """The node tree: the roots (sites, or the requested subtree's root) and how many nodes it holds."""
 
     items: list[NodeTree]
     count: int = Field(description="number of nodes in the whole tree")
 
 
-class PropertyPublic(_Schema):
+class PropertyPublic(Schema):
     """A property of a node with its latest value; ``value`` is null until a value has arrived.
 
     Self-contained (it names its node), so a live update can carry exactly this object.
@@ -81,7 +78,7 @@ class PropertyPublic(_Schema):
     retired_at: datetime | None = Field(None, description="when the property left its asset type")
 
 
-class DiagnosisPublic(_Schema):
+class DiagnosisPublic(Schema):
     """A model's latest verdict on a node for one task (rul, faults, anomaly)."""
 
     task: str
@@ -95,7 +92,7 @@ class DiagnosisPublic(_Schema):
     )
 
 
-class NodeState(_Schema):
+class NodeState(Schema):
     """One node's latest state: the node, its properties' latest values, its latest diagnoses."""
 
     node: NodePublic
@@ -104,7 +101,7 @@ class NodeState(_Schema):
     updated_ts: datetime | None = Field(description="the newest source timestamp among its properties")
 
 
-class HistoryPoint(_Schema):
+class HistoryPoint(Schema):
     """One stored value of a property."""
 
     ts: datetime
@@ -112,7 +109,7 @@ class HistoryPoint(_Schema):
     quality: QualityName
 
 
-class HistoryBucket(_Schema):
+class HistoryBucket(Schema):
     """A property's numeric values over one time bucket (a rollup): ``value`` is the last of them."""
 
     ts: datetime = Field(description="bucket start")
@@ -126,7 +123,7 @@ class HistoryBucket(_Schema):
 Resolution = Literal["raw", "1m", "1h", "auto"]
 
 
-class HistoryPage(_Schema):
+class HistoryPage(Schema):
     """A page of a property's history; pass ``next_cursor`` back as ``cursor`` for the next page."""
 
     node_id: str
@@ -140,7 +137,7 @@ class HistoryPage(_Schema):
     next_cursor: str | None = Field(description="null on the last page")
 
 
-class FramePublic(_Schema):
+class FramePublic(Schema):
     """One aligned frame of an asset: every signal's value at one grid point."""
 
     ts: datetime
@@ -149,7 +146,7 @@ class FramePublic(_Schema):
     quality: dict[str, Any]
 
 
-class FramesPage(_Schema):
+class FramesPage(Schema):
     """A page of a node's frames; pass ``next_cursor`` back as ``cursor`` for the next page."""
 
     node_id: str
@@ -159,7 +156,7 @@ class FramesPage(_Schema):
     next_cursor: str | None
 
 
-class ApiKeyPublic(_Schema):
+class ApiKeyPublic(Schema):
     """An API key as listed: never the key itself."""
 
     prefix: str = Field(description="public part of the key; use it to revoke")
@@ -176,7 +173,7 @@ class ApiKeyPublic(_Schema):
                                                       "null: every site")
 
 
-class ApiKeyCreate(_Schema):
+class ApiKeyCreate(Schema):
     """A request for a new key."""
 
     role: Role
@@ -194,7 +191,7 @@ class ApiKeyCreated(ApiKeyPublic):
     key: str
 
 
-class ApiKeyRotate(_Schema):
+class ApiKeyRotate(Schema):
     """A rotation: a new key now, the old one still valid for ``grace_s`` seconds (default: the setting)."""
 
     grace_s: float | None = Field(None, ge=0, le=90 * 86_400)
@@ -207,21 +204,21 @@ class ApiKeyRotated(ApiKeyCreated):
     old_expires_at: datetime
 
 
-class ApiKeysPublic(_Schema):
+class ApiKeysPublic(Schema):
     """A counted list of keys."""
 
     items: list[ApiKeyPublic]
     count: int
 
 
-class Health(_Schema):
+class Health(Schema):
     """Liveness of the platform."""
 
     status: Literal["ok", "unavailable"]
     detail: str | None = None
 
 
-class Problem(_Schema):
+class Problem(Schema):
     """An error, as RFC 9457 problem details."""
 
     type: str = "about:blank"
@@ -231,7 +228,7 @@ class Problem(_Schema):
     errors: list[dict[str, Any]] | None = None
 
 
-class ModelFailurePublic(_Schema):
+class ModelFailurePublic(Schema):
     """Gateways that could not run a model version for an asset type, and why (the latest reason)."""
 
     gateway: str
@@ -242,7 +239,7 @@ class ModelFailurePublic(_Schema):
     last_at: datetime
 
 
-class ModelPublic(_Schema):
+class ModelPublic(Schema):
     """A model version in the platform's registry."""
 
     task: str = Field(description="rul, faults or anomaly")
@@ -255,17 +252,17 @@ class ModelPublic(_Schema):
     uploaded_by: str
     metrics: dict[str, dict[str, Any]] = Field(description="per variant, from the manifest")
     promoted_for: list[str] = Field(description="asset types whose agents run this version")
-    failures: list[ModelFailurePublic] = []
+    failures: list[ModelFailurePublic] = Field([])
 
 
-class ModelsPublic(_Schema):
+class ModelsPublic(Schema):
     """A counted list of model versions, by task and newest version first."""
 
     items: list[ModelPublic]
     count: int
 
 
-class ModelCreated(_Schema):
+class ModelCreated(Schema):
     """An uploaded model version."""
 
     task: str
@@ -274,13 +271,13 @@ class ModelCreated(_Schema):
     sha256: str
 
 
-class ModelPromote(_Schema):
+class ModelPromote(Schema):
     """Which asset type's agents should run a version."""
 
     asset_type: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-class KnowledgeEntryPublic(_Schema):
+class KnowledgeEntryPublic(Schema):
     """One stored version of a knowledge-base entry."""
 
     asset_type: str
@@ -294,14 +291,14 @@ class KnowledgeEntryPublic(_Schema):
     body: dict[str, Any] = Field(description="title, causes, actions, parts, skills, safety... (KnowledgeBody)")
 
 
-class KnowledgeEntries(_Schema):
+class KnowledgeEntries(Schema):
     """A counted list of knowledge-base entries or versions."""
 
     items: list[KnowledgeEntryPublic]
     count: int
 
 
-class AdvicePublic(_Schema):
+class AdvicePublic(Schema):
     """One recommendation for an alert: repair a probable cause, or inspect when the diagnosis is unsure."""
 
     kind: Literal["repair", "inspect"]
@@ -316,7 +313,7 @@ class AdvicePublic(_Schema):
     source: str = Field(description="the knowledge-base entry: asset_type/condition@version")
 
 
-class AlertAdvice(_Schema):
+class AlertAdvice(Schema):
     """Ranked advice for an alert, with its due date and why."""
 
     alert_id: int
@@ -325,7 +322,7 @@ class AlertAdvice(_Schema):
     advice: list[AdvicePublic]
 
 
-class PlanItemPublic(_Schema):
+class PlanItemPublic(Schema):
     """One piece of open work: an alert, its advice, when it is due and why, and the work orders on it."""
 
     alert_id: int
@@ -345,7 +342,7 @@ class PlanItemPublic(_Schema):
     work_orders: list[dict[str, Any]] = Field(description="id, state and assignee of each dealing with it")
 
 
-class MaintenancePlan(_Schema):
+class MaintenancePlan(Schema):
     """The open work across the plant, most urgent first."""
 
     generated_at: datetime

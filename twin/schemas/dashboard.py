@@ -1,12 +1,15 @@
-"""What the dashboard's own API routes return (twin/dashboard/api.py): plant health, trends, diagnoses over time."""
+"""What the dashboard's own API routes take and return (twin/dashboard/api.py): logging in and out, plant health,
+trends, diagnoses over time."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from twin.auth import Role
+from twin.fields import Name, Token
 from twin.schemas.base import Schema
 
 Level = Literal["unknown", "ok", "warning", "alarm"]
@@ -58,3 +61,33 @@ class Diagnoses(Schema):
     end: datetime
     tasks: dict[str, list[dict[str, Any]]]
     truncated: bool = Field(description="more diagnoses exist in the range than were returned")
+
+
+class LoginRequest(Schema):
+    """Either ``username`` and ``password``, or ``api_key``."""
+
+    username: Annotated[Name, Field(max_length=64)] | None = None
+    password: str | None = Field(None, max_length=1024)
+    api_key: Annotated[Token, Field(max_length=256)] | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> LoginRequest:
+        if self.api_key is None and (self.username is None or self.password is None):
+            raise ValueError("send username and password, or api_key")
+        return self
+
+
+class SessionPublic(Schema):
+    """Who the token belongs to and what they may do."""
+
+    name: str
+    role: Role
+    prefix: str
+    session: bool = Field(description="a login session (revoked on logout), not a standing API key")
+    sites: list[str] | None = Field(None, description="the sites it may see and change; null: every site")
+
+
+class SessionCreated(SessionPublic):
+    """A login: send ``token`` as ``Authorization: Bearer <token>``."""
+
+    token: str

@@ -7,9 +7,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from twin import scopes
+from twin import scopes, users
 from twin.auth import PERSON_ROLES, Role
-from twin.dashboard import users
 from twin.fields import Key
 from twin.schemas.base import Schema
 

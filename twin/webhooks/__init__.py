@@ -29,9 +29,10 @@ Headers sent with every POST::
 
 Receivers should recompute the signature over the raw body and reject timestamps older than a few minutes.
 
-    target.py   TargetPolicy: where deliveries may go, checked on the resolved address of each send (SSRF)
-    queue.py    signatures, event bodies (native, Alertmanager v4), enqueue, replay
-    worker.py   DeliveryWorker: claim, send, record, backoff, dead letters
+    target.py         TargetPolicy: where deliveries may go, checked on the resolved address of each send (SSRF)
+    queue.py          signatures, event bodies (native, Alertmanager v4), enqueue, replay
+    worker.py         DeliveryWorker: claim, send, record, backoff, dead letters
+    subscriptions.py  what an admin does with subscriptions: create, change, remove, page deliveries, replay
 """
 
 from twin.webhooks.queue import (

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Literal, cast
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
 
 from plant.wire import from_us, now_us, to_us
 from twin import audit
 from twin.advice import advise, due_date
-from twin.alerts import feedback, lifecycle, noise
+from twin.alerts import feedback, lifecycle, listing, noise
 from twin.api.deps import EngineerDep, SessionDep, TechnicianDep, ViewerDep
 from twin.errors import InvalidRequest
 from twin.fields import Key, Offset, RowId, Timestamp
@@ -35,7 +34,6 @@ from twin.schemas.alerts import (
     StateName,
     TransitionPublic,
 )
-from twin.scopes import within
 from twin.tables import Alert, AlertFeedback, AlertTransition
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -99,23 +97,17 @@ def list_alerts(
     """Alerts filtered by state, priority, site, asset subtree and time range, newest first."""
     if start and end and end <= start:
         raise InvalidRequest("end must be after start")
-    conds: list[Any] = [within(Alert.node_path, who.sites)]
-    if state:
-        conds.append(Alert.state.in_(state))
-    if priority:
-        conds.append(Alert.priority.in_(priority))
-    if subtree:
-        conds.append(Alert.node_path.contains(f"/{subtree}/", autoescape=True))
-    if site:
-        conds.append(within(Alert.node_path, frozenset({site})))
-    if start:
-        conds.append(Alert.raised_at >= to_us(start))
-    if end:
-        conds.append(Alert.raised_at < to_us(end))
-    if open_only:
-        conds.append(Alert.open_key.is_not(None))
-    total = session.scalar(select(func.count()).select_from(Alert).where(*conds)) or 0
-    rows = session.scalars(select(Alert).where(*conds).order_by(Alert.id.desc()).limit(limit).offset(offset))
+    which = listing.AlertFilter(
+        sites=who.sites,
+        states=list(state) if state else None,
+        priorities=list(priority) if priority else None,
+        subtree=subtree,
+        site=site,
+        start=to_us(start) if start else None,
+        end=to_us(end) if end else None,
+        open_only=open_only,
+    )
+    rows, total = listing.page(session, which, limit=limit, offset=offset)
     items = [public(a) for a in rows]
     return AlertPage(items=items, count=len(items), total=total)
 
@@ -124,8 +116,7 @@ def list_alerts(
 def alarm_rate(session: SessionDep, who: ViewerDep) -> AlarmRate:
     """Alarms annunciated per operator area in the last 10 minutes and their EEMUA 191 band."""
     rates = noise.alarm_rate(session, now=now_us(), sites=who.sites)
-    paths = session.scalars(select(Alert.node_path).where(within(Alert.node_path, who.sites)).distinct())
-    areas = sorted({*rates, *(noise.area_of(p) for p in paths)})
+    areas = sorted({*rates, *noise.areas_with_alerts(session, who.sites)})
     return AlarmRate(
         window_s=noise.RATE_WINDOW_S,
         acceptable=noise.EEMUA_ACCEPTABLE_PER_10MIN,
@@ -138,24 +129,7 @@ def alarm_rate(session: SessionDep, who: ViewerDep) -> AlarmRate:
 @router.get("/summary", response_model=AlertSummary)
 def summary(session: SessionDep, who: ViewerDep) -> AlertSummary:
     """What the alert badge counts: open alerts needing acknowledgement (shelved and suppressed ones aside)."""
-    now = now_us()
-    rows = session.execute(
-        select(Alert.state, Alert.active, Alert.priority, Alert.shelved_until, Alert.suppressed, Alert.flapping)
-        .where(Alert.open_key.is_not(None), within(Alert.node_path, who.sites))
-    ).all()
-    out = AlertSummary(needs_ack=0, active=0, open=len(rows), shelved=0, suppressed=0, flapping=0, by_priority={})
-    for state, active, priority, shelved_until, suppressed, flapping in rows:
-        shelved = shelved_until is not None and shelved_until > now
-        out.shelved += shelved
-        out.suppressed += bool(suppressed)
-        out.flapping += bool(flapping)
-        if shelved or suppressed:
-            continue
-        out.active += bool(active)
-        if state in (lifecycle.ACTIVE_UNACK, lifecycle.RETURNED_UNACK):
-            out.needs_ack += 1
-            out.by_priority[priority] = out.by_priority.get(priority, 0) + 1
-    return out
+    return AlertSummary.model_validate(asdict(listing.badge_counts(session, now=now_us(), sites=who.sites)))
 
 
 @router.get("/feedback", response_model=list[FeedbackPublic])
@@ -167,14 +141,9 @@ def export_feedback(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[FeedbackPublic]:
     """Feedback across alerts with windows and evidence, oldest first: labels for retraining (engineer+)."""
-    stmt = select(AlertFeedback)
-    if who.sites is not None:
-        stmt = stmt.join(Alert, Alert.id == AlertFeedback.alert_id).where(within(Alert.node_path, who.sites))
-    if since:
-        stmt = stmt.where(AlertFeedback.at >= to_us(since))
-    if verdict:
-        stmt = stmt.where(AlertFeedback.verdict == verdict)
-    return [_feedback_public(f) for f in session.scalars(stmt.order_by(AlertFeedback.id).limit(limit))]
+    rows = feedback.export(session, sites=who.sites, since=to_us(since) if since else None, verdict=verdict,
+                           limit=limit)
+    return [_feedback_public(f) for f in rows]
 
 
 @router.get("/{alert_id}", response_model=AlertPublic)
@@ -293,10 +262,7 @@ def add_feedback(
 def list_feedback(session: SessionDep, _who: ViewerDep, alert_id: RowId) -> list[FeedbackPublic]:
     """The feedback recorded on an alert."""
     lifecycle.get_alert(session, alert_id)
-    rows = session.scalars(
-        select(AlertFeedback).where(AlertFeedback.alert_id == alert_id).order_by(AlertFeedback.id)
-    )
-    return [_feedback_public(f) for f in rows]
+    return [_feedback_public(f) for f in feedback.of_alert(session, alert_id)]
 
 
 def _feedback_public(f: AlertFeedback) -> FeedbackPublic:

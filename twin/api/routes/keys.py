@@ -7,10 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, status
 
 from plant.wire import from_us, now_us
-from twin import audit, auth
+from twin import audit, auth, users
 from twin.api.deps import AdminDep, SessionDep, SettingsDep
 from twin.auth import Role
-from twin.dashboard import users
 from twin.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeyRotate, ApiKeyRotated, ApiKeysPublic
 from twin.tables import ApiKey
 

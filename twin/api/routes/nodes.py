@@ -10,7 +10,7 @@ from twin import queries
 from twin.api.deps import ReadSessionDep, SessionDep, ViewerDep, require_role
 from twin.auth import Role
 from twin.fields import Key, Name, Timestamp, Token
-from twin.queries import DEFAULT_LIMIT, MAX_LIMIT, Window
+from twin.queries import DEFAULT_LIMIT, MAX_LIMIT, SeriesQuery
 from twin.schemas import FramesPage, HistoryPage, NodeForest, NodeState, Order, PropertyPublic, Resolution
 
 router = APIRouter(prefix="/nodes", tags=["nodes"], dependencies=[Depends(require_role(Role.VIEWER))])
@@ -68,7 +68,7 @@ def get_history(
     resolution: ResolutionQ = "raw",
 ) -> HistoryPage:
     """A property's history over [start, end), one page at a time: raw values or time buckets."""
-    window = Window(start=start, end=end, limit=limit, order=order, cursor=cursor, resolution=resolution)
+    window = SeriesQuery(start=start, end=end, limit=limit, order=order, cursor=cursor, resolution=resolution)
     return queries.property_history(session, node_id, prop, window)
 
 
@@ -83,5 +83,5 @@ def get_frames(
     order: OrderQ = "asc",
 ) -> FramesPage:
     """A node's aligned frames over [start, end), one page at a time."""
-    window = Window(start=start, end=end, limit=limit, order=order, cursor=cursor)
+    window = SeriesQuery(start=start, end=end, limit=limit, order=order, cursor=cursor)
     return queries.node_frames(session, node_id, window)

@@ -13,9 +13,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from plant.wire import from_us
-from twin import commands, queries
+from twin import commands
 from twin.api.deps import SessionDep, TechnicianDep, ViewerDep
-from twin.errors import NotFound
 from twin.fields import Key
 from twin.schemas.setpoints import CommandPublic, DesiredRequest, DesiredState
 from twin.tables import SetpointCommand
@@ -56,14 +55,10 @@ def set_desired(request: Request, session: SessionDep, who: TechnicianDep, node_
 @router.get("/nodes/{node_id}/properties/{prop}/desired", response_model=DesiredState)
 def get_desired(session: SessionDep, _who: ViewerDep, node_id: NodeId, prop: PropName) -> DesiredState:
     """The last desired value, its command, and the latest measured value."""
-    cmd = commands.last_desired(session, node_id, prop)
-    try:
-        reported = queries.property_public(queries.get_property(session, node_id, prop)).value
-    except NotFound:
-        reported = None
-    desired = cmd.value if cmd is not None else None
-    in_sync = desired is not None and isinstance(reported, int | float) and abs(float(reported) - desired) < 1e-9
-    return DesiredState(node=node_id, prop=prop, desired=desired, reported=reported, in_sync=in_sync,
+    state = commands.desired_vs_reported(session, node_id, prop)
+    cmd = state.command
+    return DesiredState(node=node_id, prop=prop, desired=cmd.value if cmd is not None else None,
+                        reported=state.reported, in_sync=state.in_sync,
                         command=public(cmd) if cmd is not None else None)
 
 
@@ -78,7 +73,4 @@ def confirm(request: Request, session: SessionDep, who: TechnicianDep, command_i
 @router.get("/commands/{command_id}", response_model=CommandPublic)
 def get_command(session: SessionDep, _who: ViewerDep, command_id: CommandId) -> CommandPublic:
     """One command and what became of it."""
-    cmd = session.get(SetpointCommand, command_id)
-    if cmd is None:
-        raise NotFound(f"no command {command_id!r}")
-    return public(cmd)
+    return public(commands.get_command(session, command_id))

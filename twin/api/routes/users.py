@@ -4,19 +4,16 @@ password and sessions. Every change is in the audit trail, in the transaction th
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plant.wire import from_us
-from twin import audit, scopes
+from twin import audit, scopes, users
 from twin.api.deps import AdminDep, SessionDep, ViewerDep
-from twin.auth import SESSION_PREFIX, Role
-from twin.dashboard import users
-from twin.errors import Forbidden, NotFound
+from twin.auth import Role
+from twin.errors import Forbidden
 from twin.schemas.users import (
     PasswordChange,
     PasswordReset,
@@ -26,7 +23,7 @@ from twin.schemas.users import (
     UsersPublic,
     UserUpdate,
 )
-from twin.tables import ApiKey, User
+from twin.tables import User
 
 router = APIRouter(prefix="/users", tags=["users"])
 account_router = APIRouter(prefix="/account", tags=["account"])
@@ -36,12 +33,11 @@ SessionPrefix = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^ftk_
 
 
 def _public(session: Session, user: User) -> UserPublic:
-    names = session.scalars(select(ApiKey.name).where(ApiKey.owner == user.username, ApiKey.revoked.is_(False)))
-    counts = Counter(name.startswith(SESSION_PREFIX) for name in names)
+    sessions, keys = users.credential_counts(session, user.username)
     return UserPublic(
         username=user.username, role=Role(user.role), disabled=user.disabled, created_at=from_us(user.created_at),
         password_changed_at=None if user.password_changed_at is None else from_us(user.password_changed_at),
-        sites=user.sites, sessions=counts.get(True, 0), keys=counts.get(False, 0),
+        sites=user.sites, sessions=sessions, keys=keys,
     )
 
 
@@ -138,17 +134,10 @@ def end_sessions(session: SessionDep, who: AdminDep, username: Username) -> Resp
 @router.delete("/{username}/sessions/{prefix}", status_code=status.HTTP_204_NO_CONTENT)
 def end_session(session: SessionDep, who: AdminDep, username: Username, prefix: SessionPrefix) -> Response:
     """End one login session of a user."""
-    _end_one(session, username, prefix)
+    users.end_session(session, username, prefix)
     audit.record(session, who, "user.end_session", f"user:{username}", after={"ended": [prefix]})
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-def _end_one(session: Session, username: str, prefix: str) -> None:
-    row = next((r for r in users.live_sessions(session, username) if r.prefix == prefix), None)
-    if row is None:
-        raise NotFound(f"{username} has no live session {prefix}")
-    row.revoked = True
 
 
 def _me(who: ViewerDep) -> str:
@@ -167,7 +156,7 @@ def my_sessions(session: SessionDep, who: ViewerDep) -> list[SessionInfo]:
 def end_my_session(session: SessionDep, who: ViewerDep, prefix: SessionPrefix) -> Response:
     """End one of your sessions (say, on a shared terminal you left logged in)."""
     username = _me(who)
-    _end_one(session, username, prefix)
+    users.end_session(session, username, prefix)
     audit.record(session, who, "account.end_session", f"user:{username}", after={"ended": [prefix]})
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

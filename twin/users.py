@@ -1,4 +1,4 @@
-"""Dashboard users: username, password (salted scrypt from the standard library) and role.
+"""People who log in: username, password (salted scrypt from the standard library), role and sites.
 
 A login with a username and password yields a *session key*: an ordinary API key (twin/auth.py) with the
 user's role, named ``session:<username>``. Every API route then accepts it unchanged, and logging out revokes
@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections import Counter
 from typing import Any
 
 import structlog
@@ -112,6 +113,15 @@ def login(session: Session, username: str, password: str, *, commit: bool = True
     return key, user
 
 
+def log_out(session: Session, key_id: int) -> bool:
+    """Revoke the login session of key id ``key_id``; False when it is gone or was revoked already."""
+    row = session.get(ApiKey, key_id)
+    if row is None or row.revoked:
+        return False
+    row.revoked = True
+    return True
+
+
 def _make_room(session: Session, username: str) -> None:
     """Revoke the oldest live session keys of ``username`` beyond MAX_SESSIONS - 1."""
     for old in live_sessions(session, username)[MAX_SESSIONS - 1 :]:
@@ -128,6 +138,21 @@ def live_sessions(session: Session, username: str) -> list[ApiKey]:
             .order_by(ApiKey.id.desc())
         )
     )
+
+
+def end_session(session: Session, username: str, prefix: str) -> None:
+    """Revoke one login session of the user; NotFound if they have no live session of that prefix."""
+    row = next((r for r in live_sessions(session, username) if r.prefix == prefix), None)
+    if row is None:
+        raise NotFound(f"{username} has no live session {prefix}")
+    row.revoked = True
+
+
+def credential_counts(session: Session, username: str) -> tuple[int, int]:
+    """How many unrevoked login sessions and standing API keys the user owns."""
+    names = session.scalars(select(ApiKey.name).where(ApiKey.owner == username, ApiKey.revoked.is_(False)))
+    counts = Counter(name.startswith(SESSION_PREFIX) for name in names)
+    return counts.get(True, 0), counts.get(False, 0)
 
 
 def end_sessions(session: Session, username: str, *, keep: int | None = None) -> list[str]:
