@@ -79,10 +79,10 @@ class MqttPeer:
     ) -> None:
         self.close()
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
-        """Publish and return once the broker took it (its PUBACK at QoS 1)."""
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, *, acked: bool = True) -> None:
+        """Publish and return once the broker took it (its PUBACK at QoS 1), or once queued if not ``acked``."""
         raw = payload.encode() if isinstance(payload, str) else payload
-        self.client.publish(topic, raw, qos, acked=True)
+        self.client.publish(topic, raw, qos, acked=acked)
 
     def get(self, timeout: float = 5.0) -> Message:
         """The next message received; queue.Empty after ``timeout`` seconds."""
