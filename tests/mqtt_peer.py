@@ -63,7 +63,8 @@ class MqttPeer:
         self.messages: queue.Queue[Message] = queue.Queue()
         self._handler: threading.Thread | None = None
         if on_message is not None:
-            self._handler = threading.Thread(target=self._handle, args=(on_message,), name="mqtt-peer-handler")
+            self._handler = threading.Thread(target=self._handle, args=(on_message,), name="mqtt-peer-on-message",
+                                             daemon=True)
             self._handler.start()
         got = self.messages.put
         self.client = ThreadedClient(options, filters, lambda t, p, q: got(Message(t, p, q)), name="mqtt-peer")
