@@ -9,13 +9,13 @@ import json
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edge_agent.agent import Agent
 from plant.site import load_site
+from tests.mqtt_peer import MqttPeer
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.broker import BrokerAccess, EmbeddedBroker
@@ -65,17 +65,13 @@ nodes:
 async def _run_agents(agents: list[Agent], host: str, port: int, done: object) -> None:
     tasks = [asyncio.create_task(a.run()) for a in agents]
     await asyncio.wait_for(asyncio.gather(*(a.ready.wait() for a in agents)), 15)
-    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    plc.connect(host, port)
-    plc.loop_start()
     ends = asyncio.get_running_loop().time() + 20
-    while not done() and asyncio.get_running_loop().time() < ends:  # type: ignore[operator]
-        for name in SITES:
-            payload = {"ts": time.time(), "temp": 95.0 if name == "north" else 91.0}
-            plc.publish(f"{name}/pump", json.dumps(payload), qos=1).wait_for_publish(5)
-        await asyncio.sleep(0.3)
-    plc.loop_stop()
-    plc.disconnect()
+    with MqttPeer(host, port) as plc:
+        while not done() and asyncio.get_running_loop().time() < ends:  # type: ignore[operator]
+            for name in SITES:
+                payload = {"ts": time.time(), "temp": 95.0 if name == "north" else 91.0}
+                plc.publish(f"{name}/pump", json.dumps(payload))
+            await asyncio.sleep(0.3)
     for a in agents:
         a.stop()
     await asyncio.wait_for(asyncio.gather(*tasks), 15)

@@ -1,4 +1,4 @@
-"""Errors of the plant simulator; asyncua and paho errors are translated where those libraries are called.
+"""Errors of the plant simulator; asyncua and MQTT client errors are translated where those libraries are called.
 
 SimulatorError
 ├── SliceError       a data slice is missing or malformed (message names the file and line)

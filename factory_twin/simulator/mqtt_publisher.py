@@ -1,28 +1,28 @@
-"""The simulated devices' MQTT side: JSON messages published at QoS 1 through paho-mqtt 2.
+"""The simulated devices' MQTT side: JSON messages published at QoS 1 through plant.mqtt's client.
 
-paho runs its network loop on its own thread; its callbacks hand their news to the event loop with
-``call_soon_threadsafe`` and all bookkeeping happens there, so no lock is shared with paho's thread (paho
-calls ``on_publish`` while holding its own locks). While the broker is away paho keeps QoS 1 messages and
-sends them after it reconnects by itself; beyond ``max_queued`` they are dropped and counted.
+One ``MqttClient`` per connection, on the simulator's event loop. Every QoS 1 message is kept until the broker
+acknowledges it: while the broker is away the publisher reconnects (the shared ``Backoff``) and sends what is
+kept again, in order, on the next connection; beyond ``max_queued`` new messages are dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from factory_twin.simulator.errors import EndpointError, ScenarioError
-from plant.errors import BrokerUrlError
-from plant.mqtt import BrokerUrl
+from plant.errors import BrokerUrlError, MqttAuthError, MqttError
+from plant.mqtt import Backoff, BrokerUrl, MqttClient, MqttOptions
 
 log = structlog.get_logger(__name__)
+
+ACK_WAIT_S = 30.0  # a connection whose broker takes longer to acknowledge a message is dropped and made again
 
 
 def parse_broker_url(url: str) -> BrokerUrl:
@@ -31,6 +31,10 @@ def parse_broker_url(url: str) -> BrokerUrl:
         return BrokerUrl.parse(url)
     except BrokerUrlError as exc:
         raise ScenarioError(f"broker URL {url!r}: {exc}") from None
+
+
+def _no_messages(_topic: bytes, _payload: bytes, _qos: int, _mid: int, _dup: bool) -> None:
+    """The publisher subscribes to nothing."""
 
 
 class MqttPublisher:
@@ -58,14 +62,19 @@ class MqttPublisher:
         self.url = url
         self.address = parse_broker_url(url)
         self.topic_prefix = topic_prefix.strip("/")
-        self._client_id = client_id or f"factory-twin-sim-{uuid.uuid4().hex[:8]}"
+        self._options = MqttOptions.from_url(
+            self.address, client_id or f"factory-twin-sim-{uuid.uuid4().hex[:8]}", protocol="3.1.1",
+            persistent=False, keepalive_s=30, timeout_s=connect_timeout_s,
+        )  # fmt: skip
+        self._where = f"{self.address.host}:{self.address.port}"
         self._qos = qos
-        self._timeout = connect_timeout_s
         self._max_queued = max_queued
-        self._client: mqtt.Client | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._connected: asyncio.Future[None] | None = None
-        self._pending: set[int] = set()
+        self._backoff = Backoff(initial=1.0, cap=10.0)
+        self._task: asyncio.Task[None] | None = None
+        self._client: MqttClient | None = None  # the current connection, None while the broker is away
+        self._sending: set[asyncio.Task[None]] = set()
+        self._pending: dict[int, tuple[str, bytes]] = {}  # kept until acknowledged, in the order sent
+        self._seq = 0
         self._drained = asyncio.Event()
         self.sent = 0
         self.acked = 0
@@ -84,63 +93,29 @@ class MqttPublisher:
 
     async def connect(self) -> None:
         """Connect and wait for the broker's CONNACK; EndpointError if it is unreachable or refuses."""
-        self._loop = asyncio.get_running_loop()
-        self._connected = self._loop.create_future()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id)
-        client.max_queued_messages_set(self._max_queued)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
-        if self.address.username is not None:
-            client.username_pw_set(self.address.username, self.address.password)
-        if self.address.tls:
-            client.tls_set()
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        where = f"{self.address.host}:{self.address.port}"
-        try:
-            # The TCP connect runs in a thread: it blocks, and its OSError says exactly what went wrong.
-            await asyncio.wait_for(
-                asyncio.to_thread(client.connect, self.address.host, self.address.port, 30), self._timeout
-            )
-        except (OSError, TimeoutError) as exc:
-            raise EndpointError(f"cannot reach MQTT broker at {where}: {exc or 'timed out'}") from exc
-        client.loop_start()
-        self._client = client
-        try:
-            await asyncio.wait_for(asyncio.shield(self._connected), self._timeout)
-        except TimeoutError:
-            await self.close(flush_s=0)
-            raise EndpointError(
-                f"MQTT broker at {where} did not answer CONNECT in {self._timeout} s"
-            ) from None
-        except EndpointError:
-            await self.close(flush_s=0)
-            raise
-        log.info("simulator_mqtt_connected", broker=where, client_id=self._client_id)
+        client = await self._open()
+        self._task = asyncio.create_task(self._keep(client), name="simulator-mqtt")
+        log.info("simulator_mqtt_connected", broker=self._where, client_id=self._options.client_id)
 
     async def publish(self, topic: str, payload: Mapping[str, Any]) -> bool:
         """Send ``payload`` as JSON on ``topic`` (prefixed); False if it was dropped (queue full)."""
-        if self._client is None:
+        if self._task is None:
             raise EndpointError(f"publisher for {self.url} is not connected")
         try:
-            data = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+            data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise ScenarioError(f"message for {topic} cannot be sent as JSON: {exc}") from exc
-        info = self._client.publish(self.topic(topic), data, qos=self._qos)
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning(
-                    "simulator_mqtt_dropped", topic=topic, dropped=self.dropped, queued=self._max_queued
-                )
+        if self._qos == 0:
+            return self._publish_once(self.topic(topic), data)
+        if len(self._pending) >= self._max_queued:
+            self._drop(topic)
             return False
         self.sent += 1
-        if self._qos == 0:
-            self.acked += 1
-        else:
-            # paho's on_publish reaches the loop only after this coroutine yields, so the mid is here first.
-            self._pending.add(info.mid)
-            self._drained.clear()
+        self._seq += 1
+        self._pending[self._seq] = (self.topic(topic), data)
+        self._drained.clear()
+        if self._client is not None:
+            self._send(self._client, self._seq)
         return True
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
@@ -154,15 +129,16 @@ class MqttPublisher:
         return True
 
     async def close(self, flush_s: float = 5.0) -> None:
-        """Wait up to ``flush_s`` for acknowledgements, then disconnect and stop paho's thread."""
-        client = self._client
-        if client is None:
+        """Wait up to ``flush_s`` for acknowledgements, then disconnect."""
+        task = self._task
+        if task is None:
             return
         if flush_s > 0 and not await self.flush(flush_s):
             log.warning("simulator_mqtt_unacked_at_close", pending=len(self._pending))
-        self._client = None
-        client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
+        self._task = None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def status(self) -> dict[str, object]:
         """Counts for logs and summaries."""
@@ -173,40 +149,89 @@ class MqttPublisher:
             "pending": len(self._pending),
         }
 
-    # paho's thread: hand everything to the event loop.
+    def _publish_once(self, topic: str, data: bytes) -> bool:
+        """QoS 0: sent now if connected, else dropped."""
+        client = self._client
+        if client is None:
+            self._drop(topic)
+            return False
+        try:
+            client.publish(topic, data, 0)
+        except MqttError:
+            self._drop(topic)
+            return False
+        self.sent += 1
+        self.acked += 1
+        return True
 
-    def _on_connect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._connack, bool(reason.is_failure), str(reason))
+    def _drop(self, topic: str) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning("simulator_mqtt_dropped", topic=topic, dropped=self.dropped, queued=self._max_queued)
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if self._client is not None:  # not our own disconnect in close()
-            log.warning("simulator_mqtt_disconnected", reason=str(reason), pending=len(self._pending))
+    # The connection, kept up in a task of its own.
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
-        assert self._loop is not None
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._puback, mid)
+    async def _open(self) -> MqttClient:
+        client = MqttClient(self._options, _no_messages)
+        try:
+            await client.connect()
+        except asyncio.CancelledError:
+            client.close()
+            raise
+        except MqttAuthError as exc:
+            raise EndpointError(f"MQTT broker at {self._where} refused the connection: {exc}") from exc
+        except MqttError as exc:
+            raise EndpointError(f"cannot reach MQTT broker at {self._where}: {exc}") from exc
+        return client
 
-    # The event loop's side.
+    async def _keep(self, client: MqttClient) -> None:
+        try:
+            while True:
+                reason = await self._serve(client)
+                client.close()
+                log.warning("simulator_mqtt_disconnected", reason=reason, pending=len(self._pending))
+                client = await self._reconnect()
+        finally:
+            await client.disconnect()
 
-    def _connack(self, failed: bool, reason: str) -> None:
-        assert self._connected is not None
-        if self._connected.done():
-            if not failed:
-                log.info("simulator_mqtt_reconnected", broker=f"{self.address.host}:{self.address.port}")
+    async def _reconnect(self) -> MqttClient:
+        while True:
+            await self._backoff.sleep()
+            try:
+                client = await self._open()
+            except EndpointError as exc:
+                log.warning("simulator_mqtt_reconnect_failed", error=str(exc), pending=len(self._pending))
+                continue
+            self._backoff.reset()
+            log.info("simulator_mqtt_reconnected", broker=self._where)
+            return client
+
+    async def _serve(self, client: MqttClient) -> str:
+        """Send everything kept on this connection, then whatever comes, until it ends."""
+        self._client = client
+        try:
+            for seq in list(self._pending):
+                self._send(client, seq)
+            return await client.disconnected
+        finally:
+            self._client = None
+            for task in self._sending:
+                task.cancel()
+
+    def _send(self, client: MqttClient, seq: int) -> None:
+        task = asyncio.create_task(self._deliver(client, seq))  # tasks start in order: so do the PUBLISHes
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _deliver(self, client: MqttClient, seq: int) -> None:
+        topic, data = self._pending[seq]
+        try:
+            await client.publish_acked(topic, data, self._qos, ACK_WAIT_S)
+        except MqttError:  # kept: sent again on the next connection
+            if not client.disconnected.done():
+                client.close()  # the broker took too long: a new connection sends it again
             return
-        if failed:
-            where = f"{self.address.host}:{self.address.port}"
-            self._connected.set_exception(
-                EndpointError(f"MQTT broker at {where} refused the connection: {reason}")
-            )
-        else:
-            self._connected.set_result(None)
-
-    def _puback(self, mid: int) -> None:
-        if mid in self._pending:  # QoS 0 sends also call on_publish; they were counted already
-            self._pending.discard(mid)
+        if self._pending.pop(seq, None) is not None:
             self.acked += 1
             if not self._pending:
                 self._drained.set()

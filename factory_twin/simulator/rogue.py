@@ -14,10 +14,8 @@ import threading
 import uuid
 from typing import TYPE_CHECKING
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from plant.mqtt import BrokerUrl
+from plant.errors import MqttError
+from plant.mqtt import Backoff, BrokerUrl, MqttOptions, ThreadedClient
 from plant.wire import TOPIC_ROOT, now_us, uplink_topic
 from twin.db import make_sessionmaker
 from twin.gateways import new_credential, set_credential
@@ -72,12 +70,10 @@ class Rogue:
         self.every_s = every_s
         self.sent = 0
         self._stop = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rogue-{uuid.uuid4().hex[:8]}")
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        self.client.reconnect_delay_set(1, 2)  # a login the broker has not read yet is refused for a moment
-        self.client.connect(host, port)
-        self.client.loop_start()
+        options = MqttOptions(host, port, f"rogue-{uuid.uuid4().hex[:8]}", username=username, password=password,
+                              protocol="3.1.1", persistent=False)
+        # a login the broker has not read yet is refused for a moment: retry soon
+        self.client = ThreadedClient(options, backoff=Backoff(initial=1.0, cap=2.0), name="rogue-mqtt").start()
         self._thread = threading.Thread(target=self._run, name="rogue", daemon=True)
 
     def start(self, after_s: float = 0.0) -> Rogue:
@@ -91,7 +87,10 @@ class Rogue:
             return
         while not self._stop.is_set():
             for topic, payload in self.cases:
-                self.client.publish(topic, payload, qos=1)
+                try:
+                    self.client.publish(topic, payload, qos=1)
+                except MqttError:  # not connected (yet, or any more): this round's case is skipped
+                    continue
                 self.sent += 1
             self._stop.wait(self.every_s)
 
@@ -100,8 +99,7 @@ class Rogue:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(10)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()
 
 
 def rogue_against(stack: Stack, victim: str, every_s: float = 1.0, name: str = "rogue-gateway") -> Rogue:

@@ -28,7 +28,7 @@ class ThreadedClient:
     Args:
         options: where and how to connect.
         subscriptions: filters subscribed (QoS 1) at every connect.
-        on_message: called on the client's thread with (topic, payload) of each message received.
+        on_message: called on the client's thread with (topic, payload, QoS) of each message received.
         backoff: delays between connection attempts.
         name: the thread's name.
     """
@@ -37,7 +37,7 @@ class ThreadedClient:
         self,
         options: MqttOptions,
         subscriptions: list[str] | None = None,
-        on_message: Callable[[str, bytes], None] | None = None,
+        on_message: Callable[[str, bytes, int], None] | None = None,
         backoff: Backoff | None = None,
         name: str = "mqtt",
     ) -> None:
@@ -138,4 +138,4 @@ class ThreadedClient:
         if client is not None and qos:
             client.ack(mid, qos)
         if self.on_message is not None:
-            self.on_message(topic.decode(errors="replace"), payload)
+            self.on_message(topic.decode(errors="replace"), payload, qos)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from plant.site import Site, parse_site
+
+if TYPE_CHECKING:
+    from tests.mqtt_peer import Message
 
 SITE_YAML = """
 site: {id: t}
@@ -72,9 +75,8 @@ class AckResponder:
     def __init__(self, host: str, port: int, gateway: str) -> None:
         import threading
 
-        import paho.mqtt.client as mqtt
-
         from plant.wire import uplink_topic
+        from tests.mqtt_peer import MqttPeer
 
         self.keys: set[tuple[object, ...]] = set()
         self.values: dict[tuple[object, ...], object] = {}
@@ -85,16 +87,13 @@ class AckResponder:
         self.reject_first_value = False
         self.gateway = gateway
         self._lock = threading.Lock()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"resp-{gateway}")
-        self._client.on_message = self._on_message
-        self._client.connect(host, port)
-        self._client.subscribe(uplink_topic(gateway), qos=1)
-        self._client.loop_start()
+        self._peer = MqttPeer(host, port, [uplink_topic(gateway)], client_id=f"resp-{gateway}",
+                              on_message=self._on_message)
 
-    def _on_message(self, client: object, _u: object, msg: object) -> None:
+    def _on_message(self, message: Message) -> None:
         from plant.wire import Ack, Rejection, ack_topic, decode_batch, decode_report, now_us
 
-        batch = decode_batch(msg.payload)  # type: ignore[attr-defined]
+        batch = decode_batch(message.payload)
         with self._lock:
             self.batches += 1
             self.reports.extend(decode_report(c) for c in batch.commands)
@@ -126,15 +125,15 @@ class AckResponder:
                 )
         if "commands" in batch.model_fields_set:  # as the platform does: its clock for the agent's offset
             ack = ack.model_copy(update={"at": now_us()})
-        self._client.publish(ack_topic(batch.gateway), ack.model_dump_json(), qos=1)
+        # not waiting for the PUBACK: some tests give the agent 0.5 s for an ack
+        self._peer.publish(ack_topic(batch.gateway), ack.model_dump_json(), acked=False)
 
     def value_keys(self) -> set[tuple[object, ...]]:
         with self._lock:
             return {k for k in self.keys if k[0] == "v"}
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._peer.close()
 
 
 @pytest.fixture

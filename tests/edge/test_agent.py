@@ -11,13 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 import structlog
 
 from edge_agent.agent import Agent
 from edge_agent.errors import ConfigError
 from tests.edge.conftest import SITE_YAML, AckResponder
+from tests.mqtt_peer import MqttPeer
 
 
 def _site_for(prefix: str, host: str, port: int) -> str:
@@ -58,9 +58,7 @@ def test_mqtt_to_platform_end_to_end(
         task = asyncio.create_task(agent.run())
         await asyncio.wait_for(agent.ready.wait(), 10)
         await asyncio.sleep(1.0)  # the connector subscribes
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        pub.connect(host, port)
-        pub.loop_start()
+        pub = MqttPeer(host, port)
         for i in range(20):
             payload = {
                 "ts": time.time(),
@@ -71,11 +69,10 @@ def test_mqtt_to_platform_end_to_end(
                 "r": True,
                 "m": "auto",
             }
-            pub.publish(f"{topic_prefix}/p/1", json.dumps(payload), qos=1).wait_for_publish(5)
+            pub.publish(f"{topic_prefix}/p/1", json.dumps(payload))
             await asyncio.sleep(0.15)
-        pub.publish(f"{topic_prefix}/p/1", b"{broken", qos=1).wait_for_publish(5)
-        pub.loop_stop()
-        pub.disconnect()
+        pub.publish(f"{topic_prefix}/p/1", b"{broken")
+        pub.close()
         loop = asyncio.get_running_loop()
         end = loop.time() + 15
         while len(responder.value_keys()) < 120 and loop.time() < end:  # noqa: ASYNC110 - another thread

@@ -7,9 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.commands import CommandChannel, CommandExecutor, Journal
 from edge_agent.platform_clock import PlatformClock
@@ -19,6 +17,7 @@ from plant.site import Binding, parse_site
 from plant.wire import Command, ack_topic, command_topic, now_us
 from tests.edge.conftest import AckResponder
 from tests.edge.setpoint_plant import SPEED_ON_UA, pump_site
+from tests.mqtt_peer import MqttPeer
 
 UA = 'ua: {kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}'
 
@@ -106,9 +105,5 @@ async def _skewed(tmp_path: Path, broker: tuple[str, int], gateway: str, respond
 
 
 def _send(host: str, port: int, gateway: str, cmd: Command) -> None:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"platform-{cmd.id}-{gateway}")
-    c.connect(host, port)
-    c.loop_start()
-    c.publish(command_topic(gateway), json.dumps(cmd.model_dump()), qos=1).wait_for_publish(10)
-    c.loop_stop()
-    c.disconnect()
+    with MqttPeer(host, port, client_id=f"platform-{cmd.id}-{gateway}") as c:
+        c.publish(command_topic(gateway), json.dumps(cmd.model_dump()))

@@ -7,14 +7,13 @@ import asyncio
 import json
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.commands import CommandExecutor, Journal, Writers
 from plant.site import parse_site
 from plant.wire import Command, now_us
 from tests.edge.setpoint_plant import pump_site
+from tests.mqtt_peer import Message, MqttPeer
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -24,20 +23,16 @@ def _site(host: str, port: int, prefix: str) -> str:
                      f"command_topic: {prefix}/p1/set, command_field: speed}}")
 
 
-def _device(host: str, port: int, prefix: str, answer: bool) -> mqtt.Client:
+def _device(host: str, port: int, prefix: str, answer: bool) -> MqttPeer:
     """A device: takes {"speed": x} on its command topic and, if ``answer``, sends it back as telemetry."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{prefix}")
 
-    def on_message(client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def on_message(message: Message) -> None:
         if answer:
-            speed = json.loads(msg.payload)["speed"]
-            client.publish(f"{prefix}/p1/telemetry", json.dumps({"motor": {"speed": speed}}), qos=1)
+            speed = json.loads(message.payload)["speed"]
+            device.publish(f"{prefix}/p1/telemetry", json.dumps({"motor": {"speed": speed}}))
 
-    c.on_message = on_message
-    c.connect(host, port)
-    c.subscribe(f"{prefix}/p1/set", qos=1)
-    c.loop_start()
-    return c
+    device = MqttPeer(host, port, [f"{prefix}/p1/set"], client_id=f"dev-{prefix}", on_message=on_message)
+    return device
 
 
 @pytest.mark.parametrize("answer", [True, False])
@@ -55,8 +50,7 @@ def test_a_json_device_is_written_and_read_back(tmp_path: Path, mqtt_broker: tup
     try:
         report = asyncio.run(executor.handle(cmd.model_dump_json().encode()))
     finally:
-        device.loop_stop()
-        device.disconnect()
+        device.close()
     assert report is not None
     if answer:
         assert (report.state, report.value) == ("applied", 1450.0)

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.commands import CommandExecutor, Journal, Writers
 from edge_agent.connectors import sparkplug_b_pb2 as pb
@@ -18,6 +16,7 @@ from edge_agent.connectors.sparkplug import REBIRTH_METRIC
 from plant.site import parse_site
 from plant.wire import Command, CommandReport, now_us
 from tests.edge.setpoint_plant import pump_site
+from tests.mqtt_peer import Message, MqttPeer
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -39,11 +38,8 @@ class EdgeNode:
         self.seq = 0
         self.values: dict[str, float | int] = {"Motor/Speed": 0.0, "Stroke": 0}
         self.commands: list[tuple[str, int, str, str]] = []  # topic, qos, metric, value field
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-{group}")
-        self.client.on_message = self._on_message
-        self.client.connect(host, port)
-        self.client.subscribe([(f"spBv1.0/{group}/NCMD/edge1", 0), (f"spBv1.0/{group}/DCMD/edge1/valve", 0)])
-        self.client.loop_start()
+        commands = [f"spBv1.0/{group}/NCMD/edge1", f"spBv1.0/{group}/DCMD/edge1/valve"]
+        self.client = MqttPeer(host, port, commands, client_id=f"edge-{group}", on_message=self._on_message)
 
     def _send(self, kind: str, topic_tail: str, metrics: list[tuple[str, int, float | int]], names: bool) -> None:
         msg = pb.Payload(timestamp=now_us() // 1000, seq=self.seq)
@@ -59,7 +55,7 @@ class EdgeNode:
                 m.datatype, m.double_value = pb.Double, value
         self.client.publish(f"spBv1.0/{self.group}/{kind}/{topic_tail}", msg.SerializeToString(), qos=0)
 
-    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: Message) -> None:
         cmd = pb.Payload.FromString(message.payload)
         for m in cmd.metrics:
             self.commands.append((message.topic, message.qos, m.name, str(m.WhichOneof("value"))))
@@ -77,8 +73,7 @@ class EdgeNode:
                     self._send("DDATA", "edge1/valve", [(m.name, 2, value)], names=False)
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.client.close()
 
 
 @pytest.mark.parametrize("answer", [True, False])

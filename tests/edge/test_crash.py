@@ -8,28 +8,24 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from tests.edge.agent_process import AgentProcess
 from tests.edge.conftest import SITE_YAML, AckResponder
+from tests.mqtt_peer import MqttPeer
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 MESSAGES = 300
 
 
 def _publish(host: str, port: int, prefix: str, started: threading.Event) -> None:
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{prefix}")
-    pub.connect(host, port)
-    pub.loop_start()
-    for i in range(MESSAGES):
-        doc = {"ts": time.time(), "temp": 50.0, "p": 1.0, "hz": 1.0, "c": i, "r": True, "m": "a"}
-        pub.publish(f"{prefix}/p/1", json.dumps(doc), qos=1).wait_for_publish(10)
-        if i == 20:
-            started.set()
-        time.sleep(0.005)
-    pub.loop_stop()
-    pub.disconnect()
+    with MqttPeer(host, port, client_id=f"pub-{prefix}") as pub:
+        for i in range(MESSAGES):
+            doc = {"ts": time.time(), "temp": 50.0, "p": 1.0, "hz": 1.0, "c": i, "r": True, "m": "a"}
+            pub.publish(f"{prefix}/p/1", json.dumps(doc))
+            if i == 20:
+                started.set()
+            time.sleep(0.005)
 
 
 def test_kill_9_loses_nothing_and_duplicates_nothing(

@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
@@ -15,6 +14,7 @@ from edge_agent.agent import Agent
 from edge_agent.outbox import DIAGNOSIS, FRAME, OutboxDB
 from tests.edge.test_agent import _get
 from tests.edge.test_diagnose import FAULTS, site_of
+from tests.mqtt_peer import MqttPeer
 
 FIELDS = {"product_type": "type", "air_temperature": "air_temp_k", "process_temperature": "process_temp_k",
           "rotational_speed": "speed_rpm", "torque": "torque_nm", "tool_wear": "tool_wear_min"}  # fmt: skip
@@ -48,16 +48,12 @@ def test_the_agent_stores_a_diagnosis_per_grid_point(
         assert agent.diagnoser is not None
         assert agent.diagnoser.versions() == {"cnc_mill": {"faults": FAULTS}}
         await asyncio.sleep(1.0)  # the connector subscribes
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        pub.connect(host, port)
-        pub.loop_start()
         start = int(time.time()) - 20
-        for i in range(8):
-            payload = {"ts": (start + i) * 1000, "type": "M", "air_temp_k": 298.0, "process_temp_k": 308.6,
-                       "speed_rpm": 1500, "torque_nm": 40.0, "tool_wear_min": 10 + i}  # fmt: skip
-            pub.publish(f"{topic_prefix}/mill-1", json.dumps(payload), qos=1).wait_for_publish(5)
-        pub.loop_stop()
-        pub.disconnect()
+        with MqttPeer(host, port) as pub:
+            for i in range(8):
+                payload = {"ts": (start + i) * 1000, "type": "M", "air_temp_k": 298.0, "process_temp_k": 308.6,
+                           "speed_rpm": 1500, "torque_nm": 40.0, "tool_wear_min": 10 + i}  # fmt: skip
+                pub.publish(f"{topic_prefix}/mill-1", json.dumps(payload))
         loop = asyncio.get_running_loop()
         end = loop.time() + 10
         while len(agent.diagnoser.latest) < 1 and loop.time() < end:  # noqa: ASYNC110 - polled state

@@ -13,13 +13,12 @@ import tomllib
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from packaging.requirements import Requirement
-from paho.mqtt.enums import CallbackAPIVersion
 
 from plant.wire import decode_batch, uplink_topic
 from tests.edge.edge_install import BLOCKED, NOT_ON_THE_EDGE, ROOT
+from tests.mqtt_peer import MqttPeer
 
 RUNNER = Path(__file__).with_name("edge_install.py")
 
@@ -98,11 +97,8 @@ def test_agent_and_simulator_run_and_diagnose(mqtt_broker: tuple[str, int], topi
     site = example_plant(tmp_path, topic_prefix)
     gateway = f"gw-{uuid.uuid4().hex[:8]}"
     tasks: set[str] = set()
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{topic_prefix}-uplink")
-    sub.on_message = lambda _c, _u, m: tasks.update(d.task for d in decode_batch(m.payload).diagnoses)
-    sub.connect(host, port)
-    sub.subscribe(uplink_topic(gateway), qos=1)
-    sub.loop_start()
+    sub = MqttPeer(host, port, [uplink_topic(gateway)], client_id=f"{topic_prefix}-uplink",
+                   on_message=lambda m: tasks.update(d.task for d in decode_batch(m.payload).diagnoses))
     broker = f"mqtt://{host}:{port}"
     edge = [sys.executable, str(RUNNER)]
     sim = Proc(["simulate", "--site", str(site), "--mqtt-url", broker, "--topic-prefix", topic_prefix,
@@ -117,8 +113,7 @@ def test_agent_and_simulator_run_and_diagnose(mqtt_broker: tuple[str, int], topi
     finally:
         agent.stop()
         sim.stop()
-        sub.disconnect()
-        sub.loop_stop()
+        sub.close()
     output = sim.output() + agent.output()
     assert BLOCKED not in output, output[-3000:]
     assert tasks, f"no diagnosis in the uplink:\n{output[-3000:]}"

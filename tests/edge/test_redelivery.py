@@ -14,27 +14,23 @@ import signal
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from tests.edge.agent_process import AgentProcess, MuteProxy
 from tests.edge.conftest import SITE_YAML, AckResponder
+from tests.mqtt_peer import MqttPeer
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 MESSAGES = 40
 
 
 def _publish(host: str, port: int, prefix: str) -> None:
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{prefix}")
-    pub.connect(host, port)
-    pub.loop_start()
-    for i in range(MESSAGES):
-        # pump-1: no timestamp at all; pump-2: a PLC clock reset to 2000-01-01 (absurd: receive time is used)
-        doc = {"temp": 50.0, "p": 1.0, "hz": 1.0, "c": i, "r": True, "m": "a"}
-        pub.publish(f"{prefix}/p/1", json.dumps(doc), qos=1).wait_for_publish(10)
-        pub.publish(f"{prefix}/p/2", json.dumps({"ts": 946684800 + i, "temp": float(i), "p": 2.0}), qos=1)
-    pub.loop_stop()
-    pub.disconnect()
+    with MqttPeer(host, port, client_id=f"pub-{prefix}") as pub:
+        for i in range(MESSAGES):
+            # pump-1: no timestamp at all; pump-2: a PLC clock reset to 2000-01-01 (absurd: receive time is used)
+            doc = {"temp": 50.0, "p": 1.0, "hz": 1.0, "c": i, "r": True, "m": "a"}
+            pub.publish(f"{prefix}/p/1", json.dumps(doc))
+            pub.publish(f"{prefix}/p/2", json.dumps({"ts": 946684800 + i, "temp": float(i), "p": 2.0}))
 
 
 def test_kill_9_between_commit_and_puback_stores_receive_time_values_once(
@@ -100,14 +96,10 @@ def test_identical_payloads_without_redelivery_are_all_kept(
     agent = AgentProcess(site, tmp_path / "data", topic_prefix, host, port)
     try:
         agent.wait_for("mqtt_connected")
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{topic_prefix}")
-        pub.connect(host, port)
-        pub.loop_start()
-        for _ in range(5):
-            pub.publish(f"{topic_prefix}/p/2", b'{"temp": 21.5, "p": 1.0}', qos=1).wait_for_publish(10)
-            time.sleep(0.05)  # distinct receive times: distinct keys
-        pub.loop_stop()
-        pub.disconnect()
+        with MqttPeer(host, port, client_id=f"pub-{topic_prefix}") as pub:
+            for _ in range(5):
+                pub.publish(f"{topic_prefix}/p/2", b'{"temp": 21.5, "p": 1.0}')
+                time.sleep(0.05)  # distinct receive times: distinct keys
         deadline = time.monotonic() + 30
         while len(responder.value_keys()) < 10 and time.monotonic() < deadline:
             time.sleep(0.1)

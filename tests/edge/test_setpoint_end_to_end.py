@@ -11,15 +11,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from plant.wire import Command, CommandReport, command_topic, now_us
 from tests.edge.agent_process import AgentProcess
 from tests.edge.conftest import AckResponder
 from tests.edge.connectors.conftest import free_port
 from tests.edge.setpoint_plant import PlcServer, site_text
+from tests.mqtt_peer import MqttPeer
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
@@ -40,12 +39,8 @@ def _send(host: str, port: int, gateway: str, value: float, cid: str, expires_in
     now = now_us()
     cmd = Command(id=cid, gateway=gateway, node="p1", prop="speed", value=value, issued=now,
                   expires=now + int(expires_in_s * 1e6))
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cmd-{cid}")
-    c.connect(host, port)
-    c.loop_start()
-    c.publish(command_topic(gateway), cmd.model_dump_json(), qos=1).wait_for_publish(10)
-    c.loop_stop()
-    c.disconnect()
+    with MqttPeer(host, port, client_id=f"cmd-{cid}") as c:
+        c.publish(command_topic(gateway), cmd.model_dump_json())
 
 
 def _report(responder: AckResponder, cid: str, timeout: float = 30.0) -> CommandReport:

@@ -7,15 +7,14 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.outbox import Outbox
 from edge_agent.platform_link import PlatformLink
 from edge_agent.uplink import Uplink
 from plant.mqtt import BrokerUrl
 from plant.wire import Value, ack_topic
+from tests.mqtt_peer import forget_sessions
 from tests.twin.store_helpers import NOW, history_count, make_store
 from twin.budget import GatewayBudget
 from twin.ingest import BrokerAddress, Ingestor
@@ -70,7 +69,5 @@ def test_agent_honours_over_budget_and_loses_nothing(
         assert ingest.budget.refused_batches()[gateway] == up.stats.over_budget
     finally:
         ingest.stop()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{topic_prefix}-ingest", clean_session=True)
-        c.connect(*mqtt_broker)
-        c.disconnect()
+        forget_sessions(*mqtt_broker, [f"{topic_prefix}-ingest"])
         store.engine.dispose()

@@ -1,12 +1,14 @@
 """plant/ is what both sides share: the contract modules import nothing of ours and no platform or edge library;
-plant/mqtt/, the one MQTT client, adds paho and nothing else."""
+plant/mqtt/, the one MQTT client, adds paho and nothing else; the command line's modules reach MQTT through it."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
+import factory_twin
 import plant
 
 FORBIDDEN = ("twin", "edge_agent", "models", "factory_twin", "fastapi", "starlette", "sqlalchemy", "httpx", "paho")
@@ -29,3 +31,21 @@ def test_the_mqtt_client_adds_only_paho() -> None:
     modules = sorted(f"plant.mqtt.{p.stem}" for p in (Path(plant.__file__).parent / "mqtt").glob("*.py"))
     assert len(modules) > 3
     assert _imported(modules, tuple(f for f in FORBIDDEN if f != "paho")) == "[]"
+
+
+def _imports(path: Path) -> set[str]:
+    """The top-level packages a module's source imports (at any depth of its code)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_command_line_speaks_mqtt_through_plant_mqtt_only() -> None:
+    root = Path(factory_twin.__file__).parent
+    modules = [p for p in sorted(root.rglob("*.py")) if p != root / "logs.py"]  # logs.py names paho's logger
+    assert len(modules) > 20
+    assert [str(p.relative_to(root)) for p in modules if "paho" in _imports(p)] == []

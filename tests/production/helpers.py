@@ -17,11 +17,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import text
 
 from migrations import run
+from plant.errors import MqttError
+from plant.mqtt import Backoff, MqttOptions, ThreadedClient
 from plant.site import Site
 from plant.wire import UplinkBatch, Value, ack_topic, decode_ack, uplink_topic
 from tests.twin.store_helpers import SITE_YAML, site
@@ -145,19 +145,13 @@ class Sender:
         self.failed_acks = 0
         self.acks = 0
         self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sender-{uuid.uuid4().hex[:10]}")
-        self.client.max_inflight_messages_set(100)
-        self.client.reconnect_delay_set(0.2, 2)
-        self.client.on_connect = lambda c, *_a: c.subscribe(ack_topic(gateway, root), qos=1)
-        self.client.on_subscribe = lambda *_a: self._subscribed.set()
-        self.client.on_message = self._on_ack
-        self.client.connect(host, port)
-        self.client.loop_start()
-        assert self._subscribed.wait(10), "sender could not subscribe to its ack topic"
+        options = MqttOptions(host, port, f"sender-{uuid.uuid4().hex[:10]}", protocol="3.1.1", persistent=False,
+                              max_inflight=100)
+        self.client = ThreadedClient(options, [ack_topic(gateway, root)], self._on_ack, Backoff(0.2, 2.0), "sender")
+        assert self.client.start().wait_connected(10), "sender could not subscribe to its ack topic"
 
-    def _on_ack(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        ack = decode_ack(msg.payload)
+    def _on_ack(self, _topic: str, payload: bytes, _qos: int) -> None:
+        ack = decode_ack(payload)
         with self._lock:
             self.acks += 1
             if ack.stored:
@@ -166,8 +160,9 @@ class Sender:
                 self.failed_acks += 1
 
     def publish(self, batch: UplinkBatch) -> None:
-        """Publish one batch (QoS 1; queued by paho while the broker is away)."""
-        self.client.publish(uplink_topic(self.gateway, self.root), batch.model_dump_json(), qos=1)
+        """Publish one batch (QoS 1); while the broker is away it is not sent: ``deliver`` sends it again."""
+        with contextlib.suppress(MqttError):
+            self.client.publish(uplink_topic(self.gateway, self.root), batch.model_dump_json().encode(), qos=1)
 
     def deliver(self, batches: list[UplinkBatch], timeout: float = 60.0, resend_after: float = 4.0,
                 pace: float = 0.0) -> None:
@@ -192,20 +187,7 @@ class Sender:
 
     def close(self) -> None:
         """Disconnect."""
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def forget_sessions(host: str, port: int, client_ids: list[str]) -> None:
-    """Drop the persistent sessions these client ids left in the broker."""
-    for cid in client_ids:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True)
-        with contextlib.suppress(OSError):
-            c.connect(host, port, 5)
-            c.loop_start()
-            time.sleep(0.1)
-            c.disconnect()
-            c.loop_stop()
+        self.client.stop()
 
 
 def history_rows(url: str) -> tuple[int, int]:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from plant.wire import UplinkBatch, Value, now_us
+from tests.mqtt_peer import forget_sessions
 from twin.db import make_engine
 
 from .helpers import (
@@ -26,7 +27,6 @@ from .helpers import (
     Sender,
     alert_active,
     alert_counts,
-    forget_sessions,
     free_port,
     make_batches,
     prepare,

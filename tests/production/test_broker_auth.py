@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+# paho on purpose: a foreign client's view of the broker's refusals (CONNACK, SUBACK, dropped publishes)
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from factory_twin.cli import cli
 from plant.wire import decode_batch, uplink_topic
+from tests.mqtt_peer import MqttPeer
 
 from .helpers import ROOT, Proc, example_plant, free_port
 
@@ -274,11 +273,8 @@ def test_agent_and_simulator_commands_as_processes(mqtt_broker: tuple[str, int],
     site = example_plant(tmp_path, topic_prefix)
     gateway = f"gw-{uuid.uuid4().hex[:8]}"
     got: list[int] = []
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{topic_prefix}-uplink")
-    sub.on_message = lambda _c, _u, m: got.append(len(decode_batch(m.payload).values))
-    sub.connect(host, port)
-    sub.subscribe(uplink_topic(gateway), qos=1)
-    sub.loop_start()
+    sub = MqttPeer(host, port, [uplink_topic(gateway)], client_id=f"{topic_prefix}-uplink",
+                   on_message=lambda m: got.append(len(decode_batch(m.payload).values)))
     broker = f"mqtt://{host}:{port}"
     sim = Proc(["simulate", "--site", str(site), "--mqtt-url", broker, "--topic-prefix", topic_prefix,
                 "--for", "40"], {}, tmp_path / "sim.log")
@@ -293,5 +289,4 @@ def test_agent_and_simulator_commands_as_processes(mqtt_broker: tuple[str, int],
     finally:
         agent.stop()
         sim.stop()
-        sub.disconnect()
-        sub.loop_stop()
+        sub.close()

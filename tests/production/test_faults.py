@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from plant.wire import UplinkBatch, now_us
+from tests.mqtt_peer import forget_sessions
 from twin.config import TwinSettings
 from twin.db import make_engine
 from twin.ingest import BrokerAddress, Ingestor
@@ -22,7 +23,6 @@ from twin.store import TwinStore
 from .helpers import (
     SEC,
     Sender,
-    forget_sessions,
     history_rows,
     latest_ts,
     make_batches,

@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 from plant.wire import now_us
+from tests.mqtt_peer import forget_sessions
 
 from .helpers import (
     SEC,
     Proc,
     Sender,
-    forget_sessions,
     free_port,
     history_rows,
     latest_ts,

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from factory_twin.simulator import examples
 from factory_twin.simulator.datasets import CNC_MILL
@@ -22,6 +19,8 @@ from factory_twin.simulator.faults import parse_fault
 from factory_twin.simulator.mqtt_publisher import MqttPublisher, parse_broker_url
 from factory_twin.simulator.run import SimulatorConfig, SimulatorStats, run_simulator
 from plant.site import Site, parse_site
+from tests.edge.connectors.test_mqtt import cuttable_proxy
+from tests.mqtt_peer import MqttPeer
 
 pytestmark = pytest.mark.mosquitto
 
@@ -42,37 +41,18 @@ PUMP = "plant/utilities/pump-1/sensors"
 MILL_KEYS = {"type", "air_temp_k", "process_temp_k", "speed_rpm", "torque_nm", "tool_wear_min", "ts"}
 PUMP_KEYS = {"vib", "motor", "pressure_bar", "fluid_temperature", "flow_l_min", "ts"}
 
-Received = queue.Queue[tuple[str, dict[str, Any], int]]
+Received = list[tuple[str, dict[str, Any], int]]
 
 
 @contextmanager
-def subscriber(host: str, port: int, prefix: str) -> Iterator[Received]:
-    """A plain paho client subscribed to everything under ``prefix``, at QoS 1."""
-    got: Received = queue.Queue()
-    subscribed = queue.Queue[bool]()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
-    client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
-    client.on_subscribe = lambda *_: subscribed.put(True)
-    client.on_message = lambda _c, _u, msg: got.put((msg.topic, json.loads(msg.payload), msg.qos))
-    client.connect(host, port)
-    client.loop_start()
-    try:
-        subscribed.get(timeout=5)
-        yield got
-    finally:
-        client.disconnect()
-        client.loop_stop()
+def subscriber(host: str, port: int, prefix: str) -> Iterator[MqttPeer]:
+    """A plain client subscribed to everything under ``prefix``, at QoS 1."""
+    with MqttPeer(host, port, [f"{prefix}/#"]) as peer:
+        yield peer
 
 
-def drain(got: Received, expected: int, timeout_s: float = 5.0) -> list[tuple[str, dict[str, Any], int]]:
-    out: list[tuple[str, dict[str, Any], int]] = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < expected and time.monotonic() < deadline:
-        try:
-            out.append(got.get(timeout=0.1))
-        except queue.Empty:
-            continue
-    return out
+def drain(peer: MqttPeer, expected: int, timeout_s: float = 5.0) -> Received:
+    return [(m.topic, json.loads(m.payload), m.qos) for m in peer.drain(expected, timeout_s)]
 
 
 def mqtt_config(broker: tuple[str, int], prefix: str, **kw: Any) -> SimulatorConfig:
@@ -170,6 +150,28 @@ def test_publisher_prefix_and_counts(mqtt_broker: tuple[str, int], topic_prefix:
         messages = drain(got, 50)
     assert pub.status() == {"sent": 50, "acked": 50, "dropped": 0, "pending": 0}
     assert [p["i"] for _, p, _ in messages] == list(range(50))
+
+
+def test_publisher_keeps_messages_while_the_broker_is_away(mqtt_broker: tuple[str, int], topic_prefix: str) -> None:
+    async def scenario() -> MqttPublisher:
+        async with cuttable_proxy(*mqtt_broker) as (port, cut):
+            async with MqttPublisher(f"mqtt://127.0.0.1:{port}", topic_prefix=topic_prefix, max_queued=8) as pub:
+                for i in range(3):
+                    assert await pub.publish("a", {"i": i})
+                assert await pub.flush(5.0)
+                cut()  # a network loss: the next messages wait for the reconnect
+                await asyncio.sleep(0.1)
+                results = [await pub.publish("a", {"i": i}) for i in range(3, 13)]
+                assert results == [True] * 8 + [False] * 2  # kept up to max_queued, then dropped
+                assert await pub.flush(10.0)
+            await asyncio.sleep(0.2)  # the proxy's pipes see the DISCONNECT through and close
+            return pub
+
+    with subscriber(*mqtt_broker, topic_prefix) as got:
+        pub = asyncio.run(scenario())
+        messages = drain(got, 11)
+    assert pub.status() == {"sent": 11, "acked": 11, "dropped": 2, "pending": 0}
+    assert sorted({p["i"] for _, p, _ in messages}) == list(range(11))  # in order per connection, none lost
 
 
 def test_payload_that_is_not_json(mqtt_broker: tuple[str, int], topic_prefix: str) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.mqtt_peer import forget_sessions
 from twin.budget import GatewayBudget
 from twin.ingest import BrokerAddress, Ingestor
 from twin.metrics import IngestCollector, registry_of
@@ -106,9 +105,7 @@ def test_over_budget_batches_are_refused_whole_and_others_still_land(
         flood.close()
         calm.close()
         ingest.stop()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{root}-ingest", clean_session=True)
-        c.connect(*mqtt_broker)
-        c.disconnect()
+        forget_sessions(*mqtt_broker, [f"{root}-ingest"])
 
 
 def test_settings_give_every_ingestor_a_budget(store: TwinStore) -> None:

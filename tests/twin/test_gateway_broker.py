@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+# paho on purpose: a foreign client's view of the broker's refusals (CONNACK, SUBACK codes, dropped publishes)
 import paho.mqtt.client as mqtt
 import pytest
 from click.testing import CliRunner

@@ -9,10 +9,10 @@ import queue
 import time
 from collections.abc import Iterator
 
-import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import select, text
 
+from tests.mqtt_peer import forget_sessions
 from twin.errors import BrokerError
 from twin.ingest import BrokerAddress, Ingestor
 from twin.store import ApplyResult, TwinStore
@@ -22,12 +22,6 @@ from .store_helpers import NOW, batch, history_count, make_store, prop, value
 from .uplink_client import GW, UplinkClient
 
 pytestmark = pytest.mark.mosquitto
-
-
-def _forget_session(host: str, port: int, client_id: str) -> None:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    c.connect(host, port)
-    c.disconnect()
 
 
 @pytest.fixture
@@ -51,7 +45,7 @@ def ingest(store: TwinStore, broker: BrokerAddress, root: str) -> Iterator[Inges
     ing = _ingestor(store, broker, root).start()
     yield ing
     ing.stop()
-    _forget_session(broker.host, broker.port, f"{root}-ingest")
+    forget_sessions(broker.host, broker.port, [f"{root}-ingest"])
 
 
 def test_batch_is_stored_then_acknowledged(ingest: Ingestor, uplink: UplinkClient, store: TwinStore) -> None:
@@ -128,7 +122,7 @@ def test_batches_sent_while_stopped_arrive_after_restart(
         finally:
             second.stop()
     finally:
-        _forget_session(broker.host, broker.port, f"{root}-ingest")
+        forget_sessions(broker.host, broker.port, [f"{root}-ingest"])
     assert prop(store.engine, "p1", "temp").value_num == 9.0
 
 

@@ -3,22 +3,20 @@ stored, audited and published once to its own gateway's command topic; finished 
 
 from __future__ import annotations
 
-import queue
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, select
 
 from plant.site import parse_site
 from plant.wire import CommandReport, decode_command, now_us
 from tests.conftest import module_app, reset_app
+from tests.mqtt_peer import MqttPeer
 from twin import commands
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
@@ -223,29 +221,19 @@ class _Connected:
         self.sent.append((topic, payload))
 
 
-def _subscriber(host: str, port: int, topic: str) -> tuple[mqtt.Client, queue.Queue[mqtt.MQTTMessage]]:
-    got: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
-    c.on_message = lambda _c, _u, m: got.put(m)
-    c.connect(host, port)
-    c.subscribe(topic, qos=1)
-    c.loop_start()
-    return c, got
-
-
 def test_dispatch_publishes_once_on_the_owning_gateway_topic_and_never_resends_finished(
     api: Api, mqtt_broker: tuple[str, int]
 ) -> None:
     root = f"t-{uuid.uuid4().hex[:8]}/v1"
     host, port = mqtt_broker
-    sub, got = _subscriber(host, port, f"{root}/#")
+    sub = MqttPeer(host, port, [f"{root}/#"])
     dispatcher = commands.CommandDispatcher.connect(api.engine, host, port, None, None,
                                                     f"d-{uuid.uuid4().hex[:8]}", root)
     try:
         _wait(lambda: dispatcher.client.is_connected())
         cid = api.desired("p1", "speed", {"value": 50}).json()["id"]
         assert dispatcher.cycle() == 1
-        msg = got.get(timeout=5)
+        msg = sub.get(timeout=5)
         assert msg.topic == f"{root}/gw1/cmd/setpoint"
         assert msg.qos == 1
         cmd = decode_command(msg.payload)
@@ -265,12 +253,11 @@ def test_dispatch_publishes_once_on_the_owning_gateway_topic_and_never_resends_f
         # a restarted platform (a new dispatcher), much later: a finished command is not sent again
         again = commands.CommandDispatcher(api.engine, dispatcher.client, root)
         assert again.cycle(now=now_us() + 10_000_000) == 0
-        assert got.empty()
+        assert sub.messages.empty()
         assert api.audit("setpoint.applied")[0].actor == "gateway:gw1"
     finally:
         dispatcher.stop()
-        sub.loop_stop()
-        sub.disconnect()
+        sub.close()
 
 
 def test_a_command_pending_while_the_broker_is_down_expires_unsent(api: Api) -> None:

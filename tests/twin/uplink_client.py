@@ -25,7 +25,8 @@ class UplinkClient:
         self.root, self.gateway = root, gateway
         self.acks: queue.Queue[Ack] = queue.Queue()
         options = MqttOptions(host, port, f"{root}-{gateway}", protocol="3.1.1", persistent=False)
-        self.client = ThreadedClient(options, [ack_topic(gateway, root)], lambda _t, p: self.acks.put(decode_ack(p)))
+        on_ack = self.acks.put
+        self.client = ThreadedClient(options, [ack_topic(gateway, root)], lambda _t, p, _q: on_ack(decode_ack(p)))
         assert self.client.start().wait_connected(5), "the test broker did not take the uplink client"
 
     def send(self, payload: UplinkBatch | bytes | str, gateway: str | None = None) -> None:

@@ -8,13 +8,12 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.connectors.factory import build_connectors
 from edge_agent.connectors.mqtt import MqttConnector
 from plant.site import Site
+from tests.mqtt_peer import MqttPeer
 
 from .conftest import Collector, free_port, running
 
@@ -65,16 +64,8 @@ def connector(site: Site, **settings: Any) -> MqttConnector:
 
 @pytest.fixture
 def publisher(mqtt_broker: tuple[str, int]) -> Iterator[Any]:
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-    client.connect(*mqtt_broker)
-    client.loop_start()
-
-    def publish(topic: str, payload: bytes | str, qos: int = 1) -> None:
-        client.publish(topic, payload, qos=qos).wait_for_publish(5)
-
-    yield publish
-    client.loop_stop()
-    client.disconnect()
+    with MqttPeer(*mqtt_broker) as peer:
+        yield peer.publish
 
 
 @pytest.fixture

@@ -7,22 +7,20 @@ import datetime as dt
 import ipaddress
 import shutil
 import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.connectors.factory import build_connectors
 from edge_agent.connectors.mqtt import MqttConnector
+from tests.mqtt_peer import MqttPeer
 
 from .conftest import Collector, free_port, running
 from .test_mqtt import mqtt_site
@@ -111,14 +109,8 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
 
 
 def _publish(port: int, ca_file: Path, topic: str, payload: bytes) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
-    client.username_pw_set("agent", "pa55")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    client.publish(topic, payload, qos=1).wait_for_publish(5)
-    client.loop_stop()
-    client.disconnect()
+    with MqttPeer("127.0.0.1", port, username="agent", password="pa55", ca_file=str(ca_file)) as client:
+        client.publish(topic, payload)
 
 
 def test_tls_with_username_and_password(tls_broker: tuple[int, Path]) -> None:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.connectors import sparkplug_b_pb2 as pb
 from edge_agent.connectors.factory import build_connectors
@@ -19,6 +16,7 @@ from edge_agent.connectors.mqtt import MqttConnector
 from edge_agent.connectors.sparkplug import REBIRTH_METRIC, SparkplugDecoder, SparkplugField
 from plant.site import Site
 from plant.wire import Quality
+from tests.mqtt_peer import MqttPeer
 
 from .conftest import Collector, running
 
@@ -199,16 +197,12 @@ def test_against_the_broker_birth_data_gap_rebirth_death(
             ],
         }
     )
-    edge = paho.Client(CallbackAPIVersion.VERSION2)
     commands: list[str] = []
-    edge.on_message = lambda c, u, m: commands.append(m.topic)
-    edge.connect(*mqtt_broker)
-    edge.loop_start()
-    edge.subscribe(f"spBv1.0/{group}/NCMD/e1", qos=1)
-    time.sleep(0.3)  # let the SUBACK arrive before the agent's first rebirth request
+    # subscribed (SUBACK read) before the agent's first rebirth request
+    edge = MqttPeer(*mqtt_broker, [f"spBv1.0/{group}/NCMD/e1"], on_message=lambda m: commands.append(m.topic))
 
     def pub(kind: str, body: bytes) -> None:
-        edge.publish(f"spBv1.0/{group}/{kind}/e1", body, qos=0).wait_for_publish(5)
+        edge.publish(f"spBv1.0/{group}/{kind}/e1", body, qos=0)
 
     async def main() -> None:
         (conn,) = build_connectors(site, type("S", (), {"sparkplug_rebirth_interval_s": 0.1}))
@@ -230,7 +224,6 @@ def test_against_the_broker_birth_data_gap_rebirth_death(
     try:
         asyncio.run(main())
     finally:
-        edge.loop_stop()
-        edge.disconnect()
+        edge.close()
     assert json.dumps(commands)  # all on the NCMD topic
     assert set(commands) == {f"spBv1.0/{group}/NCMD/e1"}
