@@ -17,15 +17,13 @@ from pathlib import Path
 import click
 import structlog
 
-from factory_twin.cli.database import cli_actor, database_options, open_session
+from factory_twin.cli.database import commit_change, database_options, open_session
 from factory_twin.cli.users import sites_option
 from factory_twin.logs import configure_logging
 from plant.wire import from_us, now_us
-from twin import audit, auth, scopes
+from twin import auth, scopes
 from twin.auth import PERSON_ROLES, Role
 from twin.tables import ApiKey
-
-_LOCAL = "local"
 
 
 @click.group()
@@ -60,8 +58,7 @@ def create(role: str, name: str, expires_in_days: float | None, owner: str | Non
             users.get_user(session, owner)
         key = auth.create_key(session, Role(role), name, owner=owner, expires_at=expires, sites=sites, commit=False)
         row = auth.get_key(session, key)
-        audit.record(session, cli_actor(), "key.create", f"key:{row.prefix}", after=_fields(row), address=_LOCAL)
-        session.commit()
+        commit_change(session, "key.create", f"key:{row.prefix}", after=_fields(row))
     click.echo(key)
     until = "" if expires is None else f", valid until {from_us(expires).isoformat(timespec='minutes')}"
     click.echo(f"created {role} key {key[:16]}{until}; store it now, it cannot be shown again", err=True)
@@ -102,9 +99,7 @@ def revoke(prefix: str, data_dir: Path, database_url: str | None) -> None:
         auth.revoke_key(session, prefix, commit=False)
         if row.role == Role.ADMIN.value:
             users.keep_an_admin(session, f"the key {row.prefix} cannot be revoked")
-        audit.record(session, cli_actor(), "key.revoke", f"key:{row.prefix}", before=before, after=_fields(row),
-                     address=_LOCAL)
-        session.commit()
+        commit_change(session, "key.revoke", f"key:{row.prefix}", before=before, after=_fields(row))
     click.echo(f"revoked {row.prefix} ({row.role}{', ' + row.name if row.name else ''})")
 
 
@@ -118,9 +113,8 @@ def rotate(prefix: str, grace_hours: float, data_dir: Path, database_url: str | 
     with open_session(data_dir, database_url) as session:
         before = _fields(auth.get_key(session, prefix))
         key, new, old = auth.rotate_key(session, prefix, grace_hours * 3600)
-        audit.record(session, cli_actor(), "key.rotate", f"key:{old.prefix}", before=before,
-                     after={**_fields(old), "new_key": _fields(new)}, address=_LOCAL)
-        session.commit()
+        commit_change(session, "key.rotate", f"key:{old.prefix}", before=before,
+                      after={**_fields(old), "new_key": _fields(new)})
     click.echo(key)
     assert old.expires_at is not None
     click.echo(f"{new.prefix} replaces {old.prefix}, which works until "
