@@ -11,13 +11,13 @@ Every change is in the audit trail, as made by ``cli (<login name>)`` from ``loc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 import structlog
 
 from factory_twin.cli.database import commit_change, database_options, open_session
+from factory_twin.cli.listing import Listed, echo_rows
 from factory_twin.cli.users import sites_option
 from factory_twin.logs import configure_logging
 from plant.wire import from_us, now_us
@@ -71,19 +71,17 @@ def list_(as_json: bool, data_dir: Path, database_url: str | None) -> None:
     """List keys (prefix, role, state, created, last used, expiry, owner, name); never the keys themselves."""
     with open_session(data_dir, database_url) as session:
         rows = auth.list_keys(session)
-    for row in rows:
-        f = _fields(row)
-        if as_json:
-            click.echo(json.dumps(f))
-        else:
-            used = f["last_used_at"] or "never"
-            expires = f" expires {f['expires_at']}" if f["expires_at"] else ""
-            owner = f" user {row.owner}" if row.owner else ""
-            sites = f" sites {f['sites']}" if row.sites is not None else ""
-            click.echo(f"{row.prefix}  {row.role:<10}  {f['state']:<7}  {f['created_at']}  used {used}"
-                       f"{expires}{owner}{sites}  {row.name}")
-    if not rows and not as_json:
-        click.echo("no keys yet: `factory-twin keys create --role admin`", err=True)
+    echo_rows([_listed(row) for row in rows], as_json, "no keys yet: `factory-twin keys create --role admin`")
+
+
+def _listed(row: ApiKey) -> Listed:
+    f = _fields(row)
+    used = f["last_used_at"] or "never"
+    expires = f" expires {f['expires_at']}" if f["expires_at"] else ""
+    owner = f" user {row.owner}" if row.owner else ""
+    sites = f" sites {f['sites']}" if row.sites is not None else ""
+    return f, (f"{row.prefix}  {row.role:<10}  {f['state']:<7}  {f['created_at']}  used {used}"
+               f"{expires}{owner}{sites}  {row.name}")
 
 
 @keys.command()

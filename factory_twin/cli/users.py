@@ -14,7 +14,6 @@ The last active admin cannot be demoted, disabled or removed. Every change is in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,12 +21,14 @@ import click
 import structlog
 
 from factory_twin.cli.database import commit_change, database_options, open_session, read_password
+from factory_twin.cli.listing import Listed, echo_rows
 from factory_twin.logs import configure_logging
 from plant.wire import from_us
 from twin import scopes
 from twin import users as accounts
 from twin.auth import PERSON_ROLES, Role
 from twin.errors import InvalidRequest
+from twin.tables import User
 
 _ROLE = click.Choice([r.value for r in PERSON_ROLES])
 
@@ -83,16 +84,15 @@ def list_(as_json: bool, data_dir: Path, database_url: str | None) -> None:
     """List users: name, role, state, created, sessions."""
     with open_session(data_dir, database_url) as session:
         rows = [(u, len(accounts.live_sessions(session, u.username))) for u in accounts.list_users(session)]
-    for user, sessions in rows:
-        fields = {**accounts.snapshot(user), "created_at": from_us(user.created_at).isoformat(), "sessions": sessions}
-        if as_json:
-            click.echo(json.dumps(fields))
-        else:
-            state = "disabled" if user.disabled else "active"
-            click.echo(f"{user.username:<20}  {user.role:<10}  {state:<8}  {fields['created_at']}  "
-                       f"sessions {sessions}  sites {scopes.describe(user.sites)}")
-    if not rows and not as_json:
-        click.echo("no users yet: `factory-twin users create NAME --role admin`", err=True)
+    listed = [_listed(user, sessions) for user, sessions in rows]
+    echo_rows(listed, as_json, "no users yet: `factory-twin users create NAME --role admin`")
+
+
+def _listed(user: User, sessions: int) -> Listed:
+    fields = {**accounts.snapshot(user), "created_at": from_us(user.created_at).isoformat(), "sessions": sessions}
+    state = "disabled" if user.disabled else "active"
+    return fields, (f"{user.username:<20}  {user.role:<10}  {state:<8}  {fields['created_at']}  "
+                    f"sessions {sessions}  sites {scopes.describe(user.sites)}")
 
 
 def _change(data_dir: Path, database_url: str | None, username: str, action: str, apply: str,
