@@ -129,16 +129,7 @@ async def run(port: int, data_dir: Path, outage_s: float, gateway: str) -> dict[
     link = PlatformLink(
         BrokerUrl("127.0.0.1", port, False), s.client_id, [ack_topic(gateway)], lambda _t, _p: None
     )
-    up = Uplink(
-        box,
-        link,
-        gateway,
-        batch_size=s.uplink_batch_size,
-        interval_s=s.uplink_interval_s,
-        max_inflight=s.uplink_max_inflight,
-        ack_timeout_s=s.ack_timeout_s,
-        live_share=s.uplink_live_share,
-    )
+    up = Uplink.from_settings(box, link, s)
     link.on_message = up.on_message
     await link.start()
     await asyncio.wait_for(link.connected.wait(), 10)

@@ -38,17 +38,14 @@ from asyncua import Client, ua
 from fastapi.testclient import TestClient
 
 from benchmarks._mosquitto import free_port, private_mosquitto
-from plant.site import parse_site
 from plant.wire import command_topic
-from tests.edge.setpoint_plant import PlcServer, site_text
+from tests.edge.setpoint_plant import PlcServer, plant_twin
 from twin.api import create_app
-from twin.auth import Role, create_key
 from twin.commands import CommandDispatcher, to_wire
 from twin.config import TwinSettings
-from twin.db import make_engine, make_sessionmaker
+from twin.db import make_sessionmaker
 from twin.ingest import BrokerAddress, Ingestor
-from twin.store import TwinStore
-from twin.tables import Base, SetpointCommand
+from twin.tables import SetpointCommand
 
 GATEWAY = "bench-gw"
 TARGET_P99_MS = 500.0
@@ -87,16 +84,10 @@ def _wait_state(sessions: Any, cid: str, timeout: float = 10.0) -> SetpointComma
 def run(commands: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="setpoint-bench-"))
     with PlcServer(free_port()) as plc, private_mosquitto() as mport:
-        site_file = tmp / "site.yaml"
-        site_file.write_text(site_text(plc, GATEWAY))
-        engine = make_engine(f"sqlite:///{tmp / 'twin.db'}")
-        Base.metadata.create_all(engine)
-        store = TwinStore(engine)
-        store.sync_site(parse_site(site_file.read_text()))
+        twin = plant_twin(plc, GATEWAY, tmp, "bench")
+        site_file, engine, key = twin.site_file, twin.engine, twin.key
         sessions = make_sessionmaker(engine)
-        with sessions() as s:
-            key = create_key(s, Role.TECHNICIAN, "bench")
-        ingestor = Ingestor(store, BrokerAddress("127.0.0.1", mport), client_id="bench-ingest").start()
+        ingestor = Ingestor(twin.store, BrokerAddress("127.0.0.1", mport), client_id="bench-ingest").start()
         dispatcher = CommandDispatcher.connect(engine, "127.0.0.1", mport, None, None, "bench-commands")
         dispatcher.report_grace_us = 300_000  # an unsent expired command ends soon after its expiry
         dispatcher.start()

@@ -166,17 +166,7 @@ class Agent:
                     others.append(tg.create_task(self._guard("model_sync", _bind(self.model_sync.run, diagnoser))))
                 if link is not None:
                     await link.start()
-                    self.uplink = Uplink(
-                        outbox,
-                        link,
-                        s.gateway_id,
-                        batch_size=s.uplink_batch_size,
-                        interval_s=s.uplink_interval_s,
-                        max_inflight=s.uplink_max_inflight,
-                        ack_timeout_s=s.ack_timeout_s,
-                        live_share=s.uplink_live_share,
-                        topic_root=s.topic_root,
-                    )
+                    self.uplink = Uplink.from_settings(outbox, link, s)
                     link.on_message = self.uplink.on_message
                     others.append(tg.create_task(self._guard("uplink", self.uplink.run)))
                     channel = self._command_channel(link, self.uplink)
@@ -365,10 +355,7 @@ class Agent:
             self.outbox.db.budget_bytes = settings.outbox_budget_bytes
             self.outbox.db.policy = settings.drop_policy
         if self.uplink is not None:
-            u = self.uplink
-            u.batch_size, u.interval_s = settings.uplink_batch_size, settings.uplink_interval_s
-            u.max_inflight, u.ack_timeout_s = settings.uplink_max_inflight, settings.ack_timeout_s
-            u.live_share = settings.uplink_live_share
+            self.uplink.configure(settings)
         if self.diagnoser is not None:
             self.diagnoser.update(site, settings)
         if self.model_sync is not None:

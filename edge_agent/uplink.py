@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from edge_agent import metrics
+from edge_agent.config import AgentSettings
 from edge_agent.errors import ConnectorError, OutboxError
 from edge_agent.outbox import KINDS, Chunk, Outbox
 from edge_agent.platform_link import PlatformLink
@@ -127,6 +128,19 @@ class Uplink:
         self.drained = asyncio.Event()  # set while no batch awaits its ack
         self.drained.set()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_settings(cls, outbox: Outbox, link: PlatformLink, settings: AgentSettings) -> Uplink:
+        """The uplink of the gateway ``settings`` describe, with their batch size, pacing, window and timeout."""
+        uplink = cls(outbox, link, settings.gateway_id, topic_root=settings.topic_root)
+        uplink.configure(settings)
+        return uplink
+
+    def configure(self, settings: AgentSettings) -> None:
+        """Take the tunables of ``settings``: at the start, and again on a reload."""
+        self.batch_size, self.interval_s = settings.uplink_batch_size, settings.uplink_interval_s
+        self.max_inflight, self.ack_timeout_s = settings.uplink_max_inflight, settings.ack_timeout_s
+        self.live_share = settings.uplink_live_share
 
     async def run(self) -> None:
         """Send until cancelled (the link must be started)."""

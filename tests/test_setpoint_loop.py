@@ -15,19 +15,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from plant.site import parse_site
 from tests.edge.agent_process import AgentProcess
 from tests.edge.connectors.conftest import free_port
-from tests.edge.setpoint_plant import PlcServer, site_text
+from tests.edge.setpoint_plant import PlcServer, plant_twin
 from twin.api import create_app
-from twin.auth import Role, create_key
 from twin.broker import EmbeddedBroker
 from twin.commands import CommandDispatcher
 from twin.config import TwinSettings
-from twin.db import make_engine, make_sessionmaker
+from twin.db import make_sessionmaker
 from twin.ingest import BrokerAddress, Ingestor
-from twin.store import TwinStore
-from twin.tables import Base, SetpointCommand
+from twin.tables import SetpointCommand
 
 pytestmark = [pytest.mark.slow]
 GATEWAY = "gw-loop"
@@ -73,15 +70,9 @@ def _until(cond: Any, timeout: float = 30.0) -> None:
 def loop(tmp_path: Path) -> Iterator[Loop]:
     broker = EmbeddedBroker(port=0).start()
     with PlcServer(free_port()) as plc:
-        site_file = tmp_path / "site.yaml"
-        site_file.write_text(site_text(plc, GATEWAY))
-        engine = make_engine(f"sqlite:///{tmp_path / 'twin.db'}")
-        Base.metadata.create_all(engine)
-        store = TwinStore(engine)
-        store.sync_site(parse_site(site_file.read_text()))
-        with make_sessionmaker(engine)() as s:
-            key = create_key(s, Role.TECHNICIAN, "tech")
-        ingestor = Ingestor(store, BrokerAddress("127.0.0.1", broker.port), client_id="loop-ingest").start()
+        twin = plant_twin(plc, GATEWAY, tmp_path, "tech")
+        site_file, engine, key = twin.site_file, twin.engine, twin.key
+        ingestor = Ingestor(twin.store, BrokerAddress("127.0.0.1", broker.port), client_id="loop-ingest").start()
         dispatcher = CommandDispatcher.connect(engine, "127.0.0.1", broker.port, None, None, "loop-commands")
         dispatcher.report_grace_us = 2_000_000
         dispatcher.start()

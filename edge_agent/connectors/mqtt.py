@@ -13,7 +13,6 @@ receive-maximum window fills, and the broker holds further messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -22,8 +21,8 @@ from typing import Protocol
 import structlog
 
 from edge_agent.connectors import Sink
+from edge_agent.connectors.reconnect import ReconnectingConnector
 from edge_agent.errors import ConnectorError, SecurityError
-from edge_agent.metrics import CONNECTED, RECONNECTS, VALUES_IN
 from edge_agent.reading import Reading, ReadingBatch
 from plant.errors import MqttAuthError, MqttError
 from plant.mqtt import Backoff, MqttClient, MqttOptions
@@ -51,7 +50,7 @@ class Decoder(Protocol):
         ...
 
 
-class MqttConnector:
+class MqttConnector(ReconnectingConnector):
     """Subscribes to a broker and delivers each message's readings as a batch; reconnects on its own.
 
     Args:
@@ -71,22 +70,14 @@ class MqttConnector:
         queue_size: int = 2000,
         backoff: Backoff | None = None,
     ) -> None:
-        self.source_id = source_id
+        super().__init__("mqtt", source_id, backoff)
         self.options = options
         self.decoder = decoder
         self.queue_size = queue_size
-        self.backoff = backoff or Backoff()
         self._queue: asyncio.Queue[ReadingBatch] = asyncio.Queue()
         self._client: MqttClient | None = None
-        self._connected = False
-        self._last_error = ""
         self._messages = 0
-        self._values = 0
         self._rejected = 0
-        self._reconnects = 0
-        self._m_values = VALUES_IN.labels(source_id)
-        self._m_connected = CONNECTED.labels(source_id)
-        self._m_reconnects = RECONNECTS.labels(source_id)
         self._burst_readings: list[Reading] = []
         self._burst_rejected: list[Rejection] = []
         self._burst_mids: list[int] = []
@@ -106,28 +97,8 @@ class MqttConnector:
             "queued": self._queue.qsize(),
         }
 
-    async def run(self, sink: Sink) -> None:
-        """Connect, subscribe and deliver batches to ``sink`` until cancelled, reconnecting with backoff."""
-        consumer = asyncio.create_task(self._consume(sink), name=f"mqtt-sink-{self.source_id}")
-        try:
-            while True:
-                try:
-                    await self._session()
-                except ConnectorError as exc:
-                    self._last_error = str(exc)
-                    log.warning("mqtt_disconnected", source=self.source_id, error=str(exc))
-                finally:
-                    self._set_connected(False)
-                if consumer.done():
-                    consumer.result()  # the sink failed: let the agent see it
-                delay = self.backoff.next_delay()
-                await asyncio.sleep(delay)
-                self._reconnects += 1
-                self._m_reconnects.inc()
-        finally:
-            consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer
+    def _log_lost(self, exc: ConnectorError) -> None:
+        log.warning("mqtt_disconnected", source=self.source_id, error=str(exc))
 
     async def _connect(self) -> tuple[MqttClient, bool]:
         """Connect, with plant's MQTT errors as the agent's (refused credentials are a SecurityError)."""
@@ -247,10 +218,6 @@ class MqttConnector:
             client = self._client
             if client is not None and queue.qsize() <= low:
                 client.resume_reading()
-
-    def _set_connected(self, up: bool) -> None:
-        self._connected = up
-        self._m_connected.set(1 if up else 0)
 
 
 def _acker(client: MqttClient, mids: list[int]) -> Callable[[], None]:

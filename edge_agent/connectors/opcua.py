@@ -35,8 +35,9 @@ from edge_agent.connectors.opcua_session import (
     to_us,
     translate_error,
 )
+from edge_agent.connectors.reconnect import ReconnectingConnector
 from edge_agent.errors import ConnectorError
-from edge_agent.metrics import BAD_NODES, CONNECTED, RECONNECTS, SIGNAL_MISSING, VALUES_IN
+from edge_agent.metrics import BAD_NODES, SIGNAL_MISSING
 from edge_agent.reading import Reading, ReadingBatch
 from plant.mqtt.backoff import Backoff
 from plant.site import OpcUaBinding, OpcUaSource
@@ -60,7 +61,7 @@ class OpcUaSignal:
     binding: OpcUaBinding
 
 
-class OpcUaConnector:
+class OpcUaConnector(ReconnectingConnector):
     """Subscribes to one OPC-UA server and delivers each publish response as a batch; reconnects on its own.
 
     Args:
@@ -84,12 +85,11 @@ class OpcUaConnector:
         queue_size: int = 2000,
         backoff: Backoff | None = None,
     ) -> None:
-        self.source_id = source_id
+        super().__init__("opcua", source_id, backoff)
         self.source = source
         self.signals = signals
         self.password = password
         self.watchdog_s = watchdog_s
-        self.backoff = backoff or Backoff()
         self._queue: asyncio.Queue[ReadingBatch] = asyncio.Queue(maxsize=queue_size)
         self._node_ids: list[ua.NodeId | None] = []
         self._invalid: dict[int, str] = {}
@@ -106,13 +106,6 @@ class OpcUaConnector:
         self._dead_reason = ""
         self._last_publish = 0.0
         self._silence_s = watchdog_s
-        self._connected = False
-        self._last_error = ""
-        self._values = 0
-        self._reconnects = 0
-        self._m_values = VALUES_IN.labels(source_id)
-        self._m_connected = CONNECTED.labels(source_id)
-        self._m_reconnects = RECONNECTS.labels(source_id)
         self._m_bad = BAD_NODES.labels(source_id)
 
     def status(self) -> dict[str, object]:
@@ -134,30 +127,19 @@ class OpcUaConnector:
         """Connect, subscribe and deliver batches to ``sink`` until cancelled, reconnecting with backoff."""
         now = time.monotonic()
         self._missing = dict.fromkeys(range(len(self.signals)), now)
-        consumer = asyncio.create_task(self._consume(sink), name=f"opcua-sink-{self.source_id}")
         try:
-            while True:
-                try:
-                    await self._session()
-                except ConnectorError as exc:
-                    self._last_error = str(exc)
-                    log.warning("opcua_disconnected", source=self.source_id, error=str(exc))
-                finally:
-                    was_connected = self._connected
-                    self._set_connected(False)
-                    self._all_missing()
-                if was_connected:
-                    await self._deliver_stale()
-                if consumer.done():
-                    consumer.result()  # the sink failed: let the agent see it
-                await asyncio.sleep(self.backoff.next_delay())
-                self._reconnects += 1
-                self._m_reconnects.inc()
+            await super().run(sink)
         finally:
-            consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer
+            self._all_missing()
             self._flush_missing()
+
+    def _log_lost(self, exc: ConnectorError) -> None:
+        log.warning("opcua_disconnected", source=self.source_id, error=str(exc))
+
+    async def _after_loss(self, was_connected: bool) -> None:
+        self._all_missing()
+        if was_connected:
+            await self._deliver_stale()
 
     async def _consume(self, sink: Sink) -> None:
         while True:
@@ -457,7 +439,3 @@ class OpcUaConnector:
         for i, since in self._missing.items():
             self._missing_metric(i).inc(max(0.0, now - since))
             self._missing[i] = now
-
-    def _set_connected(self, up: bool) -> None:
-        self._connected = up
-        self._m_connected.set(1 if up else 0)

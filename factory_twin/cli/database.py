@@ -22,6 +22,7 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from twin import audit
 from twin.db import make_engine, make_sessionmaker
 from twin.errors import TwinError
 from twin.tables import AuditRecord
@@ -83,6 +84,19 @@ def cli_actor() -> str:
         return f"cli ({getpass.getuser()})"
     except (KeyError, OSError):  # no name for this uid (a container)
         return "cli"
+
+
+def commit_change(
+    session: Session,
+    action: str,
+    target: str,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    """Commit a change made on the command line with its audit record (by ``cli_actor()``, from "local")."""
+    audit.record(session, cli_actor(), action, target, before=before, after=after, address="local")
+    session.commit()
 
 
 def read_password(from_stdin: bool, prompt: str = "password") -> str:

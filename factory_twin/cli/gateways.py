@@ -8,10 +8,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from factory_twin.cli.listing import echo_rows
 from factory_twin.logs import configure_logging
 from plant.wire import TOPIC_ROOT, from_us
 from twin import gateways as registry
@@ -104,14 +104,12 @@ def list_(as_json: bool, data_dir: Path | None, database_url: str | None) -> Non
         fields = [{"name": r.name, "active": r.revoked_at is None, "created_at": from_us(r.created_at).isoformat(),
                    "revoked_at": None if r.revoked_at is None else from_us(r.revoked_at).isoformat()}
                   for r in rows]
-    for f in fields:
-        if as_json:
-            click.echo(json.dumps(f))
-        else:
-            state = "active" if f["active"] else f"revoked {f['revoked_at']}"
-            click.echo(f"{f['name']:<24}  added {f['created_at']}  {state}")
-    if not rows and not as_json:
-        click.echo("no gateways yet: `factory-twin gateways add NAME`", err=True)
+    listed = [(f, f"{f['name']:<24}  added {f['created_at']}  {_state(f)}") for f in fields]
+    echo_rows(listed, as_json, "no gateways yet: `factory-twin gateways add NAME`")
+
+
+def _state(fields: Mapping[str, object]) -> str:
+    return "active" if fields["active"] else f"revoked {fields['revoked_at']}"
 
 
 @gateways.command()

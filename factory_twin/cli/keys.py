@@ -11,21 +11,19 @@ Every change is in the audit trail, as made by ``cli (<login name>)`` from ``loc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 import structlog
 
-from factory_twin.cli.database import cli_actor, database_options, open_session
+from factory_twin.cli.database import commit_change, database_options, open_session
+from factory_twin.cli.listing import Listed, echo_rows
 from factory_twin.cli.users import sites_option
 from factory_twin.logs import configure_logging
 from plant.wire import from_us, now_us
-from twin import audit, auth, scopes
+from twin import auth, scopes
 from twin.auth import PERSON_ROLES, Role
 from twin.tables import ApiKey
-
-_LOCAL = "local"
 
 
 @click.group()
@@ -60,8 +58,7 @@ def create(role: str, name: str, expires_in_days: float | None, owner: str | Non
             users.get_user(session, owner)
         key = auth.create_key(session, Role(role), name, owner=owner, expires_at=expires, sites=sites, commit=False)
         row = auth.get_key(session, key)
-        audit.record(session, cli_actor(), "key.create", f"key:{row.prefix}", after=_fields(row), address=_LOCAL)
-        session.commit()
+        commit_change(session, "key.create", f"key:{row.prefix}", after=_fields(row))
     click.echo(key)
     until = "" if expires is None else f", valid until {from_us(expires).isoformat(timespec='minutes')}"
     click.echo(f"created {role} key {key[:16]}{until}; store it now, it cannot be shown again", err=True)
@@ -74,19 +71,17 @@ def list_(as_json: bool, data_dir: Path, database_url: str | None) -> None:
     """List keys (prefix, role, state, created, last used, expiry, owner, name); never the keys themselves."""
     with open_session(data_dir, database_url) as session:
         rows = auth.list_keys(session)
-    for row in rows:
-        f = _fields(row)
-        if as_json:
-            click.echo(json.dumps(f))
-        else:
-            used = f["last_used_at"] or "never"
-            expires = f" expires {f['expires_at']}" if f["expires_at"] else ""
-            owner = f" user {row.owner}" if row.owner else ""
-            sites = f" sites {f['sites']}" if row.sites is not None else ""
-            click.echo(f"{row.prefix}  {row.role:<10}  {f['state']:<7}  {f['created_at']}  used {used}"
-                       f"{expires}{owner}{sites}  {row.name}")
-    if not rows and not as_json:
-        click.echo("no keys yet: `factory-twin keys create --role admin`", err=True)
+    echo_rows([_listed(row) for row in rows], as_json, "no keys yet: `factory-twin keys create --role admin`")
+
+
+def _listed(row: ApiKey) -> Listed:
+    f = _fields(row)
+    used = f["last_used_at"] or "never"
+    expires = f" expires {f['expires_at']}" if f["expires_at"] else ""
+    owner = f" user {row.owner}" if row.owner else ""
+    sites = f" sites {f['sites']}" if row.sites is not None else ""
+    return f, (f"{row.prefix}  {row.role:<10}  {f['state']:<7}  {f['created_at']}  used {used}"
+               f"{expires}{owner}{sites}  {row.name}")
 
 
 @keys.command()
@@ -102,9 +97,7 @@ def revoke(prefix: str, data_dir: Path, database_url: str | None) -> None:
         auth.revoke_key(session, prefix, commit=False)
         if row.role == Role.ADMIN.value:
             users.keep_an_admin(session, f"the key {row.prefix} cannot be revoked")
-        audit.record(session, cli_actor(), "key.revoke", f"key:{row.prefix}", before=before, after=_fields(row),
-                     address=_LOCAL)
-        session.commit()
+        commit_change(session, "key.revoke", f"key:{row.prefix}", before=before, after=_fields(row))
     click.echo(f"revoked {row.prefix} ({row.role}{', ' + row.name if row.name else ''})")
 
 
@@ -118,9 +111,8 @@ def rotate(prefix: str, grace_hours: float, data_dir: Path, database_url: str | 
     with open_session(data_dir, database_url) as session:
         before = _fields(auth.get_key(session, prefix))
         key, new, old = auth.rotate_key(session, prefix, grace_hours * 3600)
-        audit.record(session, cli_actor(), "key.rotate", f"key:{old.prefix}", before=before,
-                     after={**_fields(old), "new_key": _fields(new)}, address=_LOCAL)
-        session.commit()
+        commit_change(session, "key.rotate", f"key:{old.prefix}", before=before,
+                      after={**_fields(old), "new_key": _fields(new)})
     click.echo(key)
     assert old.expires_at is not None
     click.echo(f"{new.prefix} replaces {old.prefix}, which works until "

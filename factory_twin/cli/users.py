@@ -14,22 +14,22 @@ The last active admin cannot be demoted, disabled or removed. Every change is in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 import structlog
 
-from factory_twin.cli.database import cli_actor, database_options, open_session, read_password
+from factory_twin.cli.database import commit_change, database_options, open_session, read_password
+from factory_twin.cli.listing import Listed, echo_rows
 from factory_twin.logs import configure_logging
 from plant.wire import from_us
-from twin import audit, scopes
+from twin import scopes
 from twin import users as accounts
 from twin.auth import PERSON_ROLES, Role
 from twin.errors import InvalidRequest
+from twin.tables import User
 
-_LOCAL = "local"
 _ROLE = click.Choice([r.value for r in PERSON_ROLES])
 
 
@@ -73,9 +73,7 @@ def create(username: str, role: str, password_stdin: bool, sites: list[str] | No
     password = read_password(password_stdin)
     with open_session(data_dir, database_url) as session:
         user = accounts.create_user(session, username, password, Role(role), sites=sites, commit=False)
-        audit.record(session, cli_actor(), "user.create", f"user:{username}", after=accounts.snapshot(user),
-                     address=_LOCAL)
-        session.commit()
+        commit_change(session, "user.create", f"user:{username}", after=accounts.snapshot(user))
     click.echo(f"created {role} user {username}: log in on the dashboard with this name and password", err=True)
 
 
@@ -86,16 +84,15 @@ def list_(as_json: bool, data_dir: Path, database_url: str | None) -> None:
     """List users: name, role, state, created, sessions."""
     with open_session(data_dir, database_url) as session:
         rows = [(u, len(accounts.live_sessions(session, u.username))) for u in accounts.list_users(session)]
-    for user, sessions in rows:
-        fields = {**accounts.snapshot(user), "created_at": from_us(user.created_at).isoformat(), "sessions": sessions}
-        if as_json:
-            click.echo(json.dumps(fields))
-        else:
-            state = "disabled" if user.disabled else "active"
-            click.echo(f"{user.username:<20}  {user.role:<10}  {state:<8}  {fields['created_at']}  "
-                       f"sessions {sessions}  sites {scopes.describe(user.sites)}")
-    if not rows and not as_json:
-        click.echo("no users yet: `factory-twin users create NAME --role admin`", err=True)
+    listed = [_listed(user, sessions) for user, sessions in rows]
+    echo_rows(listed, as_json, "no users yet: `factory-twin users create NAME --role admin`")
+
+
+def _listed(user: User, sessions: int) -> Listed:
+    fields = {**accounts.snapshot(user), "created_at": from_us(user.created_at).isoformat(), "sessions": sessions}
+    state = "disabled" if user.disabled else "active"
+    return fields, (f"{user.username:<20}  {user.role:<10}  {state:<8}  {fields['created_at']}  "
+                    f"sessions {sessions}  sites {scopes.describe(user.sites)}")
 
 
 def _change(data_dir: Path, database_url: str | None, username: str, action: str, apply: str,
@@ -105,8 +102,7 @@ def _change(data_dir: Path, database_url: str | None, username: str, action: str
         before = accounts.snapshot(accounts.get_user(session, username))
         user = getattr(accounts, apply)(session, username, *args)
         after = None if action == "user.delete" else accounts.snapshot(user)
-        audit.record(session, cli_actor(), action, f"user:{username}", before=before, after=after, address=_LOCAL)
-        session.commit()
+        commit_change(session, action, f"user:{username}", before=before, after=after)
 
 
 @_user_command()
@@ -151,8 +147,7 @@ def reset_password(username: str, password_stdin: bool, data_dir: Path, database
     password = read_password(password_stdin, "new password")
     with open_session(data_dir, database_url) as session:
         accounts.reset_password(session, username, password)
-        audit.record(session, cli_actor(), "user.reset_password", f"user:{username}", address=_LOCAL)
-        session.commit()
+        commit_change(session, "user.reset_password", f"user:{username}")
     click.echo(f"password of {username} reset; their sessions have ended", err=True)
 
 
@@ -177,9 +172,7 @@ def end_sessions(username: str, data_dir: Path, database_url: str | None) -> Non
     with open_session(data_dir, database_url) as session:
         accounts.get_user(session, username)
         ended = accounts.end_sessions(session, username)
-        audit.record(session, cli_actor(), "user.end_sessions", f"user:{username}", after={"ended": ended},
-                     address=_LOCAL)
-        session.commit()
+        commit_change(session, "user.end_sessions", f"user:{username}", after={"ended": ended})
     click.echo(f"ended {len(ended)} session(s) of {username}", err=True)
 
 

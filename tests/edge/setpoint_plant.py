@@ -1,14 +1,23 @@
 """The plant of the setpoint tests and benchmark: one pump whose speed is a writable OPC-UA variable on a real
-asyncua server, and the site file that binds it (the node owned by one gateway)."""
+asyncua server, the site file that binds it (the node owned by one gateway), and a twin database of that site."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
+from sqlalchemy import Engine
+
+from plant.site import parse_site
+from twin.auth import Role, create_key
+from twin.db import make_engine, make_sessionmaker
+from twin.store import TwinStore
+from twin.tables import Base
 
 SPEED_ON_UA = 'speed: {source: ua, node_id: "ns=2;s=speed"}'  # the pump's speed on the source ``ua``
 
@@ -100,3 +109,26 @@ class PlcServer:
 def site_text(plc: PlcServer, gateway: str) -> str:
     """The site file for ``plc``, its pump owned by ``gateway``."""
     return pump_site(gateway, f'ua: {{kind: opcua, endpoint: "{plc.endpoint}"}}', SPEED_ON_UA)
+
+
+@dataclass
+class PlantTwin:
+    """The site file of a ``PlcServer`` and a SQLite twin database holding that site, with a technician's key."""
+
+    site_file: Path
+    engine: Engine
+    store: TwinStore
+    key: str
+
+
+def plant_twin(plc: PlcServer, gateway: str, folder: Path, key_name: str) -> PlantTwin:
+    """Write ``plc``'s site file (its pump owned by ``gateway``) and a twin database of it into ``folder``."""
+    site_file = folder / "site.yaml"
+    site_file.write_text(site_text(plc, gateway))
+    engine = make_engine(f"sqlite:///{folder / 'twin.db'}")
+    Base.metadata.create_all(engine)
+    store = TwinStore(engine)
+    store.sync_site(parse_site(site_file.read_text()))
+    with make_sessionmaker(engine)() as s:
+        key = create_key(s, Role.TECHNICIAN, key_name)
+    return PlantTwin(site_file, engine, store, key)

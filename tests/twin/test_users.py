@@ -362,6 +362,22 @@ def test_cli_users_and_keys_work_on_the_demo_data_dir(tmp_path: Path, monkeypatc
     assert other.exit_code != 0  # another directory, another database
 
 
+
+@pytest.mark.parametrize(("group", "hint"), [("users", "factory-twin users create NAME --role admin"),
+                                             ("keys", "factory-twin keys create --role admin")])
+def test_cli_list_of_nothing_says_how_to_begin_and_its_json_is_empty(tmp_path: Path, group: str, hint: str) -> None:
+    url = f"sqlite:///{tmp_path / 'twin.db'}"
+    migrations.upgrade(url)
+    runner = CliRunner()
+    plain = runner.invoke(cli, [group, "list", "--database-url", url])
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout == ""
+    assert hint in plain.stderr
+    as_json = runner.invoke(cli, [group, "list", "--json", "--database-url", url])
+    assert as_json.exit_code == 0, as_json.output
+    assert as_json.stdout == ""
+    assert hint not in as_json.stderr
+
 # --- the demo's credential ----------------------------------------------------------------------------------------
 
 
