@@ -24,8 +24,9 @@ commit, publish the Ack, then PUBACK) on the real ``TwinStore``, measured three 
 Each ingestor first stores a dozen batches through its intake (not the broker), so the clock measures a worker
 that has run a while (catalog and ownership loaded, statements prepared), not its start-up. Each run writes
 new timestamps, from an hour before the benchmark began: into the history's current partitions, as a plant's
-values go (``stored_in_default_partition`` says none went to the DEFAULT partition that catches far back-fills). The processes are started before the clock; the clock runs from their go to the last batch
-stored. CPU seconds are the ingest processes' (from their go) and the database backends'.
+values go (``stored_in_default_partition`` says none went to the DEFAULT partition that catches far back-fills).
+The processes are started before the clock; the clock runs from their go to the last batch stored. CPU seconds
+are the ingest processes' (from their go) and the database backends'.
 
 Prints one JSON line. ``ratio`` is the best configuration's rate (named in ``best``) over raw COPY;
 ``ratio_drain`` the same over the raw drain.
