@@ -38,6 +38,7 @@ from asyncua import Client, ua
 from fastapi.testclient import TestClient
 
 from benchmarks._mosquitto import free_port, private_mosquitto
+from plant.mqtt import BrokerUrl
 from plant.site import parse_site
 from plant.wire import command_topic
 from tests.edge.setpoint_plant import PlcServer, site_text
@@ -46,7 +47,7 @@ from twin.auth import Role, create_key
 from twin.commands import CommandDispatcher, to_wire
 from twin.config import TwinSettings
 from twin.db import make_engine, make_sessionmaker
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.store import TwinStore
 from twin.tables import Base, SetpointCommand
 
@@ -96,7 +97,7 @@ def run(commands: int) -> dict[str, Any]:
         sessions = make_sessionmaker(engine)
         with sessions() as s:
             key = create_key(s, Role.TECHNICIAN, "bench")
-        ingestor = Ingestor(store, BrokerAddress("127.0.0.1", mport), client_id="bench-ingest").start()
+        ingestor = Ingestor(store, BrokerUrl("127.0.0.1", mport), client_id="bench-ingest").start()
         dispatcher = CommandDispatcher.connect(engine, "127.0.0.1", mport, None, None, "bench-commands")
         dispatcher.report_grace_us = 300_000  # an unsent expired command ends soon after its expiry
         dispatcher.start()

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from plant.mqtt import BrokerUrl
 from plant.site import parse_site
 from tests.edge.agent_process import AgentProcess
 from tests.edge.connectors.conftest import free_port
@@ -25,7 +26,7 @@ from twin.broker import EmbeddedBroker
 from twin.commands import CommandDispatcher
 from twin.config import TwinSettings
 from twin.db import make_engine, make_sessionmaker
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.store import TwinStore
 from twin.tables import Base, SetpointCommand
 
@@ -81,7 +82,7 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
         store.sync_site(parse_site(site_file.read_text()))
         with make_sessionmaker(engine)() as s:
             key = create_key(s, Role.TECHNICIAN, "tech")
-        ingestor = Ingestor(store, BrokerAddress("127.0.0.1", broker.port), client_id="loop-ingest").start()
+        ingestor = Ingestor(store, BrokerUrl("127.0.0.1", broker.port), client_id="loop-ingest").start()
         dispatcher = CommandDispatcher.connect(engine, "127.0.0.1", broker.port, None, None, "loop-commands")
         dispatcher.report_grace_us = 2_000_000
         dispatcher.start()
