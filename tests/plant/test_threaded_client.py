@@ -3,14 +3,15 @@ persistent session, the connection each delivery came on, and why a connection f
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import uuid
 from collections.abc import Iterator
 
-import paho.mqtt.client as mqtt
 import pytest
 
-from plant.mqtt import Backoff, Delivery, MqttOptions, ThreadedClient
+from plant.mqtt import Backoff, Delivery, MqttClient, MqttOptions, ThreadedClient
+from tests.mqtt_peer import MqttPeer, forget_sessions
 
 pytestmark = pytest.mark.mosquitto
 
@@ -19,9 +20,7 @@ pytestmark = pytest.mark.mosquitto
 def client_id(mqtt_broker: tuple[str, int]) -> Iterator[str]:
     cid = f"threaded-{uuid.uuid4().hex[:10]}"
     yield cid
-    forget = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True)
-    forget.connect(*mqtt_broker)
-    forget.disconnect()
+    forget_sessions(*mqtt_broker, [cid])
 
 
 def _consumer(broker: tuple[str, int], cid: str, topic: str, got: queue.Queue[Delivery]) -> ThreadedClient:
@@ -32,21 +31,21 @@ def _consumer(broker: tuple[str, int], cid: str, topic: str, got: queue.Queue[De
 
 
 def _publish(broker: tuple[str, int], topic: str, *payloads: bytes) -> None:
-    p = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
-    p.connect(*broker)
-    p.loop_start()
-    for payload in payloads:
-        p.publish(topic, payload, qos=1).wait_for_publish(5)
-    p.disconnect()
-    p.loop_stop()
+    with MqttPeer(*broker) as peer:
+        for payload in payloads:
+            peer.publish(topic, payload)
 
 
 def _take_over(broker: tuple[str, int], cid: str) -> None:
     """Connect once with ``cid`` and its session, acknowledging nothing: the broker drops the client holding it."""
-    kicker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False, manual_ack=True)
-    kicker.connect(*broker)
-    kicker.loop(1.0)
-    kicker.disconnect()
+
+    async def main() -> None:
+        options = MqttOptions(*broker, cid, protocol="3.1.1")
+        async with MqttClient(options, lambda *_message: None) as kicker:
+            await asyncio.sleep(0.2)
+            await kicker.disconnect()
+
+    asyncio.run(main())
 
 
 def _payloads(got: queue.Queue[Delivery], wait_s: float = 0.5) -> list[bytes]:
