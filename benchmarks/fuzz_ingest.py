@@ -218,10 +218,11 @@ def run(count: int, pg_admin: str | None, seed: int, workers: int) -> dict[str, 
     from sqlalchemy import func, select, text
 
     from migrations import run as migrations
+    from plant.mqtt import BrokerUrl
     from plant.site import parse_site
     from twin.config import TwinSettings
     from twin.db import make_engine
-    from twin.ingest import BrokerAddress, Ingestor
+    from twin.ingest import Ingestor
     from twin.store import TwinStore
     from twin.tables import HistoryRow
 
@@ -234,7 +235,7 @@ def run(count: int, pg_admin: str | None, seed: int, workers: int) -> dict[str, 
     client_id = f"fuzz-ingest-{uuid.uuid4().hex[:8]}"
     try:
         with private_mosquitto() as port:
-            ingest = Ingestor(store, BrokerAddress("127.0.0.1", port), client_id=client_id, topic_root=root,
+            ingest = Ingestor(store, BrokerUrl("127.0.0.1", port), client_id=client_id, topic_root=root,
                               workers=workers).start()
             start = time.perf_counter()
             pub = subprocess.run([sys.executable, __file__, "--publish", str(port), str(count), root, str(seed)],

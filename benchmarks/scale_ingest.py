@@ -78,11 +78,12 @@ from sqlalchemy import create_engine, text
 from store_apply import make_site
 
 from migrations import run
+from plant.mqtt import BrokerUrl
 from plant.wire import UplinkBatch, Value, now_us, uplink_topic
 from twin.config import TwinSettings
 from twin.db import make_engine
 from twin.history import HOUR_US, HistoryJob, ensure_partitions, storage_of
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.live import live_bus_for
 from twin.store import TwinStore
 
@@ -195,7 +196,7 @@ def ingest_threads(store: TwinStore, port: int, workers: int, data: list[bytes])
     backends."""
     cid = f"bench-{uuid.uuid4().hex[:8]}"
     group = f"g{cid}"
-    broker = BrokerAddress("127.0.0.1", port)
+    broker = BrokerUrl("127.0.0.1", port)
     Ingestor(store, broker, client_id=cid, workers=workers, share_group=group, topic_root=ROOT).start().stop()
     publish(port, data)
     ing = Ingestor(store, broker, client_id=cid, workers=workers, share_group=group, topic_root=ROOT)
@@ -239,7 +240,7 @@ def worker_process(url: str, port: int, cid: str, group: str, ready: Any, go: An
                         logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     engine = make_engine(url, pool_size=2)
     store = TwinStore(engine, TwinSettings())
-    ing = Ingestor(store, BrokerAddress("127.0.0.1", port), client_id=cid, share_group=group, shared=True,
+    ing = Ingestor(store, BrokerUrl("127.0.0.1", port), client_id=cid, share_group=group, shared=True,
                    topic_root=ROOT)
     ing.add_listener(live_bus_for(engine).listener)
     ing.add_listener(HistoryJob(engine, store.settings).listener)
@@ -272,7 +273,7 @@ class Processes:
         tag = uuid.uuid4().hex[:8]
         group = f"g{tag}"
         cids = [f"bench-{tag}-{k}" for k in range(n)]
-        broker = BrokerAddress("127.0.0.1", port)
+        broker = BrokerUrl("127.0.0.1", port)
         for cid in cids:  # each process's persistent session, so the backlog queues for it
             Ingestor(store, broker, client_id=cid, share_group=group, shared=True, topic_root=ROOT).start().stop()
         self.ready, self.go, self.stop = ctx.Semaphore(0), ctx.Event(), ctx.Event()

@@ -38,13 +38,14 @@ from asyncua import Client, ua
 from fastapi.testclient import TestClient
 
 from benchmarks._mosquitto import free_port, private_mosquitto
+from plant.mqtt import BrokerUrl
 from plant.wire import command_topic
 from tests.edge.setpoint_plant import PlcServer, plant_twin
 from twin.api import create_app
 from twin.commands import CommandDispatcher, to_wire
 from twin.config import TwinSettings
 from twin.db import make_sessionmaker
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.tables import SetpointCommand
 
 GATEWAY = "bench-gw"
@@ -87,7 +88,7 @@ def run(commands: int) -> dict[str, Any]:
         twin = plant_twin(plc, GATEWAY, tmp, "bench")
         site_file, engine, key = twin.site_file, twin.engine, twin.key
         sessions = make_sessionmaker(engine)
-        ingestor = Ingestor(twin.store, BrokerAddress("127.0.0.1", mport), client_id="bench-ingest").start()
+        ingestor = Ingestor(twin.store, BrokerUrl("127.0.0.1", mport), client_id="bench-ingest").start()
         dispatcher = CommandDispatcher.connect(engine, "127.0.0.1", mport, None, None, "bench-commands")
         dispatcher.report_grace_us = 300_000  # an unsent expired command ends soon after its expiry
         dispatcher.start()

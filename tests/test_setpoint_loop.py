@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from plant.mqtt import BrokerUrl
 from tests.edge.agent_process import AgentProcess
 from tests.edge.connectors.conftest import free_port
 from tests.edge.setpoint_plant import PlcServer, plant_twin
@@ -23,7 +24,7 @@ from twin.broker import EmbeddedBroker
 from twin.commands import CommandDispatcher
 from twin.config import TwinSettings
 from twin.db import make_sessionmaker
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.tables import SetpointCommand
 
 pytestmark = [pytest.mark.slow]
@@ -72,7 +73,7 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
     with PlcServer(free_port()) as plc:
         twin = plant_twin(plc, GATEWAY, tmp_path, "tech")
         site_file, engine, key = twin.site_file, twin.engine, twin.key
-        ingestor = Ingestor(twin.store, BrokerAddress("127.0.0.1", broker.port), client_id="loop-ingest").start()
+        ingestor = Ingestor(twin.store, BrokerUrl("127.0.0.1", broker.port), client_id="loop-ingest").start()
         dispatcher = CommandDispatcher.connect(engine, "127.0.0.1", broker.port, None, None, "loop-commands")
         dispatcher.report_grace_us = 2_000_000
         dispatcher.start()

@@ -1,7 +1,7 @@
 """The embedded MQTT broker (amqtt), started in-process when no broker URL is configured.
 
-It runs on its own thread and event loop so that paho clients in the same process (ingest, simulator, agent)
-talk to it over real TCP exactly as they would to Mosquitto: the same code paths as production.
+It runs on its own thread and event loop so that the MQTT clients in the same process (ingest, simulator,
+agent) talk to it over real TCP exactly as they would to Mosquitto: the same code paths as production.
 
 Given a ``BrokerAccess`` it enforces what Mosquitto's password and ACL files do in production: a gateway logs
 in with its own credential (twin/gateways.py) and publishes and reads only its own topics

@@ -6,7 +6,7 @@
     ├── StoreError           the database refused or failed a write (translated from SQLAlchemy)
     │   ├── StoreRefused     the database refused the data itself: writing it again would fail again
     │   └── LeadershipLost   this process no longer holds a leader lock (twin/leader.py)
-    ├── BrokerError          the MQTT broker is unreachable or refused us (translated from paho)
+    ├── BrokerError          the MQTT broker is unreachable or refused us (from plant.mqtt's errors)
     ├── NotFound             a node, property, alert... does not exist
     ├── Conflict             the request contradicts the current state
     ├── InvalidRequest       a request asks for something impossible: bad range, foreign cursor (422)

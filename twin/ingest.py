@@ -1,9 +1,11 @@
 """Broker → store: uplink batches from the edge agents applied to the twin, acknowledged after the commit.
 
-Each worker is one paho-mqtt client (persistent session, QoS 1, manual MQTT acknowledgement) and one thread:
+Each worker is one connection of plant's MQTT client (``ThreadedClient``: its own thread and event loop,
+reconnecting with plant's ``Backoff``; MQTT 3.1.1, persistent session, QoS 1, manual acknowledgement) and one
+thread that applies what it receives:
 
-    on_message → queue → Intake.handle_many (check → decode → check → TwinStore.apply_many → commit)
-               → publish each Ack → PUBACK each
+    on_delivery → inbox → Intake.handle_many (check → decode → check → TwinStore.apply_many → commit)
+                → publish the Acks → PUBACK the messages (handed to the connection in that order)
 
 A worker takes what its inbox holds (up to ``GROUP`` messages or ``GROUP_BYTES`` of payload) and stores their
 batches in one transaction (``Intake.handle_many``: one commit for several batches; a transaction that fails is
@@ -21,18 +23,16 @@ the clients share one subscription (``$share/<group>/...``).
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import dataclasses
 import queue
 import threading
-from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
 
-from plant.errors import BrokerUrlError
-from plant.mqtt import BrokerUrl
+from plant.errors import BrokerUrlError, MqttError
+from plant.mqtt import Backoff, BrokerUrl, Delivery, MqttClient, MqttOptions, ThreadedClient
 from plant.wire import TOPIC_ROOT, Ack, ack_topic, uplink_topic
 from twin import gc_pause
 from twin.budget import GatewayBudget
@@ -44,7 +44,7 @@ from twin.lanes import Lanes
 from twin.store import TwinStore
 from twin.uplink_checks import WireLimits
 
-__all__ = ["BrokerAddress", "IngestStats", "Ingestor", "Listener", "Outcome"]
+__all__ = ["IngestStats", "Ingestor", "Listener", "Outcome"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,34 +53,8 @@ GROUP = 256  # messages a worker takes from its inbox at once: their batches sto
 # payload bytes a worker takes at once: decoded, a group weighs about ten times its payload (2 MiB of the agent's
 # batches, ~18,000 values, decode to ~20 MiB), so a backlog waits in the broker, not in the workers' memory
 GROUP_BYTES = 2 * 1024 * 1024
+RECONNECT_S = (1.0, 30.0)  # first and longest delay between a worker's connection attempts (plant's Backoff)
 
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where the broker is and how to log in.
-
-    Args:
-        host: broker host.
-        port: broker port.
-        username: user name, if the broker wants one.
-        password: its password.
-        tls: connect with TLS (``mqtts://``).
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def from_url(cls, url: str) -> BrokerAddress:
-        """Parse ``mqtt[s]://[user:pass@]host[:port]``."""
-        try:
-            u = BrokerUrl.parse(url)
-        except BrokerUrlError as exc:
-            raise ConfigError(f"MQTT URL {url!r}: {exc}") from None
-        return cls(u.host, u.port, u.username, u.password, u.tls)
 
 
 class Ingestor:
@@ -88,7 +62,7 @@ class Ingestor:
 
     Args:
         store: the twin store batches are applied to.
-        broker: where the MQTT broker is.
+        broker: where the MQTT broker is and how to log in (127.0.0.1:1883 by default); its client id is not used.
         client_id: MQTT client id (with ``-<n>`` per worker when several); keep it stable for the session.
         workers: clients and threads; more than one uses a shared subscription.
         share_group: the shared subscription's group.
@@ -105,7 +79,7 @@ class Ingestor:
     def __init__(
         self,
         store: TwinStore,
-        broker: BrokerAddress | None = None,
+        broker: BrokerUrl | None = None,
         *,
         client_id: str = "factory-twin-ingest",
         workers: int = 1,
@@ -120,7 +94,7 @@ class Ingestor:
     ) -> None:
         self.store = store
         self.budget = budget or GatewayBudget(0, 0)
-        self.broker = broker or BrokerAddress()
+        self.broker = broker or BrokerUrl("127.0.0.1", 1883)
         self.topic_root = topic_root
         limits = limits or WireLimits()
         dead = dead_letters or DeadLetters(store.engine, payload_max=limits.max_payload_bytes)
@@ -130,20 +104,27 @@ class Ingestor:
         topic = uplink_topic(gateway, topic_root)  # gateway "+" gives the filter of every gateway
         if workers > 1 if shared is None else shared:
             topic = f"$share/{share_group}/{topic}"  # as plant.wire.shared_uplink_filter
+        address = dataclasses.replace(self.broker, client_id=None)
         self._workers = [
-            _Worker(self, f"{client_id}-{n}" if workers > 1 else client_id, topic, keepalive)
+            _Worker(self, MqttOptions.from_url(address, f"{client_id}-{n}" if workers > 1 else client_id,
+                                               keepalive_s=keepalive, protocol="3.1.1"), topic)
             for n in range(workers)
         ]
 
     @classmethod
     def from_settings(cls, store: TwinStore, settings: TwinSettings, mqtt_url: str | None = None) -> Ingestor:
-        """An ingestor configured by the platform settings; ``mqtt_url`` overrides ``settings.mqtt_url``."""
+        """An ingestor configured by the platform settings; ``mqtt_url`` overrides ``settings.mqtt_url`` (a
+        client id the URL names wins over ``settings.mqtt_client_id``)."""
         url = mqtt_url or settings.mqtt_url
         if url is None:
             raise ConfigError("no MQTT broker URL: set TWIN_MQTT_URL or start the embedded broker first")
+        try:
+            broker = BrokerUrl.parse(url)
+        except BrokerUrlError as exc:
+            raise ConfigError(f"MQTT URL {url!r}: {exc}") from None
         limits = WireLimits(settings.ingest_max_payload_bytes, settings.ingest_max_string)
         dead = DeadLetters(store.engine, settings.ingest_dead_letters_kept, settings.ingest_max_payload_bytes)
-        return cls(store, BrokerAddress.from_url(url), client_id=settings.mqtt_client_id,
+        return cls(store, broker, client_id=broker.client_id or settings.mqtt_client_id,
                    workers=settings.ingest_workers, share_group=settings.ingest_share_group,
                    topic_root=settings.mqtt_topic_root, limits=limits, dead_letters=dead,
                    budget=GatewayBudget(settings.ingest_gateway_budget, settings.ingest_gateway_burst))
@@ -158,12 +139,13 @@ class Ingestor:
         for w in self._workers:
             w.start()
         for w in self._workers:
-            if not w.subscribed.wait(timeout):
+            if not w.client.wait_connected(timeout):
+                error = w.client.error
                 self.stop()
                 raise BrokerError(
                     f"cannot subscribe at MQTT broker {self.broker.host}:{self.broker.port} "
                     f"within {timeout:g}s"
-                    f"{': ' + w.error if w.error else ''}"
+                    f"{': ' + error if error else ''}"
                 )
         self._supervisor = threading.Thread(target=self._supervise, name="ingest-supervisor", daemon=True)
         self._supervisor.start()
@@ -216,7 +198,7 @@ class Ingestor:
         """How many workers take messages now: their thread runs and their client is subscribed."""
         if self.stopping:
             return 0
-        return sum(1 for w in self._workers if w.thread.is_alive() and w.connected)
+        return sum(1 for w in self._workers if w.thread.is_alive() and w.client.is_connected())
 
     def handle(self, topic: str, payload: bytes | bytearray, deferred: list[Row] | None = None) -> Outcome:
         """Check, store and answer one uplink message (never raises); what a worker does with each."""
@@ -238,110 +220,52 @@ class Ingestor:
                 "worker_restarts": s.worker_restarts}
 
 
-def _lane_of(msg: mqtt.MQTTMessage) -> str:
-    try:
-        return msg.topic
-    except UnicodeDecodeError:  # not a topic any broker should pass on: one lane for all such
-        return ""
+def _lane_of(msg: Delivery) -> str:
+    return msg.topic
 
 
 class _Worker:
-    """One MQTT client and the thread that applies what it receives."""
+    """One MQTT connection (plant's ``ThreadedClient``) and the thread that applies what it receives."""
 
-    def __init__(self, owner: Ingestor, client_id: str, topic: str, keepalive: int) -> None:
+    def __init__(self, owner: Ingestor, options: MqttOptions, topic: str) -> None:
         self.owner = owner
         self.topic = topic
-        self.keepalive = keepalive
-        self.subscribed = threading.Event()
-        self.connected = False
-        self.error: str | None = None
-        self.in_hand: list[mqtt.MQTTMessage] = []  # taken from the inbox, not yet acknowledged
-        self.inbox: Lanes[mqtt.MQTTMessage] = Lanes(_lane_of)  # a lane per gateway (uplink topic)
-        self.client_id = client_id
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                                  protocol=mqtt.MQTTv311, manual_ack=True)
-        b = owner.broker
-        if b.username:
-            self.client.username_pw_set(b.username, b.password)
-        if b.tls:
-            self.client.tls_set()
-        self.client.reconnect_delay_set(1, 30)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
-        self.client.on_disconnect = self._on_disconnect
+        self.client_id = options.client_id
+        self.in_hand: list[Delivery] = []  # taken from the inbox, not yet acknowledged
+        self.inbox: Lanes[Delivery] = Lanes(_lane_of)  # a lane per gateway (uplink topic)
+        self.client = ThreadedClient(options, [topic], backoff=Backoff(*RECONNECT_S),
+                                     name=f"ingest-mqtt-{self.client_id}", on_delivery=self.inbox.put)
         self.thread = self._thread()
 
     def _thread(self) -> threading.Thread:
         return threading.Thread(target=self._loop, name=f"ingest-{self.client_id}", daemon=True)
 
     def start(self) -> None:
-        b = self.owner.broker
-        try:
-            self.client.connect_async(b.host, b.port, self.keepalive)
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot connect to MQTT broker {b.host}:{b.port}: {exc}") from exc
-        self.client.loop_start()
+        self.client.start()
         self.thread.start()
 
     def restart(self) -> None:
         """A new thread after this one died; the messages it held are dead-lettered and acknowledged."""
-        for msg in list(self.in_hand):
+        held = list(self.in_hand)
+        for msg in held:
             self.owner.intake.dead_letters.record(WORKER_DIED, "the ingest worker died holding this message",
                                                   msg.topic, msg.payload)
-            self._puback(msg)
+        self._puback(held)
         self.thread = self._thread()
         self.thread.start()
 
     def stop(self, timeout: float) -> None:
         if self.thread.is_alive():
             self.thread.join(timeout)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()
 
     def leave(self, timeout: float = 5.0) -> None:
         """End this worker's persistent session: connect once with a clean session, then disconnect."""
-        connected = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
-                        protocol=mqtt.MQTTv311)
-        b = self.owner.broker
-        if b.username:
-            c.username_pw_set(b.username, b.password)
-        if b.tls:
-            c.tls_set()
-        c.on_connect = lambda *_a: connected.set()
+        options = dataclasses.replace(self.client.options, persistent=False, timeout_s=timeout)
         try:
-            c.connect(b.host, b.port, self.keepalive)
-            c.loop_start()
-            if not connected.wait(timeout):
-                log.warning("ingest_session_end_failed", client_id=self.client_id)
-            c.disconnect()
-            c.loop_stop()
-        except OSError as exc:
+            asyncio.run(_end_session(options))
+        except MqttError as exc:
             log.warning("ingest_session_end_failed", client_id=self.client_id, error=str(exc))
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
-            self.error = f"connection refused: {rc}"
-            log.warning("mqtt_connect_refused", reason=str(rc))
-            return
-        self.error = None
-        self.connected = True
-        client.subscribe(self.topic, qos=1)
-
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
-        if any(c.is_failure for c in codes):
-            self.error = f"subscription to {self.topic!r} refused: {codes[0]}"
-            return
-        self.subscribed.set()
-
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        self.connected = False
-        if not self.owner.stopping:
-            log.warning("mqtt_reconnecting", reason=str(rc))
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put(msg)
 
     def _loop(self) -> None:
         deferred: list[Row] = []  # dead letters of the group in hand, written together
@@ -362,60 +286,68 @@ class _Worker:
             waiting = self._handle_group(group, deferred)
             if waiting:
                 self.owner.intake.flush(deferred)
-                for m in waiting:
-                    self._puback(m)
+                self._puback(waiting)
         # what is still queued is not acknowledged: the broker delivers it again to this session
 
-    def _handle_group(self, group: list[mqtt.MQTTMessage], deferred: list[Row]) -> list[mqtt.MQTTMessage]:
+    def _handle_group(self, group: list[Delivery], deferred: list[Row]) -> list[Delivery]:
         """Handle the messages in hand, their batches stored together (``Intake.handle_many``), publish their
         acks and PUBACK them; returns those whose dead letter waits in ``deferred``."""
         try:
             with gc_pause.paused():  # the group's items form no cycles: not walked again and again
                 outcomes = self.owner.intake.handle_many([(m.topic, m.payload) for m in group], deferred)
-        except Exception:  # a topic that is not UTF-8, or a bug: each message on its own, and each still ends
+        except Exception:  # a bug: each message on its own, and each still ends
             log.exception("ingest_group_failed_retrying_singly", messages=len(group))
             return [m for m in group if self._process(m, deferred)]
-        waiting = []
+        acks = [outcome.ack for outcome in outcomes if outcome.ack is not None]
+        self._publish_acks(acks)
+        waiting, done = [], []
         for msg, outcome in zip(group, outcomes, strict=True):
-            self._publish_ack(outcome.ack)
             if outcome.ack is None and outcome.dead_letter is not None:
                 waiting.append(msg)
             else:
-                self._puback(msg)
+                done.append(msg)
+        self._puback(done)
         return waiting
 
-    def _process(self, msg: mqtt.MQTTMessage, deferred: list[Row]) -> bool:
+    def _process(self, msg: Delivery, deferred: list[Row]) -> bool:
         """Handle one message and publish its ack; PUBACK it unless its dead letter waits in ``deferred``.
 
         Whatever happens, the message ends here (or, for a deferred dead letter, once the group is written).
         """
         before = len(deferred)
         try:
-            self._publish_ack(self.owner.handle(msg.topic, msg.payload, deferred).ack)
+            ack = self.owner.handle(msg.topic, msg.payload, deferred).ack
+            self._publish_acks([ack] if ack is not None else [])
         except Exception:  # only a bug gets here (handle never raises): log it, the message still ends
             log.exception("ingest_message_failed", topic=msg.topic[:200])
         if len(deferred) > before:
             return True
-        self._puback(msg)
+        self._puback([msg])
         return False
 
-    def _publish_ack(self, ack: Ack | None) -> None:
-        if ack is None:
-            return
+    def _publish_acks(self, acks: list[Ack]) -> None:
+        """Hand the acks to the client, to go out before the PUBACKs that follow (QoS 1)."""
+        root = self.owner.topic_root
         try:
-            info = self.client.publish(ack_topic(ack.gateway, self.owner.topic_root), ack.model_dump_json(), qos=1)
-        except Exception:  # a bug: the message still ends
-            log.exception("ack_not_published", gateway_id=ack.gateway, batch=ack.batch)
-            return
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("ack_not_published", gateway_id=ack.gateway, batch=ack.batch, rc=info.rc)
+            self.client.publish_many([(ack_topic(a.gateway, root), a.model_dump_json().encode()) for a in acks], 1)
+        except Exception:  # a bug: the messages still end
+            log.exception("ack_not_published", batches=[a.batch for a in acks][:20])
 
-    def _puback(self, msg: mqtt.MQTTMessage) -> None:
-        with contextlib.suppress(ValueError):
-            self.in_hand.remove(msg)
-        try:
-            self.client.ack(msg.mid, msg.qos)
-        except Exception as exc:  # the connection is gone: the broker delivers it again to this session
-            log.warning("puback_failed", mid=msg.mid, error=str(exc))
+    def _puback(self, msgs: list[Delivery]) -> None:
+        """PUBACK ``msgs`` (those of a connection since lost are left to the broker to deliver again)."""
+        if not msgs:
             return
-        self.owner.intake.ended()
+        gone = {id(m) for m in msgs}
+        self.in_hand = [m for m in self.in_hand if id(m) not in gone]
+        self.client.ack(msgs)
+        self.owner.intake.ended(len(msgs))
+
+
+async def _end_session(options: MqttOptions) -> None:
+    """Connect with ``options`` (a clean session ends the one the broker kept for this client id), disconnect."""
+    async with MqttClient(options, _ignore) as client:
+        await client.disconnect()
+
+
+def _ignore(_topic: bytes, _payload: bytes, _qos: int, _mid: int, _dup: bool) -> None:
+    """Messages a clean session gets: none (it subscribes to nothing)."""

@@ -344,10 +344,10 @@ class Intake:
             self._rejected.update(r.reason for r in result.rejected)
             self._nodes.update(result.nodes_changed)
 
-    def ended(self) -> None:
-        """Count one message acknowledged to the broker."""
+    def ended(self, messages: int = 1) -> None:
+        """Count messages acknowledged to the broker."""
         with self._lock:
-            self._stats.messages += 1
+            self._stats.messages += messages
 
     def worker_restarted(self) -> None:
         """Count one ingest worker restarted after its thread died."""

@@ -30,7 +30,7 @@ from twin.commands import CommandDispatcher
 from twin.config import TwinSettings
 from twin.db import make_sessionmaker
 from twin.history import HistoryJob
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.live import live_bus_for
 from twin.store import ApplyResult, TwinStore
 from twin.webhooks.target import TargetPolicy
@@ -116,7 +116,7 @@ class Platform:
         for listener in self.parts.extra_listeners:
             self.ingestor.add_listener(listener)
         self.ingestor.start()
-        broker = BrokerAddress.from_url(self.mqtt_url)
+        broker = self.ingestor.broker  # the URL parsed once (ConfigError when it is bad)
         self.commands = CommandDispatcher.connect(
             self.engine, broker.host, broker.port, broker.username, broker.password,
             f"{self.settings.mqtt_client_id}-commands", self.settings.mqtt_topic_root, broker.tls,

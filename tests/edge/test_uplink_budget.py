@@ -17,7 +17,7 @@ from plant.wire import Value, ack_topic
 from tests.mqtt_peer import forget_sessions
 from tests.twin.store_helpers import NOW, history_count, make_store
 from twin.budget import GatewayBudget
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 N = 3000
@@ -29,7 +29,7 @@ def test_agent_honours_over_budget_and_loses_nothing(
 ) -> None:
     gateway = f"{topic_prefix}-gw"
     store = make_store(sqlite_url)
-    ingest = Ingestor(store, BrokerAddress(*mqtt_broker), client_id=f"{topic_prefix}-ingest", gateway=gateway,
+    ingest = Ingestor(store, BrokerUrl(*mqtt_broker), client_id=f"{topic_prefix}-ingest", gateway=gateway,
                       budget=GatewayBudget(rate=RATE, burst=RATE)).start()
 
     async def main() -> Uplink:

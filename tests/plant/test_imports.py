@@ -1,5 +1,6 @@
 """plant/ is what both sides share: the contract modules import nothing of ours and no platform or edge library;
-plant/mqtt/, the one MQTT client, adds paho and nothing else; the command line's modules reach MQTT through it."""
+plant/mqtt/, the one MQTT client, adds paho and nothing else; the platform's and the command line's modules reach
+MQTT through it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import factory_twin
 import plant
+import twin
 
 FORBIDDEN = ("twin", "edge_agent", "models", "factory_twin", "fastapi", "starlette", "sqlalchemy", "httpx", "paho")
 
@@ -49,3 +51,11 @@ def test_the_command_line_speaks_mqtt_through_plant_mqtt_only() -> None:
     modules = [p for p in sorted(root.rglob("*.py")) if p != root / "logs.py"]  # logs.py names paho's logger
     assert len(modules) > 20
     assert [str(p.relative_to(root)) for p in modules if "paho" in _imports(p)] == []
+
+
+def test_no_module_of_the_platform_imports_paho() -> None:
+    root = Path(twin.__file__).parent
+    modules = sorted(root.rglob("*.py"))
+    assert len(modules) > 20
+    assert [str(p.relative_to(root)) for p in modules if "paho" in _imports(p)] == []
+    assert "paho" in _imports(Path(plant.__file__).parent / "mqtt" / "client.py")  # the check sees an import

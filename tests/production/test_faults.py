@@ -13,11 +13,12 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
+from plant.mqtt import BrokerUrl
 from plant.wire import UplinkBatch, now_us
 from tests.mqtt_peer import forget_sessions
 from twin.config import TwinSettings
 from twin.db import make_engine
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.store import TwinStore
 
 from .helpers import (
@@ -42,7 +43,7 @@ def store(pg_url: str) -> Iterator[TwinStore]:
 
 
 def _ingestor(store: TwinStore, host: str, port: int, root: str, cid: str) -> Ingestor:
-    return Ingestor(store, BrokerAddress(host, port), client_id=cid, workers=2, share_group=f"g{cid}",
+    return Ingestor(store, BrokerUrl(host, port), client_id=cid, workers=2, share_group=f"g{cid}",
                     topic_root=root)
 
 
@@ -139,8 +140,9 @@ def test_broker_restarted_mid_stream(store: TwinStore, pg_url: str, topic_prefix
                 sender.publish(b)
             sender.deliver(batches, timeout=60, resend_after=3.0)
             deadline = time.monotonic() + 10
-            while not all(w.subscribed.is_set() for w in ing._workers) and time.monotonic() < deadline:
+            while ing.consuming() < ing.workers and time.monotonic() < deadline:
                 time.sleep(0.05)
+            assert ing.consuming() == ing.workers  # both reconnected and subscribed again by themselves
         finally:
             sender.close()
             ing.stop()
@@ -156,7 +158,7 @@ def test_a_worker_removed_for_good_leaves_its_share_to_the_others(
     scaled down must leave (TWIN_INGEST_LEAVE_ON_STOP), or half the traffic waits for agents to resend."""
     host, port = mqtt_broker
     a_id, b_id = f"fta-{uuid.uuid4().hex[:8]}", f"ftb-{uuid.uuid4().hex[:8]}"
-    broker = BrokerAddress(host, port)
+    broker = BrokerUrl(host, port)
     group = f"g{a_id}"
     a = Ingestor(store, broker, client_id=a_id, share_group=group, topic_root=topic_prefix).start()
     b = Ingestor(store, broker, client_id=b_id, share_group=group, topic_root=topic_prefix).start()

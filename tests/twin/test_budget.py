@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from plant.mqtt import BrokerUrl
 from tests.mqtt_peer import forget_sessions
 from twin.budget import GatewayBudget
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.metrics import IngestCollector, registry_of
 from twin.store import TwinStore
 
@@ -79,7 +80,7 @@ def test_over_budget_batches_are_refused_whole_and_others_still_land(
     store: TwinStore, mqtt_broker: tuple[str, int], topic_prefix: str
 ) -> None:
     root = f"{topic_prefix}/v1"
-    ingest = Ingestor(store, BrokerAddress(*mqtt_broker), client_id=f"{root}-ingest", topic_root=root,
+    ingest = Ingestor(store, BrokerUrl(*mqtt_broker), client_id=f"{root}-ingest", topic_root=root,
                       budget=GatewayBudget(rate=5, burst=10)).start()
     flood = UplinkClient(*mqtt_broker, root, gateway="flood")
     calm = UplinkClient(*mqtt_broker, root, gateway="calm")

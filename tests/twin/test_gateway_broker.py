@@ -29,12 +29,13 @@ from sqlalchemy.orm import Session
 
 from factory_twin.cli import cli
 from migrations import run as migrations
+from plant.mqtt import BrokerUrl
 from plant.wire import TOPIC_ROOT, Ack, UplinkBatch, ack_topic, decode_ack, uplink_topic
 from twin import gateways
 from twin.broker import BrokerAccess, EmbeddedBroker, free_port
 from twin.db import make_engine
 from twin.gateways import active_credentials
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.store import TwinStore
 from twin.tables import HistoryRow, TwinProperty
 from twin.topic_access import TopicRules
@@ -173,7 +174,8 @@ def _history(plant: Plant, node: str) -> list[float]:
 
 @pytest.mark.slow
 def test_forged_batches_of_another_gateway_are_not_stored(plant: Plant, broker: Broker) -> None:
-    ingest = Ingestor(plant.store, BrokerAddress(broker.host, broker.port, *broker.platform),
+    user, password = broker.platform
+    ingest = Ingestor(plant.store, BrokerUrl(broker.host, broker.port, username=user, password=password),
                       client_id=f"ingest-{os.urandom(3).hex()}").start()
     a = Gateway(broker, "gw-a", plant.credentials["gw-a"], listen=ack_topic("gw-a"))
     b = Gateway(broker, "gw-b", plant.credentials["gw-b"], listen=ack_topic("gw-b"))

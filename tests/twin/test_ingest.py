@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select, text
 
+from plant.mqtt import BrokerUrl
 from tests.mqtt_peer import forget_sessions
 from twin.errors import BrokerError
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.store import ApplyResult, TwinStore
 from twin.tables import DeadLetter
 
@@ -32,16 +33,16 @@ def store(sqlite_url: str) -> Iterator[TwinStore]:
 
 
 @pytest.fixture
-def broker(mqtt_broker: tuple[str, int]) -> BrokerAddress:
-    return BrokerAddress(*mqtt_broker)
+def broker(mqtt_broker: tuple[str, int]) -> BrokerUrl:
+    return BrokerUrl(*mqtt_broker)
 
 
-def _ingestor(store: TwinStore, broker: BrokerAddress, root: str) -> Ingestor:
+def _ingestor(store: TwinStore, broker: BrokerUrl, root: str) -> Ingestor:
     return Ingestor(store, broker, client_id=f"{root}-ingest", topic_root=root)
 
 
 @pytest.fixture
-def ingest(store: TwinStore, broker: BrokerAddress, root: str) -> Iterator[Ingestor]:
+def ingest(store: TwinStore, broker: BrokerUrl, root: str) -> Iterator[Ingestor]:
     ing = _ingestor(store, broker, root).start()
     yield ing
     ing.stop()
@@ -108,7 +109,7 @@ def test_database_failure_is_answered_stored_false(ingest: Ingestor, uplink: Upl
 
 
 def test_batches_sent_while_stopped_arrive_after_restart(
-    store: TwinStore, broker: BrokerAddress, root: str, uplink: UplinkClient
+    store: TwinStore, broker: BrokerUrl, root: str, uplink: UplinkClient
 ) -> None:
     first = _ingestor(store, broker, root).start()
     first.stop()
@@ -127,17 +128,9 @@ def test_batches_sent_while_stopped_arrive_after_restart(
 
 
 def test_unreachable_broker_is_a_clear_error(store: TwinStore, root: str) -> None:
-    ing = Ingestor(store, BrokerAddress("127.0.0.1", 1), client_id=f"{root}-x", topic_root=root)
+    ing = Ingestor(store, BrokerUrl("127.0.0.1", 1), client_id=f"{root}-x", topic_root=root)
     with pytest.raises(BrokerError, match=r"127\.0\.0\.1:1"):
         ing.start(timeout=1.0)
-
-
-def test_broker_url_parsing() -> None:
-    parsed = BrokerAddress.from_url("mqtts://u:p%40ss@broker:8884")
-    assert parsed == BrokerAddress("broker", 8884, "u", "p@ss", True)
-    assert BrokerAddress.from_url("mqtt://localhost").port == 1883
-    with pytest.raises(Exception, match="mqtt"):
-        BrokerAddress.from_url("http://x")
 
 
 def test_from_settings(store: TwinStore) -> None:
@@ -146,6 +139,21 @@ def test_from_settings(store: TwinStore) -> None:
 
     with pytest.raises(ConfigError, match="TWIN_MQTT_URL"):
         Ingestor.from_settings(store, TwinSettings(mqtt_url=None))
+    with pytest.raises(ConfigError, match="mqtt://"):
+        Ingestor.from_settings(store, TwinSettings(mqtt_url="http://h"))
     ing = Ingestor.from_settings(store, TwinSettings(mqtt_url="mqtt://h:1884", ingest_workers=2))
-    assert ing.broker == BrokerAddress("h", 1884)
+    assert ing.broker == BrokerUrl("h", 1884)
     assert [w.topic for w in ing._workers] == ["$share/ingest/factory-twin/v1/+/uplink"] * 2
+
+
+def test_each_worker_connects_with_the_whole_broker_url(store: TwinStore) -> None:
+    """Login, TLS and CA bundle reach every worker; a client id in the URL is the base of the workers' ids."""
+    from twin.config import TwinSettings
+
+    url = "mqtts://u:p%40ss@broker:8884?ca_file=/etc/ca.pem&client_id=site-ingest"
+    ing = Ingestor.from_settings(store, TwinSettings(mqtt_url=url, ingest_workers=2))
+    assert ing.broker == BrokerUrl("broker", 8884, True, "u", "p@ss", "/etc/ca.pem", "site-ingest")
+    got = [(o.client_id, o.host, o.port, o.tls, o.username, o.password, o.ca_file, o.protocol, o.persistent)
+           for o in (w.client.options for w in ing._workers)]
+    assert got == [(f"site-ingest-{n}", "broker", 8884, True, "u", "p@ss", "/etc/ca.pem", "3.1.1", True)
+                   for n in range(2)]

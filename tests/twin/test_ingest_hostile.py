@@ -12,10 +12,11 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from sqlalchemy import select, text
 
+from plant.mqtt import BrokerUrl
 from plant.wire import Ack, UplinkBatch, uplink_topic
 from twin.api.app import create_app
 from twin.dead_letters import DeadLetters, Row
-from twin.ingest import BrokerAddress, Ingestor
+from twin.ingest import Ingestor
 from twin.intake import Intake
 from twin.metrics import IngestCollector, registry_of
 from twin.store import TwinStore
@@ -38,7 +39,7 @@ def store(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[TwinStore
 
 @pytest.fixture
 def ingest(store: TwinStore, mqtt_broker: tuple[str, int], root: str) -> Iterator[Ingestor]:
-    ing = Ingestor(store, BrokerAddress(*mqtt_broker), client_id=f"{root}-ingest", topic_root=root,
+    ing = Ingestor(store, BrokerUrl(*mqtt_broker), client_id=f"{root}-ingest", topic_root=root,
                    limits=WireLimits(max_payload_bytes=256 * 1024)).start()
     yield ing
     ing.stop(leave=True)
