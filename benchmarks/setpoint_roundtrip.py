@@ -89,7 +89,7 @@ def run(commands: int) -> dict[str, Any]:
         site_file, engine, key = twin.site_file, twin.engine, twin.key
         sessions = make_sessionmaker(engine)
         ingestor = Ingestor(twin.store, BrokerUrl("127.0.0.1", mport), client_id="bench-ingest").start()
-        dispatcher = CommandDispatcher.connect(engine, "127.0.0.1", mport, None, None, "bench-commands")
+        dispatcher = CommandDispatcher.connect(engine, BrokerUrl("127.0.0.1", mport), "bench-commands")
         dispatcher.report_grace_us = 300_000  # an unsent expired command ends soon after its expiry
         dispatcher.start()
         agent = subprocess.Popen(

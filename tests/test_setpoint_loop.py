@@ -74,7 +74,7 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
         twin = plant_twin(plc, GATEWAY, tmp_path, "tech")
         site_file, engine, key = twin.site_file, twin.engine, twin.key
         ingestor = Ingestor(twin.store, BrokerUrl("127.0.0.1", broker.port), client_id="loop-ingest").start()
-        dispatcher = CommandDispatcher.connect(engine, "127.0.0.1", broker.port, None, None, "loop-commands")
+        dispatcher = CommandDispatcher.connect(engine, BrokerUrl("127.0.0.1", broker.port), "loop-commands")
         dispatcher.report_grace_us = 2_000_000
         dispatcher.start()
         agent = AgentProcess(site_file, tmp_path / "agent", GATEWAY, "127.0.0.1", broker.port)

@@ -16,6 +16,7 @@ arriving later still replaces that with what the machine said.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import threading
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 from plant.errors import MqttError
-from plant.mqtt import MqttOptions, ThreadedClient
+from plant.mqtt import BrokerUrl, MqttOptions, ThreadedClient
 from plant.setpoints import (
     NOT_OWNER,
     NOT_WRITABLE,
@@ -315,11 +316,13 @@ class CommandDispatcher:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def connect(cls, engine: Engine, host: str, port: int, username: str | None, password: str | None,
-                client_id: str, topic_root: str = TOPIC_ROOT, tls: bool = False) -> CommandDispatcher:
-        """A dispatcher with its own MQTT client (reconnecting by itself)."""
-        options = MqttOptions(host, port, client_id, tls=tls, username=username or None, password=password,
-                              keepalive_s=30, protocol="3.1.1", persistent=False)
+    def connect(
+        cls, engine: Engine, broker: BrokerUrl, client_id: str, topic_root: str = TOPIC_ROOT
+    ) -> CommandDispatcher:
+        """A dispatcher with its own MQTT client (reconnecting by itself) to ``broker`` (its login, TLS and CA
+        bundle) as ``client_id`` (a client id in the URL is the ingest workers' and does not apply here)."""
+        options = MqttOptions.from_url(broker, client_id, keepalive_s=30, protocol="3.1.1", persistent=False)
+        options = dataclasses.replace(options, client_id=client_id)
         return cls(engine, ThreadedClient(options, name="command-mqtt").start(), topic_root)
 
     def start(self) -> CommandDispatcher:

@@ -118,8 +118,7 @@ class Platform:
         self.ingestor.start()
         broker = self.ingestor.broker  # the URL parsed once (ConfigError when it is bad)
         self.commands = CommandDispatcher.connect(
-            self.engine, broker.host, broker.port, broker.username, broker.password,
-            f"{self.settings.mqtt_client_id}-commands", self.settings.mqtt_topic_root, broker.tls,
+            self.engine, broker, f"{self.settings.mqtt_client_id}-commands", self.settings.mqtt_topic_root
         ).start()
         assert self.history is not None
         self.history.start()

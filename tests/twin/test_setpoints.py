@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import Engine, select
 
+from plant.mqtt import BrokerUrl
 from plant.site import parse_site
 from plant.wire import CommandReport, decode_command, now_us
 from tests.conftest import module_app, reset_app
@@ -227,7 +228,7 @@ def test_dispatch_publishes_once_on_the_owning_gateway_topic_and_never_resends_f
     root = f"t-{uuid.uuid4().hex[:8]}/v1"
     host, port = mqtt_broker
     sub = MqttPeer(host, port, [f"{root}/#"])
-    dispatcher = commands.CommandDispatcher.connect(api.engine, host, port, None, None,
+    dispatcher = commands.CommandDispatcher.connect(api.engine, BrokerUrl(host, port),
                                                     f"d-{uuid.uuid4().hex[:8]}", root)
     try:
         _wait(lambda: dispatcher.client.is_connected())
@@ -276,6 +277,18 @@ def test_a_command_pending_while_the_broker_is_down_expires_unsent(api: Api) -> 
     cmd = api.command(cid)
     assert cmd.state == "expired"
     assert cmd.outcome == "no_report"
+
+
+def test_the_dispatcher_logs_in_as_the_broker_url_says(api: Api) -> None:
+    url = BrokerUrl.parse("mqtts://platform:s3cret@127.0.0.1:1?ca_file=/etc/ssl/plant-ca.pem&client_id=ingest")
+    dispatcher = commands.CommandDispatcher.connect(api.engine, url, "platform-commands")
+    try:
+        options = dispatcher.client.options  # type: ignore[attr-defined]
+        assert (options.tls, options.ca_file, options.username, options.password) == (
+            True, "/etc/ssl/plant-ca.pem", "platform", "s3cret")
+        assert options.client_id == "platform-commands"  # the URL's client id is the ingest workers'
+    finally:
+        dispatcher.stop()
 
 
 def _wait(cond: Any, timeout: float = 5.0) -> None:
