@@ -29,16 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asyncua import Client, ua
 from fastapi.testclient import TestClient
 
 from benchmarks._mosquitto import free_port, private_mosquitto
-from plant.mqtt import BrokerUrl
+from plant.mqtt import BrokerUrl, MqttOptions, ThreadedClient
 from plant.wire import command_topic
 from tests.edge.setpoint_plant import PlcServer, plant_twin
 from twin.api import create_app
@@ -97,9 +94,9 @@ def run(commands: int) -> dict[str, Any]:
              "--broker", f"mqtt://127.0.0.1:{mport}", "--data-dir", str(tmp / "agent"), "--metrics-port", "-1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
         )
-        dup = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-redeliver")
-        dup.connect("127.0.0.1", mport)
-        dup.loop_start()
+        dup = ThreadedClient(MqttOptions("127.0.0.1", mport, "bench-redeliver", persistent=False),
+                             name="bench-redeliver").start()
+        dup.wait_connected(10)
         app = create_app(TwinSettings(data_dir=tmp, model_dir=tmp / "none"), engine)
         counts = {"sent": 0, "applied": 0, "expired": 0, "expired_applied": 0, "duplicated": 0, "failed": 0}
         latencies: list[float] = []
@@ -126,7 +123,7 @@ def run(commands: int) -> dict[str, Any]:
                     counts["applied"] += 1
                     latencies.append(elapsed)
                     plc.set(SENTINEL)
-                    dup.publish(command_topic(GATEWAY), to_wire(cmd).model_dump_json(), qos=1).wait_for_publish(5)
+                    dup.publish(command_topic(GATEWAY), to_wire(cmd).model_dump_json().encode(), qos=1, acked=True)
                     if i % 5 == 4:
                         before = plc.value()
                         r = client.post(url, json={"value": value + 0.5, "expires_s": 0.001}, headers=headers)
@@ -140,8 +137,7 @@ def run(commands: int) -> dict[str, Any]:
                     if plc.value() != SENTINEL:
                         counts["duplicated"] += 1
         finally:
-            dup.loop_stop()
-            dup.disconnect()
+            dup.stop()
             agent.send_signal(signal.SIGTERM)
             agent.wait(30)
             dispatcher.stop()
