@@ -25,6 +25,16 @@ from twin.config import TwinSettings
 settings.register_profile("factory-twin", deadline=None)
 settings.load_profile("factory-twin")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One OpenMP thread, in this process and the processes the tests start (a value already set is kept).
+
+    The tests train on a few thousand rows: scikit-learn's threads (boosting, k-means) cost more than they give
+    there, and on a loaded machine they spin against the suite's own services (a RUL training took five times as
+    long). Set before any test module imports scikit-learn.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("FACTORY_TWIN_DATASETS", ROOT.parent / "shared" / "datasets"))
 PG_ADMIN_URL = os.environ.get("FACTORY_TWIN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
