@@ -10,7 +10,8 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ from twin.config import TwinSettings
 # measured by benchmarks/).
 settings.register_profile("factory-twin", deadline=None)
 settings.load_profile("factory-twin")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One OpenMP thread, in this process and the processes the tests start (a value already set is kept).
+
+    The tests train on a few thousand rows: scikit-learn's threads (boosting, k-means) cost more than they give
+    there, and on a loaded machine they spin against the suite's own services (a RUL training took five times as
+    long). Set before any test module imports scikit-learn.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("FACTORY_TWIN_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -74,7 +85,6 @@ def topic_prefix() -> str:
 def _create_pg_database() -> str:
     from sqlalchemy import create_engine, text
 
-    _need("PostgreSQL", "127.0.0.1", 5432)
     name = f"ft_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -93,12 +103,51 @@ def _drop_pg_database(url: str) -> None:
     admin.dispose()
 
 
+class PgDatabases:
+    """Fresh, empty PostgreSQL databases, made one ahead and dropped behind on a thread of their own.
+
+    CREATE DATABASE and DROP DATABASE each take most of a second (a loaded server, more); a test waits for
+    neither. Every database is still new to the test that takes it and dropped once it is done with it.
+    """
+
+    def __init__(self) -> None:
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-databases")
+        self._ahead: Future[str] | None = None
+        self._drops: list[Future[None]] = []
+
+    def take(self) -> str:
+        """URL of a database no test has used; the next one is made while the caller uses it."""
+        _need("PostgreSQL", "127.0.0.1", 5432)
+        made = self._ahead or self._worker.submit(_create_pg_database)
+        self._ahead = self._worker.submit(_create_pg_database)
+        return made.result()
+
+    def give_back(self, url: str) -> None:
+        """Drop ``url``'s database (its connections are ended first), without waiting for it."""
+        self._drops.append(self._worker.submit(_drop_pg_database, url))
+
+    def close(self) -> None:
+        """Drop the database made ahead, and wait for every drop (a failed one is raised here)."""
+        if self._ahead is not None:
+            with suppress(Exception):  # PostgreSQL went away: nothing was made
+                self.give_back(self._ahead.result())
+        self._worker.shutdown(wait=True)
+        for drop in self._drops:
+            drop.result()
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[PgDatabases]:
+    """The session's maker of fresh PostgreSQL databases."""
+    databases = PgDatabases()
+    yield databases
+    databases.close()
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """URL of a fresh, empty PostgreSQL database, dropped afterwards."""
-    url = _create_pg_database()
-    yield url
-    _drop_pg_database(url)
+    yield from _pg_url(request)
 
 
 @pytest.fixture
@@ -113,9 +162,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'twin.db'}"
         return
-    url = _create_pg_database()
-    yield url
-    _drop_pg_database(url)
+    yield from _pg_url(request)
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -124,9 +171,14 @@ def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('module-db') / 'twin.db'}"
         return
-    url = _create_pg_database()
+    yield from _pg_url(request)
+
+
+def _pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    databases: PgDatabases = request.getfixturevalue("pg_databases")
+    url = databases.take()
     yield url
-    _drop_pg_database(url)
+    databases.give_back(url)
 
 
 @pytest.fixture(scope="module")

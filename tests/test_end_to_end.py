@@ -7,7 +7,9 @@ and PostgreSQL. Nothing is faked: every hop crosses real TCP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,15 +35,16 @@ class Outcome:
     webhooks: list[Received] = field(default_factory=list)
 
 
-def _run(config: StackConfig, seconds: float, prop: str = MACHINES["engine-1"], webhook: str | None = None) -> Outcome:
+def _run(config: StackConfig, prop: str = MACHINES["engine-1"], webhook: Receiver | None = None) -> Outcome:
+    """The stack until what the checks read has reached the twin (and the webhook the receiver), or 90 s."""
     stack = Stack(config)
     stack.start_platform()
     try:
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as api:
             if webhook is not None:
-                api.post("/api/v1/webhooks", json={"name": "maintenance", "url": webhook}).raise_for_status()
-            asyncio.run(stack.run_edge(seconds))
+                api.post("/api/v1/webhooks", json={"name": "maintenance", "url": webhook.url}).raise_for_status()
+            asyncio.run(_edge_until(stack, lambda: _arrived(api, prop, webhook), limit_s=90))
             states = {node: api.get(f"/api/v1/nodes/{node}").raise_for_status().json() for node in MACHINES}
             history = api.get(f"/api/v1/nodes/engine-1/properties/{prop}/history",
                               params={"limit": 5}).raise_for_status().json()
@@ -50,6 +53,38 @@ def _run(config: StackConfig, seconds: float, prop: str = MACHINES["engine-1"], 
     finally:
         stack.stop_platform()
     return Outcome(stack, states, history, alerts)
+
+
+async def _edge_until(stack: Stack, arrived: Callable[[], bool], limit_s: float) -> None:
+    """Simulator and agent until ``arrived()`` holds or ``limit_s`` pass; then the agent stops as on Ctrl-C
+    (flushing its outbox), and the checks judge what the twin holds."""
+
+    async def stop_on_arrival() -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit_s):
+                while not await asyncio.to_thread(arrived):  # noqa: ASYNC110  (a poll over REST, as a person looks)
+                    await asyncio.sleep(0.5)
+        stack.stop_edge()
+
+    watcher = asyncio.create_task(stop_on_arrival())
+    try:
+        await stack.run_edge()
+    finally:
+        watcher.cancel()
+
+
+def _arrived(api: httpx.Client, prop: str, webhook: Receiver | None) -> bool:
+    """Whether every value and verdict the checks read is in the twin: each machine's signal, the mill's fault
+    verdict, ``prop`` on the engine with two points of history; with a webhook, the pump's alert delivered."""
+    names = {node: {p["name"]: p for p in api.get(f"/api/v1/nodes/{node}").json().get("properties", [])}
+             for node in MACHINES}  # fmt: skip
+    wanted = [*MACHINES.items(), ("mill-1", "diag.faults.label"), ("engine-1", prop)]
+    if any(names[node].get(name, {}).get("value") is None for node, name in wanted):
+        return False
+    history = api.get(f"/api/v1/nodes/engine-1/properties/{prop}/history", params={"limit": 5}).json()
+    if len(history.get("items", [])) < 2:
+        return False
+    return webhook is None or any("motor-current" in str(r.json()) for r in webhook.requests)
 
 
 def _latest(state: dict[str, object], prop: str) -> dict[str, object]:
@@ -84,7 +119,7 @@ def _check(outcome: Outcome) -> None:
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
-    """One run on the embedded defaults, shared by the tests below: long enough for the engine's RUL model (15
+    """One run on the embedded defaults, shared by the tests below: until the engine's RUL model has spoken (15
     cycles, one per grid point), with a motor-current fault on the pump from the start and a webhook to the
     plant's receiver."""
     with pytest.MonkeyPatch.context() as monkeypatch, Receiver() as receiver:
@@ -92,7 +127,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         monkeypatch.setenv("TWIN_WEBHOOK_ALLOW_PRIVATE", '["127.0.0.1"]')
         config = StackConfig(data_dir=tmp_path_factory.mktemp("embedded"), http_port=0, speed=2.0,
                              gateway_id=f"e2e-{uuid.uuid4().hex[:8]}", faults=("pump-1.current:high@0",))
-        outcome = _run(config, seconds=21, prop="diag.rul.rul", webhook=receiver.url)
+        outcome = _run(config, prop="diag.rul.rul", webhook=receiver)
         outcome.webhooks = list(receiver.requests)
     return outcome
 
@@ -118,7 +153,7 @@ def test_mosquitto_and_postgresql(tmp_path: Path, pg_url: str, mqtt_broker: tupl
     host, port = mqtt_broker
     config = StackConfig(data_dir=tmp_path, database_url=pg_url, mqtt_url=f"mqtt://{host}:{port}", http_port=0,
                          speed=2.0, gateway_id=f"e2e-{uuid.uuid4().hex[:8]}", topic_root=topic_prefix)
-    _check(_run(config, seconds=12))
+    _check(_run(config))
 
 
 def test_a_fault_raises_one_alert_and_its_webhook(embedded: Outcome) -> None:

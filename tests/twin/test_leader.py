@@ -40,6 +40,7 @@ def _engines(url: str) -> Iterator[list[Engine]]:
     made = [make_engine(url) for _ in range(3)]
     TwinStore(made[2]).sync_site(alert_site())
     yield made
+    asyncio.run(live_bus_for(made[0]).aclose())  # the writer's NOTIFY connection, opened by its first announce
     for e in made:
         e.dispose()
 
@@ -318,6 +319,7 @@ def test_notify_reader_hears_other_processes_and_resyncs_after_a_lost_connection
         assert reader.wait(5) == [LiveEvent("p2", ("count",))]
     finally:
         reader.close()
+        asyncio.run(bus.aclose())
         engine.dispose()
 
 
