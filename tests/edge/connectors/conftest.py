@@ -20,8 +20,30 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.reading import ReadingBatch
+from plant.site import Site
 
 NS_URI = "urn:factory-twin:test"
+
+
+def one_machine_site(
+    source: str, spec: dict[str, Any], props: dict[str, Any], bindings: dict[str, dict[str, Any]]
+) -> Site:
+    """Site ``s`` with one machine ``m1`` (type ``m``, in area ``a``) whose properties ``props`` are bound
+    to the one source ``source`` described by ``spec``."""
+    machine = {
+        "id": "m1",
+        "kind": "machine",
+        "type": "m",
+        "bindings": {k: {"source": source, **v} for k, v in bindings.items()},
+    }
+    return Site.model_validate(
+        {
+            "site": {"id": "s"},
+            "sources": {source: spec},
+            "asset_types": {"m": {"properties": props}},
+            "nodes": [{"id": "s", "kind": "site", "children": [{"id": "a", "kind": "area", "children": [machine]}]}],
+        }
+    )
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from edge_agent.connectors.mqtt import MqttConnector
 from plant.site import Site
 from tests.mqtt_peer import MqttPeer
 
-from .conftest import Collector, free_port, running
+from .conftest import Collector, free_port, one_machine_site, running
 
 pytestmark = pytest.mark.mosquitto
 
@@ -24,33 +24,8 @@ T0 = 1_700_000_000
 
 def mqtt_site(url: str, bindings: dict[str, dict[str, Any]], client_id: str, **source: Any) -> Site:
     props = {name: {"dtype": "string"} if name == "kind" else {} for name in bindings}
-    return Site.model_validate(
-        {
-            "site": {"id": "s"},
-            "sources": {"mq": {"kind": "mqtt", "url": url, "client_id": client_id, **source}},
-            "asset_types": {"m": {"properties": props}},
-            "nodes": [
-                {
-                    "id": "s",
-                    "kind": "site",
-                    "children": [
-                        {
-                            "id": "a",
-                            "kind": "area",
-                            "children": [
-                                {
-                                    "id": "m1",
-                                    "kind": "machine",
-                                    "type": "m",
-                                    "bindings": {k: {"source": "mq", **v} for k, v in bindings.items()},
-                                }
-                            ],
-                        }
-                    ],
-                }
-            ],
-        }
-    )
+    spec = {"kind": "mqtt", "url": url, "client_id": client_id, **source}
+    return one_machine_site("mq", spec, props, bindings)
 
 
 def connector(site: Site, **settings: Any) -> MqttConnector:

@@ -18,39 +18,14 @@ from plant.mqtt.backoff import Backoff
 from plant.site import Site
 from plant.wire import Quality
 
-from .conftest import Collector, opcua_server, running
+from .conftest import Collector, one_machine_site, opcua_server, running
 
 
 def opcua_site(port: int, bindings: dict[str, dict[str, Any]], **source: Any) -> Site:
     """A one-machine site whose properties p1.. are bound to an OPC-UA server on ``port``."""
     props = {name: {"unit": "K"} for name in bindings}
-    return Site.model_validate(
-        {
-            "site": {"id": "s"},
-            "sources": {"srv": {"kind": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{port}/test/", **source}},
-            "asset_types": {"m": {"properties": props}},
-            "nodes": [
-                {
-                    "id": "s",
-                    "kind": "site",
-                    "children": [
-                        {
-                            "id": "a",
-                            "kind": "area",
-                            "children": [
-                                {
-                                    "id": "m1",
-                                    "kind": "machine",
-                                    "type": "m",
-                                    "bindings": {k: {"source": "srv", **v} for k, v in bindings.items()},
-                                },
-                            ],
-                        },
-                    ],
-                },
-            ],
-        }
-    )
+    spec = {"kind": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{port}/test/", **source}
+    return one_machine_site("srv", spec, props, bindings)
 
 
 def connector(site: Site, **settings: Any) -> OpcUaConnector:

@@ -14,11 +14,10 @@ from edge_agent.connectors import sparkplug_b_pb2 as pb
 from edge_agent.connectors.factory import build_connectors
 from edge_agent.connectors.mqtt import MqttConnector
 from edge_agent.connectors.sparkplug import REBIRTH_METRIC, SparkplugDecoder, SparkplugField
-from plant.site import Site
 from plant.wire import Quality
 from tests.mqtt_peer import MqttPeer
 
-from .conftest import Collector, running
+from .conftest import Collector, one_machine_site, running
 
 T_MS = 1_700_000_000_000
 
@@ -161,42 +160,13 @@ def test_against_the_broker_birth_data_gap_rebirth_death(
     mqtt_broker: tuple[str, int], topic_prefix: str
 ) -> None:
     group = topic_prefix
-    site = Site.model_validate(
-        {
-            "site": {"id": "s"},
-            "sources": {
-                "sp": {
-                    "kind": "mqtt",
-                    "url": f"mqtt://{mqtt_broker[0]}:{mqtt_broker[1]}",
-                    "format": "sparkplug",
-                    "client_id": f"{group}-agent",
-                }
-            },
-            "asset_types": {"m": {"properties": {"temp": {}}}},
-            "nodes": [
-                {
-                    "id": "s",
-                    "kind": "site",
-                    "children": [
-                        {
-                            "id": "a",
-                            "kind": "area",
-                            "children": [
-                                {
-                                    "id": "m1",
-                                    "kind": "machine",
-                                    "type": "m",
-                                    "bindings": {
-                                        "temp": {"source": "sp", "device": f"{group}/e1", "metric": "Temp"}
-                                    },
-                                }
-                            ],
-                        }
-                    ],
-                }
-            ],
-        }
-    )
+    spec = {
+        "kind": "mqtt",
+        "url": f"mqtt://{mqtt_broker[0]}:{mqtt_broker[1]}",
+        "format": "sparkplug",
+        "client_id": f"{group}-agent",
+    }
+    site = one_machine_site("sp", spec, {"temp": {}}, {"temp": {"device": f"{group}/e1", "metric": "Temp"}})
     commands: list[str] = []
     # subscribed (SUBACK read) before the agent's first rebirth request
     edge = MqttPeer(*mqtt_broker, [f"spBv1.0/{group}/NCMD/e1"], on_message=lambda m: commands.append(m.topic))
