@@ -181,16 +181,25 @@ def _pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     databases.give_back(url)
 
 
-@pytest.fixture(scope="module")
-def module_engine(module_db_url: str) -> Iterator[Engine]:
-    """An engine on ``module_db_url`` with the schema ``create_all`` makes, for ``empty_engine``."""
+@contextmanager
+def schema_engine(url: str) -> Iterator[Engine]:
+    """An engine on ``url`` with the schema ``create_all`` makes, disposed when the block ends."""
     from twin.db import make_engine
     from twin.tables import Base
 
-    engine = make_engine(module_db_url)
+    engine = make_engine(url)
     Base.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def module_engine(module_db_url: str) -> Iterator[Engine]:
+    """An engine on ``module_db_url`` with the schema ``create_all`` makes, for ``empty_engine``."""
+    with schema_engine(module_db_url) as engine:
+        yield engine
 
 
 @pytest.fixture
@@ -236,14 +245,9 @@ def module_app(db_url: str, settings: TwinSettings) -> Iterator[tuple[TestClient
     """The API app on a database made by ``create_all``, for a module's tests to share (building an app's routes
     takes most of a second); each test starts with ``reset_app``."""
     from twin.api import create_app
-    from twin.db import make_engine
-    from twin.tables import Base
 
-    engine = make_engine(db_url)
-    Base.metadata.create_all(engine)
-    with TestClient(create_app(settings, engine)) as client:
+    with schema_engine(db_url) as engine, TestClient(create_app(settings, engine)) as client:
         yield client, engine
-    engine.dispose()
 
 
 def reset_app(client: TestClient) -> None:

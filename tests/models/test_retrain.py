@@ -18,6 +18,7 @@ from factory_twin.cli import cli
 from models import anomaly, build, faults, registry, retrain, runtime, tasks
 from models.datasets import AI4I_COLUMNS
 from models.errors import DataError
+from tests.conftest import schema_engine
 
 _AI4I = {column: name for column, name in AI4I_COLUMNS.items() if name in faults.SPEC.signals}  # CSV → signal
 
@@ -230,13 +231,8 @@ def test_extra_rows_select_by_label() -> None:
 @pytest.fixture
 def twin_db(db_url: str) -> Iterator[Engine]:
     """A fresh platform schema (SQLite and PostgreSQL), disposed afterwards."""
-    from twin.db import make_engine
-    from twin.tables import Base
-
-    engine = make_engine(db_url)
-    Base.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
+    with schema_engine(db_url) as engine:
+        yield engine
 
 
 @pytest.mark.datasets

@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from tests.conftest import schema_engine
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.dashboard.pages import STATIC
-from twin.db import make_engine, make_sessionmaker
-from twin.tables import Base
+from twin.db import make_sessionmaker
 from twin.users import create_user
 
 PASSWORD = "the right password"
@@ -24,12 +24,10 @@ PASSWORD = "the right password"
 
 @pytest.fixture
 def engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url)
-    Base.metadata.create_all(engine)
-    with make_sessionmaker(engine)() as s:
-        create_user(s, "ada", PASSWORD, "admin")
-    yield engine
-    engine.dispose()
+    with schema_engine(sqlite_url) as engine:
+        with make_sessionmaker(engine)() as s:
+            create_user(s, "ada", PASSWORD, "admin")
+        yield engine
 
 
 @pytest.fixture

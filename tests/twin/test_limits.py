@@ -14,22 +14,20 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
 from tests.api_server import serve_api
+from tests.conftest import schema_engine
 from twin.api import create_app
 from twin.api.app import MAX_ERRORS
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.db import make_engine, make_sessionmaker
-from twin.tables import Base
+from twin.db import make_sessionmaker
 
 JUNK_LOGIN = json.dumps({f"k{i:06d}": i for i in range(200_000)}).encode()  # 3.7 MB of unknown keys
 
 
 @pytest.fixture
 def engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url)
-    Base.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
+    with schema_engine(sqlite_url) as engine:
+        yield engine
 
 
 @pytest.fixture

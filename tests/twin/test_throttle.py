@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from sqlalchemy import Engine
 
+from tests.conftest import schema_engine
 from twin.api import create_app
 from twin.auth import Role, create_key, revoke_key
 from twin.config import TwinSettings
-from twin.db import make_engine, make_sessionmaker
+from twin.db import make_sessionmaker
 from twin.errors import BadCredentials, TooManyAttempts, Unauthenticated
-from twin.tables import Base
 from twin.throttle import Kind, Policy, Throttle
 from twin.users import create_user
 
@@ -27,12 +27,10 @@ PASSWORD = "the right password"
 
 @pytest.fixture
 def engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url)
-    Base.metadata.create_all(engine)
-    with make_sessionmaker(engine)() as s:
-        create_user(s, "tess", PASSWORD, "technician")
-    yield engine
-    engine.dispose()
+    with schema_engine(sqlite_url) as engine:
+        with make_sessionmaker(engine)() as s:
+            create_user(s, "tess", PASSWORD, "technician")
+        yield engine
 
 
 def _client(engine: Engine, tmp_path: Path, **settings: object) -> TestClient:

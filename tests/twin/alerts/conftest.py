@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 from plant.site import Site, load_site, parse_site
-from twin.db import make_engine
-from twin.tables import Base
+from tests.conftest import schema_engine
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -19,13 +18,6 @@ ROOT = Path(__file__).resolve().parents[3]
 def site() -> Site:
     """The example plant with its alert rules."""
     return load_site(ROOT / "examples" / "plant.yaml")
-
-
-def _schema(url: str) -> Iterator[Engine]:
-    engine = make_engine(url)
-    Base.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -37,13 +29,15 @@ def db(empty_engine: Engine) -> Engine:
 @pytest.fixture
 def sqlite_db(sqlite_url: str) -> Iterator[Engine]:
     """A fresh schema on SQLite only (pure rule logic, where the database does not matter)."""
-    yield from _schema(sqlite_url)
+    with schema_engine(sqlite_url) as engine:
+        yield engine
 
 
 @pytest.fixture
 def pg_db(pg_url: str) -> Iterator[Engine]:
     """A fresh schema on PostgreSQL only."""
-    yield from _schema(pg_url)
+    with schema_engine(pg_url) as engine:
+        yield engine
 
 
 def fleet_site(n: int) -> Site:
