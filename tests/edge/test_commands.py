@@ -12,6 +12,7 @@ import pytest
 from edge_agent.commands import CommandExecutor, Journal, OpcUaWriter
 from plant.site import Site, parse_site
 from plant.wire import Command, now_us
+from tests.site_texts import one_pump_site
 
 from .connectors.conftest import free_port, opcua_server
 
@@ -20,7 +21,7 @@ from .connectors.conftest import free_port, opcua_server
 def port() -> int:
     return free_port()
 
-SITE = """
+SITE = one_pump_site("""
 site: {{id: plant}}
 sources:
   ua: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:{port}/test/"}}
@@ -30,22 +31,11 @@ asset_types:
       speed: {{unit: rpm, writable: {{limits: [0, 3000], role: technician}}}}
       locked: {{unit: rpm, writable: {{limits: [0, 3000]}}}}
       temp: {{unit: C}}
-nodes:
-  - id: plant
-    kind: site
-    gateway: gw1
-    children:
-      - id: area
-        kind: area
-        children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-              speed: {{source: ua, node_id: "ns=2;s=t1"}}
-              locked: {{source: ua, node_id: "ns=2;s=t2"}}
-              temp: {{source: ua, node_id: "ns=2;s=t3"}}
-"""
+""", """\
+speed: {{source: ua, node_id: "ns=2;s=t1"}}
+locked: {{source: ua, node_id: "ns=2;s=t2"}}
+temp: {{source: ua, node_id: "ns=2;s=t3"}}
+""", gateway="gw1")
 
 
 def _cmd(value: float | str = 1200.0, *, node: str = "p1", prop: str = "speed", gateway: str = "gw1",

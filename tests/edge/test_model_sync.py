@@ -33,6 +33,7 @@ from twin.tables import Base, ModelVersion
 
 from ..api_server import serve_api
 from ..model_archives import model_copy
+from ..site_texts import one_pump_site
 
 SIGNALS = {
     "accelerometer1_rms": ("g", 0.2),
@@ -50,8 +51,8 @@ GRID_US = 1_000_000
 
 def site_yaml() -> str:
     props = "\n".join(f"      {s}: {{unit: {u}}}" for s, (u, _) in SIGNALS.items())
-    binds = "\n".join(f"                  {s}: {{source: plc, topic: p/1, path: {s}}}" for s in SIGNALS)
-    return f"""
+    binds = "".join(f"{s}: {{source: plc, topic: p/1, path: {s}}}\n" for s in SIGNALS)
+    return one_pump_site(f"""
 site: {{id: s}}
 sources:
   plc: {{kind: mqtt, format: json}}
@@ -63,19 +64,7 @@ asset_types:
   fan:
     properties:
       speed: {{unit: rpm}}
-nodes:
-  - id: s
-    kind: site
-    children:
-      - id: hall
-        kind: area
-        children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-{binds}
-"""
+""", binds, site="s", area="hall")
 
 
 @dataclass

@@ -7,8 +7,9 @@ import pytest
 
 from plant.errors import SiteError
 from plant.site import parse_site
+from tests.site_texts import one_pump_site
 
-SITE = """
+SITE = one_pump_site("""
 site: {{id: plant}}
 sources:
   ua: {{kind: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}}
@@ -18,21 +19,10 @@ asset_types:
     properties:
       speed: {{unit: rpm, {speed}}}
       flow: {{unit: m3/h, writable: {{limits: [0, 50]}}}}
-nodes:
-  - id: plant
-    kind: site
-    gateway: gw1
-    children:
-      - id: area
-        kind: area
-        children:
-          - id: p1
-            kind: machine
-            type: pump
-            bindings:
-              speed: {{source: ua, node_id: "ns=2;s=p1.speed"}}
-              flow: {{source: bus, topic: plant/p1, path: flow{flow}}}
-"""
+""", """\
+speed: {{source: ua, node_id: "ns=2;s=p1.speed"}}
+flow: {{source: bus, topic: plant/p1, path: flow{flow}}}
+""", gateway="gw1")
 GOOD_SPEED = "writable: {limits: [0, 3000], max_rate: 100, role: technician, two_person: true}"
 GOOD_FLOW = ", command_topic: plant/p1/set, command_field: flow"
 

@@ -40,24 +40,12 @@ from twin.store import TwinStore
 from twin.tables import HistoryRow, TwinProperty
 from twin.topic_access import TopicRules
 
-from .store_helpers import NOW, batch, site, value
+from .store_helpers import NOW, SITE_YAML, batch, site, value
 
-OWNED_SITE = """
-site: {id: plant}
-asset_types:
-  pump:
-    properties:
-      temp: {unit: degC, range: [0, 120]}
-nodes:
-  - id: plant
-    kind: site
-    children:
-      - id: hall
-        kind: area
-        children:
-          - {id: p1, kind: machine, type: pump, gateway: gw-a}
-          - {id: p2, kind: machine, type: pump, gateway: gw-b}
-"""
+# the test plant, each pump owned by one gateway
+OWNED_SITE = SITE_YAML.replace("type: pump, attributes", "type: pump, gateway: gw-a, attributes").replace(
+    "{id: p2, kind: machine, type: pump}", "{id: p2, kind: machine, type: pump, gateway: gw-b}"
+)
 FORGED = 99.0
 
 
