@@ -25,6 +25,7 @@ from plant.mqtt import Backoff, MqttOptions, ThreadedClient
 from plant.site import Site
 from plant.wire import UplinkBatch, Value, ack_topic, decode_ack, uplink_topic
 from tests.twin.store_helpers import SITE_YAML, site
+from twin.config import TwinSettings
 from twin.db import make_engine
 from twin.store import TwinStore
 
@@ -45,6 +46,17 @@ def prepare(url: str) -> None:
     engine = make_engine(url)
     try:
         TwinStore(engine).sync_site(site())
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def prepared_store(url: str, settings: TwinSettings) -> Iterator[TwinStore]:
+    """A store on ``url``, ``prepare``d, with ``settings``; its engine disposed when the block ends."""
+    prepare(url)
+    engine = make_engine(url)
+    try:
+        yield TwinStore(engine, settings)
     finally:
         engine.dispose()
 

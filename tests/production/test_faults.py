@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import text
@@ -27,7 +28,7 @@ from .helpers import (
     history_rows,
     latest_ts,
     make_batches,
-    prepare,
+    prepared_store,
     private_mosquitto,
 )
 
@@ -36,10 +37,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 @pytest.fixture
 def store(pg_url: str) -> Iterator[TwinStore]:
-    prepare(pg_url)
-    engine = make_engine(pg_url)
-    yield TwinStore(engine, TwinSettings())
-    engine.dispose()
+    with prepared_store(pg_url, TwinSettings()) as store:
+        yield store
 
 
 def _ingestor(store: TwinStore, host: str, port: int, root: str, cid: str) -> Ingestor:
@@ -47,15 +46,29 @@ def _ingestor(store: TwinStore, host: str, port: int, root: str, cid: str) -> In
                     topic_root=root)
 
 
+@contextmanager
+def _two_workers(
+    store: TwinStore, mqtt_broker: tuple[str, int], root: str
+) -> Iterator[tuple[Ingestor, Sender]]:
+    """Two ingest workers on a shared subscription and a gateway's sender, for the block; afterwards both
+    stopped and their broker sessions forgotten."""
+    host, port = mqtt_broker
+    cid = f"ft-{uuid.uuid4().hex[:8]}"
+    ing = _ingestor(store, host, port, root, cid).start()
+    sender = Sender(host, port, root, "gw1")
+    try:
+        yield ing, sender
+    finally:
+        sender.close()
+        ing.stop()
+        forget_sessions(host, port, [f"{cid}-0", f"{cid}-1"])
+
+
 @pytest.mark.mosquitto
 def test_two_workers_race_latest_never_moves_backwards(
     store: TwinStore, pg_url: str, mqtt_broker: tuple[str, int], topic_prefix: str
 ) -> None:
-    host, port = mqtt_broker
-    cid = f"ft-{uuid.uuid4().hex[:8]}"
-    ing = _ingestor(store, host, port, topic_prefix, cid).start()
-    sender = Sender(host, port, topic_prefix, "gw1")
-    try:
+    with _two_workers(store, mqtt_broker, topic_prefix) as (ing, sender):
         start = now_us() - 2 * 3600 * SEC
         batches = make_batches("gw1", 60, 50, start)
         random.Random(7).shuffle(batches)  # newer and older values reach the two workers in any order
@@ -66,10 +79,6 @@ def test_two_workers_race_latest_never_moves_backwards(
         deadline = time.monotonic() + 10
         while ing.stats().batches < len(batches) + len(again) and time.monotonic() < deadline:
             time.sleep(0.05)
-    finally:
-        sender.close()
-        ing.stop()
-        forget_sessions(host, port, [f"{cid}-0", f"{cid}-1"])
     stats = ing.stats()
     assert stats.values == 3000
     assert stats.duplicates >= len(again) * 50
@@ -99,24 +108,18 @@ def _terminate_backends(url: str, rounds: int, stop: threading.Event) -> int:
 def test_database_connections_cut_under_load(
     store: TwinStore, pg_url: str, mqtt_broker: tuple[str, int], topic_prefix: str
 ) -> None:
-    host, port = mqtt_broker
-    cid = f"ft-{uuid.uuid4().hex[:8]}"
-    ing = _ingestor(store, host, port, topic_prefix, cid).start()
-    sender = Sender(host, port, topic_prefix, "gw1")
     stop = threading.Event()
     killed: list[int] = []
     cutter = threading.Thread(target=lambda: killed.append(_terminate_backends(pg_url, 5, stop)))
-    try:
-        start = now_us() - 2 * 3600 * SEC
-        batches = make_batches("gw1", 80, 100, start)
-        cutter.start()
-        sender.deliver(batches, timeout=60, resend_after=2.0, pace=0.02)
-    finally:
-        stop.set()
-        cutter.join()
-        sender.close()
-        ing.stop()
-        forget_sessions(host, port, [f"{cid}-0", f"{cid}-1"])
+    with _two_workers(store, mqtt_broker, topic_prefix) as (_, sender):
+        try:
+            start = now_us() - 2 * 3600 * SEC
+            batches = make_batches("gw1", 80, 100, start)
+            cutter.start()
+            sender.deliver(batches, timeout=60, resend_after=2.0, pace=0.02)
+        finally:
+            stop.set()
+            cutter.join()
     assert killed[0] > 0
     assert history_rows(pg_url) == (8000, 8000)
     assert latest_ts(pg_url) == {"p1": start + 3999 * SEC, "p2": start + 3999 * SEC}

@@ -29,7 +29,7 @@ from twin.history import (
 )
 from twin.store import TwinStore
 
-from .helpers import SEC, prepare
+from .helpers import SEC, prepare, prepared_store
 
 NOW = floor_to(1_790_000_000_000_000, DAY_US) + 12 * HOUR_US  # noon, some day in 2026
 
@@ -40,10 +40,8 @@ def _settings(**kw: object) -> TwinSettings:
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[TwinStore]:
-    prepare(db_url)
-    engine = make_engine(db_url)
-    yield TwinStore(engine, _settings())
-    engine.dispose()
+    with prepared_store(db_url, _settings()) as store:
+        yield store
 
 
 def _values(start: int, n: int, step: int, node: str = "p1") -> list[Value]:
