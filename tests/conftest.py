@@ -195,6 +195,20 @@ def schema_engine(url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
+@contextmanager
+def migrated_engine(url: str) -> Iterator[Engine]:
+    """An engine on ``url`` brought to the newest revision by the migrations, disposed when the block ends."""
+    from migrations import run
+    from twin.db import make_engine
+
+    run.upgrade(url)
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def module_engine(module_db_url: str) -> Iterator[Engine]:
     """An engine on ``module_db_url`` with the schema ``create_all`` makes, for ``empty_engine``."""

@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from migrations import run
+from tests.conftest import migrated_engine
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
-from twin.db import make_engine, make_sessionmaker
+from twin.db import make_sessionmaker
 from twin.errors import ConfigError
 from twin.metrics import platform_collectors, registry_of, serve_metrics
 from twin.platform import Platform, PlatformParts
@@ -25,10 +25,8 @@ from .helpers import alert_site
 
 @pytest.fixture
 def engine(sqlite_url: str) -> Iterator[Engine]:
-    run.upgrade(sqlite_url)
-    e = make_engine(sqlite_url)
-    yield e
-    e.dispose()
+    with migrated_engine(sqlite_url) as e:
+        yield e
 
 
 def _values(body: str) -> dict[str, float]:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from migrations import run as migrations
 from plant.wire import now_us
-from tests.conftest import module_app, reset_app
+from tests.conftest import migrated_engine, module_app, reset_app
 from twin import audit
 from twin.alerts import lifecycle
 from twin.auth import Role, create_key
@@ -322,10 +322,8 @@ def test_only_an_admin_reads_the_audit_trail(api: Api, role: Role) -> None:
 @pytest.fixture
 def migrated(db_url: str) -> Iterator[Engine]:
     """A database at the newest revision: the triggers as the migration makes them."""
-    migrations.upgrade(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
+    with migrated_engine(db_url) as engine:
+        yield engine
 
 
 def _add(engine: Engine, at: int, n: int = 1) -> None:
