@@ -217,6 +217,15 @@ def _check_example_plant(stack: Stack) -> None:
         assert pump.path == "/demo-plant/utilities/pump-1/", pump.path
 
 
+def log_in(page: Any, url: str, username: str, password: str = PASSWORD) -> None:
+    """Sign in with a password on the dashboard at ``url``; back once the plant tree is shown."""
+    page.goto(url + "/")
+    page.fill("#login-password input[name=username]", username)
+    page.fill("#login-password input[name=password]", password)
+    page.click("#login-password button")
+    page.wait_for_selector("#tree li")
+
+
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     """Headless Debian Chromium driven by Playwright; skipped (failed under CI) when it is not installed."""

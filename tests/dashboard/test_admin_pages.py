@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.dashboard.conftest import ARTIFACTS, PASSWORD, Plant
+from tests.dashboard.conftest import ARTIFACTS, PASSWORD, Plant, log_in
 from twin.auth import Role
 from twin.db import make_sessionmaker
 from twin.tables import User
@@ -61,17 +61,9 @@ def _sites_of(plant: Plant, username: str) -> list[str] | None:
     return sites
 
 
-def _login(page: Any, plant: Plant, username: str, password: str = PASSWORD) -> None:
-    page.goto(plant.url + "/")
-    page.fill("#login-password input[name=username]", username)
-    page.fill("#login-password input[name=password]", password)
-    page.click("#login-password button")
-    page.wait_for_selector("#tree li")
-
-
 def test_an_admin_creates_and_disables_a_user_and_finds_it_in_the_audit_trail(context: Any, plant: Plant) -> None:
     page = _page(context)
-    _login(page, plant, _person(plant, Role.ADMIN))
+    log_in(page, plant.url, _person(plant, Role.ADMIN))
     page.click("nav a[data-nav=users]")
     page.wait_for_selector("#users tbody tr[data-user]")
     _fits(page)
@@ -129,7 +121,7 @@ def test_an_admin_creates_and_disables_a_user_and_finds_it_in_the_audit_trail(co
 def test_a_person_changes_their_password_and_sees_their_sessions(context: Any, plant: Plant) -> None:
     name = _person(plant, Role.VIEWER)
     page = _page(context)
-    _login(page, plant, name)
+    log_in(page, plant.url, name)
     assert page.is_hidden("nav a[data-nav=users]")
     assert page.is_hidden("nav a[data-nav=audit]")
     page.click("#who")
@@ -147,5 +139,5 @@ def test_a_person_changes_their_password_and_sees_their_sessions(context: Any, p
     page.wait_for_selector("#toast:not([hidden])")
     page.screenshot(path=str(ARTIFACTS / f"32-account-{page.width}.png"), full_page=True)
     other = _page(context)
-    _login(other, plant, name, "my new long password")
+    log_in(other, plant.url, name, "my new long password")
     assert not page.errors + other.errors

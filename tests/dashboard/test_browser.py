@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import uvicorn
 
-from tests.dashboard.conftest import ARTIFACTS, PASSWORD, Plant
+from tests.dashboard.conftest import ARTIFACTS, Plant, log_in
 from twin.api import create_app
 from twin.broker import free_port
 from twin.config import TwinSettings
@@ -61,18 +61,10 @@ def _chart_title(page: Any) -> str:
     return str(page.text_content("#charts .chart-title") or "")
 
 
-def _login(page: Any, plant: Plant, username: str) -> None:
-    page.goto(plant.url + "/")
-    page.fill("#login-password input[name=username]", username)
-    page.fill("#login-password input[name=password]", PASSWORD)
-    page.click("#login-password button")
-    page.wait_for_selector("#tree li")
-
-
 def test_open_the_plant_search_and_see_a_value_change_live(page: Any, plant: Plant) -> None:
     page.goto(plant.url + "/")
     _shot(page, "01-login")
-    _login(page, plant, "tess")
+    log_in(page, plant.url, "tess")
     page.wait_for_selector("#conn[data-state=live]")
     assert page.text_content("#who") == "tess · technician"
     assert page.get_attribute('[data-node="pump-1"] .dot', "data-health") == "alarm"
@@ -101,7 +93,7 @@ def test_open_the_plant_search_and_see_a_value_change_live(page: Any, plant: Pla
 
 
 def test_a_technician_acknowledges_an_alert_and_sees_its_state_change(page: Any, plant: Plant) -> None:
-    _login(page, plant, "tess")
+    log_in(page, plant.url, "tess")
     page.goto(plant.url + "/#/alerts")
     card = f'[data-alert="{plant.alerts["motor-current"]}"]'
     page.wait_for_selector(f"{card} [data-advice] strong")  # the advice beside the alert
@@ -123,7 +115,7 @@ def test_a_technician_acknowledges_an_alert_and_sees_its_state_change(page: Any,
 
 
 def test_a_viewer_cannot_acknowledge(page: Any, plant: Plant) -> None:
-    _login(page, plant, "vic")
+    log_in(page, plant.url, "vic")
     page.goto(plant.url + "/#/alerts")
     card = f'[data-alert="{plant.alerts["pump-anomaly"]}"]'
     page.wait_for_selector(card)

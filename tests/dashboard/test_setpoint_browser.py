@@ -12,7 +12,7 @@ import pytest
 
 from plant.site import parse_site
 from tests.api_server import serve_api
-from tests.dashboard.conftest import ARTIFACTS, PASSWORD
+from tests.dashboard.conftest import ARTIFACTS, PASSWORD, log_in
 from tests.twin.test_setpoints import SITE
 from twin.api import create_app
 from twin.config import TwinSettings
@@ -42,11 +42,7 @@ def _open(browser: Any, url: str, user: str) -> Any:
     page.set_default_timeout(15_000)
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.goto(url + "/")
-    page.fill("#login-password input[name=username]", user)
-    page.fill("#login-password input[name=password]", PASSWORD)
-    page.click("#login-password button")
-    page.wait_for_selector("#tree li")
+    log_in(page, url, user)
     page.goto(url + "/#/asset/p1")
     page.wait_for_selector("[data-setpoint=speed]")
     return page

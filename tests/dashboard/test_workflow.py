@@ -20,7 +20,7 @@ import icalendar
 import pytest
 
 from plant.wire import Diagnosis, UplinkBatch, now_us
-from tests.dashboard.conftest import ARTIFACTS, PASSWORD, Plant
+from tests.dashboard.conftest import ARTIFACTS, PASSWORD, Plant, log_in
 from tests.dashboard.test_browser import _chart_title, _shot, _wait_until
 from twin.alerts import lifecycle
 from twin.db import make_sessionmaker
@@ -42,11 +42,7 @@ def page(browser: Any, plant: Plant, request: pytest.FixtureRequest) -> Iterator
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
     p.width = request.param
-    p.goto(plant.url + "/")
-    p.fill("#login-password input[name=username]", "tess")
-    p.fill("#login-password input[name=password]", PASSWORD)
-    p.click("#login-password button")
-    p.wait_for_selector("#tree li")
+    log_in(p, plant.url, "tess")
     p.wait_for_selector("#conn[data-state=live]")
     yield p
     context.close()
@@ -186,18 +182,30 @@ def test_an_alert_follows_the_mode_live_and_a_comment_survives_live_updates(page
     page.wait_for_selector(f"{card} [data-history] li[data-kind=change]")
 
 
+def _work_order_form(page: Any, where: str, task: str) -> str:
+    """Open the work-order form of the alert card or plan row ``where``: its task is ``task`` (from the knowledge
+    base) and it has a due date; assign it to tess. The form's selector."""
+    page.click(f"{where} [data-action='work order']")
+    form = f"{where} form[data-form=work-order]"
+    _wait_until(lambda: page.input_value(f"{form} input[name=task]") != "", 10, "the task from the knowledge base")
+    assert page.input_value(f"{form} input[name=task]") == task
+    assert page.input_value(f"{form} input[name=due]") != ""
+    page.fill(f"{form} input[name=assignee]", "tess")
+    return form
+
+
+def _submit_work_order(page: Any, form: str) -> str:
+    """Submit the work-order form; the id of the order opened, from the toast."""
+    page.click(f"{form} button[type=submit]")
+    _wait_until(lambda: "opened" in (page.text_content("#toast") or ""), 10, "the work order toast")
+    return (page.text_content("#toast") or "").split("#")[1].split()[0]
+
+
 def test_a_work_order_from_an_alert_to_done_and_into_the_logbook(page: Any, plant: Plant, tmp_path: Path) -> None:
     page.goto(plant.url + "/#/asset/pump-1")
     card = f'#open-alerts [data-alert="{plant.alerts["motor-current"]}"]'
-    page.click(f"{card} [data-action='work order']")
-    form = f"{card} form[data-form=work-order]"
-    _wait_until(lambda: page.input_value(f"{form} input[name=task]") != "", 10, "the task from the knowledge base")
-    assert page.input_value(f"{form} input[name=task]") == "Motor current high"
-    assert page.input_value(f"{form} input[name=due]") != ""
-    page.fill(f"{form} input[name=assignee]", "tess")
-    page.click(f"{form} button[type=submit]")
-    _wait_until(lambda: "opened" in (page.text_content("#toast") or ""), 10, "the work order toast")
-    wo_id = (page.text_content("#toast") or "").split("#")[1].split()[0]
+    form = _work_order_form(page, card, "Motor current high")
+    wo_id = _submit_work_order(page, form)
     _fits(page)
     page.goto(plant.url + "/#/work-orders")
     wo = f'[data-wo="{wo_id}"]'
@@ -259,17 +267,10 @@ def test_a_work_order_from_a_plan_item(page: Any, plant: Plant) -> None:
     row = f'#plan tbody tr[data-alert="{alert_id}"]'
     page.wait_for_selector(row)
     assert "lower bound 52 cycles" in page.text_content(f"{row} td[data-label=Due]")  # due from the RUL interval
-    page.click(f"{row} [data-action='work order']")
-    form = f"{row} form[data-form=work-order]"
-    _wait_until(lambda: page.input_value(f"{form} input[name=task]") != "", 10, "the task from the knowledge base")
-    assert page.input_value(f"{form} input[name=task]") == "Engine degradation"
-    assert page.input_value(f"{form} input[name=due]") != ""
-    page.fill(f"{form} input[name=assignee]", "tess")
+    form = _work_order_form(page, row, "Engine degradation")
     _fits(page)
     _shot(page, f"25-plan-work-order-{page.width}")
-    page.click(f"{form} button[type=submit]")
-    _wait_until(lambda: "opened" in (page.text_content("#toast") or ""), 10, "the work order toast")
-    wo_id = (page.text_content("#toast") or "").split("#")[1].split()[0]
+    wo_id = _submit_work_order(page, form)
     # the plan item now names its work order, and leads to it
     link = f"{row} a[href='#/work-orders?id={wo_id}']"
     page.wait_for_selector(link)
