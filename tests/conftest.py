@@ -156,6 +156,13 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'twin.db'}"
 
 
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    """An engine on a fresh SQLite file with the schema, disposed afterwards."""
+    with schema_engine(sqlite_url) as engine:
+        yield engine
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh empty database, once on SQLite and once on PostgreSQL: the same suite runs on both."""

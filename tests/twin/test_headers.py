@@ -4,30 +4,23 @@ style, no framing, no cookies; /metrics and the API documentation open, behind a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from tests.conftest import schema_engine
+from tests.twin.conftest import PASSWORD, with_user
 from twin.api import create_app
 from twin.auth import Role, create_key
 from twin.config import TwinSettings
 from twin.dashboard.pages import STATIC
 from twin.db import make_sessionmaker
-from twin.users import create_user
-
-PASSWORD = "the right password"
 
 
 @pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
-    with schema_engine(sqlite_url) as engine:
-        with make_sessionmaker(engine)() as s:
-            create_user(s, "ada", PASSWORD, "admin")
-        yield engine
+def engine(sqlite_engine: Engine) -> Engine:
+    return with_user(sqlite_engine, "ada", "admin")
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
 from tests.api_server import serve_api
-from tests.conftest import schema_engine
 from twin.api import create_app
 from twin.api.app import MAX_ERRORS
 from twin.auth import Role, create_key
@@ -25,9 +24,8 @@ JUNK_LOGIN = json.dumps({f"k{i:06d}": i for i in range(200_000)}).encode()  # 3.
 
 
 @pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
-    with schema_engine(sqlite_url) as engine:
-        yield engine
+def engine(sqlite_engine: Engine) -> Engine:
+    return sqlite_engine
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,18 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from sqlalchemy import Engine
 
-from tests.conftest import schema_engine
+from tests.twin.conftest import PASSWORD, with_user
 from twin.api import create_app
 from twin.auth import Role, create_key, revoke_key
 from twin.config import TwinSettings
 from twin.db import make_sessionmaker
 from twin.errors import BadCredentials, TooManyAttempts, Unauthenticated
 from twin.throttle import Kind, Policy, Throttle
-from twin.users import create_user
-
-PASSWORD = "the right password"
 
 
 @pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
-    with schema_engine(sqlite_url) as engine:
-        with make_sessionmaker(engine)() as s:
-            create_user(s, "tess", PASSWORD, "technician")
-        yield engine
+def engine(sqlite_engine: Engine) -> Engine:
+    return with_user(sqlite_engine, "tess", "technician")
 
 
 def _client(engine: Engine, tmp_path: Path, **settings: object) -> TestClient:

@@ -27,10 +27,9 @@ def db(empty_engine: Engine) -> Engine:
 
 
 @pytest.fixture
-def sqlite_db(sqlite_url: str) -> Iterator[Engine]:
+def sqlite_db(sqlite_engine: Engine) -> Engine:
     """A fresh schema on SQLite only (pure rule logic, where the database does not matter)."""
-    with schema_engine(sqlite_url) as engine:
-        yield engine
+    return sqlite_engine
 
 
 @pytest.fixture
