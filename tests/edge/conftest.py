@@ -52,6 +52,15 @@ nodes:
 """
 
 
+def on_broker(text: str, url: str, prefix: str) -> str:
+    """Site text ``text`` (``SITE_YAML``, maybe edited) with its source on the broker at ``url``, connected as
+    client ``agent-<prefix>``."""
+    return text.replace(
+        "plc: {kind: mqtt, format: json}",
+        f"plc: {{kind: mqtt, format: json, url: '{url}', client_id: agent-{prefix}}}",
+    )
+
+
 @pytest.fixture
 def site() -> Site:
     """A two-pump site with unit conversions on pump-1."""

@@ -16,16 +16,12 @@ import structlog
 
 from edge_agent.agent import Agent
 from edge_agent.errors import ConfigError
-from tests.edge.conftest import SITE_YAML, AckResponder
+from tests.edge.conftest import SITE_YAML, AckResponder, on_broker
 from tests.mqtt_peer import MqttPeer
 
 
 def _site_for(prefix: str, host: str, port: int) -> str:
-    text = SITE_YAML.replace("topic: p/", f"topic: {prefix}/p/")
-    return text.replace(
-        "plc: {kind: mqtt, format: json}",
-        f"plc: {{kind: mqtt, format: json, url: 'mqtt://{host}:{port}', client_id: agent-{prefix}}}",
-    )
+    return on_broker(SITE_YAML.replace("topic: p/", f"topic: {prefix}/p/"), f"mqtt://{host}:{port}", prefix)
 
 
 async def _get(port: int) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.edge.agent_process import AgentProcess
-from tests.edge.conftest import SITE_YAML, AckResponder
+from tests.edge.conftest import SITE_YAML, AckResponder, on_broker
 from tests.mqtt_peer import MqttPeer
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -34,14 +34,8 @@ def test_kill_9_loses_nothing_and_duplicates_nothing(
     host, port = mqtt_broker
     site = tmp_path / "site.yaml"
     # the devices stamp their values (ts_path): keys must not depend on when a redelivery arrives
-    site.write_text(
-        SITE_YAML.replace("topic: p/", f"topic: {topic_prefix}/p/")
-        .replace(", path:", ", ts_path: ts, path:")
-        .replace(
-            "plc: {kind: mqtt, format: json}",
-            f"plc: {{kind: mqtt, url: 'mqtt://{host}:{port}', client_id: agent-{topic_prefix}}}",
-        )
-    )
+    stamped = SITE_YAML.replace("topic: p/", f"topic: {topic_prefix}/p/").replace(", path:", ", ts_path: ts, path:")
+    site.write_text(on_broker(stamped, f"mqtt://{host}:{port}", topic_prefix))
     data = tmp_path / "data"
     agent = AgentProcess(site, data, topic_prefix, host, port)
     agent.wait_for("mqtt_connected")  # the source subscription is up

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.edge.agent_process import AgentProcess, MuteProxy
-from tests.edge.conftest import SITE_YAML, AckResponder
+from tests.edge.conftest import SITE_YAML, AckResponder, on_broker
 from tests.mqtt_peer import MqttPeer
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -39,14 +39,10 @@ def test_kill_9_between_commit_and_puback_stores_receive_time_values_once(
     host, port = mqtt_broker
     proxy = MuteProxy(host, port)
     site = tmp_path / "site.yaml"
-    site.write_text(
-        SITE_YAML.replace("topic: p/1", f"topic: {topic_prefix}/p/1")
-        .replace("topic: p/2, path:", f"topic: {topic_prefix}/p/2, ts_path: ts, path:")
-        .replace(
-            "plc: {kind: mqtt, format: json}",
-            f"plc: {{kind: mqtt, url: 'mqtt://127.0.0.1:{proxy.port}', client_id: agent-{topic_prefix}}}",
-        )
+    text = SITE_YAML.replace("topic: p/1", f"topic: {topic_prefix}/p/1").replace(
+        "topic: p/2, path:", f"topic: {topic_prefix}/p/2, ts_path: ts, path:"
     )
+    site.write_text(on_broker(text, f"mqtt://127.0.0.1:{proxy.port}", topic_prefix))
     data = tmp_path / "data"
     agent = AgentProcess(site, data, topic_prefix, host, port)
     try:
@@ -87,12 +83,8 @@ def test_identical_payloads_without_redelivery_are_all_kept(
     """A sensor repeating the same value with no timestamp: each message is new data, none is skipped."""
     host, port = mqtt_broker
     site = tmp_path / "site.yaml"
-    site.write_text(
-        SITE_YAML.replace("topic: p/2", f"topic: {topic_prefix}/p/2").replace(
-            "plc: {kind: mqtt, format: json}",
-            f"plc: {{kind: mqtt, url: 'mqtt://{host}:{port}', client_id: agent-{topic_prefix}}}",
-        )
-    )
+    text = SITE_YAML.replace("topic: p/2", f"topic: {topic_prefix}/p/2")
+    site.write_text(on_broker(text, f"mqtt://{host}:{port}", topic_prefix))
     agent = AgentProcess(site, tmp_path / "data", topic_prefix, host, port)
     try:
         agent.wait_for("mqtt_connected")
