@@ -1,6 +1,6 @@
 // Alerts: a card per alert with its numbers, actions (by role), history and advice; the alert list; the plan.
 // Live updates patch the cards that changed and leave alone a card whose form someone is typing in.
-import { actionButton, api, ApiError, busy, can, download, fmtTime, h, live, patchList, qty, toast, trackDirty } from "./core.js";
+import { actionButton, api, ApiError, busy, can, download, fmtTime, h, live, patchList, qty, showForm, toast, trackDirty } from "./core.js";
 import { workOrderForm } from "./workorders.js";
 
 const DONE = { acknowledge: "acknowledged", shelve: "shelved", unshelve: "unshelved", feedback: "feedback recorded", comments: "comment added" };
@@ -91,11 +91,11 @@ export function alertCard(alert, onChange, { advice = true } = {}) {
   if (alert.state === "active_unack" || alert.state === "returned_unack") {
     acts.append(actionButton("Acknowledge", "technician", () => act("acknowledge", { reason: "" })));
   }
-  acts.append(actionButton("Comment", "technician", () => forms.replaceChildren(commentForm(act, forms))));
-  if (open) acts.append(actionButton("Work order", "technician", () => forms.replaceChildren(workOrderForm({ alertId: alert.id, onDone: () => { forms.replaceChildren(); onChange(alert); }, onCancel: () => forms.replaceChildren() }))));
-  if (open && !shelved) acts.append(actionButton("Shelve", "engineer", () => forms.replaceChildren(shelveForm(act, forms))));
+  acts.append(actionButton("Comment", "technician", () => showForm(forms, commentForm(act, forms))));
+  if (open) acts.append(actionButton("Work order", "technician", () => showForm(forms, workOrderForm({ alertId: alert.id, onDone: () => { forms.replaceChildren(); onChange(alert); }, onCancel: () => forms.replaceChildren() }))));
+  if (open && !shelved) acts.append(actionButton("Shelve", "engineer", () => showForm(forms, shelveForm(act, forms))));
   if (shelved) acts.append(actionButton("Unshelve", "engineer", () => act("unshelve", { reason: "" })));
-  acts.append(actionButton("Feedback", "technician", () => forms.replaceChildren(feedbackForm(act, forms))));
+  acts.append(actionButton("Feedback", "technician", () => showForm(forms, feedbackForm(act, forms))));
   if (!can("technician")) acts.append(h("span", { class: "hint" }, "Read-only: your role is viewer."));
   const value = alert.value !== null && alert.value !== undefined
     ? h("div", { class: "numbers", "data-numbers": "" }, h("strong", {}, qty(alert.value, alert.unit)),
@@ -135,7 +135,6 @@ function commentForm(act, forms) {
   const text = h("textarea", { name: "comment", placeholder: "what you saw or did", required: true, "aria-label": "comment", maxlength: "4000" });
   const form = h("form", { class: "form-inline stack", "data-form": "comment", onsubmit: (e) => { e.preventDefault(); if (text.value.trim()) act("comments", { text: text.value.trim() }); } },
     text, h("div", { class: "row" }, h("button", { class: "btn small", type: "submit" }, "Add comment"), closeButton(forms)));
-  setTimeout(() => text.focus(), 0);
   return trackDirty(form);
 }
 
@@ -261,7 +260,7 @@ export async function planView(view) {
       cell("Parts / skills", best ? [...(best.parts || []).map((p) => h("div", {}, `${p.quantity || 1} × ${p.part}${p.number ? " (" + p.number + ")" : ""}`)), ...(best.skills || []).map((s) => h("div", { class: "hint" }, s))] : ""),
       cell("Work order", wo.length
         ? wo.map((w) => h("div", {}, h("a", { href: `#/work-orders?id=${w.id}` }, `#${w.id}`), ` ${w.state.replace("_", " ")}${w.assignee ? " · " + w.assignee : ""}`))
-        : [actionButton("Work order", "technician", () => forms.replaceChildren(workOrderForm({ alertId: item.alert_id, onDone: () => { forms.replaceChildren(); load(); }, onCancel: () => forms.replaceChildren() }))), forms]));
+        : [actionButton("Work order", "technician", () => showForm(forms, workOrderForm({ alertId: item.alert_id, onDone: () => { forms.replaceChildren(); load(); }, onCancel: () => forms.replaceChildren() }))), forms]));
   }
 
   async function load() {

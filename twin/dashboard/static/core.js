@@ -85,6 +85,13 @@ export function actionButton(label, role, onclick, cls = "") {
   }, label);
 }
 
+// Show `form` in its slot and put the focus in its first field at once, so typing goes there.
+export function showForm(slot, form) {
+  slot.replaceChildren(form);
+  const first = form.querySelector("input:not([type=hidden]), textarea, select");
+  if (first) first.focus();
+}
+
 // A value with its unit, as people write it: "212 min", "0.31 g", "87 %".
 export function qty(value, unit) {
   if (value === null || value === undefined) return "—";

@@ -1,6 +1,6 @@
 // Work orders: the form that opens one from an alert or a plan item, and the list a shift works from
 // (take it, note, complete with the verdict, cancel). Live updates patch cards and spare the one being filled in.
-import { actionButton, api, ApiError, can, fmtTime, h, live, patchList, toast, trackDirty } from "./core.js";
+import { actionButton, api, ApiError, can, fmtTime, h, live, patchList, showForm, toast, trackDirty } from "./core.js";
 
 const STATE_WORDS = { open: "open", in_progress: "in progress", done: "done", cancelled: "cancelled" };
 const PRIORITIES = ["critical", "high", "medium", "low"];
@@ -52,7 +52,6 @@ export function workOrderForm({ alertId, onDone, onCancel }) {
     steps.replaceChildren(...d.steps.map((s) => h("li", {}, s)));
     hint.textContent = [d.due_reason, d.task_source ? `from ${d.task_source}` : ""].filter(Boolean).join(" · ");
   }).catch((err) => { msg.textContent = err.message; });
-  setTimeout(() => task.focus(), 0);
   return trackDirty(form);
 }
 
@@ -75,7 +74,6 @@ function completeForm(wo, act, forms) {
 
 function textForm(label, field, path, act, forms) {
   const text = h("input", { name: field, required: true, maxlength: "4000", "aria-label": label });
-  setTimeout(() => text.focus(), 0);
   return trackDirty(h("form", { class: "form-inline row", "data-form": path, onsubmit: (e) => { e.preventDefault(); act(path, { [field]: text.value }); } },
     text, h("button", { class: "btn small", type: "submit" }, label),
     h("button", { class: "btn small secondary", type: "button", onclick: () => forms.replaceChildren() }, "Cancel")));
@@ -100,9 +98,9 @@ export function workOrderCard(wo, onChange) {
   const acts = h("div", { class: "row actions" });
   if (wo.state === "open") acts.append(actionButton("Start", "technician", () => act("start", {})));
   if (active) {
-    acts.append(actionButton("Complete", "technician", () => forms.replaceChildren(completeForm(wo, act, forms))));
-    acts.append(actionButton("Note", "technician", () => forms.replaceChildren(textForm("Add note", "text", "notes", act, forms))));
-    acts.append(actionButton("Cancel work", "technician", () => forms.replaceChildren(textForm("Cancel work order", "reason", "cancel", act, forms))));
+    acts.append(actionButton("Complete", "technician", () => showForm(forms, completeForm(wo, act, forms))));
+    acts.append(actionButton("Note", "technician", () => showForm(forms, textForm("Add note", "text", "notes", act, forms))));
+    acts.append(actionButton("Cancel work", "technician", () => showForm(forms, textForm("Cancel work order", "reason", "cancel", act, forms))));
   }
   if (!can("technician")) acts.append(h("span", { class: "hint" }, "Read-only: your role is viewer."));
   return h("article", { class: "wo-item", "data-wo": wo.id, "aria-label": `work order ${wo.id}` },
