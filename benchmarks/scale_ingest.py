@@ -49,6 +49,12 @@ together (the publisher runs apart), sampled every 5 s, after a warm-up sixth; `
 stored, the last third's p99 is within 1.5 times the first third's (+ 250 ms), and neither the backlog nor the
 RSS grew by more than 50 batches or 64 MiB. A backlog that grows means the machine gave less than the
 sustained rate (other work on it, or a database slower per value as its tables grow: see the thirds).
+
+What the database did besides, per third: checkpoints forced by WAL volume (``checkpoints_forced``: the server's
+``max_wal_size`` is too small for the write rate, and each forced checkpoint makes the next writes pay full-page
+images), and the share of samples in which a checkpoint was being written or an autovacuum worker ran. The
+server's settings that decide this are printed under ``database``; docs/scaling.md gives the ones production
+(compose.yaml) runs with and what the soak measured with and without them.
 """
 
 from __future__ import annotations
@@ -188,6 +194,26 @@ def backend_cpu(store: TwinStore) -> float:
         pids = [int(r[0]) for r in conn.execute(text(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))]
     return sum(proc_cpu_s(pid) for pid in pids)
+
+
+def db_activity(store: TwinStore) -> tuple[int, bool, int]:
+    """What the database does besides our inserts: checkpoints forced so far (by WAL volume: ``max_wal_size``
+    too small for the write rate), whether one is being written now, and the autovacuum workers running."""
+    with store.engine.connect() as conn:
+        done = conn.execute(text("SELECT checkpoints_req FROM pg_stat_bgwriter")).scalar_one()
+        rows = conn.execute(text(
+            "SELECT backend_type, coalesce(wait_event, '') FROM pg_stat_activity "
+            "WHERE backend_type IN ('checkpointer', 'autovacuum worker')")).all()
+    writing = any(kind == "checkpointer" and wait != "CheckpointerMain" for kind, wait in rows)
+    return int(done), writing, sum(1 for kind, _w in rows if kind == "autovacuum worker")
+
+
+def db_settings(store: TwinStore) -> dict[str, str]:
+    """The server settings a write-heavy run depends on (docs/scaling.md says what production sets)."""
+    names = ("max_wal_size", "checkpoint_timeout", "shared_buffers", "synchronous_commit", "wal_compression")
+    with store.engine.connect() as conn:
+        return {name: str(conn.execute(text("SELECT current_setting(:n)"), {"n": name}).scalar_one())
+                for name in names}
 
 
 def ingest_threads(store: TwinStore, port: int, workers: int, data: list[bytes]) -> tuple[float, float, float]:
@@ -411,6 +437,13 @@ def sustained(store: TwinStore, url: str, port: int, workers: int, seconds: floa
             "batches": sent.value}
 
 
+def share_busy(busy: list[tuple[float, bool, int]]) -> dict[str, float]:
+    """The share of samples in which a checkpoint was being written, and an autovacuum worker ran."""
+    n = max(1, len(busy))
+    return {"checkpoint_writing_share": round(sum(1 for x in busy if x[1]) / n, 2),
+            "autovacuum_share": round(sum(1 for x in busy if x[2]) / n, 2)}
+
+
 def soak(store: TwinStore, url: str, port: int, workers: int, values_per_s: float, seconds: float, size: int,
          load: float) -> dict[str, Any]:
     """Ingest live batches with ``workers`` ingest processes at ``values_per_s`` for ``seconds``; latency,
@@ -424,13 +457,18 @@ def soak(store: TwinStore, url: str, port: int, workers: int, values_per_s: floa
     proc = ctx.Process(target=pace, args=(port, values_per_s / size, seconds, size, 8 * STEP, sent))
     proc.start()
     samples: list[tuple[float, int, float]] = []  # (seconds into the soak, backlog in batches, RSS MiB)
-    # at each third's end: (seconds, batches stored, CPU seconds of the ingest processes, of the database backends)
-    marks = [(0.0, 0, procs.cpu_s(), backend_cpu(store))]
+    busy: list[tuple[float, bool, int]] = []  # (seconds, a checkpoint being written, autovacuum workers)
+    # at each third's end: (seconds, batches stored, CPU seconds of the ingest processes, of the database
+    # backends, checkpoints forced so far)
+    marks = [(0.0, 0, procs.cpu_s(), backend_cpu(store), db_activity(store)[0])]
     while proc.is_alive():
         proc.join(SOAK_EVERY_S)
         samples.append((time.time() - t0, sent.value - procs.batches(), procs.rss_mib()))
+        _done, writing, vacuums = db_activity(store)
+        busy.append((time.time() - t0, writing, vacuums))
         if time.time() - t0 >= len(marks) * seconds / 3 and len(marks) < 4:
-            marks.append((time.time() - t0, procs.batches(), procs.cpu_s(), backend_cpu(store)))
+            marks.append((time.time() - t0, procs.batches(), procs.cpu_s(), backend_cpu(store),
+                          db_activity(store)[0]))
     deadline = time.monotonic() + 120
     while procs.batches() < sent.value and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -443,10 +481,14 @@ def soak(store: TwinStore, url: str, port: int, workers: int, values_per_s: floa
     part = [min(2, int(at // third)) for at, _latency in latencies]  # the third each commit fell in
     first, middle, last = (percentiles([x[1] for x, k in zip(latencies, part, strict=True) if k == n])
                            for n in range(3))
-    # where a third's time went: values stored a second, CPU µs per value in the ingest processes and database
+    # where a third's time went: values stored a second, CPU µs per value in the ingest processes and database,
+    # and what the database did besides: checkpoints forced by WAL volume, the share of samples with a
+    # checkpoint being written or an autovacuum worker running
     per_third = [{"values_per_s": round((b[1] - a[1]) * size / (b[0] - a[0])),
                   "ingest_us_per_value": round((b[2] - a[2]) / max(1, (b[1] - a[1]) * size) * 1e6, 2),
-                  "db_us_per_value": round((b[3] - a[3]) / max(1, (b[1] - a[1]) * size) * 1e6, 2)}
+                  "db_us_per_value": round((b[3] - a[3]) / max(1, (b[1] - a[1]) * size) * 1e6, 2),
+                  "checkpoints_forced": b[4] - a[4],
+                  **share_busy([x for x in busy if a[0] <= x[0] < b[0]])}
                  for a, b in pairwise(marks)]
     backlog_growth = max(x[1] for x in warm[-3:]) - max(x[1] for x in warm[:3])
     rss_growth = round(warm[-1][2] - warm[0][2], 1)
@@ -525,6 +567,7 @@ def main() -> None:
                 s = store.settings
                 ensure_partitions(conn, now_us(), s.history_partition_hours * HOUR_US, s.history_partitions_ahead,
                                   since=T0)
+        settings = db_settings(store)
         with engine.connect() as conn:
             ids = [int(r[0]) for r in conn.execute(text("SELECT id FROM twin_properties ORDER BY id"))]
         with private_mosquitto(INFLIGHT) as port:
@@ -584,6 +627,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "quick": args.quick,
         "soak": soaked,
+        "database": settings,
     }
     print(json.dumps(out))
 
