@@ -201,9 +201,7 @@ def request(session: Session, who: Principal, node_id: str, prop: str, req: Setp
 def confirm(session: Session, who: Principal, command_id: str, now: int | None = None) -> SetpointCommand:
     """A second person confirms a two-person command: it becomes pending (sent next)."""
     now = now if now is not None else now_us()
-    cmd = session.get(SetpointCommand, command_id)
-    if cmd is None:
-        raise NotFound(f"no command {command_id!r}")
+    cmd = get_command(session, command_id)
     target = f"setpoint:{cmd.node_id}.{cmd.prop}"
     refusal: Refusal | None = None
     node = session.get(TwinNode, cmd.node_id)

@@ -19,7 +19,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from plant.wire import GATEWAY_ID_PATTERN, now_us
-from twin.errors import Conflict, InvalidRequest, NotFound
+from twin.db import get_or_missing
+from twin.errors import Conflict, InvalidRequest
 from twin.tables import TwinGateway
 from twin.topic_access import PLANT_USER, PLATFORM_USER
 
@@ -111,9 +112,7 @@ def list_gateways(session: Session) -> list[TwinGateway]:
 
 def revoke_gateway(session: Session, name: str) -> TwinGateway:
     """Revoke gateway ``name`` (idempotent) and commit; NotFound if there is none."""
-    row = session.get(TwinGateway, name)
-    if row is None:
-        raise NotFound(f"no gateway {name}")
+    row = get_or_missing(session, TwinGateway, name, f"no gateway {name}")
     if row.revoked_at is None:
         row.revoked_at = now_us()
         session.commit()

@@ -19,6 +19,7 @@ from sqlalchemy import Row, Select, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from plant.wire import Diagnosis, from_us, to_us
+from twin.db import get_or_missing
 from twin.errors import InvalidRequest, NotFound
 from twin.schemas import (
     DiagnosisPublic,
@@ -74,10 +75,7 @@ class SeriesQuery:
 
 def get_node(session: Session, node_id: str) -> TwinNode:
     """The node ``node_id``; NotFound if there is none."""
-    node = session.get(TwinNode, node_id)
-    if node is None:
-        raise NotFound(f"no node {node_id!r}")
-    return node
+    return get_or_missing(session, TwinNode, node_id, f"no node {node_id!r}")
 
 
 def node_public(node: TwinNode) -> NodePublic:

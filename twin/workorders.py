@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from plant.wire import now_us
 from twin.advice import advise, due_date
 from twin.alerts import feedback, lifecycle
+from twin.db import get_or_missing
 from twin.errors import Conflict, InvalidRequest, NotFound
 from twin.scopes import Sites, within
 from twin.tables import Alert, TwinNode, WorkOrder, WorkOrderAlert, WorkOrderEvent
@@ -87,9 +88,7 @@ def draft(session: Session, alert_id: int) -> Draft:
 def create(session: Session, d: Draft, *, by: str, at: int | None = None) -> WorkOrder:
     """A new open work order for ``d`` (alerts must belong to its asset or below)."""
     at = at if at is not None else now_us()
-    node = session.get(TwinNode, d.node)
-    if node is None:
-        raise NotFound(f"node {d.node!r} does not exist")
+    node = get_or_missing(session, TwinNode, d.node, f"node {d.node!r} does not exist")
     alerts = [lifecycle.get_alert(session, i) for i in dict.fromkeys(d.alert_ids)]
     for a in alerts:
         if not a.node_path.startswith(node.path):
