@@ -16,7 +16,6 @@ arriving later still replaces that with what the machine said.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import secrets
 import threading
 from dataclasses import dataclass
@@ -319,8 +318,8 @@ class CommandDispatcher:
     ) -> CommandDispatcher:
         """A dispatcher with its own MQTT client (reconnecting by itself) to ``broker`` (its login, TLS and CA
         bundle) as ``client_id`` (a client id in the URL is the ingest workers' and does not apply here)."""
-        options = MqttOptions.from_url(broker, client_id, keepalive_s=30, protocol="3.1.1", persistent=False)
-        options = dataclasses.replace(options, client_id=client_id)
+        options = MqttOptions.from_url(broker, client_id, own_id=True, keepalive_s=30, protocol="3.1.1",
+                                       persistent=False)
         return cls(engine, ThreadedClient(options, name="command-mqtt").start(), topic_root)
 
     def start(self) -> CommandDispatcher:

@@ -104,10 +104,9 @@ class Ingestor:
         topic = uplink_topic(gateway, topic_root)  # gateway "+" gives the filter of every gateway
         if workers > 1 if shared is None else shared:
             topic = f"$share/{share_group}/{topic}"  # as plant.wire.shared_uplink_filter
-        address = dataclasses.replace(self.broker, client_id=None)
         self._workers = [
-            _Worker(self, MqttOptions.from_url(address, f"{client_id}-{n}" if workers > 1 else client_id,
-                                               keepalive_s=keepalive, protocol="3.1.1"), topic)
+            _Worker(self, MqttOptions.from_url(self.broker, f"{client_id}-{n}" if workers > 1 else client_id,
+                                               own_id=True, keepalive_s=keepalive, protocol="3.1.1"), topic)
             for n in range(workers)
         ]
 

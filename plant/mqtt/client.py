@@ -89,12 +89,13 @@ class MqttOptions:
     max_inflight: int = 20
 
     @classmethod
-    def from_url(cls, url: BrokerUrl | str, client_id: str, **kwargs: Any) -> MqttOptions:
-        """Options for the broker of ``url`` (its client id, when it names one, wins over ``client_id``)."""
+    def from_url(cls, url: BrokerUrl | str, client_id: str, *, own_id: bool = False, **kwargs: Any) -> MqttOptions:
+        """Options for the broker of ``url``: its client id, when it names one, wins over ``client_id`` unless
+        ``own_id`` (a connection that must not take another's session, such as a numbered ingest worker's)."""
         u = BrokerUrl.parse(url) if isinstance(url, str) else url
         return cls(
-            host=u.host, port=u.port, client_id=u.client_id or client_id, tls=u.tls, ca_file=u.ca_file,
-            username=u.username, password=u.password, **kwargs,
+            host=u.host, port=u.port, client_id=client_id if own_id else u.client_id or client_id, tls=u.tls,
+            ca_file=u.ca_file, username=u.username, password=u.password, **kwargs,
         )  # fmt: skip
 
     def with_protocol(self, protocol: Protocol, timeout_s: float | None = None) -> MqttOptions:

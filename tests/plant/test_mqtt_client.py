@@ -252,6 +252,9 @@ def test_broker_url_parts_defaults_and_options() -> None:
         "broker", 8884, True, "/etc/ca.pem", "gw-1", 5,
     )  # fmt: skip
     assert MqttOptions.from_url("mqtt://h", "fallback-id").client_id == "fallback-id"
+    # a connection with an id of its own keeps it (an ingest worker must not take the URL's session)
+    own = MqttOptions.from_url(url, "ingest-1", own_id=True)
+    assert (own.client_id, own.username, own.ca_file) == ("ingest-1", "u", "/etc/ca.pem")
 
 
 @pytest.mark.parametrize(
