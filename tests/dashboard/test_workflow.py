@@ -403,6 +403,23 @@ def test_the_dashboard_follows_the_system_dark_mode_and_the_keyboard(browser: An
         context.close()
 
 
+def test_an_action_form_puts_the_focus_where_the_person_must_type(browser: Any, plant: Plant) -> None:
+    context = browser.new_context(viewport={"width": 360, "height": 800})
+    page = context.new_page()
+    try:
+        log_in(page, plant.url, "erin")  # an engineer: every action of an open alert
+        page.goto(plant.url + "/#/alerts")
+        card = "#alert-list [data-alert]"
+        page.wait_for_selector(f"{card} [data-action=shelve]")
+        # the required field, at once (not after a timer): a shelve's reason, not the minutes it already holds
+        for action, field in (("shelve", "reason"), ("comment", "comment"), ("work order", "task"),
+                              ("feedback", "verdict")):
+            page.locator(f"{card} [data-action='{action}']").first.click()
+            assert page.evaluate("document.activeElement.getAttribute('aria-label')") == field, action
+    finally:
+        context.close()
+
+
 def _tab_to(page: Any, check: str, what: str, presses: int = 30) -> None:
     """Press Tab until ``check`` (a script) holds for the focused element."""
     for _ in range(presses):

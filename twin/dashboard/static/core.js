@@ -85,10 +85,12 @@ export function actionButton(label, role, onclick, cls = "") {
   }, label);
 }
 
-// Show `form` in its slot and put the focus in its first field at once, so typing goes there.
+// Show `form` in its slot and put the focus at once where the person must type: its first required field, else
+// its first field (a shelve form's reason, not the minutes it already holds).
 export function showForm(slot, form) {
   slot.replaceChildren(form);
-  const first = form.querySelector("input:not([type=hidden]), textarea, select");
+  const first = form.querySelector(":is(input, textarea, select)[required]")
+    || form.querySelector("input:not([type=hidden]), textarea, select");
   if (first) first.focus();
 }
 
