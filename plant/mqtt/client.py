@@ -192,6 +192,13 @@ class MqttClient:
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
         self.close()
+        await self._settled()
+
+    async def _settled(self) -> None:
+        """Let the cancelled housekeeping task end, so a loop closing right after us finds nothing pending."""
+        task = self._misc
+        if task is not None and not task.done():
+            await asyncio.wait([task])  # not ``await task``: our own cancellation must still reach us
 
     # --- connection ---------------------------------------------------------------------------------------
 
@@ -265,6 +272,7 @@ class MqttClient:
             with contextlib.suppress(Exception):
                 self._client.disconnect()
         self.close()
+        await self._settled()
 
     # --- operations ---------------------------------------------------------------------------------------
 
