@@ -19,6 +19,7 @@ import structlog
 import uvicorn
 import yaml
 from sqlalchemy import Engine, distinct, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from edge_agent.agent import Agent
 from factory_twin.credentials import DemoCredentials, demo_credentials
@@ -107,6 +108,7 @@ class Stack:
         self.config = config
         self.broker: EmbeddedBroker | None = None
         self.engine: Engine | None = None
+        self._alerts_at_stop: tuple[int, int, int | None] | None = None  # counted before the engine is disposed
         self.platform: Platform | None = None
         self.ingestor: Ingestor | None = None
         self.api: uvicorn.Server | None = None
@@ -128,6 +130,7 @@ class Stack:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.started_us = now_us()
+        self._alerts_at_stop = None
         settings = TwinSettings(data_dir=cfg.data_dir, database_url=cfg.database_url, mqtt_url=cfg.mqtt_url,
                                 mqtt_client_id=f"ft-ingest-{cfg.gateway_id}", mqtt_topic_root=cfg.topic_root,
                                 metrics_port=-1,
@@ -196,6 +199,11 @@ class Stack:
         if self.platform is not None:
             self.platform.stop()
         if self.engine is not None:
+            # the summary of a stopped stack: counted now, so reading it opens no connection nobody closes
+            try:
+                self._alerts_at_stop = self._alert_counts()
+            except SQLAlchemyError as exc:  # the summary counts again when asked
+                log.warning("stack_alert_count_failed", error=str(exc).splitlines()[0])
             self.engine.dispose()
         if self.broker is not None:
             self.broker.stop()
@@ -252,6 +260,8 @@ class Stack:
 
     def _alert_counts(self) -> tuple[int, int, int | None]:
         """Annunciations, alerts marked flapping and the first annunciation (µs) since the run started."""
+        if self._alerts_at_stop is not None:
+            return self._alerts_at_stop
         if self.engine is None:
             return 0, 0, None
         t = AlertTransition

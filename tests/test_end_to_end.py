@@ -112,6 +112,8 @@ def _check(outcome: Outcome) -> None:
     assert isinstance(diagnoses, list)
     assert [(d["task"], d["model"], d["source"]) for d in diagnoses] == [("faults", "ai4i-faults", "edge")]
     summary = outcome.stack.summary(0)
+    assert outcome.stack.engine is not None  # a stopped stack's summary was counted at the stop: no new connection
+    assert outcome.stack.engine.pool.checkedin() == 0
     assert summary.values_ingested > 0
     assert summary.rejected == 0
     assert summary.nodes_updated == 3
