@@ -338,8 +338,7 @@ class _Worker:
             return
         gone = {id(m) for m in msgs}
         self.in_hand = [m for m in self.in_hand if id(m) not in gone]
-        self.client.ack(msgs)
-        self.owner.intake.ended(len(msgs))
+        self.owner.intake.ended(self.client.ack(msgs))  # a lost connection's come again, to be counted then
 
 
 async def _end_session(options: MqttOptions) -> None:

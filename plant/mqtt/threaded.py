@@ -119,13 +119,16 @@ class ThreadedClient:
         if messages:
             self._call_soon(self._publish_now, list(messages), qos)
 
-    def ack(self, deliveries: Sequence[Delivery]) -> None:
+    def ack(self, deliveries: Sequence[Delivery]) -> int:
         """Acknowledge messages received through ``on_delivery`` (from any thread), without waiting.
 
-        Those that came on an earlier connection are skipped: the broker delivers them again.
+        Those that came on an earlier connection are skipped: the broker delivers them again. Returns how many
+        of ``deliveries`` end here (QoS 0 ones, never delivered again, and those of the current connection).
         """
+        current = self._connection
         if deliveries:
             self._call_soon(self._ack_now, list(deliveries))
+        return sum(1 for d in deliveries if not d.qos or d.connection == current)
 
     def stop(self) -> None:
         """Disconnect and end the thread."""

@@ -66,14 +66,14 @@ def test_what_is_not_acknowledged_comes_again_and_what_is_does_not(
     _publish(mqtt_broker, topic, b"a", b"b")
     a, b = got.get(timeout=5), got.get(timeout=5)
     assert [(a.topic, a.payload, a.qos), (b.topic, b.payload)] == [(topic, b"a", 1), (topic, b"b")]
-    first.ack([a])
+    assert first.ack([a]) == 1  # ended here
     first.stop()
     second = _consumer(mqtt_broker, client_id, topic, got)
     try:
         again = got.get(timeout=5)
         assert again.payload == b"b"
         assert again.connection == 1  # the second client's first connection
-        second.ack([again])
+        assert second.ack([again]) == 1
         assert _payloads(got) == []
     finally:
         second.stop()
@@ -96,7 +96,7 @@ def test_a_delivery_of_a_lost_connection_is_not_acknowledged_on_the_next(
         _take_over(mqtt_broker, client_id)
         new = got.get(timeout=10)  # the client reconnected by itself and got it again
         assert (new.payload, new.connection) == (b"a", old.connection + 1)
-        c.ack([old])
+        assert c.ack([old]) == 0  # it ends with the delivery that came again: counted once, then
         assert _payloads(got) == []
     finally:
         c.stop()
