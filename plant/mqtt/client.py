@@ -138,7 +138,7 @@ class MqttClient:
         self.disconnected: asyncio.Future[str] = self._loop.create_future()
         self._subacks: dict[int, asyncio.Future[list[bool]]] = {}  # refused, per filter
         self._pubacks: dict[int, asyncio.Future[None]] = {}
-        self._misc: asyncio.Task[None] | None = None
+        self._misc: asyncio.Handle | None = None  # the next once-a-second housekeeping call
         self._sock: Any = None
         self._reading_paused = False
         client = paho.Client(
@@ -192,13 +192,6 @@ class MqttClient:
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
         self.close()
-        await self._settled()
-
-    async def _settled(self) -> None:
-        """Let the cancelled housekeeping task end, so a loop closing right after us finds nothing pending."""
-        task = self._misc
-        if task is not None and not task.done():
-            await asyncio.wait([task])  # not ``await task``: our own cancellation must still reach us
 
     # --- connection ---------------------------------------------------------------------------------------
 
@@ -272,7 +265,6 @@ class MqttClient:
             with contextlib.suppress(Exception):
                 self._client.disconnect()
         self.close()
-        await self._settled()
 
     # --- operations ---------------------------------------------------------------------------------------
 
@@ -414,7 +406,8 @@ class MqttClient:
             sock, self._loop, self._on_message, self._stream_ended,
             lambda mid, codes: self._suback(mid, [c >= 0x80 for c in codes]), self.v5, self.options.keepalive_s,
         )  # fmt: skip
-        self._misc = self._loop.create_task(self._tick_loop(self._stream))
+        stream = self._stream
+        self._every_second(lambda: self._tick_step(stream), now=False)
 
     def _stream_ended(self, reason: str) -> None:
         if not self.disconnected.done():
@@ -477,7 +470,7 @@ class MqttClient:
     def _socket_open(self, sock: Any) -> None:
         self._sock = sock
         self._loop.add_reader(sock, self._read)
-        self._misc = self._loop.create_task(self._misc_loop())
+        self._every_second(self._misc_step, now=True)
 
     def _socket_close(self, sock: Any) -> None:
         if self._sock is None:
@@ -496,17 +489,35 @@ class MqttClient:
         if self._sock is not None:
             self._loop.remove_writer(sock)
 
-    async def _tick_loop(self, stream: Stream) -> None:
-        while not stream.ended:
-            await asyncio.sleep(1)
-            stream.tick()
+    def _every_second(self, step: Callable[[], bool], now: bool) -> None:
+        """Call ``step`` once a second (first ``now`` or after a second) until it returns False or we close.
 
-    async def _misc_loop(self) -> None:
-        # Keepalive pings and the broker-silence check live in loop_misc, which wants a call every second.
-        while self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110
-            await asyncio.sleep(1)
+        Timer handles, not a task: cancelling one is immediate, so a loop closed right after us finds nothing
+        pending, whichever way we were closed.
+        """
+
+        def run() -> None:
+            mine = self._misc  # the handle running now, unless the chain was replaced
+            if step() and self._misc is mine and mine is not None and not mine.cancelled():  # closed meanwhile?
+                self._misc = self._loop.call_later(1.0, run)
+
+        self._misc = self._loop.call_soon(run) if now else self._loop.call_later(1.0, run)
+
+    @staticmethod
+    def _tick_step(stream: Stream) -> bool:
+        """The fast path's keepalive, while its connection lasts."""
+        if stream.ended:
+            return False
+        stream.tick()
+        return True
+
+    def _misc_step(self) -> bool:
+        """Keepalive pings and the broker-silence check live in paho's loop_misc, which wants a call a second."""
+        if self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return True
         if not self.disconnected.done():
             self.disconnected.set_result("keepalive")
+        return False
 
 
 class _TrackingContext(ssl.SSLContext):

@@ -229,6 +229,20 @@ def test_packets_read_before_a_pause_are_handed_on_after_resume() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["fast-path", "paho-reads"])
+def test_closing_leaves_no_task_for_the_loop_to_destroy(stream: bool) -> None:
+    """However the client is closed (``close()`` from sync code too), a loop ending right after finds nothing of
+    it pending ("Task was destroyed but it is pending")."""
+
+    async def main() -> None:
+        async with session(stream=stream) as s:
+            assert s.client.streaming is stream
+            s.client.close()
+            assert [t for t in asyncio.all_tasks() if "MqttClient" in t.get_coro().__qualname__] == []
+
+    asyncio.run(main())
+
+
 def test_nobody_listening_is_an_mqtt_error() -> None:
     async def main() -> None:
         with pytest.raises(MqttError, match="cannot connect"):
