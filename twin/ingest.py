@@ -338,7 +338,7 @@ class _Worker:
             return
         gone = {id(m) for m in msgs}
         self.in_hand = [m for m in self.in_hand if id(m) not in gone]
-        self.owner.intake.ended(self.client.ack(msgs))  # a lost connection's come again, to be counted then
+        self.owner.intake.ended(self.client.ack(msgs))  # those of a lost connection are counted when they come again
 
 
 async def _end_session(options: MqttOptions) -> None:
