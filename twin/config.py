@@ -83,7 +83,9 @@ class TwinSettings(BaseSettings):
     auth_lockout_s: float = Field(60.0, gt=0, description="first lock-out; each next one for the same name doubles")
     auth_lockout_max_s: float = Field(900.0, gt=0, description="longest lock-out")
     alert_tick_s: float = Field(2.0, gt=0, description="alert clock: stale data, delays, shelves, escalation")
-    alert_sweep_s: float = Field(30.0, gt=0, description="the alert leader re-reads every watched property this often")
+    alert_sweep_s: float = Field(
+        30.0, gt=0, description="the alert leader reads the feed and the stored sites this often, however busy"
+    )
     alert_leader_retry_s: float = Field(2.0, gt=0, description="a standby tries to become the alert leader this often")
     history_retention_days: float = Field(0, ge=0, description="raw history kept, days; 0 keeps all")
     rollup_retention_days: float = Field(0, ge=0, description="1m/1h rollups kept, days; 0 keeps all")

@@ -19,8 +19,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from plant.wire import Diagnosis, now_us
-from tests.production.helpers import alert_active, alert_counts, alert_site, wait_until
-from tests.twin.store_helpers import batch, value
+from tests.production.helpers import ALERT_SITE_YAML, alert_active, alert_counts, alert_site, wait_until
+from tests.twin.store_helpers import batch, site, value
 from twin.alerts.evaluator import AlertEvaluator
 from twin.config import TwinSettings
 from twin.db import make_engine
@@ -224,6 +224,39 @@ def test_values_stored_while_nobody_listened_are_caught_up(engines: list[Engine]
         assert alert_counts(url) == {"p1/count-high/high": (1, 1), "p2/count-high/high": (1, 1)}
     finally:
         again.stop()
+
+
+def test_a_site_loaded_while_values_keep_coming_has_its_rules_taken_up(engines: list[Engine]) -> None:
+    """Values heard more often than the sweep must not postpone the leader's look at the stored sites: a site
+    loaded while the first one keeps sending has its rules judged within a sweep or two."""
+    url = engines[0].url.render_as_string(hide_password=False)
+    annex = site(ALERT_SITE_YAML.replace("id: plant", "id: annex").replace("id: hall", "id: annex-hall")
+                 .replace("id: p1", "id: q1").replace("id: p2", "id: q2"))
+    writer = Writer(engines[2])
+    stop, loaded = threading.Event(), threading.Event()
+
+    def keep_sending() -> None:  # one thread stores everything: the writer's catalog is not shared
+        sent = 0
+        while not stop.is_set():
+            writer.put("p1", "temp", 50.0)  # every 0.1 s, five times a sweep
+            sent += 1
+            if sent == 10:
+                writer.store.sync_site(annex)
+                loaded.set()
+            if loaded.is_set():
+                writer.put("q1", "temp", 110.0)
+            stop.wait(0.1)
+
+    evaluator = _evaluator(engines[0], TwinSettings(alert_tick_s=0.3, alert_sweep_s=0.5, alert_leader_retry_s=0.2))
+    sender = threading.Thread(target=keep_sending, name="sender")
+    sender.start()
+    try:
+        assert loaded.wait(10)
+        wait_until(lambda: "q1/temp-high/high" in alert_counts(url), 5, "the loaded site's limit alert")
+    finally:
+        stop.set()
+        sender.join(10)
+        evaluator.stop()
 
 
 def test_values_and_diagnoses_overtaken_before_the_leader_reads_are_still_judged(engines: list[Engine]) -> None:

@@ -194,12 +194,14 @@ class AlertEvaluator:
             wait = min(next_tick, next_sweep) - time.monotonic()
             heard = self._reader.wait(max(0.0, min(wait, WAIT_MAX_S)))
             now = time.monotonic()
-            if now >= next_sweep and self._sites_changed():  # a site file was loaded: take up its rules
-                log.info("alert_leader_rules_reloaded")
-                self._take_up_rules()
-            if heard or now >= next_sweep:  # any stored batch adds a feed row, watched or not: read and delete it
-                self._drain()
+            if now >= next_sweep:  # on the clock, however often values are heard: a busy feed must not put it off
+                if self._sites_changed():  # a site file was loaded: take up its rules
+                    log.info("alert_leader_rules_reloaded")
+                    self._take_up_rules()
+                self._drain()  # what a lost notification left waiting
                 next_sweep = now + sweep
+            elif heard:  # any stored batch adds a feed row, watched or not: read and delete it
+                self._drain()
             if now >= next_tick:
                 self._tick()
                 next_tick = now + tick
