@@ -399,8 +399,6 @@ class MqttClient:
             self._client.loop_write()
         if sock is None or self._client.want_write():
             return  # paho is still writing: it keeps the socket (the slower path, as correct)
-        if self._misc is not None:
-            self._misc.cancel()
         self._loop.remove_writer(sock)
         self._stream = Stream(
             sock, self._loop, self._on_message, self._stream_ended,
@@ -490,17 +488,20 @@ class MqttClient:
             self._loop.remove_writer(sock)
 
     def _every_second(self, step: Callable[[], bool], now: bool) -> None:
-        """Call ``step`` once a second (first ``now`` or after a second) until it returns False or we close.
+        """Call ``step`` once a second (first ``now`` or after a second) until it returns False or we close;
+        replaces the housekeeping running before (one chain at a time).
 
         Timer handles, not a task: cancelling one is immediate, so a loop closed right after us finds nothing
         pending, whichever way we were closed.
         """
 
         def run() -> None:
-            mine = self._misc  # the handle running now, unless the chain was replaced
-            if step() and self._misc is mine and mine is not None and not mine.cancelled():  # closed meanwhile?
+            mine = self._misc  # the handle running now
+            if step() and mine is not None and not mine.cancelled():  # closed or replaced meanwhile?
                 self._misc = self._loop.call_later(1.0, run)
 
+        if self._misc is not None:
+            self._misc.cancel()
         self._misc = self._loop.call_soon(run) if now else self._loop.call_later(1.0, run)
 
     @staticmethod
